@@ -102,6 +102,7 @@ class Tokenizer:
 @dataclass
 class AR:
     sizes: list[str] = field(default_factory=lambda: ["tiny"])
+    align_layers: list[int] = field(default_factory=list)
     custom_layers: int = 4
     custom_dim: int = 192
     custom_heads: int = 3
@@ -117,6 +118,11 @@ class AR:
     grad_clip: float = 1.0
     ema_decay: float = 0.99
     warmup_steps: int = 50
+
+
+    def align_layer_for(self, size: str, default: int) -> int:
+        """Tap layer of the final AR of `size` (ar.align_layers, else the top-level align_layer)."""
+        return self.align_layers[self.sizes.index(size)] if self.align_layers else default
 
 
 @dataclass
@@ -260,6 +266,11 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
             raise ParamsError(f"{key} = {value!r}: must be an integer")
         return value
     if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads 3e-4 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ParamsError(f"{key} = {value!r}: must be a number")
         return float(value)
@@ -312,10 +323,16 @@ def validate(p: Params) -> Params:
         _check(s in AR_SIZES, f"ar.sizes[{i}]", s, f"must be one of {', '.join(AR_SIZES)}")
     _check(len(p.ar.sizes) > 0, "ar.sizes", p.ar.sizes, "must list at least one size")
     _check(p.tune.ar_size in AR_SIZES, "tune.ar_size", p.tune.ar_size, f"must be one of {', '.join(AR_SIZES)}")
-    for s in sorted(set(p.ar.sizes) | {p.tune.ar_size}):
+    for s in sorted((set() if p.ar.align_layers else set(p.ar.sizes)) | {p.tune.ar_size}):
         depth = ar_depth(s, p)
         _check(1 <= p.align_layer <= depth, "align_layer", p.align_layer,
                f"must be within 1..{depth} (depth of AR size {s})")
+    if p.ar.align_layers:
+        _check(len(p.ar.align_layers) == len(p.ar.sizes), "ar.align_layers", p.ar.align_layers,
+               f"must have one entry per ar.sizes {p.ar.sizes} (or be [])")
+        for i, (s, l) in enumerate(zip(p.ar.sizes, p.ar.align_layers)):
+            depth = ar_depth(s, p)
+            _check(1 <= l <= depth, f"ar.align_layers[{i}]", l, f"must be within 1..{depth} (depth of AR size {s})")
     for i, a in enumerate(p.tune.ablations):
         _check(a in ("ste",), f"tune.ablations[{i}]", a, "must be one of ste")
 

@@ -97,3 +97,13 @@ def eval_samples_json(arm: str, size: str) -> Path:
 def state_dir(params, stage: str, *parts: str) -> Path:
     """Resumable training state: outside every declared output (tools delete those)."""
     return Path(params.compute.state_dir).joinpath(stage, *parts)
+
+
+def freeze_stats_json(arm: str) -> Path:
+    """Codebook statistics of a frozen tokenizer over the val split (written by `gear freeze`)."""
+    return METRICS_DIR / "freeze" / f"{arm}.json"
+
+
+def freeze_source_dir(arm: str) -> Path:
+    """Where `gear freeze --arm <arm>` reads the tokenizer EMA from."""
+    return tokenizer_init_dir() if arm == "baseline" else tune_dir(arm)

@@ -1,0 +1,82 @@
+"""`gear`: one command per pipeline stage, shared by the Snakefile rules and dvc.yaml stages.
+
+    gear <stage> --params params.yaml [--set key=value ...] [stage options]
+
+Params are loaded and validated before anything else runs; a bad key, value, input or checkpoint
+ends the command with a one-line reason and a non-zero exit, before any compute.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from gear.config import ParamsError, load_params
+
+# stage name -> (module, help, extra arguments)
+STAGES: dict[str, tuple[str, str, list[tuple[str, dict]]]] = {
+    "shard": ("gear.data.shard", "write webdataset shards + manifest from the embedded set or an ImageFolder", []),
+    "teacher": ("gear.stages.teacher", "train the offline `demo` alignment teacher on the shards", []),
+    "tokenizer-init": ("gear.stages.tokenizer_init", "warm-up tokenizer training (reconstruction + GAN)", []),
+    "tune": ("gear.stages.tune", "GEAR end-to-end tuning of tokenizer + AR", [
+        ("--variant", dict(default="gear", help="gear (uses params e2e_mode) or an ablation in tune.ablations"))]),
+    "freeze": ("gear.stages.freeze", "export a tokenizer EMA as a frozen artifact + codebook stats", [
+        ("--arm", dict(required=True, help="baseline | gear | an ablation name"))]),
+    "tokenize": ("gear.stages.tokenize", "pre-extract token shards of the train split with a frozen tokenizer", [
+        ("--arm", dict(required=True, help="baseline | gear"))]),
+    "train-ar": ("gear.stages.train_ar", "train a fresh AR on a frozen tokenizer (LlamaGen-REPA recipe)", [
+        ("--arm", dict(required=True, help="baseline | gear")),
+        ("--size", dict(required=True, help="AR size: tiny | small | B | L | XL | custom"))]),
+    "sample": ("gear.stages.sample", "class-conditional sampling with KV cache and CFG", [
+        ("--arm", dict(required=True)), ("--size", dict(required=True))]),
+    "evaluate": ("gear.stages.evaluate", "metrics JSON for a tokenizer, a samples file, or the real statistics", [
+        ("what", dict(choices=["real", "tokenizer", "samples"])),
+        ("--arm", dict(default=None)), ("--size", dict(default=None))]),
+    "report": ("gear.stages.report", "write reports/index.md and reports/index.html from the metrics", []),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gear", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="stage", metavar="<stage>", required=True)
+    for name, (_, help_text, extra) in STAGES.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a param, e.g. --set tau=0.5 --set ar.lr=3e-4 (repeatable)")
+        for flag, kwargs in extra:
+            p.add_argument(flag, **kwargs)
+    p = sub.add_parser("params", help="validate params and print them resolved")
+    p.add_argument("--params", default="params.yaml")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from gear.data.shard import DataError
+    from gear.io import ArtifactError
+    from gear.train.state import NonFiniteLossError
+
+    try:
+        params = load_params(args.params, args.overrides)
+        if args.stage == "params":
+            import yaml
+
+            print(yaml.safe_dump(params.to_dict(), sort_keys=False), end="")
+            return 0
+        module = importlib.import_module(STAGES[args.stage][0])
+        extra = {k: v for k, v in vars(args).items() if k not in ("stage", "params", "overrides")}
+        module.run(params, **extra)
+    except (ParamsError, ArtifactError, DataError, FileNotFoundError) as e:
+        print(f"gear {args.stage}: error: {e}", file=sys.stderr)
+        return 2
+    except NonFiniteLossError as e:
+        print(f"gear {args.stage}: error: {e}", file=sys.stderr)
+        return 3
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
