@@ -1,0 +1,268 @@
+"""`gear shard`: turn the embedded set or an ImageFolder into webdataset tar shards.
+
+Output, in params.data.shard_dir:
+  train-000000.tar, ...  val-000000.tar, ...   samples_per_shard samples per tar; per sample the
+      members <key>.png (or .jpg; resolution x resolution RGB) and <key>.cls (class index as
+      text), key = zero-padded index of the sample within its split
+  manifest.json   classes, resolution, counts per split and class, sha256 per shard, skipped
+      files with the reason, and the params.data digest
+
+Images are processed by a multiprocessing pool (imap keeps the order) and streamed into the
+tars, so memory stays constant. Same input and params -> byte-identical shards: sample order is
+a fixed-seed shuffle (so any prefix of a split is class-balanced), tar headers carry fixed
+mtime/owner, and PNG/JPEG encoding is deterministic. Everything is written into a temporary
+folder next to shard_dir and renamed into place at the end, so a crash never leaves half a set.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import io
+import json
+import multiprocessing as mp
+import shutil
+import sys
+import tarfile
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from gear import paths
+from gear.data import embedded
+
+ORDER_SEED = 7  # fixed shuffle of the sample order within each split
+
+
+class DataError(RuntimeError):
+    """Missing, empty or unreadable data; the message is one line a person can act on."""
+
+
+# A job is (kind, source, label): ("crop", box, label) for the embedded set,
+# ("file", path, label) for an ImageFolder.
+Job = tuple[str, object, int]
+
+
+# ----------------------------------------------------------------------------------------------
+# image processing (runs in the pool workers)
+
+
+def center_crop(img: Image.Image, resolution: int) -> Image.Image:
+    """Resize the short side to `resolution` (box-halving first, then bicubic) and center crop."""
+    while min(img.size) >= 2 * resolution:
+        img = img.resize((img.width // 2, img.height // 2), Image.Resampling.BOX)
+    scale = resolution / min(img.size)
+    img = img.resize((round(img.width * scale), round(img.height * scale)), Image.Resampling.BICUBIC)
+    left, top = (img.width - resolution) // 2, (img.height - resolution) // 2
+    return img.crop((left, top, left + resolution, top + resolution))
+
+
+def _encode(job: Job, resolution: int, image_format: str) -> tuple[bytes | None, str]:
+    """Encoded image bytes of one job, or (None, reason) when the source cannot be read."""
+    kind, src, label = job
+    try:
+        if kind == "crop":
+            img = embedded.render(label, src, resolution)
+        else:
+            with Image.open(src) as im:
+                img = center_crop(im.convert("RGB"), resolution)
+    except Exception as e:  # any failure to decode means: skip this file and list it
+        return None, f"{type(e).__name__}: {e}"
+    buf = io.BytesIO()
+    if image_format == "png":
+        img.save(buf, format="PNG", compress_level=1)  # as small as level 6 on 32 px, faster
+    else:
+        img.save(buf, format="JPEG", quality=95, subsampling=0)
+    return buf.getvalue(), ""
+
+
+def _pool_map(fn, jobs: list[Job], workers: int) -> Iterator[tuple[bytes | None, str]]:
+    if workers <= 1:
+        yield from map(fn, jobs)
+        return
+    with mp.Pool(workers) as pool:
+        yield from pool.imap(fn, jobs, chunksize=16)
+
+
+# ----------------------------------------------------------------------------------------------
+# sources
+
+
+def _class_folders(root: Path, key: str) -> list[str]:
+    if not root.is_dir():
+        raise DataError(f"{key} {root}: folder not found")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise DataError(f"{key} {root}: no class folders (expected <root>/<class>/<image>)")
+    return classes
+
+
+def _files(root: Path, classes: list[str], key: str) -> list[tuple[Path, int]]:
+    """(path, label) of every file under <root>/<class>/, class by class, sorted by name."""
+    out = []
+    for label, name in enumerate(classes):
+        folder = root / name
+        if folder.is_dir():
+            out += [(p, label) for p in sorted(folder.rglob("*")) if p.is_file()]
+    if not out:
+        raise DataError(f"{key} {root}: no files in its class folders")
+    return out
+
+
+def _hold_out(files: list[tuple[Path, int]], root: Path, fraction: float):
+    """Split each class: the round(fraction * n) files with the smallest name hash go to val."""
+    train, val = [], []
+    for label in sorted({lab for _, lab in files}):
+        group = [f for f in files if f[1] == label]
+        n_val = min(len(group) - 1, max(1, round(fraction * len(group)))) if len(group) > 1 else 0
+        by_hash = sorted(group, key=lambda f: hashlib.sha256(str(f[0].relative_to(root)).encode()).hexdigest())
+        held = {f[0] for f in by_hash[:n_val]}
+        train += [f for f in group if f[0] not in held]
+        val += [f for f in group if f[0] in held]
+    return train, val
+
+
+def _jobs(params) -> tuple[list[str], dict[str, list[Job]]]:
+    """Class names and the jobs of each split, in the fixed shuffled order."""
+    d = params.data
+    if d.source == "embedded":
+        classes = list(embedded.SOURCES)
+        splits = {
+            "train": [("crop", box, lab) for lab, box in embedded.crops("train", d.embedded_train_per_class)],
+            "val": [("crop", box, lab) for lab, box in embedded.crops("val", d.embedded_val_per_class)],
+        }
+    else:
+        train_root = Path(d.train_root)
+        classes = _class_folders(train_root, "data.train_root")
+        train = _files(train_root, classes, "data.train_root")
+        if d.val_root:
+            val_root = Path(d.val_root)
+            unknown = sorted(set(_class_folders(val_root, "data.val_root")) - set(classes))
+            if unknown:
+                raise DataError(f"data.val_root {val_root}: class folders not in data.train_root: {', '.join(unknown[:5])}")
+            val = _files(val_root, classes, "data.val_root")
+        else:
+            train, val = _hold_out(train, train_root, d.val_fraction)
+        splits = {"train": [("file", str(p), lab) for p, lab in train],
+                  "val": [("file", str(p), lab) for p, lab in val]}
+    for i, (name, jobs) in enumerate(splits.items()):
+        order = np.random.default_rng([ORDER_SEED, i]).permutation(len(jobs))
+        splits[name] = [jobs[j] for j in order]
+    return classes, splits
+
+
+# ----------------------------------------------------------------------------------------------
+# writing
+
+
+def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = len(data), 0, 0o644
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    tar.addfile(info, io.BytesIO(data))
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class _TarShards:
+    """Appends samples to <folder>/<split>-000000.tar, ... with `per_shard` samples per tar."""
+
+    def __init__(self, folder: Path, split: str, per_shard: int):
+        self.folder, self.split, self.per_shard = folder, split, per_shard
+        self.shards, self.count, self._tar = [], 0, None
+
+    def add(self, members: dict[str, bytes]) -> None:
+        if self.count % self.per_shard == 0:
+            self._close_tar()
+            self.shards.append({"name": f"{self.split}-{len(self.shards):06d}.tar", "count": 0})
+            self._tar = tarfile.open(self.folder / self.shards[-1]["name"], "w", format=tarfile.USTAR_FORMAT)
+        key = f"{self.count:09d}"
+        for ext, data in members.items():
+            _add_member(self._tar, f"{key}.{ext}", data)
+        self.shards[-1]["count"] += 1
+        self.count += 1
+
+    def close(self) -> list[dict]:
+        """[{name, count, sha256}] of the shards written."""
+        self._close_tar()
+        return self.shards
+
+    def _close_tar(self) -> None:
+        if self._tar is not None:
+            self._tar.close()
+            self._tar = None
+            self.shards[-1]["sha256"] = _sha256(self.folder / self.shards[-1]["name"])
+
+
+def _write_split(split: str, jobs: list[Job], encoded: Iterator, folder: Path, params,
+                 classes: list[str]) -> tuple[dict, list[dict]]:
+    d = params.data
+    writer = _TarShards(folder, split, d.samples_per_shard)
+    per_class, skipped = {c: 0 for c in classes}, []
+    for job, (data, reason) in tqdm(zip(jobs, encoded), total=len(jobs), desc=f"shard {split}", unit="img"):
+        if data is None:
+            skipped.append({"split": split, "path": str(job[1]), "reason": reason})
+            tqdm.write(f"warning: skipped {job[1]}: {reason}", file=sys.stderr)
+            continue
+        writer.add({d.image_format: data, "cls": str(job[2]).encode()})
+        per_class[classes[job[2]]] += 1
+    shards = writer.close()
+    if not shards:
+        raise DataError(f"zero readable images in split {split} ({len(skipped)} files skipped, e.g. "
+                        f"{skipped[0]['path'] if skipped else 'none'})")
+    return {"count": writer.count, "per_class": per_class, "shards": shards}, skipped
+
+
+def run(params) -> None:
+    """Build the shards and manifest of params.data into paths.shard_dir(params), atomically."""
+    d = params.data
+    out = paths.shard_dir(params)
+    classes, splits = _jobs(params)  # all input checks happen here, before any heavy work
+    if d.source == "embedded":
+        embedded.photos()  # load once in the parent; forked workers inherit the cache
+
+    tmp = out.parent / f".{out.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        encode = functools.partial(_encode, resolution=d.resolution, image_format=d.image_format)
+        manifest = {
+            "format": "webdataset",
+            "source": d.source,
+            "resolution": d.resolution,
+            "image_format": d.image_format,
+            "classes": classes,
+            "splits": {},
+            "skipped": [],
+            "params_data_digest": params.digest("data"),
+            "params_data": params.to_dict()["data"],
+        }
+        for split, jobs in splits.items():
+            encoded = _pool_map(encode, jobs, params.compute.workers)
+            info, skipped = _write_split(split, jobs, encoded, tmp, params, classes)
+            manifest["splits"][split] = info
+            manifest["skipped"] += skipped
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+    # Swap in the new set: stale shards of an older run go away with the old folder.
+    old = out.parent / f".{out.name}.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if out.exists():
+        out.rename(old)
+    tmp.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
+    n_skip = len(manifest["skipped"])
+    print(f"shard: {manifest['splits']['train']['count']} train / {manifest['splits']['val']['count']} val "
+          f"samples, {len(classes)} classes -> {out}" + (f" ({n_skip} files skipped, listed in manifest.json)" if n_skip else ""))
