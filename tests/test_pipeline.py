@@ -1,0 +1,286 @@
+"""The Snakefile and dvc.yaml wire the same DAG through the one `gear` CLI, at gear.paths' paths.
+
+Nothing runs a stage: Snakemake builds its job DAG through its API in a subprocess (dry), DVC's
+stage graph comes from dvc.repo.Repo(...).index, and the slurm profile is exercised with `-n`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gear import paths
+from gear.cli import STAGES, build_parser
+from gear.config import load_params
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+P = load_params(ROOT / "params.yaml")
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:dvc")
+TRAIN_RULES = {"teacher", "tokenizer_init", "tune", "train_ar", "sample"}
+
+# Runs in a subprocess (Snakemake changes directory and logging): for each params file, every job
+# of the forced DAG with its outputs, upstream jobs, params, resources, shell command, and for
+# the training jobs the sbatch line and --gres the slurm plugin would build.
+DAG_SCRIPT = r"""
+import contextlib, io, json, sys
+from pathlib import Path
+from snakemake.api import SnakemakeApi
+from snakemake.settings.types import ConfigSettings, DAGSettings, OutputSettings, Quietness, ResourceSettings
+from snakemake_executor_plugin_slurm.submit_string import get_submit_command
+from snakemake_executor_plugin_slurm.utils import set_gres_string
+from snakemake_executor_plugin_slurm.validation import validate_slurm_extra
+
+root = Path(sys.argv[1])
+key = lambda job: [job.rule.name, dict(job.wildcards_dict)]
+
+
+def jobs(params_file):
+    with SnakemakeApi(OutputSettings(quiet={Quietness.ALL})) as api:
+        wf = api.workflow(resource_settings=ResourceSettings(), snakefile=root / "Snakefile", workdir=root,
+                          config_settings=ConfigSettings(config={"params": params_file}))
+        dag_api = wf.dag(DAGSettings(targets={"all"}, forceall=True))
+        with contextlib.redirect_stdout(io.StringIO()):
+            dag_api.printd3dag()  # builds the DAG
+        dag = wf._workflow.dag
+        for job in dag.jobs:
+            sbatch = None
+            if job.resources.get("slurm_extra"):
+                validate_slurm_extra(job)
+                sbatch = get_submit_command(job, dict(run_uuid="u", slurm_logfile="l", comment_str="c",
+                                                      account="-A acct", partition="-p gpu", workdir=None))
+                sbatch += set_gres_string(job)
+            yield dict(
+                rule=job.rule.name, wildcards=dict(job.wildcards_dict), output=[str(f) for f in job.output],
+                upstream=[key(d) for d in dag.dependencies[job]], params=dict(job.params.items()),
+                resources={k: v for k, v in job.resources.items() if isinstance(v, (int, str)) and "TBD" not in str(v)},
+                shell=job.shellcmd, sbatch=sbatch)
+
+
+print(json.dumps({f: list(jobs(f)) for f in sys.argv[2:]}))
+"""
+
+
+def node(rule: str, wildcards: dict) -> str:
+    """Snakemake job -> DVC stage name: tune + {variant: gear} -> tune@gear, train_ar@gear-tiny."""
+    return rule + ("@" + "-".join(wildcards.values()) if wildcards else "")
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    """A copy of the workflow files without outputs (an existing reports/ would satisfy `all`)."""
+    d = tmp_path_factory.mktemp("wf")
+    for name in ("Snakefile", "params.yaml", "dvc.yaml"):
+        shutil.copy(ROOT / name, d / name)
+    for name in ("workflow", "presets", "slurm", "local"):
+        shutil.copytree(ROOT / name, d / name)
+    two_nodes = yaml.safe_load((ROOT / "presets/imagenet256.yaml").read_text())
+    two_nodes["resources"]["train_nodes"] = 2
+    (d / "two_nodes.yaml").write_text(yaml.safe_dump(two_nodes))
+    return d
+
+
+@pytest.fixture(scope="module")
+def smk_all(workdir) -> dict[str, dict[str, dict]]:
+    """params file -> stage name -> job, for the embedded default and two cluster settings."""
+    files = ["params.yaml", "presets/imagenet256.yaml", "two_nodes.yaml"]
+    out = subprocess.run([sys.executable, "-c", DAG_SCRIPT, str(workdir), *files], cwd=workdir,
+                         capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    return {f: {node(j["rule"], j["wildcards"]): j for j in jobs if j["rule"] != "all"} for f, jobs in result.items()}
+
+
+@pytest.fixture(scope="module")
+def smk(smk_all) -> dict[str, dict]:
+    return smk_all["params.yaml"]
+
+
+@pytest.fixture(scope="module")
+def dvc() -> dict:
+    """name -> dict(cmd, deps, params, outs, metrics, plots, upstream) from DVC's own index."""
+    from dvc.repo import Repo
+
+    with Repo(str(ROOT)) as repo:
+        index = repo.index
+        stages = {}
+        for s in index.stages:
+            deps = [d for d in s.deps if not hasattr(d, "params")]
+            params = [k for d in s.deps if hasattr(d, "params") for k in d.params]
+            stages[s.name] = dict(
+                cmd=s.cmd, deps=[d.def_path for d in deps], params=params,
+                outs=[o.def_path for o in s.outs if not o.metric and not o.plot],
+                metrics=[o.def_path for o in s.outs if o.metric],
+                plots=[o.def_path for o in s.outs if o.plot], upstream=set())
+        for down, up in index.graph.edges:  # DVC edges point from a stage to what it depends on
+            stages[down.name]["upstream"].add(up.name)
+    return stages
+
+
+def gear_argv(command: str) -> tuple[list[str], list[str]]:
+    """Split a rule/stage command into (launcher prefix, argv after `gear`) without redirections."""
+    tokens = shlex.split(command)
+    tokens = tokens[: tokens.index(">")] if ">" in tokens else tokens
+    i = tokens.index("gear")  # the first `gear` is the command (`gear` is also an arm)
+    return tokens[:i], tokens[i + 1:]
+
+
+# ---- (a) one DAG ------------------------------------------------------------------------------
+
+def test_same_stages_edges_and_outputs(smk, dvc):
+    assert set(smk) == set(dvc)
+    expected = {"shard", "teacher", "tokenizer_init", "evaluate_real", "report"}
+    expected |= {f"tune@{v}" for v in paths.tune_variants(P)}
+    expected |= {f"{s}@{a}" for s in ("freeze", "evaluate_tokenizer") for a in paths.tokenizer_arms(P)}
+    expected |= {f"tokenize@{a}" for a in paths.AR_ARMS}
+    expected |= {f"{s}@{a}-{z}" for s in ("train_ar", "sample", "evaluate_samples")
+                 for a in paths.AR_ARMS for z in P.ar.sizes}
+    assert set(dvc) == expected
+    for name, job in smk.items():
+        assert {node(r, w) for r, w in job["upstream"]} == dvc[name]["upstream"], name
+        declared = dvc[name]["outs"] + dvc[name]["metrics"] + dvc[name]["plots"]
+        assert sorted(job["output"]) == sorted(declared), name
+
+
+def test_same_params_per_stage(smk, dvc):
+    """Each rule's `params:` is the digest of the top-level keys its DVC stage lists plus the
+    dotted keys' values, so a params edit reruns the same stages in both tools."""
+    for name, stage in dvc.items():
+        top = [k for k in stage["params"] if "." not in k]
+        want = {"digest": P.digest(*top)} if top else {}
+        for k in (k for k in stage["params"] if "." in k):
+            section, leaf = k.split(".")
+            want[leaf] = getattr(getattr(P, section), leaf)
+        assert smk[name]["params"] == want, name
+
+
+def test_tau_reruns_tune_and_downstream_only(dvc):
+    direct = {n for n, s in dvc.items() if "tau" in s["params"]}
+    assert direct == {f"tune@{v}" for v in paths.tune_variants(P)}
+    rerun, frontier = set(direct), set(direct)
+    while frontier:
+        frontier = {n for n, s in dvc.items() if s["upstream"] & frontier} - rerun
+        rerun |= frontier
+    cached = set(dvc) - rerun
+    assert {"shard", "teacher", "tokenizer_init", "evaluate_real", "freeze@baseline", "tokenize@baseline",
+            "evaluate_tokenizer@baseline"} <= cached
+    assert {n for n in dvc if n.endswith(tuple(f"@baseline-{z}" for z in P.ar.sizes))} <= cached
+    assert {"freeze@gear", "tokenize@gear", "report"} <= rerun
+
+
+# ---- (c) only real `gear` commands, with valid arguments --------------------------------------
+
+def check_command(name: str, command: str, params_file: str) -> tuple[list[str], list[str]]:
+    prefix, argv = gear_argv(command)
+    ns = build_parser().parse_args(argv)  # an unknown stage or argument exits here
+    rule, _, item = name.partition("@")
+    stage, what = (("evaluate", rule.split("_", 1)[1]) if rule.startswith("evaluate_")
+                   else (rule.replace("_", "-"), None))
+    assert ns.stage == stage and stage in STAGES, command
+    assert getattr(ns, "what", None) == what and ns.params == params_file and ns.overrides == [], command
+    given = [getattr(ns, k) for k in ("variant", "arm", "size") if getattr(ns, k, None) is not None]
+    assert given == (item.split("-") if item else []), command
+    return prefix, argv
+
+
+def test_commands_are_gear_stages(smk, dvc):
+    for name, stage in dvc.items():
+        prefix, argv = check_command(name, stage["cmd"], "params.yaml")
+        assert prefix == [], stage["cmd"]
+        job = smk[name]
+        smk_prefix, smk_argv = check_command(name, job["shell"], "params.yaml")
+        assert smk_argv == argv and smk_prefix == []  # one GPU per job in the embedded default
+        log = f"logs/{job['rule']}/{'/'.join(job['wildcards'].values()) or 'run'}.log"
+        assert job["shell"].endswith(f"> {log} 2>&1"), job["shell"]
+
+
+# ---- (d) dvc.yaml paths are gear.paths' paths --------------------------------------------------
+
+def test_dvc_paths_match_gear_paths(dvc):
+    def live(stage, *parts):
+        d = paths.metrics_dir(stage, *parts)
+        return dict(metrics=[str(d / "metrics.json")], plots=[str(d / "plots" / "metrics")])
+
+    shards = str(paths.shard_dir(P))
+    want = {
+        "shard": dict(outs=[shards]),
+        "teacher": dict(outs=[str(paths.teacher_dir())], **live("teacher")),
+        "tokenizer_init": dict(outs=[str(paths.tokenizer_init_dir())], **live("tokenizer_init")),
+        "evaluate_real": dict(outs=[str(paths.real_stats_dir())]),
+        "report": dict(outs=[str(paths.REPORTS_DIR)]),
+    }
+    for v in paths.tune_variants(P):
+        want[f"tune@{v}"] = dict(outs=[str(paths.tune_dir(v))], **live("tune", v))
+    for a in paths.tokenizer_arms(P):
+        want[f"freeze@{a}"] = dict(outs=[str(paths.frozen_dir(a))], metrics=[str(paths.freeze_stats_json(a))])
+        want[f"evaluate_tokenizer@{a}"] = dict(metrics=[str(paths.eval_tokenizer_json(a))])
+        assert dvc[f"freeze@{a}"]["deps"][0] == str(paths.freeze_source_dir(a))
+    for a in paths.AR_ARMS:
+        want[f"tokenize@{a}"] = dict(outs=[str(paths.tokens_dir(a))])
+        for z in P.ar.sizes:
+            want[f"train_ar@{a}-{z}"] = dict(outs=[str(paths.ar_dir(a, z))], **live("train_ar", a, z))
+            want[f"sample@{a}-{z}"] = dict(outs=[str(paths.samples_dir(a, z))])
+            want[f"evaluate_samples@{a}-{z}"] = dict(metrics=[str(paths.eval_samples_json(a, z))])
+    assert set(want) == set(dvc)
+    for name, w in want.items():
+        got = {k: dvc[name][k] for k in ("outs", "metrics", "plots") if dvc[name][k]}
+        assert got == w, name
+    state = str(Path(P.compute.state_dir))
+    declared = [p for s in dvc.values() for k in ("outs", "metrics", "plots") for p in s[k]]
+    assert not any(p == state or p.startswith(state + "/") for p in declared)
+
+
+# ---- (b) the slurm profile and multi-GPU launches ----------------------------------------------
+
+def test_slurm_profile_dry_run(workdir):
+    env = dict(os.environ, SLURM_ACCOUNT="acct-1", SLURM_PARTITION="gpu-a100",
+               PATH=f"{BIN}:/usr/bin:/bin")  # no sbatch anywhere: -n must not need it
+    assert shutil.which("sbatch", path=env["PATH"]) is None
+    out = subprocess.run([str(BIN / "snakemake"), "--profile", "slurm", "all", "-n"], cwd=workdir, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    text = out.stdout + out.stderr
+    blocks = [b for b in text.split("\nrule ")[1:] if not b.startswith("all:")]
+    assert len(blocks) == 21
+    for block in blocks:
+        rule = block.split(":", 1)[0]
+        res = next(line for line in block.splitlines() if line.strip().startswith("resources:"))
+        res = dict(kv.split("=", 1) for kv in res.split(":", 1)[1].strip().split(", "))
+        assert res["slurm_account"] == "acct-1" and res["slurm_partition"] == "gpu-a100", rule
+        assert ("gpu" in res) == (rule in TRAIN_RULES), rule
+        if rule in TRAIN_RULES:
+            assert res["gpu"] == str(P.resources.train_gpus) and res["slurm_extra"] == "--signal=TERM@120"
+            assert res["cpus_per_task"] == str(P.resources.train_cpus)
+
+
+@pytest.mark.parametrize("params_file,nodes", [("presets/imagenet256.yaml", 1), ("two_nodes.yaml", 2)])
+def test_multi_gpu_launch_and_sbatch(workdir, smk_all, params_file, nodes):
+    p = load_params(workdir / params_file)
+    gpus = p.resources.train_gpus
+    jobs = smk_all[params_file]
+    assert {n.split("@")[0] for n in jobs if jobs[n]["sbatch"]} == TRAIN_RULES
+    for name, job in jobs.items():
+        prefix, _ = check_command(name, job["shell"], params_file)
+        if job["sbatch"] is None:
+            assert prefix == [] and "gpu" not in job["resources"], name
+            continue
+        sbatch = job["sbatch"].split()
+        assert "--signal=TERM@120" in sbatch and f"--nodes={nodes}" in sbatch, job["sbatch"]
+        assert f"--cpus-per-task={p.resources.train_cpus}" in sbatch and f"-t {p.resources.train_runtime}" in job["sbatch"]
+        if nodes == 1:
+            assert prefix == ["torchrun", "--no-python", "--standalone", f"--nproc_per_node={gpus}"]
+            # one task holding every GPU (a task per GPU would run the stage once per GPU)
+            assert f"--gpus={gpus}" in sbatch and not any(s.startswith("--ntasks") for s in sbatch), job["sbatch"]
+        else:  # one srun task per node, each a torchrun with one worker per GPU
+            assert prefix[:4] == ["srun", f"--nodes={nodes}", "--ntasks-per-node=1", "torchrun"]
+            assert f"--nnodes={nodes}" in prefix and f"--nproc_per_node={gpus}" in prefix
+            assert "--rdzv-backend=c10d" in prefix
+            assert f"--gres=gpu:{gpus}" in sbatch and f"--ntasks={nodes}" in sbatch, job["sbatch"]
+            assert not any(s.startswith(("--gpus", "--ntasks-per-gpu")) for s in sbatch), job["sbatch"]

@@ -1,0 +1,62 @@
+# Shared by every rule file: the validated params, the arm/size lists, resources and launchers.
+# Paths come from gear.paths and params from gear.config, so the Snakefile holds no logic of its own.
+
+from gear import paths
+from gear.config import AR_SIZES, load_params
+
+PARAMS_FILE = config.get("params", "params.yaml")  # snakemake --config params=presets/imagenet256.yaml
+P = load_params(PARAMS_FILE)  # a bad params file stops here with a one-line ParamsError
+R = P.resources
+
+SHARDS = str(paths.shard_dir(P))
+SIZES = P.ar.sizes
+AR_ARMS = list(paths.AR_ARMS)
+TUNE_VARIANTS = paths.tune_variants(P)
+TOKENIZER_ARMS = paths.tokenizer_arms(P)
+
+wildcard_constraints:
+    arm="|".join(TOKENIZER_ARMS),
+    variant="|".join(TUNE_VARIANTS),
+    size="|".join(AR_SIZES),
+
+
+def logfile(rule_name, *wildcards):
+    """logs/<rule>/<wildcards>.log (run.log for rules without wildcards)."""
+    stem = "/".join("{" + w + "}" for w in wildcards) or "run"
+    return f"logs/{rule_name}/{stem}.log"
+
+
+def benchfile(rule_name, *wildcards):
+    stem = "/".join("{" + w + "}" for w in wildcards) or "run"
+    return f"benchmarks/out/{rule_name}/{stem}.tsv"
+
+
+def dvclive(stage, *parts):
+    """(metrics.json, plots dir) of a training stage's dvclive folder."""
+    d = paths.metrics_dir(stage, *parts)
+    return str(d / "metrics.json"), directory(str(d / "plots" / "metrics"))
+
+
+# ---- resources: params.resources -> slurm executor keys (gpu, cpus_per_task, mem_mb, runtime, nodes)
+
+LIGHT = dict(cpus_per_task=R.light_cpus, mem_mb=R.light_mem_mb, runtime=R.light_runtime, nodes=1)
+
+# SIGTERM two minutes before the time limit: training saves its resumable state and exits, and
+# the profile's `retries` resubmits the job, which resumes. (Not SIGUSR1: the plugin's in-step
+# snakemake process has no USR1 handler and would die, taking the step down; it treats SIGTERM
+# gracefully, and torchrun forwards SIGTERM to its workers.) Preemption: sbatch --requeue.
+TRAIN = dict(cpus_per_task=R.train_cpus, mem_mb=R.train_mem_mb, runtime=R.train_runtime,
+             nodes=R.train_nodes, slurm_extra="--signal=TERM@120")
+if R.train_nodes > 1:
+    # With `mpi` the plugin runs the rule in the batch step (no srun of its own) and the rule's
+    # `srun` starts one torchrun per node. gres is per node (`gpu` would be the job total);
+    # tasks_per_gpu=0 keeps the plugin from turning `tasks` into --ntasks-per-gpu.
+    TRAIN.update(gres=f"gpu:{R.train_gpus}", mpi="srun", tasks=R.train_nodes, tasks_per_gpu=0)
+    # $(hostname) runs in the batch step, on the first node of the allocation: the rendezvous host.
+    TRAIN_LAUNCH = (f"srun --nodes={R.train_nodes} --ntasks-per-node=1 torchrun --no-python "
+                    f"--nnodes={R.train_nodes} --nproc_per_node={R.train_gpus} --rdzv-id=$SLURM_JOB_ID "
+                    f"--rdzv-backend=c10d --rdzv-endpoint=$(hostname):29500 ")
+else:
+    TRAIN.update(gpu=R.train_gpus)
+    TRAIN_LAUNCH = (f"torchrun --no-python --standalone --nproc_per_node={R.train_gpus} "
+                    if R.train_gpus > 1 else "")  # else one process
