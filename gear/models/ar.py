@@ -1,0 +1,258 @@
+"""LlamaGen-style class-conditional AR generator over a grid of discrete image tokens, with the
+REPA projector and losses that GEAR trains it with.
+
+Sequence layout (L = grid * grid tokens, raster order):
+    position 0        the class embedding (index num_classes = null class, used for CFG)
+    positions 1..L-1  embeddings of tokens 0..L-2 (teacher forcing)
+The output at position k predicts token k, so logits are (B, L, K) and the targets are the input
+tokens themselves. The hidden state at position k (after block l) is aligned to teacher patch k.
+
+2D RoPE: each head's dims form head_dim/2 rotation pairs; the first half of the pairs rotate by
+the row of the token held at that position, the second half by its column. Position k >= 1 holds
+token k-1, so it rotates by token k-1's (row, col); the class position is not rotated (cos 1,
+sin 0). Keys therefore carry where each token lies on the grid.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from gear.models.registry import ar_shape
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int
+    grid: int            # token grid side; sequence length L = grid * grid
+    n_layer: int
+    dim: int
+    n_head: int
+    num_classes: int
+    class_dropout: float = 0.1
+    token_dropout: float = 0.1
+    ffn_multiple: int = 256
+    rope_base: float = 10000.0
+    norm_eps: float = 1e-5
+
+    def __post_init__(self):
+        for name in ("vocab_size", "grid", "n_layer", "dim", "n_head", "num_classes", "ffn_multiple"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"GPTConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.dim % self.n_head or (self.dim // self.n_head) % 4:
+            raise ValueError(f"GPTConfig: dim {self.dim} / n_head {self.n_head} must give a head dim "
+                             "divisible by 4 (2D RoPE rotates pairs along two axes)")
+        for name in ("class_dropout", "token_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"GPTConfig.{name} must be in [0, 1), got {getattr(self, name)}")
+
+    @property
+    def seq_len(self) -> int:
+        return self.grid * self.grid
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_head
+
+    @property
+    def ffn_hidden(self) -> int:
+        h = int(2 * 4 * self.dim / 3)
+        return -(-h // self.ffn_multiple) * self.ffn_multiple
+
+    @classmethod
+    def from_size(cls, size: str, vocab_size: int, grid: int, num_classes: int, params=None,
+                  **kw) -> "GPTConfig":
+        n_layer, dim, n_head = ar_shape(size, params)
+        return cls(vocab_size=vocab_size, grid=grid, n_layer=n_layer, dim=dim, n_head=n_head,
+                   num_classes=num_classes, **kw)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "GPTConfig":
+        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"GPTConfig.from_dict: unknown keys {sorted(unknown)}")
+        return cls(**d)
+
+
+class ARout(NamedTuple):
+    logits: torch.Tensor | None          # (B, n, K); None on early exit
+    hidden: dict[int, torch.Tensor]      # 1-indexed block -> (B, n, D) block output
+
+
+def rope_tables(grid: int, head_dim: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin of shape (L, head_dim) for the rotate-half convention (pair i = dims i, i + hd/2)."""
+    quarter = head_dim // 4
+    freqs = 1.0 / base ** (torch.arange(quarter, dtype=torch.float64) / quarter)
+    tok = torch.arange(grid * grid - 1)               # tokens 0..L-2 sit at positions 1..L-1
+    row, col = (tok // grid).double(), (tok % grid).double()
+    ang = torch.cat([row[:, None] * freqs, col[:, None] * freqs], dim=1)     # (L-1, hd/2)
+    ang = torch.cat([torch.zeros(1, 2 * quarter, dtype=ang.dtype), ang])    # class: no rotation
+    ang = torch.cat([ang, ang], dim=1)                                       # (L, hd)
+    return ang.cos().float(), ang.sin().float()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat([-x2, x1], dim=-1) * sin
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.n_head, self.head_dim = cfg.n_head, cfg.head_dim
+        self.qkv = nn.Linear(cfg.dim, 3 * cfg.dim, bias=False)
+        self.proj = nn.Linear(cfg.dim, cfg.dim, bias=False)
+
+    def forward(self, x, cos, sin, cache=None, pos: int = 0):
+        B, n, D = x.shape
+        qkv = self.qkv(x).view(B, n, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
+        qk = apply_rope(qkv[:2], cos.to(qkv.dtype), sin.to(qkv.dtype))   # q and k in one pass
+        q, k, v = qk[0], qk[1], qkv[2]
+        if cache is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            # static cache (B, H, L, hd): write this step's keys/values, attend to the prefix.
+            # A single query needs no mask; a multi-token prefill must start at position 0.
+            if n > 1 and pos:
+                raise ValueError(f"cached attention takes one token, or a prefill at position 0 (got {n} at {pos})")
+            k_cache, v_cache = cache
+            k_cache[:, :, pos:pos + n] = k
+            v_cache[:, :, pos:pos + n] = v
+            y = F.scaled_dot_product_attention(q, k_cache[:, :, :pos + n], v_cache[:, :, :pos + n],
+                                               is_causal=n > 1)
+        return self.proj(y.transpose(1, 2).reshape(B, n, D))
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.gate_up = nn.Linear(cfg.dim, 2 * cfg.ffn_hidden, bias=False)   # w1 and w3 in one GEMM
+        self.down = nn.Linear(cfg.ffn_hidden, cfg.dim, bias=False)
+
+    def forward(self, x):
+        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        return self.down(F.silu(gate) * up)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.attn_norm = nn.RMSNorm(cfg.dim, eps=cfg.norm_eps)
+        self.attn = Attention(cfg)
+        self.ffn_norm = nn.RMSNorm(cfg.dim, eps=cfg.norm_eps)
+        self.ffn = SwiGLU(cfg)
+
+    def forward(self, x, cos, sin, cache=None, pos: int = 0):
+        x = x + self.attn(self.attn_norm(x), cos, sin, cache, pos)
+        return x + self.ffn(self.ffn_norm(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.null_class = cfg.num_classes
+        self.cls_emb = nn.Embedding(cfg.num_classes + 1, cfg.dim)   # + null class for CFG
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.tok_drop = nn.Dropout(cfg.token_dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.norm = nn.RMSNorm(cfg.dim, eps=cfg.norm_eps)
+        self.head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        cos, sin = rope_tables(cfg.grid, cfg.head_dim, cfg.rope_base)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.apply(self._init)
+        nn.init.zeros_(self.head.weight)    # uniform logits at init
+
+    @staticmethod
+    def _init(m: nn.Module):
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, std=0.02)
+
+    def embed_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, n) indices -> E[x]; (B, n, K) distributions -> x @ E (gradient reaches x)."""
+        if x.is_floating_point():
+            return x.to(self.tok_emb.weight.dtype) @ self.tok_emb.weight
+        return self.tok_emb(x)
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor, *, stop_at_layer: int | None = None,
+                return_layers: tuple[int, ...] = ()) -> ARout:
+        """x: tokens (B, n) or code distributions (B, n, K), 1 <= n <= L (the last one is only a
+        target); labels (B,). Returns logits (B, n, K) and the requested block outputs."""
+        cfg = self.cfg
+        if x.is_floating_point():
+            if x.dim() != 3 or x.shape[-1] != cfg.vocab_size:
+                raise ValueError(f"distribution input must be (B, n, {cfg.vocab_size}), got {tuple(x.shape)}")
+        elif x.dim() != 2:
+            raise ValueError(f"index input must be (B, n) integers, got {tuple(x.shape)} {x.dtype}")
+        B, n = x.shape[:2]
+        if not 1 <= n <= cfg.seq_len:
+            raise ValueError(f"sequence length {n} outside [1, {cfg.seq_len}]")
+        if labels.shape != (B,) or labels.is_floating_point():
+            raise ValueError(f"labels must be integer (B,) = ({B},), got {tuple(labels.shape)} {labels.dtype}")
+        if self.training and cfg.class_dropout > 0:
+            drop = torch.rand(B, device=labels.device) < cfg.class_dropout
+            labels = torch.where(drop, torch.full_like(labels, self.null_class), labels)
+        h = torch.cat([self.cls_emb(labels)[:, None], self.embed_tokens(x[:, :-1])], dim=1)
+        return self.trunk(self.tok_drop(h), stop_at_layer=stop_at_layer, return_layers=return_layers)
+
+    def trunk(self, h: torch.Tensor, *, pos: int = 0, cache: list | None = None,
+              stop_at_layer: int | None = None, return_layers: tuple[int, ...] = ()) -> ARout:
+        """Run the blocks on input embeddings h (B, n, D) that sit at positions pos..pos+n-1.
+        cache: per-layer (k, v) static buffers (B, H, L, hd) for incremental decoding."""
+        last = self.cfg.n_layer if stop_at_layer is None else stop_at_layer
+        if not 1 <= last <= self.cfg.n_layer or any(not 1 <= l <= last for l in return_layers):
+            raise ValueError(f"layers must lie in [1, {last}] (n_layer {self.cfg.n_layer}); got "
+                             f"stop_at_layer={stop_at_layer}, return_layers={return_layers}")
+        n = h.shape[1]
+        cos, sin = self.rope_cos[pos:pos + n], self.rope_sin[pos:pos + n]
+        hidden = {}
+        for i, block in enumerate(self.blocks[:last], start=1):
+            h = block(h, cos, sin, None if cache is None else cache[i - 1], pos)
+            if i in return_layers or i == stop_at_layer:
+                hidden[i] = h
+        if stop_at_layer is not None:
+            return ARout(None, hidden)
+        return ARout(self.head(self.norm(h)), hidden)
+
+
+class Projector(nn.Module):
+    """REPA MLP from AR hidden states to teacher features (with biases, as in REPA)."""
+
+    def __init__(self, dim: int, out_dim: int, hidden: int = 2048):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
+                                 nn.Linear(hidden, out_dim))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.net(h)
+
+
+def repa_loss(proj: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean over patches of -cos(proj, target); both (B, L, Dt)."""
+    if proj.shape != target.shape:
+        raise ValueError(f"repa_loss: projection {tuple(proj.shape)} != target {tuple(target.shape)}")
+    return -F.cosine_similarity(proj.float(), target.float(), dim=-1).mean()
+
+
+def ntp_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Next-token cross entropy; logits (B, L, K), targets (B, L)."""
+    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+
+
+def configure_optimizer(model: nn.Module, lr: float, betas, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW, nanoGPT grouping: every >= 2D tensor (linear weights and embedding tables) decays;
+    1D tensors (norm gains, projector biases) do not. Pass an nn.ModuleList to cover several
+    modules (e.g. AR + projector)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    # the fused kernel is one pass over all tensors (CPU and CUDA); same update rule
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), fused=True)

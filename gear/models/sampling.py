@@ -1,0 +1,93 @@
+"""Class-conditional sampling from the AR: static KV cache, classifier-free guidance, temperature,
+top-k and top-p, all driven by one torch.Generator so that a seed fixes the images."""
+from __future__ import annotations
+
+import torch
+
+from gear.models.ar import GPT
+
+
+def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0,
+                  top_p: float = 1.0) -> torch.Tensor:
+    """Scale by 1/temperature, then keep the top_k largest logits (0 = all) and the smallest set
+    whose probability reaches top_p (1.0 = all); the rest become -inf."""
+    logits = logits / temperature
+    if top_k:
+        kth = logits.topk(top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        srt, idx = logits.sort(dim=-1, descending=True)
+        probs = srt.softmax(dim=-1)
+        before = probs.cumsum(dim=-1) - probs          # mass of the better tokens; first is 0
+        srt = srt.masked_fill(before >= top_p, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, idx, srt)
+    return logits
+
+
+def _check(model: GPT, labels: torch.Tensor, cfg_scale, cfg_interval, temperature, top_k, top_p,
+           generator) -> None:
+    if labels.dim() != 1 or labels.is_floating_point() or labels.numel() == 0:
+        raise ValueError(f"labels must be a non-empty 1D integer tensor, got {tuple(labels.shape)} {labels.dtype}")
+    if labels.device != model.head.weight.device:
+        raise ValueError(f"labels on {labels.device}, model on {model.head.weight.device}")
+    if generator is not None and generator.device.type != labels.device.type:
+        raise ValueError(f"generator on {generator.device}, model on {labels.device}")
+    if not (len(cfg_interval) == 2 and 0.0 <= cfg_interval[0] <= cfg_interval[1] <= 1.0):
+        raise ValueError(f"cfg_interval must be (lo, hi) with 0 <= lo <= hi <= 1, got {cfg_interval}")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if not 0 <= top_k <= model.cfg.vocab_size:
+        raise ValueError(f"top_k must be in [0, {model.cfg.vocab_size}], got {top_k}")
+    if not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if labels.min() < 0 or labels.max() > model.null_class:   # the one host sync, before any work
+        raise ValueError(f"labels must be in [0, {model.null_class}] ({model.null_class} = null class)")
+
+
+@torch.no_grad()
+def generate(model: GPT, labels: torch.Tensor, *, cfg_scale: float = 1.0,
+             cfg_interval: tuple[float, float] = (0.0, 1.0), temperature: float = 1.0, top_k: int = 0,
+             top_p: float = 1.0, generator: torch.Generator | None = None, use_cache: bool = True,
+             bf16: bool = False) -> torch.Tensor:
+    """Sample token grids (B, L) for class labels (B,).
+
+    CFG (cfg_scale != 1) runs the batch doubled as [cond; null] and samples from
+    u + cfg_scale * (c - u) for token k with lo <= k / L < hi, from c elsewhere.
+    use_cache=False recomputes the whole prefix at every step (the reference for tests).
+    bf16: autocast to bfloat16 (and a bf16 cache). The model is run in eval mode; its
+    train/eval mode is restored afterwards."""
+    _check(model, labels, cfg_scale, cfg_interval, temperature, top_k, top_p, generator)
+    cfg, device = model.cfg, labels.device
+    B, L = labels.shape[0], cfg.seq_len
+    guided = cfg_scale != 1.0
+    cond = torch.cat([labels, torch.full_like(labels, model.null_class)]) if guided else labels
+    out = torch.empty(B, L, dtype=torch.long, device=device)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            if use_cache:
+                dtype = torch.bfloat16 if bf16 else model.head.weight.dtype
+                shape = (cond.shape[0], cfg.n_head, L, cfg.head_dim)
+                cache = [(torch.empty(shape, dtype=dtype, device=device),
+                          torch.empty(shape, dtype=dtype, device=device)) for _ in range(cfg.n_layer)]
+                h = model.cls_emb(cond)[:, None]                   # prefill: the class position
+            for t in range(L):
+                if use_cache:
+                    logits = model.trunk(h, pos=t, cache=cache).logits[:, -1]
+                else:
+                    prefix = out[:, :t].repeat(2, 1) if guided else out[:, :t]
+                    h = torch.cat([model.cls_emb(cond)[:, None], model.tok_emb(prefix)], dim=1)
+                    logits = model.trunk(h).logits[:, -1]
+                logits = logits.float()
+                if guided:
+                    c, u = logits.chunk(2)
+                    logits = u + cfg_scale * (c - u) if cfg_interval[0] <= t / L < cfg_interval[1] else c
+                probs = filter_logits(logits, temperature, top_k, top_p).softmax(dim=-1)
+                nxt = torch.multinomial(probs, 1, generator=generator)          # (B, 1)
+                out[:, t] = nxt[:, 0]
+                if use_cache and t + 1 < L:
+                    h = model.tok_emb(nxt.repeat(2, 1) if guided else nxt)
+    finally:
+        model.train(was_training)
+    return out
