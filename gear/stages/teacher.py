@@ -1,0 +1,167 @@
+"""`gear teacher`: train the offline `demo` alignment teacher on the shards.
+
+The demo teacher (gear/models/demo_teacher.py) is a small ViT classifier with one patch per
+tokenizer token. Recipe: AdamW (betas 0.9/0.999, weight decay 0.05 on matrices), lr
+teachers.demo_lr with a linear warm-up over the first 5% of steps then cosine decay to 0, label
+smoothing 0.1, grad clip 1.0, bf16 autocast, the loader's augmentation (random crop + flip);
+DDP when launched on several processes (demo_batch_size is the global batch).
+
+Outputs, atomically in models/teacher/: model.safetensors and config.json (architecture, classes,
+val_acc). Metrics (dvclive) in metrics/teacher/: train_loss / train_acc (mean over the last
+log_every steps), lr, and val_acc at the end. Resumable state in <state_dir>/teacher/ every
+save_every steps and on SIGTERM / SIGUSR1.
+
+The demo teacher is trained when anything reads it: params.teacher = demo (alignment targets)
+or metrics.feature_space = demo (FID / IS space). Otherwise the hub teacher needs no training:
+the stage only writes config.json saying so, which keeps the pipeline's DAG the same.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm import tqdm
+
+from gear import paths
+from gear.data.loader import TrainStream, eval_batches, read_manifest
+from gear.io import atomic_dir, save_tensors, write_json
+from gear.models.demo_teacher import DemoViT
+from gear.runtime import Runtime, seed_everything, setup, teardown
+from gear.train.logger import MetricsLog
+from gear.train.state import Checkpointer, StopRequest, check_finite
+
+STAGE = "teacher"
+LABEL_SMOOTHING = 0.1
+WEIGHT_DECAY = 0.05
+GRAD_CLIP = 1.0
+
+
+def demo_needed(params) -> bool:
+    return params.teacher == "demo" or params.metrics.feature_space == "demo"
+
+
+def lr_at(step: int, steps: int, peak: float) -> float:
+    """Linear warm-up over 5% of the steps, then cosine decay to 0."""
+    warmup = max(1, steps // 20)
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    return 0.5 * peak * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+
+
+def build_demo(params, manifest: dict) -> DemoViT:
+    t = params.teachers
+    return DemoViT(image_size=manifest["resolution"], patch=t.demo_patch, dim=t.demo_dim, depth=t.demo_depth,
+                   heads=t.demo_heads, num_classes=len(manifest["classes"]))
+
+
+def make_optimizer(model: DemoViT, lr: float) -> torch.optim.AdamW:
+    no_decay = {"pos_embed", "cls_token"}
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and n not in no_decay]
+    rest = [p for n, p in model.named_parameters() if p.ndim < 2 or n in no_decay]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": WEIGHT_DECAY}, {"params": rest, "weight_decay": 0.0}],
+                             lr=lr, betas=(0.9, 0.999))
+
+
+@torch.no_grad()
+def evaluate(params, model: DemoViT, rt: Runtime) -> float:
+    """Top-1 accuracy on the val split (every sample once, summed over ranks)."""
+    model.eval()
+    counts = torch.zeros(2, device=rt.device)
+    for x, y in eval_batches(params, "val", 256, rank=rt.rank, world=rt.world):
+        x, y = x.to(rt.device), y.to(rt.device)
+        with rt.autocast():
+            pred = model(x).argmax(-1)
+        counts += torch.stack([(pred == y).sum(), torch.tensor(len(y), device=rt.device)]).float()
+    if rt.distributed:
+        torch.distributed.all_reduce(counts)
+    model.train()
+    return (counts[0] / counts[1].clamp(min=1)).item()
+
+
+def run(params) -> None:
+    t = params.teachers
+    if not demo_needed(params):
+        rt = setup(params)
+        if rt.is_main:
+            print(f"gear teacher: hub teacher {params.teacher} needs no training "
+                  f"(the demo teacher is not used: metrics.feature_space = {params.metrics.feature_space})")
+            with atomic_dir(paths.teacher_dir()) as out:
+                write_json(out / "config.json", {"teacher": params.teacher, "trained": False,
+                                                 "note": "hub teacher: loaded from the hub or teachers.weights"})
+        teardown(rt)
+        return
+    manifest = read_manifest(params)  # clear error before any compute if shards are missing
+    rt = setup(params)
+    if t.demo_batch_size % rt.world:
+        raise ValueError(f"teachers.demo_batch_size = {t.demo_batch_size}: must be divisible by the "
+                         f"{rt.world} processes")
+    seed_everything(params.compute.seed)  # same initial weights on every rank
+    model = build_demo(params, manifest).to(rt.device)
+    ddp = DDP(model) if rt.distributed else model
+    opt = make_optimizer(model, t.demo_lr)
+    stream = TrainStream(params, "train", t.demo_batch_size // rt.world, rank=rt.rank, world=rt.world, augment=True)
+
+    ckpt = Checkpointer(paths.state_dir(params, STAGE), rt,
+                        compat={"architecture": model.config, "classes": manifest["classes"],
+                                "steps": t.demo_steps, "batch_size": t.demo_batch_size, "lr": t.demo_lr,
+                                "seed": params.compute.seed})
+    state = ckpt.load()
+    step, window = 0, torch.zeros(3, device=rt.device)  # window: loss sum, correct, samples
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        stream.load_state_dict(state["data"])
+        step, window = state["step"], state["window"].to(rt.device)
+    log = MetricsLog(paths.metrics_dir(STAGE), rt, state["metrics"] if state else None)
+    stop = StopRequest()
+
+    model.train()
+    bar = tqdm(total=t.demo_steps, initial=step, desc=STAGE, disable=not rt.is_main)
+    while step < t.demo_steps:
+        x, y = next(stream)
+        x, y = x.to(rt.device, non_blocking=True), y.to(rt.device, non_blocking=True)
+        lr = lr_at(step, t.demo_steps, t.demo_lr)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        with rt.autocast():
+            logits = ddp(x)
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=LABEL_SMOOTHING)
+        check_finite(STAGE, step, ckpt.path, loss=loss)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
+        opt.step()
+        step += 1
+        window += torch.stack([loss.detach() * len(y), (logits.argmax(-1) == y).sum().float(),
+                               torch.tensor(float(len(y)), device=rt.device)])
+        bar.update(1)
+
+        if step % params.compute.log_every == 0 or step == t.demo_steps:
+            totals = window.clone()
+            if rt.distributed:
+                torch.distributed.all_reduce(totals)
+            loss_avg, acc = (totals[0] / totals[2]).item(), (totals[1] / totals[2]).item()
+            log.log(step, train_loss=loss_avg, train_acc=acc, lr=lr)
+            bar.set_postfix(loss=f"{loss_avg:.3f}", acc=f"{acc:.3f}")
+            window.zero_()
+        if step % params.compute.save_every == 0 or stop.requested:
+            ckpt.save({"step": step, "model": model.state_dict(), "opt": opt.state_dict(),
+                       "data": stream.state_dict(), "window": window.cpu(), "metrics": log.state_dict()})
+            if stop.requested:
+                stop.exit_after_save(STAGE, step, rt)
+    bar.close()
+
+    val_acc = evaluate(params, model, rt)
+    if rt.is_main:
+        log.log(t.demo_steps, val_acc=val_acc)
+        print(f"gear teacher: val accuracy {val_acc:.4f} over {len(manifest['classes'])} classes")
+        with atomic_dir(paths.teacher_dir()) as out:
+            save_tensors(out / "model.safetensors", model.state_dict())
+            write_json(out / "config.json", {
+                "teacher": "demo", "trained": True, "architecture": model.config, "classes": manifest["classes"],
+                "val_acc": val_acc, "steps": t.demo_steps, "params_digest": params.digest("teachers", "data")})
+    log.close()
+    ckpt.clear()
+    teardown(rt)
