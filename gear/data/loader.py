@@ -307,8 +307,10 @@ def _collate(items: list) -> tuple[object, int]:
 
 
 def _loader(data: _Samples, batches: Iterator[list], workers: int) -> DataLoader:
+    # A private generator: DataLoader draws its worker base seed from it, and drawing from the
+    # global RNG would shift the model's dropout stream on every resume (breaking exact resume).
     return DataLoader(data, batch_sampler=batches, num_workers=workers, collate_fn=_collate,
-                      pin_memory=torch.cuda.is_available())
+                      pin_memory=torch.cuda.is_available(), generator=torch.Generator().manual_seed(0))
 
 
 def _epoch_order(seed: int, epoch: int, n: int, rank: int, world: int, count: int) -> np.ndarray:
