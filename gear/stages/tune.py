@@ -1,0 +1,152 @@
+"""`gear tune --variant V`: GEAR end-to-end tuning of the tokenizer together with an AR.
+
+Variant `gear` runs params.e2e_mode (default gear); an ablation variant (e.g. `ste`) runs that
+mode under the same budget, for the report. Each iteration: teacher features (no grad) ->
+tokenizer step (L_VQ + lambda L_align^s through the frozen AR, early exit) -> discriminator step
+-> AR step (CE + lambda_ar L_align^h on hard indices) -> EMAs. See gear/train/gear_step.py.
+
+Outputs (atomic) in models/tune/V/: tokenizer.safetensors (EMA: what `gear freeze` exports),
+tokenizer_raw, discriminator, ar (EMA), projector, config.json. Metrics: metrics/tune/V/.
+"""
+from __future__ import annotations
+
+import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm import tqdm
+
+from gear import paths
+from gear.artifacts import write_model, write_tokenizer
+from gear.config import ParamsError
+from gear.data.loader import TrainStream, read_manifest
+from gear.io import atomic_dir
+from gear.metrics.codebook import soft_assignment_stats
+from gear.runtime import all_reduce_mean, seed_everything, setup, teardown
+from gear.teachers import load_teacher
+from gear.train.ar_objective import build_ar
+from gear.train.ema import EMA
+from gear.train.gear_step import GearKnobs, GearModels, ar_step, ste_joint_step, tokenizer_step
+from gear.train.logger import MetricsLog
+from gear.train.recon_check import reconstruction_check
+from gear.train.state import Checkpointer, StopRequest, check_finite
+from gear.train.tokenizer_objective import (CodebookWindow, TokenizerObjective, build_discriminator,
+                                            build_perceptual, build_tokenizer, clip_and_step)
+
+STAGE = "tune"
+
+
+def variant_mode(params, variant: str) -> str:
+    if variant == "gear":
+        return params.e2e_mode
+    if variant not in params.tune.ablations:
+        raise ParamsError(f"--variant {variant!r}: must be gear or one of tune.ablations {params.tune.ablations}")
+    return variant
+
+
+def run(params, variant: str = "gear") -> None:
+    mode = variant_mode(params, variant)
+    manifest = read_manifest(params)
+    init = "scratch" if params.tune.init == "scratch" else str(paths.tokenizer_init_dir())
+    rt = setup(params)
+    seed_everything(params.compute.seed + rt.rank)
+    t, tn = params.tokenizer, params.tune
+    grid = params.data.resolution // t.downsample
+
+    teacher = load_teacher(params, rt.device)
+    tok = rt.prepare_conv(build_tokenizer(params, init=init))
+    disc = rt.prepare_conv(build_discriminator(params))
+    if tn.init == "warmup":  # recover the warm-up discriminator too (reference stage 0's purpose)
+        from gear.artifacts import load_weights
+        load_weights(disc, paths.tokenizer_init_dir() / "discriminator.safetensors", "discriminator weights")
+    ar, proj = build_ar(params, tn.ar_size, tok.codebook_size, grid, len(manifest["classes"]), teacher.dim)
+    ar, proj = ar.to(rt.device), proj.to(rt.device)
+    ema_tok, ema_ar = EMA(tok, tn.ema_decay), EMA(ar, tn.ema_decay)
+    wrap = (lambda mod: DDP(mod)) if rt.distributed else (lambda mod: mod)
+    disc_w = wrap(disc)
+    models = GearModels(wrap(tok), wrap(ar), wrap(proj),
+                        TokenizerObjective(params, build_perceptual(params, rt.device), disc_w, gan=tn.gan))
+    knobs = GearKnobs(mode=mode, tau=params.tau, align_weight=params.align_weight,
+                      align_weight_ar=params.align_weight_ar, align_layer=params.align_layer,
+                      soft_forward=tn.soft_forward, grad_clip=tn.grad_clip)
+    betas = tuple(tn.betas)
+    opt_tok = torch.optim.AdamW(tok.parameters(), lr=tn.lr_tokenizer, betas=betas, weight_decay=tn.weight_decay)
+    opt_ar = torch.optim.AdamW([*ar.parameters(), *proj.parameters()], lr=tn.lr_ar, betas=betas,
+                               weight_decay=tn.weight_decay)
+    opt_d = torch.optim.AdamW(disc.parameters(), lr=tn.lr_disc, betas=betas, weight_decay=tn.weight_decay)
+    stream = TrainStream(params, "train", tn.batch_size, rank=rt.rank, world=rt.world, augment=True)
+
+    ckpt = Checkpointer(paths.state_dir(params, STAGE, variant), rt, compat={
+        "mode": mode, "tokenizer": tok.config.to_dict(), "ar": ar.cfg.to_dict(), "init": tn.init,
+        "tau": params.tau, "align": [params.align_weight, params.align_weight_ar, params.align_layer],
+        "teacher": params.teacher, "batch_size": tn.batch_size, "seed": params.compute.seed})
+    state = ckpt.load()
+    start = 0
+    if state is not None:
+        for name, obj in (("tokenizer", tok), ("disc", disc), ("ar", ar), ("proj", proj), ("ema_tok", ema_tok),
+                          ("ema_ar", ema_ar), ("opt_tok", opt_tok), ("opt_ar", opt_ar), ("opt_d", opt_d),
+                          ("data", stream)):
+            obj.load_state_dict(state[name])
+        start = state["step"]
+    log = MetricsLog(paths.metrics_dir(STAGE, variant), rt, state["metrics"] if state else None)
+    usage = CodebookWindow(tok.codebook_size, rt.device)
+    stop = StopRequest()
+    batches = iter(stream)
+
+    bar = tqdm(range(start, tn.steps), initial=start, total=tn.steps, desc=f"{STAGE}[{variant}]",
+               disable=not rt.is_main)
+    for step in bar:
+        x, labels = next(batches)
+        x, labels = x.to(rt.device), labels.to(rt.device)
+        with torch.no_grad(), rt.autocast():
+            y = teacher.features(x, grid).float()
+        if mode == "ste":
+            out, logs = ste_joint_step(models, knobs, opt_tok, opt_ar, x, labels, y, step, rt)
+        else:
+            if mode == "gear":
+                out, logs = tokenizer_step(models, knobs, opt_tok, x, labels, y, step, rt)
+            else:  # none: tokenizer frozen, used only to produce indices
+                tok.eval()
+                with torch.no_grad(), rt.conv_autocast():
+                    out = models.tokenizer(x)
+                logs = {}
+            logs.update(ar_step(models, knobs, opt_ar, out.q.indices, labels, y, rt))
+        if mode != "none" and models.objective.gan_active(step):
+            with rt.conv_autocast():
+                loss_d, logs_d = models.objective.discriminator_loss(x, out.recon)
+            clip_and_step(loss_d, opt_d, tn.grad_clip)
+            logs.update(logs_d)
+        check_finite(f"{STAGE}[{variant}]", step, ckpt.path, **{k: v for k, v in logs.items() if v.dim() == 0})
+        ema_tok.update(tok); ema_ar.update(ar)
+        usage.update(out.q.indices)
+
+        if step % params.compute.log_every == 0 or step == tn.steps - 1:
+            row = {k: all_reduce_mean(v.float(), rt).item() for k, v in logs.items()}
+            row.update(usage.result(rt))
+            row.update(soft_assignment_stats(out.q.dist.detach().float(), params.tau))
+            log.log(step, **row)
+            bar.set_postfix(ntp=f"{row['ntp']:.3f}", usage=f"{row['usage']:.2f}")
+        if (step + 1) % params.compute.save_every == 0 or stop.requested:
+            ckpt.save({"step": step + 1, "tokenizer": tok.state_dict(), "disc": disc.state_dict(),
+                       "ar": ar.state_dict(), "proj": proj.state_dict(), "ema_tok": ema_tok.state_dict(),
+                       "ema_ar": ema_ar.state_dict(), "opt_tok": opt_tok.state_dict(), "opt_ar": opt_ar.state_dict(),
+                       "opt_d": opt_d.state_dict(), "data": stream.state_dict(), "metrics": log.state_dict()})
+            if stop.requested:
+                stop.exit_after_save(f"{STAGE}[{variant}]", step + 1, rt)
+
+    check = reconstruction_check(params, ema_tok.model, rt)
+    if rt.is_main:
+        log.log(tn.steps, **{f"val_{k}": v for k, v in check.metrics.items()})
+        with atomic_dir(paths.tune_dir(variant)) as out_dir:
+            write_tokenizer(out_dir, ema_tok.model, {
+                "stage": STAGE, "variant": variant, "e2e_mode": mode, "tau": params.tau,
+                "align_weight": params.align_weight, "align_layer": params.align_layer, "teacher": params.teacher,
+                "steps": tn.steps, "ar": ar.cfg.to_dict(), "val": check.metrics,
+                "params_digest": params.digest("tau", "align_weight", "align_weight_ar", "align_layer", "teacher",
+                                               "quantizer", "e2e_mode", "tokenizer", "tune", "data")})
+            write_model(out_dir, "tokenizer_raw", tok)
+            write_model(out_dir, "discriminator", disc)
+            write_model(out_dir, "ar", ema_ar.model)
+            write_model(out_dir, "projector", proj)
+            check.grid.save(out_dir / "recon.png")
+    log.close()
+    ckpt.clear()
+    teardown(rt)

@@ -1,0 +1,126 @@
+"""The tokenizer's own objective L_VQ, shared by `tokenizer-init` and `tune`.
+
+L_VQ = recon_weight * L1/L2 + perceptual_weight * perceptual + gan_weight * hinge-G (from
+gan_start) + the quantizer's weighted codebook / commitment / entropy terms. The discriminator is
+trained with the hinge loss on detached reconstructions.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from gear.models.discriminator import PatchDiscriminator, hinge_d_loss, hinge_g_loss
+
+
+class TokenizerObjective:
+    def __init__(self, params, perceptual: nn.Module | None, discriminator: nn.Module | None, gan: bool = True):
+        t = params.tokenizer
+        self.t = t
+        self.perceptual = perceptual if t.perceptual != "none" and t.perceptual_weight > 0 else None
+        self.disc = discriminator if gan and t.gan_weight > 0 else None
+
+    def gan_active(self, step: int) -> bool:
+        return self.disc is not None and step >= self.t.gan_start
+
+    def generator_loss(self, x: Tensor, out, step: int) -> tuple[Tensor, dict[str, Tensor]]:
+        t = self.t
+        recon = out.recon.float()
+        rec = F.l1_loss(recon, x) if t.recon_loss == "l1" else F.mse_loss(recon, x)
+        logs = {"recon": rec.detach()}
+        loss = t.recon_weight * rec
+        if self.perceptual is not None:
+            p = self.perceptual(recon, x)
+            loss = loss + t.perceptual_weight * p
+            logs["perceptual"] = p.detach()
+        if self.gan_active(step):
+            g = hinge_g_loss(self.disc(recon))
+            loss = loss + t.gan_weight * g
+            logs["gan_g"] = g.detach()
+        for name, value in out.q.losses.items():
+            loss = loss + value
+            logs[name] = value.detach()
+        return loss, logs
+
+    def discriminator_loss(self, x: Tensor, recon: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        # one forward over [real; fake] so a DDP-wrapped discriminator sees one forward per backward
+        logits = self.disc(torch.cat([x, recon.detach().float()]))
+        real, fake = logits.chunk(2)
+        d = hinge_d_loss(real, fake)
+        return d, {"gan_d": d.detach(), "logit_real": real.mean().detach(), "logit_fake": fake.mean().detach()}
+
+
+# ---- builders and small loop helpers shared by tokenizer-init and tune ------------------------
+
+def build_tokenizer(params, init: str = "scratch") -> nn.Module:
+    """A tokenizer shaped by params; `init` = 'scratch', a checkpoint file (LlamaGen layout or
+    ours) or a folder written by one of our stages."""
+    from pathlib import Path
+
+    from gear.artifacts import check_tokenizer_matches, load_weights, read_config
+    from gear.models.llamagen import load_tokenizer_state
+    from gear.models.tokenizer import Tokenizer, TokenizerConfig
+
+    model = Tokenizer(TokenizerConfig.from_params(params))
+    if init == "scratch":
+        return model
+    path = Path(init)
+    if path.is_dir():
+        check_tokenizer_matches(read_config(path, "tokenizer"), params, path)
+        return load_weights(model, path / "tokenizer.safetensors", "tokenizer weights")
+    load_tokenizer_state(model, path)
+    return model
+
+
+def build_discriminator(params) -> nn.Module:
+    t = params.tokenizer
+    return PatchDiscriminator(ch=t.disc_ch, n_layers=t.disc_layers)
+
+
+def build_perceptual(params, device) -> nn.Module | None:
+    """LPIPS-VGG (local weights) or the frozen teacher's patch-feature distance (offline)."""
+    from gear.models.perceptual import make_perceptual
+
+    t = params.tokenizer
+    if t.perceptual == "none" or t.perceptual_weight == 0:
+        return None
+    if t.perceptual == "lpips":
+        return make_perceptual("lpips", weights_path=t.lpips_weights).to(device)
+    from gear.teachers import load_teacher
+
+    teacher = load_teacher(params, device)
+    grid = params.data.resolution // t.downsample
+    return make_perceptual("teacher", feature_fn=lambda img: teacher.features(img, grid, grad=True)).to(device)
+
+
+def clip_and_step(loss: Tensor, opt: torch.optim.Optimizer, clip: float) -> Tensor:
+    """zero_grad -> backward -> clip -> step; returns the pre-clip grad norm."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    params = [p for group in opt.param_groups for p in group["params"]]
+    norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
+    opt.step()
+    return norm.detach()
+
+
+class CodebookWindow:
+    """Index histogram over the steps since the last log (summed over ranks): usage, entropy,
+    effective size, from gear.metrics.codebook."""
+
+    def __init__(self, K: int, device):
+        self.hist = torch.zeros(K, dtype=torch.float64, device=device)
+
+    def update(self, indices: Tensor) -> None:
+        self.hist += torch.bincount(indices.detach().reshape(-1), minlength=len(self.hist)).to(self.hist)
+
+    def result(self, rt) -> dict[str, float]:
+        import torch.distributed as dist
+
+        from gear.metrics.codebook import histogram_stats
+
+        hist = self.hist.clone()
+        if rt.distributed:
+            dist.all_reduce(hist)
+        self.hist.zero_()
+        s = histogram_stats(hist)
+        return {"usage": s["usage"], "usage_entropy": s["entropy"], "effective_size": s["effective_size"]}

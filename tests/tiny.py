@@ -1,0 +1,61 @@
+"""A tiny, fast configuration of the whole pipeline for tests that run real stages.
+
+Stages are run through the real CLI, in-process (`gear_cli`) or as subprocesses (`gear_proc`),
+inside a scratch folder so their fixed relative output paths land there.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PARAMS = ROOT / "params.yaml"
+
+TINY = [
+    "data.embedded_train_per_class=12", "data.embedded_val_per_class=4", "data.resolution=16",
+    "data.samples_per_shard=64",
+    "teachers.demo_dim=32", "teachers.demo_depth=1", "teachers.demo_heads=2", "teachers.demo_steps=4",
+    "teachers.demo_batch_size=16",
+    "tokenizer.ch=8", "tokenizer.z_channels=16", "tokenizer.norm_groups=4", "tokenizer.codebook_size=32",
+    "tokenizer.code_dim=4", "tokenizer.disc_ch=8", "tokenizer.disc_layers=1", "tokenizer.steps=6",
+    "tokenizer.batch_size=8", "tokenizer.gan_start=2", "tokenizer.perceptual=none",
+    "ar.sizes=[custom]", "ar.custom_layers=2", "ar.custom_dim=32", "ar.custom_heads=2",
+    "ar.projector_hidden=16", "ar.steps=6", "ar.batch_size=8", "ar.warmup_steps=2",
+    "tune.ar_size=custom", "tune.steps=6", "tune.batch_size=8",
+    "sample.per_class=2", "sample.batch_size=16",
+    "metrics.batch_size=32", "metrics.max_real=96", "metrics.max_patches=256",
+    "compute.workers=0", "compute.log_every=1", "compute.save_every=2",
+]
+
+
+def sets(*extra: str) -> list[str]:
+    out = []
+    for kv in [*TINY, *extra]:
+        out += ["--set", kv]
+    return out
+
+
+def env() -> dict:
+    e = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    return e
+
+
+def gear_cli(stage_args: list[str], *extra: str) -> int:
+    """Run `gear <stage_args> --params params.yaml --set ...` in this process (cwd = scratch)."""
+    from gear.cli import main
+
+    return main([*stage_args, "--params", str(PARAMS), *sets(*extra)])
+
+
+def gear_cmd(stage_args: list[str], *extra: str) -> list[str]:
+    return [sys.executable, "-m", "gear.cli", *stage_args, "--params", str(PARAMS), *sets(*extra)]
+
+
+def gear_proc(cwd: Path, stage_args: list[str], *extra: str, check: bool = True) -> subprocess.CompletedProcess:
+    r = subprocess.run(gear_cmd(stage_args, *extra), cwd=cwd, env=env(), capture_output=True, text=True,
+                       timeout=600)
+    if check and r.returncode != 0:
+        raise AssertionError(f"gear {' '.join(stage_args)} failed ({r.returncode}):\n{r.stderr[-3000:]}")
+    return r
