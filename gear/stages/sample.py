@@ -1,0 +1,112 @@
+"""`gear sample --arm A --size S`: class-conditional samples of the AR trained on arm A.
+
+sample.per_class images for every class, in class order, batched by sample.batch_size. Batch b
+draws from its own generator seeded by (compute.seed, b), so the images depend on the seed and
+batch size only, not on the number of processes: under DDP process r generates batches r::world
+and rank 0 gathers them. KV cache, CFG (sample.cfg_scale on sample.cfg_interval), temperature,
+top-k, top-p (gear/models/sampling.py); bf16 when compute.precision is bf16. Tokens are decoded
+by the frozen tokenizer of the arm (checked to be the one the AR was trained on).
+
+Outputs (atomic) in samples/A/S/:
+  samples.npz   images uint8 (N, H, W, 3), labels int64 (N,), indices int64 (N, L); written with
+                fixed zip timestamps, so the same samples give the same bytes
+  grid.png      one row per class (up to 32 classes, evenly spaced), up to 8 samples each
+  class_<c>.png the first (up to) 32 samples of class c, 8 per row
+  config.json   what produced the samples (AR weights, sampling knobs, seed)
+"""
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from gear import paths
+from gear.artifacts import load_tokenizer, read_config
+from gear.config import ParamsError
+from gear.io import ArtifactError, atomic_dir, write_json
+from gear.models.sampling import generate
+from gear.runtime import setup, teardown
+from gear.stages.tokenize import check_arm, frozen_tokenizer
+from gear.stages.train_ar import load_ar
+from gear.train.recon_check import image_grid, to_uint8
+
+GRID_COLS = 8          # samples per class in grid.png, and per row in class_<c>.png
+GRID_MAX_CLASSES = 32  # rows of grid.png
+CLASS_MAX = 32         # samples shown in class_<c>.png
+
+
+def batch_seed(seed: int, batch: int) -> int:
+    """Seed of batch `batch`'s generator: well mixed, the same in every process."""
+    return int(np.random.SeedSequence([seed, batch]).generate_state(1)[0])
+
+
+def save_npz(path: Path, **arrays: np.ndarray) -> None:
+    """Like np.savez (uncompressed, np.load reads it), with fixed timestamps: reproducible bytes."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for name, arr in arrays.items():
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            with zf.open(info, "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, np.ascontiguousarray(arr), allow_pickle=False)
+
+
+def write_grids(out: Path, images: np.ndarray, labels: np.ndarray, num_classes: int) -> None:
+    shown = (np.arange(num_classes) if num_classes <= GRID_MAX_CLASSES
+             else np.linspace(0, num_classes - 1, GRID_MAX_CLASSES).round().astype(int))
+    image_grid([images[labels == c][:GRID_COLS] for c in shown]).save(out / "grid.png")
+    for c in range(num_classes):
+        imgs = images[labels == c][:CLASS_MAX]
+        image_grid([imgs[i:i + GRID_COLS] for i in range(0, len(imgs), GRID_COLS)]).save(out / f"class_{c}.png")
+
+
+def run(params, arm: str, size: str) -> None:
+    check_arm(arm)
+    s = params.sample
+    ar_dir, weights = paths.ar_dir(arm, size), "ar" if s.use_ema else "ar_raw"
+    ar_cfg = read_config(ar_dir, "AR")  # missing AR or tokenizer: one-line error before any compute
+    _, sha = frozen_tokenizer(params, arm)
+    if ar_cfg.get("tokenizer_sha256") != sha:
+        raise ArtifactError(f"AR {ar_dir} was trained on another tokenizer than {paths.frozen_dir(arm)}; "
+                            f"rerun `gear tokenize --arm {arm}` and `gear train-ar --arm {arm} --size {size}`")
+    rt = setup(params)
+    model, _ = load_ar(ar_dir, rt.device, weights)
+    if s.top_k > model.cfg.vocab_size:
+        raise ParamsError(f"sample.top_k = {s.top_k}: must be <= the codebook size {model.cfg.vocab_size}")
+    tok = load_tokenizer(paths.frozen_dir(arm), device=rt.device)
+    C, grid = model.cfg.num_classes, model.cfg.grid
+
+    labels = torch.arange(C).repeat_interleave(s.per_class)
+    batches = list(labels.split(s.batch_size))
+    mine = []
+    for b in tqdm(range(rt.rank, len(batches), rt.world), desc=f"sample[{arm}/{size}]", disable=not rt.is_main):
+        y = batches[b].to(rt.device)
+        gen = torch.Generator(device=rt.device).manual_seed(batch_seed(params.compute.seed, b))
+        idx = generate(model, y, cfg_scale=s.cfg_scale, cfg_interval=tuple(s.cfg_interval),
+                       temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, generator=gen,
+                       bf16=rt.precision == "bf16")
+        with torch.no_grad(), rt.autocast():
+            img = tok.decode_indices(idx, grid)
+        mine.append((b, to_uint8(img), idx.cpu().numpy()))
+    parts = [mine]
+    if rt.distributed:
+        parts = [None] * rt.world if rt.is_main else None
+        dist.gather_object(mine, parts, dst=0)
+
+    if rt.is_main:
+        done = sorted((item for part in parts for item in part), key=lambda item: item[0])
+        images = np.concatenate([item[1] for item in done])
+        indices = np.concatenate([item[2] for item in done]).astype(np.int64)
+        labels_np = labels.numpy().astype(np.int64)
+        with atomic_dir(paths.samples_dir(arm, size)) as out:
+            save_npz(out / "samples.npz", images=images, labels=labels_np, indices=indices)
+            write_grids(out, images, labels_np, C)
+            write_json(out / "config.json", {
+                "arm": arm, "size": size, "ar_dir": str(ar_dir), "weights": weights, "count": len(images),
+                "num_classes": C, "seed": params.compute.seed, "sample": params.to_dict()["sample"],
+                "tokenizer_sha256": sha, "precision": rt.precision})
+        print(f"sample[{arm}/{size}]: {len(images)} images ({s.per_class} per class, {C} classes) "
+              f"-> {paths.samples_dir(arm, size)}")
+    teardown(rt)

@@ -1,0 +1,238 @@
+"""`gear train-ar --arm A --size S`: a fresh AR on the frozen tokenizer of arm A (reference stage 2).
+
+Recipe (LlamaGen-REPA): L = CE(next token) + align_weight_ar * (-cos(P(h_l), y)) at the tap layer
+l = ar.align_layer_for(S), with teacher features y computed online from the shard's image (see
+gear/train/ar_objective.py). AdamW (nanoGPT decay groups) over AR + projector, linear warm-up
+over ar.warmup_steps then constant lr, grad clipping, EMA of the AR, bf16 autocast, optional
+torch.compile, gradient accumulation (no_sync on non-final micro-steps under DDP).
+
+Data: the token shards of `gear tokenize`. Augmentation is the horizontal flip only: a coin
+flip from the loader's per-sample rng picks the mirrored image *and* its mirrored token grid, so
+tokens and teacher targets always describe the same pixels (tokens exist for the center crop
+only, so no random crop). ar.batch_size is the global batch per optimizer step:
+per-process micro-batch = batch_size / (processes * grad_accum).
+
+Metrics (metrics/train_ar/A/S/) every compute.log_every steps: ntp, align, lr, grad_norm,
+tokens_per_s (wall clock, the one non-reproducible column) and val_ntp: next-token CE of the EMA
+AR (eval mode, conditional) on the first 512 val images, tokenized once at start with the frozen
+tokenizer. At the end: val_ntp, val_ntp_raw (the raw AR) and unigram_entropy, the entropy in
+nats of the train tokens' histogram: the CE of a model that ignores all context, which val_ntp
+should end below.
+
+Outputs (atomic) in models/ar/A/S/: ar.safetensors (EMA), ar_raw.safetensors,
+projector.safetensors, config.json. Resumable state in <state_dir>/train_ar/A/S/.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm import tqdm
+
+from gear import paths
+from gear.artifacts import load_tokenizer, load_weights, read_config, write_model
+from gear.config import ParamsError
+from gear.data.loader import TrainStream, augment, decode_image, decode_label, eval_batches, to_tensor
+from gear.io import ArtifactError, atomic_dir, write_json
+from gear.models.ar import GPT, GPTConfig, configure_optimizer
+from gear.runtime import Runtime, all_reduce_mean, seed_everything, setup, teardown
+from gear.stages.tokenize import check_arm, read_tokens_manifest
+from gear.teachers import load_teacher
+from gear.train.ar_objective import ar_loss, build_ar
+from gear.train.ema import EMA
+from gear.train.logger import MetricsLog
+from gear.train.state import Checkpointer, StopRequest, check_finite
+
+STAGE = "train_ar"
+VAL_IMAGES = 512
+EVAL_BATCH = 128
+
+
+def load_ar(directory: str | Path, device: str | torch.device = "cpu", name: str = "ar") -> tuple[GPT, dict]:
+    """(AR in eval mode, frozen; its config.json) from a folder written by train-ar.
+    name: `ar` (EMA) or `ar_raw`."""
+    cfg = read_config(directory, "AR")
+    if "gpt" not in cfg:
+        raise ArtifactError(f"{directory}/config.json holds no AR config")
+    model = GPT(GPTConfig.from_dict(cfg["gpt"]))
+    load_weights(model, Path(directory) / f"{name}.safetensors", "AR weights")
+    return model.to(device).eval().requires_grad_(False), cfg
+
+
+class TokenDecoder:
+    """(image (3, H, W) in [-1, 1], tokens (L,) int64, label) of a token-shard sample; with an
+    rng, a coin-flip mirror flips the image and selects the flipped token grid together."""
+
+    def __init__(self, hflip: bool):
+        self.hflip = hflip
+
+    def __call__(self, sample: dict, rng) -> tuple:
+        img, flip = decode_image(sample), False
+        if rng is not None:
+            img, flip = augment(img, rng, random_crop=False, hflip=self.hflip)
+        views = np.load(io.BytesIO(sample["tokens.npy"]))
+        return to_tensor(img), torch.from_numpy(views[int(flip)].reshape(-1).astype(np.int64)), decode_label(sample)
+
+
+def lr_at(step: int, peak: float, warmup: int) -> float:
+    """Linear warm-up over `warmup` steps, then constant."""
+    return peak * (step + 1) / warmup if step < warmup else peak
+
+
+@torch.no_grad()
+def val_tokens(params, tok: nn.Module, rt: Runtime, limit: int = VAL_IMAGES) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tokens (N, L) and labels (N,) of the first `limit` val images (center crops, no flip)."""
+    toks, labels, n = [], [], 0
+    for x, y in eval_batches(params, "val", EVAL_BATCH):
+        with rt.autocast():
+            _, q = tok.encode(x.to(rt.device))
+        toks.append(q.indices.flatten(1))
+        labels.append(y.to(rt.device))
+        n += len(y)
+        if n >= limit:
+            break
+    return torch.cat(toks)[:limit], torch.cat(labels)[:limit]
+
+
+@torch.no_grad()
+def val_ntp(model: GPT, tokens: torch.Tensor, labels: torch.Tensor, rt: Runtime) -> float:
+    """Mean next-token CE over all val tokens; each process takes every world-th batch."""
+    was_training = model.training
+    model.eval()
+    total = torch.zeros(2, dtype=torch.float64, device=rt.device)
+    for s in range(rt.rank * EVAL_BATCH, len(tokens), rt.world * EVAL_BATCH):
+        t, y = tokens[s:s + EVAL_BATCH], labels[s:s + EVAL_BATCH]
+        with rt.autocast():
+            logits = model(t, y).logits
+        ce = F.cross_entropy(logits.flatten(0, 1).float(), t.flatten(), reduction="sum")
+        total += torch.stack([ce.double(), torch.tensor(float(t.numel()), dtype=torch.float64, device=rt.device)])
+    if rt.distributed:
+        torch.distributed.all_reduce(total)
+    model.train(was_training)
+    return (total[0] / total[1]).item()
+
+
+def run(params, arm: str, size: str) -> None:
+    check_arm(arm)
+    if size not in params.ar.sizes:
+        raise ParamsError(f"--size {size!r}: not in ar.sizes {params.ar.sizes} (add it there, e.g. "
+                          f"--set 'ar.sizes=[{size}]')")
+    man = read_tokens_manifest(params, arm)  # missing or stale tokens: error before any compute
+    a = params.ar
+    rt = setup(params)
+    if a.batch_size % (rt.world * a.grad_accum):
+        raise ParamsError(f"ar.batch_size = {a.batch_size}: must be divisible by processes ({rt.world}) x "
+                          f"ar.grad_accum ({a.grad_accum})")
+    micro = a.batch_size // (rt.world * a.grad_accum)
+    grid, L = man["grid"], man["grid"] ** 2
+    align_layer = a.align_layer_for(size, params.align_layer)
+    teacher = load_teacher(params, rt.device)
+    tok = load_tokenizer(paths.frozen_dir(arm), device=rt.device)
+
+    seed_everything(params.compute.seed)  # the same initial weights on every process
+    ar, proj = build_ar(params, size, man["codebook_size"], grid, man["num_classes"], teacher.dim)
+    ar, proj = ar.to(rt.device), proj.to(rt.device)
+    ema = EMA(ar, a.ema_decay)
+    opt = configure_optimizer(nn.ModuleList([ar, proj]), a.lr, a.betas, a.weight_decay)
+    ar_w, proj_w = (DDP(ar), DDP(proj)) if rt.distributed else (ar, proj)
+    fwd = torch.compile(ar_w) if params.compute.compile else ar_w
+    stream = TrainStream(params, "train", micro, rank=rt.rank, world=rt.world, augment=True,
+                         pattern=str(paths.tokens_dir(arm) / "{split}-*.tar"), decode=TokenDecoder(man["hflip"]))
+    val_x, val_y = val_tokens(params, tok, rt)
+    del tok
+    seed_everything(params.compute.seed + rt.rank)  # dropout masks differ across processes
+
+    ckpt = Checkpointer(paths.state_dir(params, STAGE, arm, size), rt, compat={
+        "ar": ar.cfg.to_dict(), "projector_hidden": a.projector_hidden, "teacher": params.teacher,
+        "align": [params.align_weight_ar, align_layer], "tokenizer_sha256": man["tokenizer_sha256"],
+        "optim": [a.lr, list(a.betas), a.weight_decay, a.warmup_steps, a.grad_clip, a.ema_decay],
+        "batch_size": a.batch_size, "grad_accum": a.grad_accum, "seed": params.compute.seed})
+    state = ckpt.load()
+    start = 0
+    if state is not None:
+        for key, obj in (("ar", ar), ("proj", proj), ("ema", ema), ("opt", opt), ("data", stream)):
+            obj.load_state_dict(state[key])
+        start = state["step"]
+    log = MetricsLog(paths.metrics_dir(STAGE, arm, size), rt, state["metrics"] if state else None)
+    stop = StopRequest()
+
+    params_all = [*ar.parameters(), *proj.parameters()]
+    ar.train(); proj.train()
+    t_window, steps_window = time.perf_counter(), 0
+    bar = tqdm(range(start, a.steps), initial=start, total=a.steps, desc=f"{STAGE}[{arm}/{size}]",
+               disable=not rt.is_main)
+    for step in bar:
+        lr = lr_at(step, a.lr, a.warmup_steps)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        sums: dict[str, torch.Tensor] = {}
+        for i in range(a.grad_accum):
+            x, tokens, labels = (v.to(rt.device, non_blocking=True) for v in next(stream))
+            y = None
+            if params.align_weight_ar > 0:
+                with torch.no_grad():
+                    y = teacher.features(x, grid)
+            sync = contextlib.ExitStack()
+            if rt.distributed and i < a.grad_accum - 1:
+                sync.enter_context(ar_w.no_sync())
+                sync.enter_context(proj_w.no_sync())
+            with sync:
+                with rt.autocast():
+                    loss, logs = ar_loss(fwd, proj_w, tokens, tokens, labels, y, align_layer, params.align_weight_ar)
+                check_finite(f"{STAGE}[{arm}/{size}]", step, ckpt.path, loss=loss)
+                (loss / a.grad_accum).backward()
+            for k, v in logs.items():
+                sums[k] = sums.get(k, 0.0) + v.float() / a.grad_accum
+        grad_norm = torch.nn.utils.clip_grad_norm_(params_all, a.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        ema.update(ar)
+        steps_window += 1
+
+        if step % params.compute.log_every == 0 or step == a.steps - 1:
+            row = {("align" if k == "align_hard" else k): all_reduce_mean(v, rt).item() for k, v in sums.items()}
+            row.update(lr=lr, grad_norm=grad_norm.item(),
+                       tokens_per_s=steps_window * a.batch_size * L / (time.perf_counter() - t_window))
+            row["val_ntp"] = val_ntp(ema.model, val_x, val_y, rt)
+            log.log(step, **row)
+            bar.set_postfix(ntp=f"{row['ntp']:.3f}", val=f"{row['val_ntp']:.3f}")
+            t_window, steps_window = time.perf_counter(), 0
+        if (step + 1) % params.compute.save_every == 0 or stop.requested:
+            ckpt.save({"step": step + 1, "ar": ar.state_dict(), "proj": proj.state_dict(), "ema": ema.state_dict(),
+                       "opt": opt.state_dict(), "data": stream.state_dict(), "metrics": log.state_dict()})
+            if stop.requested:
+                stop.exit_after_save(f"{STAGE}[{arm}/{size}]", step + 1, rt)
+    bar.close()
+
+    final = {"val_ntp": val_ntp(ema.model, val_x, val_y, rt), "val_ntp_raw": val_ntp(ar, val_x, val_y, rt),
+             "unigram_entropy": man["unigram_entropy"]}
+    if rt.is_main:
+        log.log(a.steps, **final)
+        final.update({k: log.last(k) for k in ("ntp", "align") if log.last(k) is not None})
+        print(f"train-ar[{arm}/{size}]: ntp {final['ntp']:.4f}, val_ntp {final['val_ntp']:.4f} (EMA), "
+              f"{final['val_ntp_raw']:.4f} (raw), unigram entropy {final['unigram_entropy']:.4f} nats")
+        with atomic_dir(paths.ar_dir(arm, size)) as out:
+            write_model(out, "ar", ema.model)
+            write_model(out, "ar_raw", ar)
+            write_model(out, "projector", proj)
+            write_json(out / "config.json", {
+                "arm": arm, "size": size, "gpt": ar.cfg.to_dict(), "align_layer": align_layer,
+                "align_weight_ar": params.align_weight_ar, "teacher": teacher.name, "teacher_dim": teacher.dim,
+                "projector_hidden": a.projector_hidden, "tokenizer_dir": man["tokenizer_dir"],
+                "tokenizer_sha256": man["tokenizer_sha256"],
+                "tokenizer_config_digest": hashlib.sha256(
+                    json.dumps(man["tokenizer_config"], sort_keys=True).encode()).hexdigest()[:16],
+                "steps": a.steps, "batch_size": a.batch_size, "final": final,
+                "params_digest": params.digest("align_weight_ar", "align_layer", "teacher", "ar")})
+    log.close()
+    ckpt.clear()
+    teardown(rt)

@@ -1,0 +1,295 @@
+"""`gear tokenize`, `gear train-ar`, `gear sample` on a tiny workspace: 16 px embedded shards, a
+random tiny frozen tokenizer (4x4 tokens, K = 32), a random tiny demo teacher, a 2-layer AR."""
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import random
+import shutil
+import signal
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from gear import cli, paths
+from gear.artifacts import load_tokenizer, write_tokenizer
+from gear.config import apply_overrides, params_from_dict
+from gear.data import shard
+from gear.data.loader import decode_image, read_manifest, to_tensor
+from gear.io import ArtifactError, save_tensors, write_json
+from gear.models.demo_teacher import DemoViT
+from gear.models.tokenizer import Tokenizer, TokenizerConfig
+from gear.stages import sample, tokenize, train_ar
+from gear.train.recon_check import to_uint8
+
+K, GRID, ARM, SIZE = 32, 4, "baseline", "custom"
+RAW = {
+    "align_layer": 1,
+    "data": {"resolution": 16, "embedded_train_per_class": 20, "embedded_val_per_class": 5,
+             "samples_per_shard": 128},
+    "teachers": {"demo_dim": 16, "demo_depth": 1, "demo_heads": 2, "demo_patch": 4},
+    "tokenizer": {"ch": 8, "ch_mult": [1, 2, 2], "z_channels": 8, "norm_groups": 4, "codebook_size": K,
+                  "code_dim": 4},
+    "ar": {"sizes": [SIZE], "custom_layers": 2, "custom_dim": 32, "custom_heads": 2, "projector_hidden": 32,
+           "steps": 40, "batch_size": 16, "warmup_steps": 5, "lr": 3e-3, "ema_decay": 0.9},
+    "sample": {"per_class": 2, "batch_size": 8},
+    # fp32: exact on any CPU, and bf16 autocast is ~10x slower than fp32 on CPUs without AVX512-BF16
+    "compute": {"device": "cpu", "precision": "fp32", "workers": 0, "log_every": 5, "save_every": 1000},
+}
+
+
+def make_params(*overrides: str):
+    return params_from_dict(apply_overrides(yaml.safe_load(yaml.safe_dump(RAW)), list(overrides)))
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory) -> Path:
+    """Shards, a frozen tokenizer, a demo teacher and the token shards, built once."""
+    root = tmp_path_factory.mktemp("ar_stages")
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        params = make_params()
+        shard.run(params)
+        classes = read_manifest(params)["classes"]
+        torch.manual_seed(0)
+        vit = DemoViT(image_size=16, patch=4, dim=16, depth=1, heads=2, num_classes=len(classes))
+        save_tensors(paths.teacher_dir() / "model.safetensors", vit.state_dict())
+        write_json(paths.teacher_dir() / "config.json", {"teacher": "demo", "trained": True,
+                                                         "architecture": vit.config, "classes": classes})
+        write_tokenizer(paths.frozen_dir(ARM), Tokenizer(TokenizerConfig.from_params(params)), {"arm": ARM})
+        (root / "params.yaml").write_text(yaml.safe_dump(RAW))
+        tokenize.run(params, ARM)
+    finally:
+        os.chdir(cwd)
+    return root
+
+
+@pytest.fixture
+def ws(base, tmp_path, monkeypatch) -> Path:
+    """A private copy of the base workspace as the current folder."""
+    root = tmp_path / "ws"
+    shutil.copytree(base, root)
+    monkeypatch.chdir(root)
+    return root
+
+
+def tree_bytes(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def tar_samples(path: Path) -> dict[str, dict[str, bytes]]:
+    out: dict[str, dict[str, bytes]] = {}
+    with tarfile.open(path) as tar:
+        for m in tar:
+            key, ext = m.name.split(".", 1)
+            out.setdefault(key, {})[ext] = tar.extractfile(m).read()
+    return out
+
+
+def history(metrics_dir: Path) -> dict[str, list[tuple[str, str]]]:
+    """(step, value) rows of every dvclive metric; tokens_per_s is wall clock, left out."""
+    out = {}
+    for tsv in sorted((metrics_dir / "plots" / "metrics").glob("*.tsv")):
+        if tsv.stem != "tokens_per_s":
+            with open(tsv) as f:
+                out[tsv.stem] = [(r["step"], r[tsv.stem]) for r in csv.DictReader(f, delimiter="\t")]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# tokenize
+
+
+def test_tokenize_shards_are_consistent_and_byte_identical(ws):
+    params = make_params()
+    first = tree_bytes(paths.tokens_dir(ARM))
+    tokenize.run(params, ARM)
+    assert tree_bytes(paths.tokens_dir(ARM)) == first
+    man = tokenize.read_tokens_manifest(params, ARM)
+    data_man = read_manifest(params)
+    assert man["count"] == data_man["splits"]["train"]["count"] == 20 * len(data_man["classes"])
+    assert (man["grid"], man["codebook_size"], man["views"], man["dtype"]) == (GRID, K, 2, "int16")
+    assert 0 < man["unigram_entropy"] <= math.log(K)
+
+    source = tar_samples(paths.shard_dir(params) / "train-000000.tar")
+    tokens = tar_samples(paths.tokens_dir(ARM) / "train-000000.tar")
+    assert list(tokens) == list(source)[:len(tokens)]
+    for key, s in tokens.items():
+        assert s["png"] == source[key]["png"] and s["cls"] == source[key]["cls"]
+    # the first 64 samples are one encode batch [images; mirrored images]: redo it
+    keys = list(tokens)[:64]
+    x = torch.stack([to_tensor(decode_image(tokens[k])) for k in keys])
+    tok = load_tokenizer(paths.frozen_dir(ARM))
+    with torch.no_grad():
+        _, q = tok.encode(torch.cat([x, x.flip(-1)]))
+    want = q.indices.view(2, 64, GRID, GRID).transpose(0, 1)
+    got = torch.stack([torch.from_numpy(np.load(io.BytesIO(tokens[k]["tokens.npy"]))).long() for k in keys])
+    assert got.shape == (64, 2, GRID, GRID) and torch.equal(got, want)
+
+
+def test_stale_tokens_are_an_error(ws):
+    params = make_params()
+    tok = Tokenizer(TokenizerConfig.from_params(params))  # new weights in the frozen folder
+    write_tokenizer(paths.frozen_dir(ARM), tok, {"arm": ARM})
+    with pytest.raises(ArtifactError, match="stale"):
+        tokenize.read_tokens_manifest(params, ARM)
+    tokenize.run(params, ARM)
+    tokenize.read_tokens_manifest(params, ARM)
+    with pytest.raises(ArtifactError, match="hflip"):
+        tokenize.read_tokens_manifest(make_params("data.hflip=false"), ARM)
+
+
+@pytest.mark.parametrize("stage, missing, message", [
+    (["tokenize", "--arm", ARM], "models/frozen/baseline", "gear freeze --arm baseline"),
+    (["train-ar", "--arm", ARM, "--size", SIZE], "data/tokens/baseline", "gear tokenize --arm baseline"),
+    (["sample", "--arm", ARM, "--size", SIZE], None, "AR folder models/ar/baseline/custom not found"),
+    (["tokenize", "--arm", "ste"], None, "--arm 'ste': must be one of baseline, gear"),
+    (["train-ar", "--arm", ARM, "--size", "B"], None, "--size 'B': not in ar.sizes"),
+])
+def test_missing_inputs_are_one_line_errors(ws, capsys, stage, missing, message):
+    if missing:
+        shutil.rmtree(missing)
+    assert cli.main([*stage, "--params", "params.yaml"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err
+
+
+# ---------------------------------------------------------------------------------------------
+# train-ar
+
+
+def test_train_ar_learns_and_writes_its_outputs(ws):
+    params = make_params()
+    train_ar.run(params, ARM, SIZE)
+    rows = history(paths.metrics_dir("train_ar", ARM, SIZE))
+    ntp = [float(v) for _, v in rows["ntp"]]
+    assert abs(ntp[0] - math.log(K)) < 1e-3           # zero-init head: uniform logits at step 0
+    assert ntp[-1] < ntp[0] - 0.3
+    val = [float(v) for _, v in rows["val_ntp"]]
+    assert val[-1] < val[0] - 0.2
+    assert {"align", "lr", "grad_norm", "unigram_entropy", "val_ntp_raw"} <= set(rows)
+    assert [s for s, _ in rows["lr"]][:2] == ["0", "5"] and float(rows["lr"][1][1]) == pytest.approx(3e-3)
+
+    model, cfg = train_ar.load_ar(paths.ar_dir(ARM, SIZE))
+    raw, _ = train_ar.load_ar(paths.ar_dir(ARM, SIZE), name="ar_raw")
+    assert not model.training and cfg["gpt"]["vocab_size"] == K and cfg["gpt"]["grid"] == GRID
+    assert cfg["align_layer"] == 1 and cfg["teacher"] == "demo" and cfg["teacher_dim"] == 16
+    assert cfg["final"]["val_ntp"] == pytest.approx(val[-1])
+    assert cfg["final"]["val_ntp"] < math.log(K)
+    assert not torch.equal(model.head.weight, raw.head.weight)  # EMA differs from the raw weights
+    assert (paths.ar_dir(ARM, SIZE) / "projector.safetensors").is_file()
+    assert not paths.state_dir(params, "train_ar", ARM, SIZE).joinpath("state.pt").exists()
+
+
+def test_decoder_flips_image_and_tokens_together(ws):
+    params = make_params()
+    decode = train_ar.TokenDecoder(hflip=True)
+    s = tar_samples(paths.tokens_dir(ARM) / "train-000000.tar")
+    key = next(iter(s))
+    sample_dict = {"__key__": key, **s[key]}
+    views = np.load(io.BytesIO(s[key]["tokens.npy"]))
+    original = to_tensor(decode_image(s[key]))
+    seen = set()
+    for i in range(16):
+        img, toks, label = decode(sample_dict, random.Random(i))
+        flip = not torch.equal(img, original)
+        assert torch.equal(img, original.flip(-1) if flip else original)
+        assert torch.equal(toks, torch.from_numpy(views[int(flip)].reshape(-1).astype(np.int64)))
+        seen.add(flip)
+    assert seen == {False, True} and params.data.hflip
+
+
+@pytest.mark.parametrize("kill", ["sigterm", "crash"])
+def test_train_ar_resumes_exactly(base, tmp_path, monkeypatch, kill):
+    over = ("ar.steps=20", "compute.save_every=7")
+    ref = tmp_path / "ref"
+    shutil.copytree(base, ref)
+    monkeypatch.chdir(ref)
+    train_ar.run(make_params(*over), ARM, SIZE)
+    want_weights = tree_bytes(paths.ar_dir(ARM, SIZE))
+    want_hist = history(paths.metrics_dir("train_ar", ARM, SIZE))
+
+    run = tmp_path / "run"
+    shutil.copytree(base, run)
+    monkeypatch.chdir(run)
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1)}
+    try:
+        with monkeypatch.context() as m:
+            if kill == "sigterm":  # preemption during step 9: state saved after it, exit 143
+                real = train_ar.check_finite
+
+                def check(stage, step, path, **losses):
+                    if step == 9:
+                        os.kill(os.getpid(), signal.SIGTERM)
+                    real(stage, step, path, **losses)
+
+                m.setattr(train_ar, "check_finite", check)
+                with pytest.raises(SystemExit) as e:
+                    train_ar.run(make_params(*over), ARM, SIZE)
+                assert e.value.code == 128 + signal.SIGTERM
+                saved_step = 10
+            else:  # a crash right after the first periodic save (step 7)
+                real_save = train_ar.Checkpointer.save
+
+                def save_then_die(self, state):
+                    real_save(self, state)
+                    raise RuntimeError("node lost")
+
+                m.setattr(train_ar.Checkpointer, "save", save_then_die)
+                with pytest.raises(RuntimeError, match="node lost"):
+                    train_ar.run(make_params(*over), ARM, SIZE)
+                saved_step = 7
+    finally:
+        for s, h in handlers.items():
+            signal.signal(s, h)
+    state = torch.load(paths.state_dir(make_params(), "train_ar", ARM, SIZE) / "state.pt", weights_only=True)
+    assert state["step"] == saved_step and not paths.ar_dir(ARM, SIZE).exists()
+    train_ar.run(make_params(*over), ARM, SIZE)
+    assert tree_bytes(paths.ar_dir(ARM, SIZE)) == want_weights
+    assert history(paths.metrics_dir("train_ar", ARM, SIZE)) == want_hist
+
+
+# ---------------------------------------------------------------------------------------------
+# sample
+
+
+def test_sample_writes_deterministic_npz_and_grids(ws):
+    params = make_params("ar.steps=10")
+    train_ar.run(params, ARM, SIZE)
+    sample.run(params, ARM, SIZE)
+    out = paths.samples_dir(ARM, SIZE)
+    first = tree_bytes(out)
+    C = len(read_manifest(params)["classes"])
+    with np.load(out / "samples.npz") as z:
+        images, labels, indices = z["images"], z["labels"], z["indices"]
+    N = 2 * C
+    assert images.shape == (N, 16, 16, 3) and images.dtype == np.uint8
+    assert np.array_equal(labels, np.repeat(np.arange(C), 2))
+    assert indices.shape == (N, GRID * GRID) and 0 <= indices.min() and indices.max() < K
+    assert (out / "grid.png").is_file() and all((out / f"class_{c}.png").is_file() for c in range(C))
+    # images are the frozen tokenizer's decode of the sampled tokens (first batch of 8)
+    tok = load_tokenizer(paths.frozen_dir(ARM))
+    with torch.no_grad():
+        again = to_uint8(tok.decode_indices(torch.from_numpy(indices[:8]), GRID))
+    assert np.array_equal(again, images[:8])
+
+    sample.run(params, ARM, SIZE)
+    assert tree_bytes(out) == first                          # same seed: same bytes
+    sample.run(make_params("ar.steps=10", "compute.seed=1"), ARM, SIZE)
+    with np.load(out / "samples.npz") as z:
+        assert not np.array_equal(z["indices"], indices)
+
+
+def test_sample_refuses_an_ar_of_another_tokenizer(ws):
+    params = make_params("ar.steps=2")
+    train_ar.run(params, ARM, SIZE)
+    write_tokenizer(paths.frozen_dir(ARM), Tokenizer(TokenizerConfig.from_params(params)), {"arm": ARM})
+    with pytest.raises(ArtifactError, match="another tokenizer"):
+        sample.run(params, ARM, SIZE)
