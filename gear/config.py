@@ -61,7 +61,7 @@ class Teachers:
 
 @dataclass
 class Tokenizer:
-    ch: int = 32
+    ch: int = 16
     ch_mult: list[int] = field(default_factory=lambda: [1, 2, 2])
     enc_res_blocks: int = 1
     dec_res_blocks: int = 1
