@@ -287,3 +287,24 @@ def test_bf16_autocast_train_step():
         soft_loss = repa_loss(proj(model(soft, labels, stop_at_layer=1).hidden[1]), torch.randn(2, GRID * GRID, 12))
     (loss + soft_loss).backward()
     assert torch.isfinite(loss) and soft.grad.abs().sum() > 0
+
+
+def test_grad_checkpointing_gives_the_same_loss_and_gradients():
+    from gear.models.ar import GPT, GPTConfig, ntp_loss
+
+    torch.manual_seed(0)
+    cfg = GPTConfig(vocab_size=17, grid=3, n_layer=3, dim=32, n_head=2, num_classes=4, class_dropout=0.0,
+                    token_dropout=0.0)
+    model = GPT(cfg)
+    torch.nn.init.normal_(model.head.weight, std=0.02)
+    x, labels = torch.randint(0, 17, (2, 9)), torch.randint(0, 4, (2,))
+    grads = []
+    for ckpt in (False, True):
+        model.grad_checkpointing = ckpt
+        model.zero_grad()
+        loss = ntp_loss(model(x, labels).logits, x)
+        loss.backward()
+        grads.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
+    torch.testing.assert_close(grads[0][0], grads[1][0], rtol=0, atol=0)
+    for a, b in zip(grads[0][1], grads[1][1]):
+        torch.testing.assert_close(a, b)

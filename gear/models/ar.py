@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
+import torch.utils.checkpoint
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -170,6 +171,7 @@ class GPT(nn.Module):
         self.register_buffer("rope_sin", sin, persistent=False)
         self.apply(self._init)
         nn.init.zeros_(self.head.weight)    # uniform logits at init
+        self.grad_checkpointing = False     # recompute block activations in backward (memory for compute)
 
     @staticmethod
     def _init(m: nn.Module):
@@ -214,8 +216,12 @@ class GPT(nn.Module):
         n = h.shape[1]
         cos, sin = self.rope_cos[pos:pos + n], self.rope_sin[pos:pos + n]
         hidden = {}
+        recompute = self.grad_checkpointing and self.training and cache is None and torch.is_grad_enabled()
         for i, block in enumerate(self.blocks[:last], start=1):
-            h = block(h, cos, sin, None if cache is None else cache[i - 1], pos)
+            if recompute:
+                h = torch.utils.checkpoint.checkpoint(block, h, cos, sin, None, pos, use_reentrant=False)
+            else:
+                h = block(h, cos, sin, None if cache is None else cache[i - 1], pos)
             if i in return_layers or i == stop_at_layer:
                 hidden[i] = h
         if stop_at_layer is not None:

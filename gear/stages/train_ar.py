@@ -141,6 +141,7 @@ def run(params, arm: str, size: str) -> None:
     seed_everything(params.compute.seed)  # the same initial weights on every process
     ar, proj = build_ar(params, size, man["codebook_size"], grid, man["num_classes"], teacher.dim)
     ar, proj = ar.to(rt.device), proj.to(rt.device)
+    ar.grad_checkpointing = params.compute.grad_checkpointing
     ema = EMA(ar, a.ema_decay)
     opt = configure_optimizer(nn.ModuleList([ar, proj]), a.lr, a.betas, a.weight_decay)
     ar_w, proj_w = (DDP(ar), DDP(proj)) if rt.distributed else (ar, proj)

@@ -59,6 +59,7 @@ def run(params, variant: str = "gear") -> None:
         load_weights(disc, paths.tokenizer_init_dir() / "discriminator.safetensors", "discriminator weights")
     ar, proj = build_ar(params, tn.ar_size, tok.codebook_size, grid, len(manifest["classes"]), teacher.dim)
     ar, proj = ar.to(rt.device), proj.to(rt.device)
+    ar.grad_checkpointing = params.compute.grad_checkpointing
     ema_tok, ema_ar = EMA(tok, tn.ema_decay), EMA(ar, tn.ema_decay)
     wrap = (lambda mod: DDP(mod)) if rt.distributed else (lambda mod: mod)
     disc_w = wrap(disc)
