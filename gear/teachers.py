@@ -23,17 +23,15 @@ as in the reference, off for the DINO ones and `demo`): per image and channel, o
 from __future__ import annotations
 
 import os
-import socket
-import threading
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from gear import paths
+from gear.hub import offline, reachable
 from gear.io import ArtifactError, load_tensors, read_json
 from gear.models.demo_teacher import DemoViT
 
@@ -222,32 +220,6 @@ class OpenClipTeacher(Teacher):
 # loading
 
 
-def _env_offline() -> bool:
-    from huggingface_hub import constants
-
-    flag = os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE")
-    return flag or bool(constants.HF_HUB_OFFLINE)
-
-
-def _hub_reachable(timeout: float = 2.0) -> bool:
-    """A TCP connect to the hub endpoint, bounded (DNS included) by running it in a thread."""
-    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    host, port = url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
-    ok = []
-
-    def probe():
-        try:
-            socket.create_connection((host, port), timeout=timeout).close()
-            ok.append(True)
-        except OSError:
-            pass
-
-    t = threading.Thread(target=probe, daemon=True)
-    t.start()
-    t.join(timeout)
-    return bool(ok)
-
-
 def _in_hub_cache(spec: HubSpec) -> bool:
     from huggingface_hub import try_to_load_from_cache
 
@@ -263,9 +235,9 @@ def resolve_weights(name: str, weights: str | None) -> str | None:
         if not path.is_file():
             raise RuntimeError(f"teacher {name}: teachers.weights file {path} not found")
         return str(path)
-    if _in_hub_cache(spec) or (not _env_offline() and _hub_reachable()):
+    if _in_hub_cache(spec) or (not offline() and reachable(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))):
         return None
-    why = "HF_HUB_OFFLINE is set" if _env_offline() else "the hub is unreachable"
+    why = "HF_HUB_OFFLINE is set" if offline() else "the hub is unreachable"
     raise RuntimeError(f"teacher {name}: weights for hub id {spec.hub_id} are not in the Hugging Face cache "
                        f"and {why}; download them once (huggingface-cli download {spec.hub_id}) or pass a "
                        f"local file: --set teachers.weights=/path/to/{spec.files[0]}")

@@ -16,8 +16,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import threading
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Union
@@ -30,6 +28,8 @@ from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
 from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+
+from gear.hub import offline, reachable
 
 FeatureFn = Callable[[torch.Tensor], tuple[torch.Tensor, Optional[torch.Tensor]]]
 Images = Union[np.ndarray, torch.Tensor]
@@ -142,27 +142,6 @@ def _register(name: str, cls) -> None:
 
 # --- extractor construction --------------------------------------------------------------------
 
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-
-
-def _reachable(url: str, timeout: float) -> bool:
-    """HEAD request bounded in wall time (a thread, since DNS lookups ignore socket timeouts)."""
-    ok = []
-
-    def probe():
-        try:
-            urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout)
-            ok.append(True)
-        except Exception:
-            pass
-
-    t = threading.Thread(target=probe, daemon=True)
-    t.start()
-    t.join(timeout)
-    return bool(ok)
-
-
 def _existing_file(path, what: str) -> str:
     if not Path(path).is_file():
         raise ValueError(f"{what} weights file not found: {path}")
@@ -177,9 +156,9 @@ def _inception_weights(weights_path) -> Optional[str]:
     if cached.is_file():
         return str(cached)
     hint = f"pass weights_path (params: metrics.inception_weights) = a local copy of {URL_INCEPTION_V3}"
-    if _offline():
+    if offline():
         raise RuntimeError(f"inception weights are not cached and HF_HUB_OFFLINE is set; {hint}")
-    if not _reachable(URL_INCEPTION_V3, timeout=5.0):
+    if not reachable(URL_INCEPTION_V3, timeout=5.0):
         raise RuntimeError(f"inception weights are not cached and cannot be downloaded; {hint}")
     return None
 

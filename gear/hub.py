@@ -1,0 +1,41 @@
+"""Is a weights download possible right now? Answered in seconds, never by a retry loop.
+
+Offline clusters and this machine have no route to model hubs; a bare `pretrained=True` there
+retries for ~45 s. Stages ask here first and fail in one line pointing at the local-file param.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from urllib.parse import urlparse
+
+
+def offline() -> bool:
+    """HF_HUB_OFFLINE set (the env var or huggingface_hub's resolved constant)."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE"):
+        return True
+    try:
+        from huggingface_hub import constants
+    except ImportError:
+        return False
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def reachable(url: str, timeout: float = 2.0) -> bool:
+    """A TCP connect to the URL's host, bounded in wall time (DNS included) by a thread."""
+    u = urlparse(url)
+    host, port = u.hostname or "", u.port or (80 if u.scheme == "http" else 443)
+    ok: list[bool] = []
+
+    def probe():
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            ok.append(True)
+        except OSError:
+            pass
+
+    t = threading.Thread(target=probe, daemon=True)
+    t.start()
+    t.join(timeout)
+    return bool(ok)
