@@ -90,6 +90,9 @@ def run(params) -> None:
             with atomic_dir(paths.teacher_dir()) as out:
                 write_json(out / "config.json", {"teacher": params.teacher, "trained": False,
                                                  "note": "hub teacher: loaded from the hub or teachers.weights"})
+        log = MetricsLog(paths.metrics_dir(STAGE), rt)  # the stage's declared metrics exist either way
+        log.log(0, trained=0.0)
+        log.close()
         teardown(rt)
         return
     manifest = read_manifest(params)  # clear error before any compute if shards are missing
