@@ -128,3 +128,19 @@ def test_ddp_follows_the_single_process_loss_curve(base, tmp_path):
     a, b = curve(single), curve(ddp)
     assert len(a) == len(b) == 8  # one row per step (log_every=1)
     torch.testing.assert_close(torch.tensor(b), torch.tensor(a), rtol=1e-4, atol=1e-5)
+
+
+def test_non_finite_loss_stops_the_stage_and_keeps_the_last_good_state(base, tmp_path, monkeypatch, capsys):
+    from tiny import gear_cli
+
+    d = scratch(base, tmp_path, "nan")
+    monkeypatch.chdir(d)
+    # an absurd learning rate blows the weights up within a few steps
+    rc = gear_cli(["tokenizer-init"], f"tokenizer.steps={STEPS}", "tokenizer.lr=1e30", "tokenizer.grad_clip=0",
+                  "compute.save_every=1")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 3
+    assert "tokenizer_init: non-finite" in err[-1] and "at step" in err[-1]
+    saved = torch.load(d / ".gear_state/tokenizer_init/state.pt", weights_only=True)
+    assert all(torch.isfinite(v).all() for v in saved["tokenizer"].values() if v.is_floating_point())
+    assert not (d / "models/tokenizer_init").exists()
