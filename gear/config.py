@@ -248,6 +248,8 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
         return _coerce(key, value, inner[0])
     if origin is Literal:
         allowed = typing.get_args(tp)
+        if isinstance(value, bool) and {"on", "off"} <= set(allowed):  # YAML 1.1 reads on/off as bools
+            value = "on" if value else "off"
         if value not in allowed:
             raise ParamsError(f"{key} = {value!r}: must be one of {', '.join(map(str, allowed))}")
         return value

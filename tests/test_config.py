@@ -82,3 +82,8 @@ def test_cli_help_lists_every_stage():
     for stage in ("shard", "teacher", "tokenizer-init", "tune", "freeze", "tokenize", "train-ar",
                   "sample", "evaluate", "report"):
         assert stage in r.stdout
+
+
+def test_on_off_values_survive_yaml():
+    assert load_params(ROOT / "params.yaml", ["teachers.zscore=on"]).teachers.zscore == "on"
+    assert load_params(ROOT / "params.yaml", ["teachers.zscore=off"]).teachers.zscore == "off"
