@@ -173,7 +173,7 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-class _TarShards:
+class TarShards:
     """Appends samples to <folder>/<split>-000000.tar, ... with `per_shard` samples per tar."""
 
     def __init__(self, folder: Path, split: str, per_shard: int):
@@ -206,7 +206,7 @@ class _TarShards:
 def _write_split(split: str, jobs: list[Job], encoded: Iterator, folder: Path, params,
                  classes: list[str]) -> tuple[dict, list[dict]]:
     d = params.data
-    writer = _TarShards(folder, split, d.samples_per_shard)
+    writer = TarShards(folder, split, d.samples_per_shard)
     per_class, skipped = {c: 0 for c in classes}, []
     for job, (data, reason) in tqdm(zip(jobs, encoded), total=len(jobs), desc=f"shard {split}", unit="img"):
         if data is None:

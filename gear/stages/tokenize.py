@@ -26,7 +26,7 @@ from gear import paths
 from gear.artifacts import check_tokenizer_matches, load_tokenizer, read_config
 from gear.config import ParamsError
 from gear.data.loader import decode_image, decode_label, eval_batches, read_manifest, to_tensor
-from gear.data.shard import _TarShards
+from gear.data.shard import TarShards
 from gear.io import ArtifactError, atomic_dir, read_json, sha256_file, write_json
 from gear.metrics.codebook import histogram_stats
 from gear.runtime import setup, teardown
@@ -101,7 +101,7 @@ def run(params, arm: str) -> None:
     hist = torch.zeros(K, dtype=torch.long)
 
     with atomic_dir(paths.tokens_dir(arm)) as out:
-        writer = _TarShards(out, "train", params.data.samples_per_shard)
+        writer = TarShards(out, "train", params.data.samples_per_shard)
         batches = eval_batches(params, "train", BATCH, decode=_SourceDecoder(fmt))
         with tqdm(total=data_man["splits"]["train"]["count"], desc=f"tokenize[{arm}]", unit="img") as bar:
             for x, labels, blobs, _ in batches:
