@@ -150,8 +150,11 @@ class IndexBackpropQuantizer(nn.Module):
     """IBQ: index = argmax <z, e_k> (dist = -<z, e_k>). Decoder path: one-hot forward, softmax
     backward over the WHOLE codebook, z_q = (onehot - p).detach() + p) @ E with p = softmax(<z, E>),
     written as E[i] + (p - p.detach()) @ E so the forward value is exactly E[i].
-    Losses (kept simple): codebook |E[i] - sg z|^2, commitment |z - sg E[i]|^2, entropy penalty
-    on softmax(<z, E> / T)."""
+    Losses: codebook |E[i] - sg z|^2 plus IBQ's "double quantization" term |z_q - z|^2 (through
+    the soft backward it pulls the whole softmax, and so every code, toward z: this is what keeps
+    all codes in use), commitment |z - sg E[i]|^2, entropy penalty on softmax(<z, E> / T).
+    Codes start N(0, 1) as in the IBQ release: with a tiny uniform init the softmax is flat, the
+    encoder gets no decoder gradient and a few large-norm codes win every argmax (collapse)."""
 
     def __init__(self, codebook_size: int, code_dim: int, commit_weight: float = 0.25, codebook_weight: float = 1.0,
                  entropy_weight: float = 0.0, entropy_temperature: float = 0.01):
@@ -159,8 +162,7 @@ class IndexBackpropQuantizer(nn.Module):
         self.codebook_size, self.code_dim = codebook_size, code_dim
         self.commit_weight, self.codebook_weight = commit_weight, codebook_weight
         self.entropy_weight, self.entropy_temperature = entropy_weight, entropy_temperature
-        self.embedding = nn.Embedding(codebook_size, code_dim)
-        nn.init.uniform_(self.embedding.weight, -1.0 / codebook_size, 1.0 / codebook_size)
+        self.embedding = nn.Embedding(codebook_size, code_dim)  # N(0, 1) init (nn.Embedding's default)
 
     def forward(self, z: Tensor) -> QuantOut:
         with torch.autocast(z.device.type, enabled=False):
@@ -173,7 +175,7 @@ class IndexBackpropQuantizer(nn.Module):
             p = logits.softmax(-1)
             z_q = e_sel + (p - p.detach()) @ e
             losses = {
-                "codebook": self.codebook_weight * F.mse_loss(e_sel, z.detach()),
+                "codebook": self.codebook_weight * (F.mse_loss(e_sel, z.detach()) + F.mse_loss(z_q, z)),
                 "commit": self.commit_weight * F.mse_loss(z, e_sel.detach()),
                 "entropy": (self.entropy_weight * entropy_penalty(logits / self.entropy_temperature)
                             if self.entropy_weight > 0 else dist.new_zeros(())),
