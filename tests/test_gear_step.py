@@ -121,14 +121,23 @@ def test_each_step_changes_exactly_its_own_parameters():
 def test_ste_mode_sends_the_ntp_loss_into_the_encoder():
     p, m, k, x, labels, y = make("vq", mode="ste")
     out = m.tokenizer(x)
+    from gear.models.ar import ntp_loss
     from gear.train.gear_step import soft_assignment
 
     p_st = soft_assignment(out.q.dist, k.tau, "onehot_st")
     idx = out.q.indices.detach().flatten(1)
+    enc = list(m.tokenizer.encoder.parameters())
+    m.ar.eval()  # no class / token dropout: the forwards below must be comparable
+    # forward: the straight-through one-hot is the index input and the index CE
     logits = m.ar(p_st, labels).logits
-    ntp = torch.nn.functional.cross_entropy(logits.flatten(0, 1), idx.flatten())
-    g = torch.autograd.grad(ntp, list(m.tokenizer.encoder.parameters()), allow_unused=True)
-    assert any(v is not None and torch.count_nonzero(v) > 0 for v in g)
+    assert torch.equal(logits, m.ar(idx, labels).logits)
+    torch.testing.assert_close(ntp_loss(logits, p_st), ntp_loss(logits, idx), rtol=1e-6, atol=0)  # mean order only
+    # backward: both paths reach the encoder, through the AR's input and through the CE target
+    for name, loss in (("input", ntp_loss(m.ar(p_st, labels).logits, idx)),
+                       ("target", ntp_loss(m.ar(idx, labels).logits.detach(), p_st))):
+        g = torch.autograd.grad(loss, enc, allow_unused=True, retain_graph=True)
+        assert any(v is not None and torch.count_nonzero(v) > 0 for v in g), name
+    m.ar.train()
     # and the joint step runs and moves both models
     opt_tok = torch.optim.AdamW(m.tokenizer.parameters(), lr=1e-3)
     opt_ar = torch.optim.AdamW([*m.ar.parameters(), *m.projector.parameters()], lr=1e-3)

@@ -249,7 +249,10 @@ def repa_loss(proj: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def ntp_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Next-token cross entropy; logits (B, L, K), targets (B, L)."""
+    """Next-token cross entropy; logits (B, L, K), targets indices (B, L) or a distribution
+    (B, L, K) (a one-hot target gives exactly the index CE; its gradient reaches the target)."""
+    if targets.dim() == 3:
+        return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(0, 1).float())
     return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
 
 

@@ -19,7 +19,8 @@ def build_ar(params, size: str, vocab_size: int, grid: int, num_classes: int, te
 
 def ar_loss(ar: nn.Module, proj: nn.Module, inputs: Tensor, targets: Tensor, labels: Tensor, y: Tensor | None,
             align_layer: int, align_weight: float) -> tuple[Tensor, dict[str, Tensor]]:
-    """inputs: indices (B, L) or a distribution (B, L, K); targets: indices (B, L); y: (B, L, Dt)."""
+    """inputs: indices (B, L) or a distribution (B, L, K); targets: indices (B, L) or a
+    distribution (B, L, K) (the `ste` mode's straight-through one-hot); y: (B, L, Dt)."""
     use_align = y is not None and align_weight > 0
     out = ar(inputs, labels, return_layers=(align_layer,) if use_align else ())
     ntp = ntp_loss(out.logits, targets)

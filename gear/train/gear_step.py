@@ -9,9 +9,11 @@ The next-token loss never reaches the tokenizer and the soft alignment never rea
 token table E or the projector: the AR parameters are frozen (requires_grad False) while the
 tokenizer loss is built, and the AR step consumes detached integer indices.
 
-Modes: `gear` (above), `ste` (the collapsing baseline: no soft step; the AR consumes the one-hot
-of the hard index with a straight-through gradient from softmax(-d / tau), and its CE + hard
-alignment loss is back-propagated into BOTH the AR and the tokenizer in one joint step), `none`
+Modes: `gear` (above), `ste` (the collapsing baseline: no soft step; one joint step on
+L_VQ + CE + lambda_ar L_align^h for BOTH the AR and the tokenizer. The tokens are the one-hot of
+the hard index with the straight-through gradient of softmax(-d / tau), used twice: as the AR's
+input (p @ E) and as the CE target. The target path is the one that lets the tokenizer make its
+own tokens predictable by moving them toward what the AR already predicts: the collapse), `none`
 (tokenizer frozen; only the AR step: the baseline arm's recipe).
 """
 from __future__ import annotations
@@ -119,16 +121,17 @@ def ar_step(m: GearModels, k: GearKnobs, opt: torch.optim.Optimizer, indices: Te
 
 def ste_joint_step(m: GearModels, k: GearKnobs, opt_tok: torch.optim.Optimizer, opt_ar: torch.optim.Optimizer,
                    x: Tensor, labels: Tensor, y: Tensor, step: int, rt) -> tuple[object, dict[str, Tensor]]:
-    """`ste` mode: the AR reads one-hot(i) with a straight-through gradient to softmax(-d / tau);
-    CE + lambda_ar L_align^h + L_VQ are minimised jointly by the tokenizer and the AR."""
+    """`ste` mode: the AR reads one-hot(i) with a straight-through gradient to softmax(-d / tau)
+    and is scored against that same straight-through one-hot (forward values: exactly the index
+    input and the index CE); CE + lambda_ar L_align^h + L_VQ are minimised jointly by the
+    tokenizer and the AR."""
     m.tokenizer.train(); m.ar.train(); m.projector.train()
     with rt.conv_autocast():
         out = m.tokenizer(x)
         loss_vq, logs = m.objective.generator_loss(x, out, step)
     with rt.autocast():
         p_st = soft_assignment(out.q.dist, k.tau, "onehot_st")
-        idx = out.q.indices.detach().flatten(1)
-        loss_ar, logs_ar = ar_loss(m.ar, m.projector, p_st, idx, labels, y, k.align_layer, k.align_weight_ar)
+        loss_ar, logs_ar = ar_loss(m.ar, m.projector, p_st, p_st, labels, y, k.align_layer, k.align_weight_ar)
     loss = loss_vq + loss_ar
     opt_tok.zero_grad(set_to_none=True); opt_ar.zero_grad(set_to_none=True)
     loss.backward()
