@@ -88,6 +88,8 @@ class Tokenizer:
     steps: int = 800
     batch_size: int = 32
     lr: float = 1e-3
+    warmup_steps: int = 0
+    lr_decay: Literal["constant", "cosine"] = "constant"
     disc_lr: float = 1e-4
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     weight_decay: float = 0.0
@@ -356,6 +358,8 @@ def validate(p: Params) -> Params:
     _check(t.ch % t.norm_groups == 0, "tokenizer.norm_groups", t.norm_groups, f"must divide tokenizer.ch {t.ch}")
     for key in ("commit_weight", "codebook_weight", "entropy_weight", "recon_weight", "perceptual_weight", "gan_weight", "weight_decay"):
         _check(getattr(t, key) >= 0, f"tokenizer.{key}", getattr(t, key), "must be >= 0")
+    _check(0 <= t.warmup_steps < t.steps, "tokenizer.warmup_steps", t.warmup_steps,
+           f"must be in [0, tokenizer.steps = {t.steps})")
     _check(t.entropy_temperature > 0, "tokenizer.entropy_temperature", t.entropy_temperature, "must be > 0")
     if t.init != "scratch":
         _check(Path(t.init).suffix in (".pt", ".pth", ".safetensors", ".bin"), "tokenizer.init", t.init,

@@ -17,7 +17,6 @@ the stage only writes config.json saying so, which keeps the pipeline's DAG the 
 """
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +29,7 @@ from gear.io import atomic_dir, save_tensors, write_json
 from gear.models.demo_teacher import DemoViT
 from gear.runtime import Runtime, seed_everything, setup, teardown
 from gear.train.logger import MetricsLog
+from gear.train.schedule import lr_at
 from gear.train.state import Checkpointer, StopRequest, check_finite
 
 STAGE = "teacher"
@@ -40,14 +40,6 @@ GRAD_CLIP = 1.0
 
 def demo_needed(params) -> bool:
     return params.teacher == "demo" or params.metrics.feature_space == "demo"
-
-
-def lr_at(step: int, steps: int, peak: float) -> float:
-    """Linear warm-up over 5% of the steps, then cosine decay to 0."""
-    warmup = max(1, steps // 20)
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    return 0.5 * peak * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
 
 
 def build_demo(params, manifest: dict) -> DemoViT:
@@ -125,7 +117,7 @@ def run(params) -> None:
     while step < t.demo_steps:
         x, y = next(stream)
         x, y = x.to(rt.device, non_blocking=True), y.to(rt.device, non_blocking=True)
-        lr = lr_at(step, t.demo_steps, t.demo_lr)
+        lr = lr_at(step, t.demo_steps, t.demo_lr, warmup=max(1, t.demo_steps // 20), decay="cosine")
         for group in opt.param_groups:
             group["lr"] = lr
         with rt.autocast():

@@ -20,6 +20,7 @@ from gear.runtime import all_reduce_mean, seed_everything, setup, teardown
 from gear.train.ema import EMA
 from gear.train.logger import MetricsLog
 from gear.train.recon_check import reconstruction_check
+from gear.train.schedule import lr_at
 from gear.train.state import Checkpointer, StopRequest, check_finite
 from gear.train.tokenizer_objective import (CodebookWindow, TokenizerObjective, build_discriminator,
                                             build_perceptual, build_tokenizer, clip_and_step)
@@ -61,6 +62,8 @@ def run(params) -> None:
     for step in bar:
         x, _ = next(batches)
         x = x.to(rt.device, non_blocking=True)
+        for group in opt_g.param_groups:
+            group["lr"] = lr_at(step, t.steps, t.lr, t.warmup_steps, t.lr_decay)
         tok_ddp.train()
         with rt.conv_autocast():
             out = tok_ddp(x)
@@ -78,7 +81,7 @@ def run(params) -> None:
 
         if step % params.compute.log_every == 0 or step == t.steps - 1:
             row = {k: all_reduce_mean(v.float(), rt).item() for k, v in logs.items()}
-            row.update(usage.result(rt))
+            row.update(usage.result(rt), lr=opt_g.param_groups[0]["lr"])
             log.log(step, loss=row["recon"], **row)
             bar.set_postfix(recon=f"{row['recon']:.4f}", usage=f"{row['usage']:.2f}")
         if (step + 1) % params.compute.save_every == 0 or stop.requested:
