@@ -173,6 +173,8 @@ def test_config_from_params_and_round_trip():
     assert TokenizerConfig.from_dict(cfg.to_dict()) == cfg
     lfq = TokenizerConfig.from_params(params_from_dict({"quantizer": "lfq"}))
     assert lfq.code_dim == int(math.log2(p.tokenizer.codebook_size))
+    ibq = TokenizerConfig.from_params(params_from_dict({"quantizer": "ibq"}))
+    assert ibq.code_dim == p.tokenizer.z_channels  # IBQ quantizes z itself, as released
     with pytest.raises(ValueError, match="unknown keys"):
         TokenizerConfig.from_dict({**cfg.to_dict(), "depth": 3})
     with pytest.raises(ValueError, match="norm_groups"):
