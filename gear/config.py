@@ -175,6 +175,7 @@ class Compute:
     precision: Literal["bf16", "fp32"] = "bf16"
     compile: bool = False
     grad_checkpointing: bool = False
+    fsdp: bool = False
     workers: int = 2
     seed: int = 0
     log_every: int = 25

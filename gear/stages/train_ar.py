@@ -4,7 +4,10 @@ Recipe (LlamaGen-REPA): L = CE(next token) + align_weight_ar * (-cos(P(h_l), y))
 l = ar.align_layer_for(S), with teacher features y computed online from the shard's image (see
 gear/train/ar_objective.py). AdamW (nanoGPT decay groups) over AR + projector, linear warm-up
 over ar.warmup_steps then constant lr, grad clipping, EMA of the AR, bf16 autocast, optional
-torch.compile, gradient accumulation (no_sync on non-final micro-steps under DDP).
+torch.compile, gradient accumulation (no_sync on non-final micro-steps under DDP). Under torchrun
+the AR and projector train with DDP, or with compute.fsdp sharded by FSDP2 (gear/train/parallel.py:
+parameters, gradients, AdamW state and the EMA split across processes; saved state and outputs
+are the same full tensors either way).
 
 Data: the token shards of `gear tokenize`. Augmentation is the horizontal flip only: a coin
 flip from the loader's per-sample rng picks the mirrored image *and* its mirrored token grid, so
@@ -35,14 +38,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from gear import paths
-from gear.artifacts import load_tokenizer, load_weights, read_config, write_model
+from gear.artifacts import load_tokenizer, load_weights, read_config
 from gear.config import ParamsError
 from gear.data.loader import TrainStream, augment, decode_image, decode_label, eval_batches, to_tensor
-from gear.io import ArtifactError, atomic_dir, write_json
+from gear.io import ArtifactError, atomic_dir, save_tensors, write_json
 from gear.models.ar import GPT, GPTConfig, configure_optimizer
 from gear.runtime import Runtime, all_reduce_mean, seed_everything, setup, teardown
 from gear.stages.tokenize import check_arm, read_tokens_manifest
@@ -50,6 +52,7 @@ from gear.teachers import load_teacher
 from gear.train.ar_objective import ar_loss, build_ar
 from gear.train.ema import EMA
 from gear.train.logger import MetricsLog
+from gear.train.parallel import DataParallel
 from gear.train.state import Checkpointer, StopRequest, check_finite
 
 STAGE = "train_ar"
@@ -105,14 +108,22 @@ def val_tokens(params, tok: nn.Module, rt: Runtime, limit: int = VAL_IMAGES) -> 
 
 @torch.no_grad()
 def val_ntp(model: GPT, tokens: torch.Tensor, labels: torch.Tensor, rt: Runtime) -> float:
-    """Mean next-token CE over all val tokens; each process takes every world-th batch."""
+    """Mean next-token CE over all val tokens; each process takes every world-th batch. Every
+    process runs the same number of forwards (FSDP gathers parameters in each): one without a
+    batch left repeats the first and drops the result."""
     was_training = model.training
     model.eval()
     total = torch.zeros(2, dtype=torch.float64, device=rt.device)
-    for s in range(rt.rank * EVAL_BATCH, len(tokens), rt.world * EVAL_BATCH):
+    batches = -(-len(tokens) // EVAL_BATCH)
+    rounds = -(-batches // rt.world)
+    for i in range(rt.rank, rounds * rt.world, rt.world):
+        real = i < batches
+        s = i * EVAL_BATCH if real else 0
         t, y = tokens[s:s + EVAL_BATCH], labels[s:s + EVAL_BATCH]
         with rt.autocast():
             logits = model(t, y).logits
+        if not real:
+            continue
         ce = F.cross_entropy(logits.flatten(0, 1).float(), t.flatten(), reduction="sum")
         total += torch.stack([ce.double(), torch.tensor(float(t.numel()), dtype=torch.float64, device=rt.device)])
     if rt.distributed:
@@ -142,9 +153,12 @@ def run(params, arm: str, size: str) -> None:
     ar, proj = build_ar(params, size, man["codebook_size"], grid, man["num_classes"], teacher.dim)
     ar, proj = ar.to(rt.device), proj.to(rt.device)
     ar.grad_checkpointing = params.compute.grad_checkpointing
-    ema = EMA(ar, a.ema_decay)
-    opt = configure_optimizer(nn.ModuleList([ar, proj]), a.lr, a.betas, a.weight_decay)
-    ar_w, proj_w = (DDP(ar), DDP(proj)) if rt.distributed else (ar, proj)
+    ema = EMA(ar, a.ema_decay)  # copied before sharding (a sharded module cannot be copied)
+    dp = DataParallel(rt, fsdp=params.compute.fsdp)
+    ar_w, proj_w = dp.wrap(ar), dp.wrap(proj)
+    dp.shard_copy(ema.model)
+    trained = nn.ModuleList([ar, proj])
+    opt = configure_optimizer(trained, a.lr, a.betas, a.weight_decay)  # over the shards under FSDP
     fwd = torch.compile(ar_w) if params.compute.compile else ar_w
     stream = TrainStream(params, "train", micro, rank=rt.rank, world=rt.world, augment=True,
                          pattern=str(paths.tokens_dir(arm) / "{split}-*.tar"), decode=TokenDecoder(man["hflip"]))
@@ -160,8 +174,10 @@ def run(params, arm: str, size: str) -> None:
     state = ckpt.load()
     start = 0
     if state is not None:
-        for key, obj in (("ar", ar), ("proj", proj), ("ema", ema), ("opt", opt), ("data", stream)):
-            obj.load_state_dict(state[key])
+        for key, module in (("ar", ar), ("proj", proj), ("ema", ema.model)):
+            dp.load_state_dict(module, state[key])
+        dp.load_optim_state_dict(trained, opt, state["opt"])
+        stream.load_state_dict(state["data"])
         start = state["step"]
     log = MetricsLog(paths.metrics_dir(STAGE, arm, size), rt, state["metrics"] if state else None)
     stop = StopRequest()
@@ -182,18 +198,14 @@ def run(params, arm: str, size: str) -> None:
             if params.align_weight_ar > 0:
                 with torch.no_grad():
                     y = teacher.features(x, grid)
-            sync = contextlib.ExitStack()
-            if rt.distributed and i < a.grad_accum - 1:
-                sync.enter_context(ar_w.no_sync())
-                sync.enter_context(proj_w.no_sync())
-            with sync:
+            with dp.no_sync(ar_w, proj_w) if i < a.grad_accum - 1 else contextlib.nullcontext():
                 with rt.autocast():
                     loss, logs = ar_loss(fwd, proj_w, tokens, tokens, labels, y, align_layer, params.align_weight_ar)
                 check_finite(f"{STAGE}[{arm}/{size}]", step, ckpt.path, loss=loss)
                 (loss / a.grad_accum).backward()
             for k, v in logs.items():
                 sums[k] = sums.get(k, 0.0) + v.float() / a.grad_accum
-        grad_norm = torch.nn.utils.clip_grad_norm_(params_all, a.grad_clip)
+        grad_norm = dp.clip_grad_norm_(params_all, a.grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
         ema.update(ar)
@@ -207,24 +219,26 @@ def run(params, arm: str, size: str) -> None:
             log.log(step, **row)
             bar.set_postfix(ntp=f"{row['ntp']:.3f}", val=f"{row['val_ntp']:.3f}")
             t_window, steps_window = time.perf_counter(), 0
-        if (step + 1) % params.compute.save_every == 0 or stop.requested:
-            ckpt.save({"step": step + 1, "ar": ar.state_dict(), "proj": proj.state_dict(), "ema": ema.state_dict(),
-                       "opt": opt.state_dict(), "data": stream.state_dict(), "metrics": log.state_dict()})
-            if stop.requested:
+        stopping = dp.agree_to_stop(stop)  # every process saves at the same step
+        if (step + 1) % params.compute.save_every == 0 or stopping:
+            ckpt.save({"step": step + 1, "ar": dp.state_dict(ar), "proj": dp.state_dict(proj),
+                       "ema": dp.state_dict(ema.model), "opt": dp.optim_state_dict(trained, opt),
+                       "data": stream.state_dict(), "metrics": log.state_dict()})
+            if stopping:
                 stop.exit_after_save(f"{STAGE}[{arm}/{size}]", step + 1, rt)
     bar.close()
 
     final = {"val_ntp": val_ntp(ema.model, val_x, val_y, rt), "val_ntp_raw": val_ntp(ar, val_x, val_y, rt),
              "unigram_entropy": man["unigram_entropy"]}
+    weights = {"ar": dp.state_dict(ema.model), "ar_raw": dp.state_dict(ar), "projector": dp.state_dict(proj)}
     if rt.is_main:
         log.log(a.steps, **final)
         final.update({k: log.last(k) for k in ("ntp", "align") if log.last(k) is not None})
         print(f"train-ar[{arm}/{size}]: ntp {final['ntp']:.4f}, val_ntp {final['val_ntp']:.4f} (EMA), "
               f"{final['val_ntp_raw']:.4f} (raw), unigram entropy {final['unigram_entropy']:.4f} nats")
         with atomic_dir(paths.ar_dir(arm, size)) as out:
-            write_model(out, "ar", ema.model)
-            write_model(out, "ar_raw", ar)
-            write_model(out, "projector", proj)
+            for name, sd in weights.items():
+                save_tensors(out / f"{name}.safetensors", sd)
             write_json(out / "config.json", {
                 "arm": arm, "size": size, "gpt": ar.cfg.to_dict(), "align_layer": align_layer,
                 "align_weight_ar": params.align_weight_ar, "teacher": teacher.name, "teacher_dim": teacher.dim,
