@@ -103,3 +103,12 @@ def all_reduce_mean(t: torch.Tensor, rt: Runtime) -> torch.Tensor:
         dist.all_reduce(t)
         t /= rt.world
     return t
+
+
+def gather_to_main(obj, rt: Runtime) -> list | None:
+    """Every rank's picklable `obj`, in rank order, on rank 0; None on the other ranks."""
+    if not rt.distributed:
+        return [obj]
+    parts = [None] * rt.world if rt.is_main else None
+    dist.gather_object(obj, parts, dst=0)
+    return parts

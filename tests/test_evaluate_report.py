@@ -21,6 +21,7 @@ from gear.data import shard
 from gear.data.embedded import SOURCES
 from gear.data.loader import eval_batches
 from gear.io import ArtifactError, save_tensors, sha256_file, write_json
+from gear.metrics.features import FeatureModel, fid_statistics, frechet_distance, read_real_cache
 from gear.models.ar import GPT, GPTConfig
 from gear.models.demo_teacher import DemoViT
 from gear.models.tokenizer import Tokenizer, TokenizerConfig
@@ -227,9 +228,10 @@ def test_val_vs_train_fid_small_and_monotone_in_blur_and_noise(ws):
     p = params("metrics.max_real=1000")
     evaluate.run(p, "real")                                             # all 320 train images
     rt = setup(p)
-    ext, summary = evaluate.feature_extractor(p, rt.device), evaluate.real_summary(p)
+    fm = FeatureModel(evaluate.feature_extractor(p, rt.device), rt.device, 32, logits=False)
+    real = read_real_cache(paths.real_stats_dir(), evaluate.real_summary(p)["cache_key"], fm.ext)
     val, _ = evaluate.read_images(p, "val")
-    fid = lambda x: evaluate.fid_vs_real(p, x, ext, summary, rt.device)["fid"]  # noqa: E731
+    fid = lambda x: frechet_distance(fid_statistics(fm.extract(x, 32)["features"]), real.stats)  # noqa: E731
     blur = [fid(np.stack([np.asarray(Image.fromarray(i).filter(ImageFilter.GaussianBlur(r))) for i in val]))
             for r in (0.75, 1.5, 3.0)]
     rng = np.random.default_rng(0)

@@ -406,3 +406,23 @@ def eval_batches(params, split: str = "val", batch_size: int = 64, *, rank: int 
     for out, _ in _loader(_Samples(index, decode or ImageDecoder(params)), batches, params.compute.workers):
         if out is not None:
             yield out
+
+
+def split_size(params, split: str = "val", pattern: str | None = None) -> int:
+    """Readable samples of a split: eval_batches visits positions 0 .. split_size - 1."""
+    return len(_split_index(params, split, pattern)[0])
+
+
+def read_batches(params, split: str, batches: list, *, pattern: str | None = None,
+                 decode: Callable | None = None) -> Iterator:
+    """The samples at the given positions of a split (shard order), no augmentation: one output per
+    index list of `batches`, in order (None where no sample of the list decodes), so a rank that
+    reads its share of a batch plan shared by all ranks stays aligned with that plan."""
+    index, _ = _split_index(params, split, pattern)
+    batches = [[int(i) for i in b] for b in batches]
+    bad = next((i for b in batches for i in b if not 0 <= i < len(index)), None)
+    if bad is not None:
+        raise ValueError(f"sample position {bad} out of range: split {split} has {len(index)} readable samples")
+    items = ([(i, None) for i in b] for b in batches)
+    for out, _ in _loader(_Samples(index, decode or ImageDecoder(params)), items, params.compute.workers):
+        yield out

@@ -9,7 +9,8 @@ torch-fidelity computes every statistic; this module only hands it images and a 
   embedded default passes the demo teacher (pooled patch features, classifier-head logits).
 Convention (torch-fidelity's): input1 = generated samples, input2 = real images. Precision is the
 share of samples inside the real manifold (union of k-NN balls of real features); recall is the
-share of real images inside the sample manifold.
+share of real images inside the sample manifold. features.py computes the same numbers from
+features extracted batch by batch (over several processes) with the same extractors.
 """
 from __future__ import annotations
 
@@ -234,16 +235,21 @@ class _CachedOnly(Dataset):
         raise RuntimeError("real images were needed but real_uint8=None (cache incomplete)")
 
 
-def _cache_files(cache_dir: Path, key: str, ext: Extractor, layers: list[str]) -> list[Path]:
-    # File names of torch-fidelity 0.4.0 (utils.extract_featuresdict_from_input_id_cached and
-    # metric_fid.fid_featuresdict_to_statistics_cached).
+def cache_files(cache_dir: Path, key: str, ext: Extractor, layers: list[str]) -> list[Path]:
+    """The real-set cache files: features of each layer, then the FID statistics. File names of
+    torch-fidelity 0.4.0 (utils.extract_featuresdict_from_input_id_cached and
+    metric_fid.fid_featuresdict_to_statistics_cached)."""
     files = [cache_dir / f"{key}-{ext.name}-features-{layer}.pt" for layer in layers]
     return files + [cache_dir / f"{key}-{ext.name}-stat-fid-{ext.fid_layer}.pt"]
 
 
-def _probe_logits(ext: Extractor, images: _Images, device: torch.device) -> bool:
-    """Run the custom fn on two images: check its outputs and learn whether it gives logits."""
-    x = torch.stack([images[i] for i in range(min(2, len(images)))]).to(device)
+def write_meta(meta: Path, num_real: int, ext: Extractor, layers: list[str]) -> None:
+    meta.write_text(json.dumps({"num_real": num_real, "extractor": ext.name, "layers": layers}))
+
+
+def probe_logits(ext: Extractor, x: torch.Tensor) -> bool:
+    """Run the custom fn on a uint8 batch x [N,3,H,W] (on its device): check its outputs and
+    learn whether it gives logits."""
     with torch.no_grad():
         out = ext.options["gear_feature_fn"](x)
     if not (isinstance(out, tuple) and len(out) == 2):
@@ -267,7 +273,7 @@ def _device(device: str) -> torch.device:
     return dev
 
 
-def _meta_path(cache_dir: Optional[str], cache_key: Optional[str], ext: Extractor) -> Optional[Path]:
+def meta_path(cache_dir: Optional[str], cache_key: Optional[str], ext: Extractor) -> Optional[Path]:
     """Our side file next to torch-fidelity's cache: how many real images it was built from."""
     if (cache_dir is None) != (cache_key is None):
         raise ValueError("cache_dir and cache_key must be given together")
@@ -288,8 +294,9 @@ def _check_not_stale(meta: Optional[Path], num_real: int) -> None:
 
 def _isc_layer(ext: Extractor, images: _Images, dev: torch.device, isc_splits: int) -> Optional[str]:
     layer = ext.isc_layer
-    if ext.space == "custom" and not _probe_logits(ext, images, dev):
-        layer = None
+    if ext.space == "custom":
+        probe = torch.stack([images[i] for i in range(min(2, len(images)))]).to(dev)
+        layer = layer if probe_logits(ext, probe) else None
     if layer is not None and len(images) < isc_splits:
         raise ValueError(f"IS with isc_splits={isc_splits} needs at least that many images, got {len(images)}")
     return layer
@@ -322,7 +329,7 @@ def cache_real_statistics(real_uint8: Images, extractor: Extractor, *, cache_dir
     real = _Images(real_uint8, "real")
     if cache_dir is None or cache_key is None or batch_size < 1 or isc_splits < 1:
         raise ValueError("cache_real_statistics needs cache_dir, cache_key, batch_size >= 1, isc_splits >= 1")
-    meta = _meta_path(cache_dir, cache_key, extractor)
+    meta = meta_path(cache_dir, cache_key, extractor)
     dev = _device(device)
     _check_not_stale(meta, len(real))
     isc_layer = _isc_layer(extractor, real, dev, isc_splits)
@@ -331,7 +338,7 @@ def cache_real_statistics(real_uint8: Images, extractor: Extractor, *, cache_dir
                      input2_cache_name=cache_key, cache=True, cache_root=str(cache_dir),
                      batch_size=batch_size, isc_splits=isc_splits, verbose=verbose)
     layers = sorted({extractor.fid_layer} | ({isc_layer} if isc_layer else set()))
-    meta.write_text(json.dumps({"num_real": len(real), "extractor": extractor.name, "layers": layers}))
+    write_meta(meta, len(real), extractor, layers)
     res = {"feature_space": extractor.space, "extractor": extractor.name, "num_real": len(real)}
     return res | (_isc(out) if isc_layer else {})
 
@@ -353,7 +360,7 @@ def compute_generation_metrics(samples_uint8: Images, real_uint8: Optional[Image
     """
     samples = _Images(samples_uint8, "samples")
     real = None if real_uint8 is None else _Images(real_uint8, "real")
-    meta = _meta_path(cache_dir, cache_key, extractor)
+    meta = meta_path(cache_dir, cache_key, extractor)
     if pr_k < 1 or batch_size < 1 or isc_splits < 1:
         raise ValueError(f"pr_k, batch_size, isc_splits must be >= 1 (got {pr_k}, {batch_size}, {isc_splits})")
     for what, ds in (("samples", samples), ("real", real)):
@@ -364,7 +371,7 @@ def compute_generation_metrics(samples_uint8: Images, real_uint8: Optional[Image
     layers = sorted({extractor.fid_layer} | ({isc_layer} if isc_layer else set()))
 
     if real is None:
-        needed = [] if meta is None else [meta, *_cache_files(meta.parent, cache_key, extractor, layers)]
+        needed = [] if meta is None else [meta, *cache_files(meta.parent, cache_key, extractor, layers)]
         missing = [p for p in needed if not p.is_file()]
         if meta is None or missing:
             raise ValueError("real_uint8=None needs a complete real-set cache (cache_dir + cache_key); "
@@ -380,7 +387,7 @@ def compute_generation_metrics(samples_uint8: Images, real_uint8: Optional[Image
                      cache=meta is not None, cache_root=None if meta is None else str(cache_dir),
                      input2_cache_name=cache_key, verbose=verbose)
     if meta is not None and real is not None and not meta.is_file():
-        meta.write_text(json.dumps({"num_real": num_real, "extractor": extractor.name, "layers": layers}))
+        write_meta(meta, num_real, extractor, layers)
 
     res = {"feature_space": extractor.space, "extractor": extractor.name,
            "num_samples": len(samples), "num_real": num_real,

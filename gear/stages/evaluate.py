@@ -19,12 +19,20 @@ Numbers from different spaces are never comparable: every JSON names its space a
              (EMA weights, teacher-forced on val tokens of the frozen tokenizer <A>) with teacher
              patches: the hidden state at position k (it has seen tokens < k) against patch k.
 Patch similarities use metrics.max_patches patches drawn uniformly with a fixed seed.
+
+Processes: one, or N under torchrun / SLURM (gloo on CPU, nccl on GPU). A pass is a plan of
+metrics.batch_size batches that every rank derives alike; rank r runs batches r, r + N, ...; rank 0
+gathers features, per-image values and patch subsets in batch order, computes every metric
+(torch-fidelity's feature-level functions: gear/metrics/features.py) and alone writes. A batch holds
+the same images whatever N, so N processes give the numbers of one.
 """
 from __future__ import annotations
 
-import itertools
 import math
+import struct
+import zipfile
 from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -33,19 +41,19 @@ from tqdm import tqdm
 from gear import paths
 from gear.artifacts import load_tokenizer
 from gear.config import ParamsError
-from gear.data.loader import TrainStream, eval_batches, read_manifest
+from gear.data.loader import TrainStream, read_batches, read_manifest, split_size
 from gear.io import ArtifactError, atomic_dir, read_json, sha256_file, write_json
-from gear.metrics.codebook import CodebookAccumulator, soft_assignment_stats
-from gear.metrics.fidelity import (DINOV2_ARCH, Extractor, cache_real_statistics, compute_generation_metrics,
-                                   make_extractor)
+from gear.metrics.codebook import CodebookAccumulator, histogram_stats, soft_assignment_stats
+from gear.metrics.features import (FeatureModel, check_real_cache, concat, fid_statistics, frechet_distance,
+                                   generation_metrics, read_real_cache, write_real_cache)
+from gear.metrics.fidelity import DINOV2_ARCH, Extractor, make_extractor
+from gear.metrics.patches import PatchSample, patches
 from gear.metrics.recon import psnr, ssim
-from gear.metrics.similarity import cknna, linear_cka
-from gear.runtime import Runtime, setup
+from gear.runtime import Runtime, barrier, gather_to_main, setup, teardown
 from gear.teachers import HUB_TEACHERS, load_teacher
 from gear.train.recon_check import to_uint8
 
 ISC_SPLITS = 10          # torch-fidelity / ADM default
-PATCH_SEED = 1234        # which patches enter CKA / CKNNA (fixed: arms are compared on the same draw)
 DEMO_EXTRACTOR = "demo-teacher"
 
 
@@ -108,46 +116,82 @@ def feature_extractor(params, device: torch.device) -> Extractor:
 
 
 # ----------------------------------------------------------------------------------------------
-# images
+# batch plans and ranks
+
+
+def batch_plan(params, split: str, limit: int | None = None) -> list[np.ndarray]:
+    """Sample positions of an evaluation pass in metrics.batch_size batches: the whole split in
+    shard order, or `limit` of it drawn uniformly without replacement (the first epoch of a
+    shuffled stream, seed compute.seed) when the split is larger. Every rank derives the same plan."""
+    n = split_size(params, split)
+    order = (np.arange(n) if limit is None or limit >= n
+             else TrainStream(params, split, 1, augment=False).epoch_order(0)[:limit])
+    bs = params.metrics.batch_size
+    return [order[s:s + bs] for s in range(0, len(order), bs)]
 
 
 def read_images(params, split: str, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """uint8 (N, H, W, 3) images and labels of a split: all of it in shard order, or `limit`
-    of them drawn uniformly without replacement (seed compute.seed) when the split is larger."""
-    count = read_manifest(params)["splits"][split]["count"]
-    bs = params.metrics.batch_size
-    if limit is None or limit >= count:
-        batches = eval_batches(params, split, bs)
-    else:  # the first epoch of a shuffled stream; (count // b) * b >= limit for b <= count - limit + 1
-        b = min(bs, count - limit + 1)
-        batches = itertools.islice(TrainStream(params, split, b, augment=False), math.ceil(limit / b))
-    images, labels = [], []
-    for x, y in batches:
-        images.append(to_uint8(x))
-        labels.append(y.numpy())
-    return np.concatenate(images)[:limit], np.concatenate(labels)[:limit]
+    """uint8 (N, H, W, 3) images and labels of batch_plan(params, split, limit), in one process."""
+    read = [out for out in read_batches(params, split, batch_plan(params, split, limit)) if out is not None]
+    return np.concatenate([to_uint8(x) for x, _ in read]), np.concatenate([y.numpy() for _, y in read])
+
+
+def my_batches(params, rt: Runtime, split: str, plan: list[np.ndarray], desc: str,
+               skip: Callable[[int], None] | None = None) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    """(batch number, images on the device, labels) of this rank's batches of the plan: only these
+    are read. skip(n) is told the n images of each batch another rank runs."""
+    mine = plan[rt.rank::rt.world]
+    batches = read_batches(params, split, mine)
+    with tqdm(total=len(mine), desc=desc, disable=not rt.is_main) as bar:
+        for k, b in enumerate(plan):
+            if k % rt.world != rt.rank:
+                if skip is not None:
+                    skip(len(b))
+                continue
+            out = next(batches)
+            bar.update()
+            if out is not None:
+                yield k, out[0].to(rt.device), out[1].to(rt.device)
+
+
+def finish(rt: Runtime) -> None:
+    """Wait for rank 0's writes (every rank returns once the outputs exist), then leave the group."""
+    barrier(rt)
+    teardown(rt)
+
+
+def in_order(parts: list[list[tuple[int, object]]]) -> list:
+    """The ranks' gathered (batch number, payload) lists -> the payloads in batch order."""
+    return [payload for _, payload in sorted((item for part in parts for item in part), key=lambda item: item[0])]
 
 
 # ----------------------------------------------------------------------------------------------
 # real statistics
 
 
-def evaluate_real(params) -> dict:
+def evaluate_real(params) -> dict | None:
     m = params.metrics
-    read_manifest(params)
     fingerprint = space_fingerprint(params)
+    plan = batch_plan(params, m.real_split, m.max_real)
     rt = setup(params)
-    ext = feature_extractor(params, rt.device)
-    real, _ = read_images(params, m.real_split, m.max_real)
-    key = f"{m.real_split}-{len(real)}-{real.shape[1]}px"
-    with atomic_dir(paths.real_stats_dir()) as out:
-        stats = cache_real_statistics(real, ext, cache_dir=str(out), cache_key=key, batch_size=m.batch_size,
-                                      device=str(rt.device), isc_splits=ISC_SPLITS)
-        summary = {**stats, **fingerprint, "cache_key": key, "real_split": m.real_split, "max_real": m.max_real,
-                   "resolution": int(real.shape[1]), "params_digest": params.digest("metrics")}
-        write_json(out / "summary.json", summary)
-    print(f"evaluate real: {len(real)} {m.real_split} images in the {fingerprint['feature_space']} space ({ext.name}) "
-          f"cached in {paths.real_stats_dir()}")
+    fm = FeatureModel(feature_extractor(params, rt.device), rt.device, params.data.resolution)
+    if fm.isc_layer is not None and sum(map(len, plan)) < ISC_SPLITS:
+        raise ParamsError(f"IS of the real set needs at least {ISC_SPLITS} images; the {m.real_split} split "
+                          f"has {sum(map(len, plan))}")
+    mine = [(k, fm(to_uint8(x))) for k, x, _ in my_batches(params, rt, m.real_split, plan, "evaluate real")]
+    parts, summary = gather_to_main(mine, rt), None
+    if rt.is_main:
+        feats = concat(in_order(parts))
+        num_real, res = len(feats[fm.ext.fid_layer]), params.data.resolution
+        key = f"{m.real_split}-{num_real}-{res}px"
+        with atomic_dir(paths.real_stats_dir()) as out:
+            stats = write_real_cache(out, key, fm, feats, ISC_SPLITS)
+            summary = {**stats, **fingerprint, "cache_key": key, "real_split": m.real_split, "max_real": m.max_real,
+                       "resolution": res, "params_digest": params.digest("metrics")}
+            write_json(out / "summary.json", summary)
+        print(f"evaluate real: {num_real} {m.real_split} images in the {fingerprint['feature_space']} space "
+              f"({fm.ext.name}) cached in {paths.real_stats_dir()}")
+    finish(rt)
     return summary
 
 
@@ -162,45 +206,12 @@ def real_summary(params) -> dict:
     return summary
 
 
-def fid_vs_real(params, images: np.ndarray, ext: Extractor, summary: dict, device: torch.device) -> dict:
-    """FID / IS / precision / recall of uint8 images against the cached real statistics."""
-    return compute_generation_metrics(images, None, ext, pr_k=params.metrics.pr_k,
-                                      batch_size=params.metrics.batch_size, cache_dir=str(paths.real_stats_dir()),
-                                      cache_key=summary["cache_key"], device=str(device), isc_splits=ISC_SPLITS)
-
-
-# ----------------------------------------------------------------------------------------------
-# patch similarity
-
-
-class PatchSample:
-    """A uniform random subset of at most `size` patches, the same patches for every named
-    feature set: the patches with the smallest of seeded random keys (one key per patch, drawn
-    in stream order, so the subset does not depend on the batch size)."""
-
-    def __init__(self, size: int, seed: int = PATCH_SEED):
-        self.size, self.gen = size, torch.Generator().manual_seed(seed)
-        self.keys, self.feats = torch.empty(0), {}
-
-    def add(self, **feats: torch.Tensor) -> None:
-        """feats: name -> (B, L, D) patch features of the same B x L patches."""
-        flat = {k: v.detach().float().cpu().reshape(-1, v.shape[-1]) for k, v in feats.items()}
-        n = {len(v) for v in flat.values()}
-        if len(n) != 1:
-            raise ValueError(f"feature sets disagree on the number of patches: {sorted(n)}")
-        keys = torch.cat([self.keys, torch.rand(n.pop(), generator=self.gen)])
-        keep = keys.topk(min(self.size, len(keys)), largest=False).indices.sort().values
-        self.keys = keys[keep]
-        self.feats = {k: (torch.cat([self.feats[k], v]) if k in self.feats else v)[keep] for k, v in flat.items()}
-
-    def similarity(self, name: str, target: str, k: int) -> dict:
-        x, y = self.feats[name], self.feats[target]
-        return {"cka": linear_cka(x, y), "cknna": cknna(x, y, k=k)}
-
-
-def _patches(z: torch.Tensor) -> torch.Tensor:
-    """(B, C, h, w) latent -> (B, h*w, C) patches in row-major order (the teacher's order)."""
-    return z.float().flatten(2).transpose(1, 2)
+def check_real(summary: dict, ext: Extractor) -> None:
+    """The cached real features and statistics are all there (every rank checks, before compute)."""
+    try:
+        check_real_cache(paths.real_stats_dir(), summary["cache_key"], ext)
+    except ValueError as e:
+        raise ArtifactError(f"{e}; rerun `gear evaluate real`") from None
 
 
 def _check_val(params, grid: int) -> None:
@@ -210,14 +221,10 @@ def _check_val(params, grid: int) -> None:
     if n < need:
         raise ParamsError(f"the val split has {n} images; IS and precision / recall (metrics.pr_k = {m.pr_k}) "
                           f"need at least {need}")
-    patches = min(m.max_patches, n * grid * grid)
-    if patches <= m.cknna_k or patches < 4:
-        raise ParamsError(f"{patches} patches for CKNNA with metrics.cknna_k = {m.cknna_k}: need more patches "
+    patch_count = min(m.max_patches, n * grid * grid)
+    if patch_count <= m.cknna_k or patch_count < 4:
+        raise ParamsError(f"{patch_count} patches for CKNNA with metrics.cknna_k = {m.cknna_k}: need more patches "
                           "than k (raise metrics.max_patches)")
-
-
-# ----------------------------------------------------------------------------------------------
-# tokenizer
 
 
 def _finite(d: dict) -> dict:
@@ -226,55 +233,67 @@ def _finite(d: dict) -> dict:
                 None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}
 
 
+# ----------------------------------------------------------------------------------------------
+# tokenizer
+
+
 @torch.no_grad()
-def evaluate_tokenizer(params, arm: str) -> dict:
+def evaluate_tokenizer(params, arm: str) -> dict | None:
     m = params.metrics
     summary = real_summary(params)
     directory = paths.frozen_dir(arm)
     rt = setup(params)
     tok = load_tokenizer(directory, device=rt.device)
     teacher = load_teacher(params, rt.device)
-    ext = feature_extractor(params, rt.device)
+    fm = FeatureModel(feature_extractor(params, rt.device), rt.device, params.data.resolution, logits=False)
+    check_real(summary, fm.ext)
     grid = tok.grid_size(params.data.resolution)
     _check_val(params, grid)
 
-    codes = CodebookAccumulator(tok.codebook_size)
-    sample = PatchSample(m.max_patches)
-    soft, originals, recons = {}, [], []
-    for x, _ in tqdm(eval_batches(params, "val", m.batch_size), desc=f"evaluate tokenizer[{arm}]"):
-        x = x.to(rt.device)
+    codes, sample, mine = CodebookAccumulator(tok.codebook_size), PatchSample(m.max_patches), []
+    for k, x, _ in my_batches(params, rt, "val", batch_plan(params, "val"), f"evaluate tokenizer[{arm}]",
+                              skip=lambda n: sample.skip(n * grid * grid)):
         with rt.autocast():
             z_pre, q = tok.encode(x)
             recon = tok.decode(q.z_q)
-        originals.append(to_uint8(x))
-        recons.append(to_uint8(recon))
+        originals, recons = to_uint8(x), to_uint8(recon)
         codes.update(q.indices)
-        for key, value in soft_assignment_stats(q.dist.float(), params.tau).items():  # token-weighted mean
-            soft[key] = soft.get(key, 0.0) + value * q.indices.numel()
-        sample.add(teacher=teacher.features(x, grid), z_pre=_patches(z_pre), z_q=_patches(q.z_q))
-    originals, recons = np.concatenate(originals), np.concatenate(recons)
-    stats = codes.result()
-
-    gen = fid_vs_real(params, recons, ext, summary, rt.device)
-    floor = fid_vs_real(params, originals, ext, summary, rt.device)
-    paired = compute_generation_metrics(recons, originals, ext, pr_k=m.pr_k, batch_size=m.batch_size,
-                                        device=str(rt.device), isc_splits=ISC_SPLITS)
-    pre, post = sample.similarity("z_pre", "teacher", m.cknna_k), sample.similarity("z_q", "teacher", m.cknna_k)
-    result = _finite({
-        "arm": arm, "tokenizer": str(directory), "split": "val", "num_images": len(originals),
-        "feature_space": summary["feature_space"], "extractor": gen["extractor"],
-        "real_split": summary["real_split"], "num_real": gen["num_real"],
-        "rfid": gen["fid"], "rfid_val": paired["fid"], "val_fid": floor["fid"],
-        "psnr": float(np.mean(psnr(originals, recons))), "ssim": float(np.mean(ssim(originals, recons))),
-        "codebook_size": tok.codebook_size, "usage": stats["usage"], "entropy": stats["entropy"],
-        "effective_size": stats["effective_size"], "num_tokens": stats["num_tokens"], "tau": params.tau,
-        **{k: v / stats["num_tokens"] for k, v in soft.items()},
-        "teacher": params.teacher, "num_patches": len(sample.keys), "cknna_k": m.cknna_k,
-        "cka_pre": pre["cka"], "cknna_pre": pre["cknna"], "cka_post": post["cka"], "cknna_post": post["cknna"],
-        "params_digest": params.digest("metrics")})
-    write_json(paths.eval_tokenizer_json(arm), result)
-    print(f"evaluate tokenizer[{arm}]: rFID {gen['fid']:.3f} ({summary['feature_space']}), PSNR {result['psnr']:.2f}, "
-          f"SSIM {result['ssim']:.4f}, usage {stats['usage']:.3f}, CKA pre/post {pre['cka']:.3f}/{post['cka']:.3f}")
+        sample.add(teacher=teacher.features(x, grid), z_pre=patches(z_pre), z_q=patches(q.z_q))
+        mine.append((k, {"recon": fm(recons), "original": fm(originals), "psnr": psnr(originals, recons),
+                         "ssim": ssim(originals, recons), "tokens": q.indices.numel(),
+                         "soft": soft_assignment_stats(q.dist.float(), params.tau)}))
+    parts, hists, sample = gather_to_main(mine, rt), gather_to_main(codes.hist, rt), sample.gather(rt)
+    result = None
+    if rt.is_main:
+        batches = in_order(parts)
+        real = read_real_cache(paths.real_stats_dir(), summary["cache_key"], fm.ext)
+        layer = fm.ext.fid_layer
+        gen = fid_statistics(concat([b["recon"] for b in batches])[layer])
+        val = fid_statistics(concat([b["original"] for b in batches])[layer])
+        rfid, stats, soft = frechet_distance(gen, real.stats), histogram_stats(sum(hists)), {}
+        for b in batches:  # token-weighted means, summed in batch order
+            for key, value in b["soft"].items():
+                soft[key] = soft.get(key, 0.0) + value * b["tokens"]
+        per_image = {key: np.concatenate([b[key] for b in batches]) for key in ("psnr", "ssim")}
+        pre, post = sample.similarity("z_pre", "teacher", m.cknna_k), sample.similarity("z_q", "teacher", m.cknna_k)
+        result = _finite({
+            "arm": arm, "tokenizer": str(directory), "split": "val", "num_images": len(per_image["psnr"]),
+            "feature_space": summary["feature_space"], "extractor": fm.ext.name,
+            "real_split": summary["real_split"], "num_real": real.num_real,
+            "rfid": rfid, "rfid_val": frechet_distance(gen, val),
+            "val_fid": frechet_distance(val, real.stats),
+            "psnr": float(np.mean(per_image["psnr"])), "ssim": float(np.mean(per_image["ssim"])),
+            "codebook_size": tok.codebook_size, "usage": stats["usage"], "entropy": stats["entropy"],
+            "effective_size": stats["effective_size"], "num_tokens": stats["num_tokens"], "tau": params.tau,
+            **{k: v / stats["num_tokens"] for k, v in soft.items()},
+            "teacher": params.teacher, "num_patches": len(sample.keys), "cknna_k": m.cknna_k,
+            "cka_pre": pre["cka"], "cknna_pre": pre["cknna"], "cka_post": post["cka"], "cknna_post": post["cknna"],
+            "params_digest": params.digest("metrics")})
+        write_json(paths.eval_tokenizer_json(arm), result)
+        print(f"evaluate tokenizer[{arm}]: rFID {rfid:.3f} ({summary['feature_space']}), PSNR "
+              f"{result['psnr']:.2f}, SSIM {result['ssim']:.4f}, usage {stats['usage']:.3f}, CKA pre/post "
+              f"{pre['cka']:.3f}/{post['cka']:.3f}")
+    finish(rt)
     return result
 
 
@@ -282,22 +301,41 @@ def evaluate_tokenizer(params, arm: str) -> dict:
 # samples
 
 
+def _npz_array(path: Path, name: str) -> np.ndarray:
+    """Array `name` of a .npz, memory-mapped when stored uncompressed (np.savez, sample.save_npz):
+    each rank then reads only the rows it uses."""
+    with zipfile.ZipFile(path) as zf:
+        if f"{name}.npy" not in zf.namelist():
+            raise ArtifactError(f"{path} holds no {name!r} array (has {', '.join(n[:-4] for n in zf.namelist())})")
+        info = zf.getinfo(f"{name}.npy")
+    if info.compress_type != zipfile.ZIP_STORED:
+        with np.load(path) as f:
+            return f[name]
+    with open(path, "rb") as f:
+        f.seek(info.header_offset + 26)  # zip local file header: name and extra field lengths
+        name_len, extra_len = struct.unpack("<HH", f.read(4))
+        f.seek(info.header_offset + 30 + name_len + extra_len)
+        version = np.lib.format.read_magic(f)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read_header(f)
+        offset = f.tell()
+    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran else "C")
+
+
 def read_samples(directory: Path) -> np.ndarray:
     path = directory / "samples.npz"
     if not path.is_file():
         raise ArtifactError(f"samples file {path} not found; run `gear sample` first")
-    with np.load(path) as f:
-        if "images" not in f:
-            raise ArtifactError(f"{path} holds no 'images' array (has {', '.join(f.files)})")
-        images = f["images"]
+    images = _npz_array(path, "images")
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
         raise ArtifactError(f"{path}: images must be uint8 (N, H, W, 3), got {images.dtype} {images.shape}")
     return images
 
 
 @torch.no_grad()
-def ar_layer_similarity(params, ar, tok, teacher, rt: Runtime, desc: str) -> dict:
-    """Linear CKA / CKNNA of every AR block output with teacher patches, teacher-forced on val."""
+def ar_layer_similarity(params, ar, tok, teacher, rt: Runtime, desc: str) -> dict | None:
+    """Linear CKA / CKNNA of every AR block output with teacher patches, teacher-forced on val
+    (rank 0: the dict; other ranks: None)."""
     m, cfg = params.metrics, ar.cfg
     grid = tok.grid_size(params.data.resolution)
     if cfg.vocab_size != tok.codebook_size or cfg.grid != grid:
@@ -305,30 +343,35 @@ def ar_layer_similarity(params, ar, tok, teacher, rt: Runtime, desc: str) -> dic
                             f"(codebook {tok.codebook_size}, grid {grid} at {params.data.resolution} px)")
     layers = tuple(range(1, cfg.n_layer + 1))
     sample, seen = PatchSample(m.max_patches), 0
-    for x, labels in tqdm(eval_batches(params, "val", m.batch_size), desc=desc):
-        x, labels = x.to(rt.device), labels.to(rt.device)
+    for _, x, labels in my_batches(params, rt, "val", batch_plan(params, "val"), desc,
+                                   skip=lambda n: sample.skip(n * grid * grid)):
         with rt.autocast():
             _, q = tok.encode(x)
             out = ar(q.indices.flatten(1), labels, return_layers=layers)
         sample.add(teacher=teacher.features(x, grid), **{f"layer_{l}": out.hidden[l] for l in layers})
         seen += len(x)
+    seen, sample = gather_to_main(seen, rt), sample.gather(rt)
+    if sample is None:
+        return None
     sims = {l: sample.similarity(f"layer_{l}", "teacher", m.cknna_k) for l in layers}
-    return {"ar_layers": list(layers), "ar_num_images": seen, "ar_num_patches": len(sample.keys),
+    return {"ar_layers": list(layers), "ar_num_images": sum(seen), "ar_num_patches": len(sample.keys),
             "ar_cka": {str(l): s["cka"] for l, s in sims.items()},
             "ar_cknna": {str(l): s["cknna"] for l, s in sims.items()}}
 
 
-def evaluate_samples(params, arm: str, size: str) -> dict:
+def evaluate_samples(params, arm: str, size: str) -> dict | None:
     from gear.stages.train_ar import load_ar  # the AR folder's loader lives with its writer
 
+    m = params.metrics
     summary = real_summary(params)
     images = read_samples(paths.samples_dir(arm, size))
-    need = max(ISC_SPLITS, params.metrics.pr_k + 1)
+    need = max(ISC_SPLITS, m.pr_k + 1)
     if len(images) < need:
         raise ArtifactError(f"{paths.samples_dir(arm, size)}/samples.npz holds {len(images)} images; IS and "
                             f"precision / recall need at least {need}")
     rt = setup(params)
-    ext = feature_extractor(params, rt.device)
+    fm = FeatureModel(feature_extractor(params, rt.device), rt.device, images.shape[1:3])
+    check_real(summary, fm.ext)
     tok = load_tokenizer(paths.frozen_dir(arm), device=rt.device)
     ar, ar_cfg = load_ar(paths.ar_dir(arm, size), rt.device)
     ar.eval()
@@ -339,18 +382,24 @@ def evaluate_samples(params, arm: str, size: str) -> dict:
     teacher = load_teacher(params, rt.device)
 
     layers = ar_layer_similarity(params, ar, tok, teacher, rt, f"evaluate samples[{arm}/{size}]")
-    gen = fid_vs_real(params, images, ext, summary, rt.device)
-    result = _finite({
-        "arm": arm, "size": size, "samples": str(paths.samples_dir(arm, size) / "samples.npz"),
-        "ar": str(paths.ar_dir(arm, size)), "tokenizer": str(paths.frozen_dir(arm)),
-        "feature_space": summary["feature_space"], "extractor": gen["extractor"],
-        "real_split": summary["real_split"], "num_samples": gen["num_samples"], "num_real": gen["num_real"],
-        "fid": gen["fid"], "is_mean": gen.get("is_mean"), "is_std": gen.get("is_std"),
-        "precision": gen["precision"], "recall": gen["recall"], "pr_k": params.metrics.pr_k,
-        "teacher": params.teacher, "cknna_k": params.metrics.cknna_k, **layers,
-        "params_digest": params.digest("metrics")})
-    write_json(paths.eval_samples_json(arm, size), result)
-    cka = ", ".join(f"{v:.3f}" for v in layers["ar_cka"].values())
-    print(f"evaluate samples[{arm}/{size}]: gFID {gen['fid']:.3f} ({summary['feature_space']}, {len(images)} samples), "
-          f"precision {gen['precision']:.3f}, recall {gen['recall']:.3f}; CKA per layer {cka}")
+    starts = range(0, len(images), m.batch_size)
+    mine = [(k, fm(images[s:s + m.batch_size])) for k, s in enumerate(starts) if k % rt.world == rt.rank]
+    parts, result = gather_to_main(mine, rt), None
+    if rt.is_main:
+        real = read_real_cache(paths.real_stats_dir(), summary["cache_key"], fm.ext)
+        gen = generation_metrics(concat(in_order(parts)), real, fm, pr_k=m.pr_k, isc_splits=ISC_SPLITS)
+        result = _finite({
+            "arm": arm, "size": size, "samples": str(paths.samples_dir(arm, size) / "samples.npz"),
+            "ar": str(paths.ar_dir(arm, size)), "tokenizer": str(paths.frozen_dir(arm)),
+            "feature_space": summary["feature_space"], "extractor": gen["extractor"],
+            "real_split": summary["real_split"], "num_samples": gen["num_samples"], "num_real": gen["num_real"],
+            "fid": gen["fid"], "is_mean": gen.get("is_mean"), "is_std": gen.get("is_std"),
+            "precision": gen["precision"], "recall": gen["recall"], "pr_k": m.pr_k,
+            "teacher": params.teacher, "cknna_k": m.cknna_k, **layers,
+            "params_digest": params.digest("metrics")})
+        write_json(paths.eval_samples_json(arm, size), result)
+        cka = ", ".join(f"{v:.3f}" for v in layers["ar_cka"].values())
+        print(f"evaluate samples[{arm}/{size}]: gFID {gen['fid']:.3f} ({summary['feature_space']}, {len(images)} "
+              f"samples), precision {gen['precision']:.3f}, recall {gen['recall']:.3f}; CKA per layer {cka}")
+    finish(rt)
     return result
