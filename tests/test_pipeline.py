@@ -24,7 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 P = load_params(ROOT / "params.yaml")
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:dvc")
-TRAIN_RULES = {"teacher", "tokenizer_init", "tune", "train_ar", "sample"}
+TRAIN_RULES = {"teacher", "tokenizer_init", "tune", "train_ar", "sample", "evaluate_real", "evaluate_tokenizer",
+               "evaluate_samples"}  # the GPU rules (evaluate: distributed feature extraction)
 
 # Runs in a subprocess (Snakemake changes directory and logging): for each params file, every job
 # of the forced DAG with its outputs, upstream jobs, params, resources, shell command, and for

@@ -1,4 +1,6 @@
 # Metrics JSONs: real-image statistics, tokenizer quality per arm, sample quality per (arm, size).
+# Feature extraction is distributed (rank r takes batches r, r+N, ...; rank 0 gathers and writes),
+# so these rules get the training GPUs and launcher: 50k samples through Inception need them.
 
 rule evaluate_real:
     input:
@@ -13,9 +15,9 @@ rule evaluate_real:
     benchmark:
         benchfile("evaluate_real")
     resources:
-        **LIGHT,
+        **TRAIN,
     shell:
-        "gear evaluate real --params {PARAMS_FILE} > {log} 2>&1"
+        "{TRAIN_LAUNCH}gear evaluate real --params {PARAMS_FILE} > {log} 2>&1"
 
 
 rule evaluate_tokenizer:
@@ -33,9 +35,9 @@ rule evaluate_tokenizer:
     benchmark:
         benchfile("evaluate_tokenizer", "arm")
     resources:
-        **LIGHT,
+        **TRAIN,
     shell:
-        "gear evaluate tokenizer --params {PARAMS_FILE} --arm {wildcards.arm} > {log} 2>&1"
+        "{TRAIN_LAUNCH}gear evaluate tokenizer --params {PARAMS_FILE} --arm {wildcards.arm} > {log} 2>&1"
 
 
 rule evaluate_samples:
@@ -55,7 +57,7 @@ rule evaluate_samples:
     benchmark:
         benchfile("evaluate_samples", "arm", "size")
     resources:
-        **LIGHT,
+        **TRAIN,
     shell:
-        "gear evaluate samples --params {PARAMS_FILE} --arm {wildcards.arm} --size {wildcards.size}"
+        "{TRAIN_LAUNCH}gear evaluate samples --params {PARAMS_FILE} --arm {wildcards.arm} --size {wildcards.size} > {log} 2>&1"
         " > {log} 2>&1"
