@@ -141,10 +141,11 @@ def run(params) -> None:
             log.log(step, train_loss=loss_avg, train_acc=acc, lr=lr)
             bar.set_postfix(loss=f"{loss_avg:.3f}", acc=f"{acc:.3f}")
             window.zero_()
-        if step % params.compute.save_every == 0 or stop.requested:
+        stopping = stop.agreed(rt)  # every process saves at the same step
+        if step % params.compute.save_every == 0 or stopping:
             ckpt.save({"step": step, "model": model.state_dict(), "opt": opt.state_dict(),
                        "data": stream.state_dict(), "window": window.cpu(), "metrics": log.state_dict()})
-            if stop.requested:
+            if stopping:
                 stop.exit_after_save(STAGE, step, rt)
     bar.close()
 

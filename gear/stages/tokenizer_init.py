@@ -84,11 +84,12 @@ def run(params) -> None:
             row.update(usage.result(rt), lr=opt_g.param_groups[0]["lr"])
             log.log(step, loss=row["recon"], **row)
             bar.set_postfix(recon=f"{row['recon']:.4f}", usage=f"{row['usage']:.2f}")
-        if (step + 1) % params.compute.save_every == 0 or stop.requested:
+        stopping = stop.agreed(rt)  # every process saves at the same step
+        if (step + 1) % params.compute.save_every == 0 or stopping:
             ckpt.save({"step": step + 1, "tokenizer": tok.state_dict(), "disc": disc.state_dict(),
                        "ema": ema.state_dict(), "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
                        "data": stream.state_dict(), "metrics": log.state_dict()})
-            if stop.requested:
+            if stopping:
                 stop.exit_after_save(STAGE, step + 1, rt)
 
     check = reconstruction_check(params, ema.model, rt)

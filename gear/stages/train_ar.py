@@ -219,7 +219,7 @@ def run(params, arm: str, size: str) -> None:
             log.log(step, **row)
             bar.set_postfix(ntp=f"{row['ntp']:.3f}", val=f"{row['val_ntp']:.3f}")
             t_window, steps_window = time.perf_counter(), 0
-        stopping = dp.agree_to_stop(stop)  # every process saves at the same step
+        stopping = stop.agreed(rt)  # every process saves at the same step
         if (step + 1) % params.compute.save_every == 0 or stopping:
             ckpt.save({"step": step + 1, "ar": dp.state_dict(ar), "proj": dp.state_dict(proj),
                        "ema": dp.state_dict(ema.model), "opt": dp.optim_state_dict(trained, opt),

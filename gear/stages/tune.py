@@ -125,12 +125,13 @@ def run(params, variant: str = "gear") -> None:
             row.update(soft_assignment_stats(out.q.dist.detach().float(), params.tau))
             log.log(step, **row)
             bar.set_postfix(ntp=f"{row['ntp']:.3f}", usage=f"{row['usage']:.2f}")
-        if (step + 1) % params.compute.save_every == 0 or stop.requested:
+        stopping = stop.agreed(rt)  # every process saves at the same step
+        if (step + 1) % params.compute.save_every == 0 or stopping:
             ckpt.save({"step": step + 1, "tokenizer": tok.state_dict(), "disc": disc.state_dict(),
                        "ar": ar.state_dict(), "proj": proj.state_dict(), "ema_tok": ema_tok.state_dict(),
                        "ema_ar": ema_ar.state_dict(), "opt_tok": opt_tok.state_dict(), "opt_ar": opt_ar.state_dict(),
                        "opt_d": opt_d.state_dict(), "data": stream.state_dict(), "metrics": log.state_dict()})
-            if stop.requested:
+            if stopping:
                 stop.exit_after_save(f"{STAGE}[{variant}]", step + 1, rt)
 
     check = reconstruction_check(params, ema_tok.model, rt)

@@ -22,12 +22,10 @@ import contextlib
 import warnings
 
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from gear.runtime import Runtime
-from gear.train.state import StopRequest
 
 # The projector returns a Linear's (reshaped, i.e. view) output; FSDP warns that an in-place edit
 # of a view would skip its backward hook. Nothing edits these outputs in place.
@@ -79,16 +77,6 @@ class DataParallel:
         """Clip to the global norm (over every shard) and return it as a plain tensor."""
         norm = torch.nn.utils.clip_grad_norm_(parameters, max_norm)
         return norm.full_tensor() if self.sharded else norm  # sharded: a DTensor (partial norms)
-
-    def agree_to_stop(self, stop: StopRequest) -> bool:
-        """Whether to save and exit after this step. A signal reaches the processes at different
-        steps (or only one of them), and the save is a collective: every process stops at the
-        same step, with the signal that one of them got."""
-        if self.rt.distributed:
-            t = torch.tensor([float(stop.signum or 0)], device=self.rt.device)
-            dist.all_reduce(t, op=dist.ReduceOp.MAX)
-            stop.signum = int(t.item()) or None
-        return stop.requested
 
     # ---- full (unsharded) state: the same dicts with and without FSDP ---------------------------
 

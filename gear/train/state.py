@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 
 from gear.io import ArtifactError, atomic_path
+from gear.runtime import Runtime
 
 
 class NonFiniteLossError(RuntimeError):
@@ -112,7 +113,7 @@ class Checkpointer:
 
 class StopRequest:
     """SIGTERM (preemption, scancel) and SIGUSR1 (SLURM's --signal warning) set a flag that the
-    training loop checks after each step: it then saves the state and exits."""
+    training loop checks after each step (`agreed`): it then saves the state and exits."""
 
     def __init__(self):
         self.signum: int | None = None
@@ -122,11 +123,21 @@ class StopRequest:
     def _handle(self, signum, frame) -> None:
         self.signum = signum
 
-    @property
-    def requested(self) -> bool:
-        return self.signum is not None
+    def agreed(self, rt: Runtime) -> bool:
+        """Whether every process saves and exits after this step. A signal reaches the processes at
+        different steps (or only one of them) and the save is a collective, so the processes
+        all-reduce (MAX) the signal number: all stop at the same step, with the signal one of them
+        got. One tiny collective every step: a preempted job has seconds, not a log interval."""
+        got = torch.tensor([self.signum or 0])  # a snapshot: a signal arriving now counts next step
+        if rt.distributed:
+            got = got.to(rt.device)
+            dist.all_reduce(got, op=dist.ReduceOp.MAX)
+        agreed = int(got.item())
+        if agreed:
+            self.signum = agreed
+        return agreed != 0
 
-    def exit_after_save(self, stage: str, step: int, rt) -> None:
+    def exit_after_save(self, stage: str, step: int, rt: Runtime) -> None:
         """Exit so that the job is requeued; under SLURM with SIGUSR1 ask for the requeue."""
         if rt.is_main:
             print(f"gear {stage}: signal {self.signum} at step {step}: state saved, exiting for requeue",
