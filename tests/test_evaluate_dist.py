@@ -21,7 +21,7 @@ from gear.metrics.fidelity import cache_real_statistics, compute_generation_metr
 from gear.models.demo_teacher import DemoViT
 from gear.runtime import Runtime
 from gear.stages import evaluate
-from gear.stages.sample import save_npz
+from gear.stages.sample import read_samples, save_npz
 from gear.teachers import DemoTeacher
 from test_evaluate_report import CLI, _smooth_images, _tree, world  # noqa: F401  (world: the tiny fixture)
 from tiny import env
@@ -170,10 +170,10 @@ def test_samples_are_memory_mapped(tmp_path):
     save_npz(tmp_path / "samples.npz", images=images, labels=np.arange(7))  # zip64 local headers
     for write in (lambda: None, lambda: np.savez(tmp_path / "samples.npz", labels=np.arange(7), images=images)):
         write()
-        got = evaluate.read_samples(tmp_path)
+        got = read_samples(tmp_path)
         assert isinstance(got, np.memmap) and np.array_equal(got, images)
     np.savez_compressed(tmp_path / "samples.npz", images=images)
-    assert np.array_equal(evaluate.read_samples(tmp_path), images)
+    assert np.array_equal(read_samples(tmp_path), images)
     np.savez(tmp_path / "samples.npz", pictures=images)
     with pytest.raises(ArtifactError, match="no 'images' array"):
-        evaluate.read_samples(tmp_path)
+        read_samples(tmp_path)

@@ -29,8 +29,6 @@ the same images whatever N, so N processes give the numbers of one.
 from __future__ import annotations
 
 import math
-import struct
-import zipfile
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -301,37 +299,6 @@ def evaluate_tokenizer(params, arm: str) -> dict | None:
 # samples
 
 
-def _npz_array(path: Path, name: str) -> np.ndarray:
-    """Array `name` of a .npz, memory-mapped when stored uncompressed (np.savez, sample.save_npz):
-    each rank then reads only the rows it uses."""
-    with zipfile.ZipFile(path) as zf:
-        if f"{name}.npy" not in zf.namelist():
-            raise ArtifactError(f"{path} holds no {name!r} array (has {', '.join(n[:-4] for n in zf.namelist())})")
-        info = zf.getinfo(f"{name}.npy")
-    if info.compress_type != zipfile.ZIP_STORED:
-        with np.load(path) as f:
-            return f[name]
-    with open(path, "rb") as f:
-        f.seek(info.header_offset + 26)  # zip local file header: name and extra field lengths
-        name_len, extra_len = struct.unpack("<HH", f.read(4))
-        f.seek(info.header_offset + 30 + name_len + extra_len)
-        version = np.lib.format.read_magic(f)
-        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        shape, fortran, dtype = read_header(f)
-        offset = f.tell()
-    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran else "C")
-
-
-def read_samples(directory: Path) -> np.ndarray:
-    path = directory / "samples.npz"
-    if not path.is_file():
-        raise ArtifactError(f"samples file {path} not found; run `gear sample` first")
-    images = _npz_array(path, "images")
-    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
-        raise ArtifactError(f"{path}: images must be uint8 (N, H, W, 3), got {images.dtype} {images.shape}")
-    return images
-
-
 @torch.no_grad()
 def ar_layer_similarity(params, ar, tok, teacher, rt: Runtime, desc: str) -> dict | None:
     """Linear CKA / CKNNA of every AR block output with teacher patches, teacher-forced on val
@@ -360,7 +327,8 @@ def ar_layer_similarity(params, ar, tok, teacher, rt: Runtime, desc: str) -> dic
 
 
 def evaluate_samples(params, arm: str, size: str) -> dict | None:
-    from gear.stages.train_ar import load_ar  # the AR folder's loader lives with its writer
+    from gear.stages.sample import read_samples  # each file's reader lives with its writer
+    from gear.stages.train_ar import load_ar
 
     m = params.metrics
     summary = real_summary(params)

@@ -16,6 +16,7 @@ Outputs (atomic) in samples/A/S/:
 """
 from __future__ import annotations
 
+import struct
 import zipfile
 from pathlib import Path
 
@@ -51,6 +52,38 @@ def save_npz(path: Path, **arrays: np.ndarray) -> None:
             info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
             with zf.open(info, "w", force_zip64=True) as f:
                 np.lib.format.write_array(f, np.ascontiguousarray(arr), allow_pickle=False)
+
+
+def _npz_array(path: Path, name: str) -> np.ndarray:
+    """Array `name` of a .npz, memory-mapped when stored uncompressed (np.savez, save_npz):
+    each rank then reads only the rows it uses."""
+    with zipfile.ZipFile(path) as zf:
+        if f"{name}.npy" not in zf.namelist():
+            raise ArtifactError(f"{path} holds no {name!r} array (has {', '.join(n[:-4] for n in zf.namelist())})")
+        info = zf.getinfo(f"{name}.npy")
+    if info.compress_type != zipfile.ZIP_STORED:
+        with np.load(path) as f:
+            return f[name]
+    with open(path, "rb") as f:
+        f.seek(info.header_offset + 26)  # zip local file header: name and extra field lengths
+        name_len, extra_len = struct.unpack("<HH", f.read(4))
+        f.seek(info.header_offset + 30 + name_len + extra_len)
+        version = np.lib.format.read_magic(f)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read_header(f)
+        offset = f.tell()
+    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran else "C")
+
+
+def read_samples(directory: Path) -> np.ndarray:
+    """The images of a samples folder (what `gear evaluate samples` reads)."""
+    path = directory / "samples.npz"
+    if not path.is_file():
+        raise ArtifactError(f"samples file {path} not found; run `gear sample` first")
+    images = _npz_array(path, "images")
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+        raise ArtifactError(f"{path}: images must be uint8 (N, H, W, 3), got {images.dtype} {images.shape}")
+    return images
 
 
 def write_grids(out: Path, images: np.ndarray, labels: np.ndarray, num_classes: int) -> None:
