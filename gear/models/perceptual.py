@@ -11,7 +11,6 @@ from typing import Callable
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import torchvision
 from torch import Tensor
 
 VGG_FILES = ("vgg16.pth", "vgg16-397923af.pth")  # torchvision ImageNet VGG16 state dict
@@ -40,6 +39,8 @@ class LPIPS(nn.Module):
         if not folder.is_dir():
             raise FileNotFoundError(f"LPIPS weights folder {folder} not found (set tokenizer.lpips_weights)")
         vgg_path, lin_path = _find(folder, VGG_FILES, "VGG16 weights"), _find(folder, LIN_FILES, "LPIPS heads")
+        import torchvision  # here, not at module level: ~3.5 s of start-up every stage would pay
+
         self.vgg = torchvision.models.vgg16(weights=None).features[: VGG_TAPS[-1] + 1]
         self.lins = nn.ModuleList(nn.Conv2d(c, 1, 1, bias=False) for c in VGG_CHANNELS)
         # LPIPS input scaling: [-1, 1] images to the VGG's ImageNet statistics
