@@ -12,6 +12,7 @@ rule tokenize:
         logfile("tokenize", "arm"),
     benchmark:
         benchfile("tokenize", "arm")
+    threads: LIGHT_THREADS
     resources:
         **LIGHT,
     shell:
@@ -33,6 +34,7 @@ rule train_ar:
         logfile("train_ar", "arm", "size"),
     benchmark:
         benchfile("train_ar", "arm", "size")
+    threads: TRAIN_THREADS
     resources:
         **TRAIN,
     shell:
@@ -53,6 +55,7 @@ rule sample:
         logfile("sample", "arm", "size"),
     benchmark:
         benchfile("sample", "arm", "size")
+    threads: TRAIN_THREADS
     resources:
         **TRAIN,
     shell:

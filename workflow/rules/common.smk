@@ -39,6 +39,11 @@ def dvclive(stage, *parts):
 
 # ---- resources: params.resources -> slurm executor keys (gpu, cpus_per_task, mem_mb, runtime, nodes)
 
+# Snakemake exports OMP_NUM_THREADS = a job's threads (1 unless set), and torch's float
+# reductions depend on the thread count: at 1 thread the embedded DAG's results differ from
+# `dvc repro`'s (torch's default: every core), e.g. tokenizer-init val PSNR 22.3 vs 21.5. Giving
+# each job its cpus (capped by --cores) makes a local run use the same threads as dvc repro.
+TRAIN_THREADS, LIGHT_THREADS = R.train_cpus, R.light_cpus
 LIGHT = dict(cpus_per_task=R.light_cpus, mem_mb=R.light_mem_mb, runtime=R.light_runtime, nodes=1)
 
 # SIGTERM two minutes before the time limit: training saves its resumable state and exits, and

@@ -9,6 +9,7 @@ rule shard:
         logfile("shard"),
     benchmark:
         benchfile("shard")
+    threads: LIGHT_THREADS
     resources:
         **LIGHT,
     shell:

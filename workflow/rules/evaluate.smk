@@ -14,6 +14,7 @@ rule evaluate_real:
         logfile("evaluate_real"),
     benchmark:
         benchfile("evaluate_real")
+    threads: TRAIN_THREADS
     resources:
         **TRAIN,
     shell:
@@ -34,6 +35,7 @@ rule evaluate_tokenizer:
         logfile("evaluate_tokenizer", "arm"),
     benchmark:
         benchfile("evaluate_tokenizer", "arm")
+    threads: TRAIN_THREADS
     resources:
         **TRAIN,
     shell:
@@ -56,6 +58,7 @@ rule evaluate_samples:
         logfile("evaluate_samples", "arm", "size"),
     benchmark:
         benchfile("evaluate_samples", "arm", "size")
+    threads: TRAIN_THREADS
     resources:
         **TRAIN,
     shell:

@@ -17,6 +17,7 @@ rule report:
         logfile("report"),
     benchmark:
         benchfile("report")
+    threads: LIGHT_THREADS
     resources:
         **LIGHT,
     shell:

@@ -13,6 +13,7 @@ rule teacher:
         logfile("teacher"),
     benchmark:
         benchfile("teacher")
+    threads: TRAIN_THREADS
     resources:
         **TRAIN,
     shell:
@@ -33,6 +34,7 @@ rule tokenizer_init:
         logfile("tokenizer_init"),
     benchmark:
         benchfile("tokenizer_init")
+    threads: TRAIN_THREADS
     resources:
         **TRAIN,
     shell:
@@ -55,6 +57,7 @@ rule tune:
         logfile("tune", "variant"),
     benchmark:
         benchfile("tune", "variant")
+    threads: TRAIN_THREADS
     resources:
         **TRAIN,
     shell:
@@ -72,6 +75,7 @@ rule freeze:
         logfile("freeze", "arm"),
     benchmark:
         benchfile("freeze", "arm")
+    threads: LIGHT_THREADS
     resources:
         **LIGHT,
     shell:
