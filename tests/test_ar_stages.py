@@ -20,13 +20,12 @@ import yaml
 from gear import cli, paths
 from gear.artifacts import load_tokenizer, write_tokenizer
 from gear.config import apply_overrides, params_from_dict
-from gear.data import shard
 from gear.data.loader import decode_image, read_manifest, to_tensor
-from gear.io import ArtifactError, save_tensors, write_json
-from gear.models.demo_teacher import DemoViT
+from gear.io import ArtifactError
 from gear.models.tokenizer import Tokenizer, TokenizerConfig
 from gear.stages import sample, tokenize, train_ar
 from gear.train.recon_check import to_uint8
+from tiny import build_ar_world
 
 K, GRID, ARM, SIZE = 32, 4, "baseline", "custom"
 RAW = {
@@ -52,22 +51,7 @@ def make_params(*overrides: str):
 def base(tmp_path_factory) -> Path:
     """Shards, a frozen tokenizer, a demo teacher and the token shards, built once."""
     root = tmp_path_factory.mktemp("ar_stages")
-    cwd = os.getcwd()
-    os.chdir(root)
-    try:
-        params = make_params()
-        shard.run(params)
-        classes = read_manifest(params)["classes"]
-        torch.manual_seed(0)
-        vit = DemoViT(image_size=16, patch=4, dim=16, depth=1, heads=2, num_classes=len(classes))
-        save_tensors(paths.teacher_dir() / "model.safetensors", vit.state_dict())
-        write_json(paths.teacher_dir() / "config.json", {"teacher": "demo", "trained": True,
-                                                         "architecture": vit.config, "classes": classes})
-        write_tokenizer(paths.frozen_dir(ARM), Tokenizer(TokenizerConfig.from_params(params)), {"arm": ARM})
-        (root / "params.yaml").write_text(yaml.safe_dump(RAW))
-        tokenize.run(params, ARM)
-    finally:
-        os.chdir(cwd)
+    build_ar_world(root, yaml.safe_load(yaml.safe_dump(RAW)), ARM)
     return root
 
 

@@ -9,7 +9,6 @@ MASTER_PORT per process), without the torchrun agent: each process can then be s
 from __future__ import annotations
 
 import csv
-import os
 import shutil
 import signal
 import socket
@@ -24,18 +23,11 @@ import yaml
 from safetensors.torch import load_file
 from torch import nn
 
-from gear import paths
-from gear.artifacts import write_tokenizer
 from gear.config import params_from_dict
-from gear.data import shard
-from gear.data.loader import read_manifest
-from gear.io import save_tensors, write_json
 from gear.models.ar import configure_optimizer
-from gear.models.demo_teacher import DemoViT
-from gear.models.tokenizer import Tokenizer, TokenizerConfig
-from gear.stages import tokenize, train_ar
+from gear.stages import train_ar
 from gear.train.ar_objective import build_ar
-from tiny import env
+from tiny import build_ar_world, env
 
 ARM, SIZE, STEPS = "baseline", "custom", 12
 RAW = {
@@ -60,22 +52,7 @@ STATE = Path(".gear_state/train_ar", ARM, SIZE, "state.pt")
 def base(tmp_path_factory) -> Path:
     """Shards, a demo teacher, a random frozen tokenizer and its token shards."""
     root = tmp_path_factory.mktemp("fsdp")
-    cwd = os.getcwd()
-    os.chdir(root)
-    try:
-        params = params_from_dict(RAW)
-        shard.run(params)
-        classes = read_manifest(params)["classes"]
-        torch.manual_seed(0)
-        vit = DemoViT(image_size=16, patch=4, dim=16, depth=1, heads=2, num_classes=len(classes))
-        save_tensors(paths.teacher_dir() / "model.safetensors", vit.state_dict())
-        write_json(paths.teacher_dir() / "config.json", {"teacher": "demo", "trained": True,
-                                                         "architecture": vit.config, "classes": classes})
-        write_tokenizer(paths.frozen_dir(ARM), Tokenizer(TokenizerConfig.from_params(params)), {"arm": ARM})
-        (root / "params.yaml").write_text(yaml.safe_dump(RAW))
-        tokenize.run(params, ARM)
-    finally:
-        os.chdir(cwd)
+    build_ar_world(root, yaml.safe_load(yaml.safe_dump(RAW)), ARM)
     return root
 
 

@@ -59,3 +59,37 @@ def gear_proc(cwd: Path, stage_args: list[str], *extra: str, check: bool = True)
     if check and r.returncode != 0:
         raise AssertionError(f"gear {' '.join(stage_args)} failed ({r.returncode}):\n{r.stderr[-3000:]}")
     return r
+
+
+def build_ar_world(root: Path, raw: dict, arm: str) -> None:
+    """In `root`: shards, a tiny trained-format demo teacher, a random frozen tokenizer for `arm`
+    and its token shards, with `raw` as params.yaml: everything `gear train-ar` needs."""
+    import torch
+    import yaml
+
+    from gear import paths
+    from gear.artifacts import write_tokenizer
+    from gear.config import params_from_dict
+    from gear.data import shard
+    from gear.data.loader import read_manifest
+    from gear.io import save_tensors, write_json
+    from gear.models.demo_teacher import DemoViT
+    from gear.models.tokenizer import Tokenizer, TokenizerConfig
+    from gear.stages import tokenize
+
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        params = params_from_dict(raw)
+        shard.run(params)
+        classes = read_manifest(params)["classes"]
+        torch.manual_seed(0)
+        vit = DemoViT(image_size=16, patch=4, dim=16, depth=1, heads=2, num_classes=len(classes))
+        save_tensors(paths.teacher_dir() / "model.safetensors", vit.state_dict())
+        write_json(paths.teacher_dir() / "config.json", {"teacher": "demo", "trained": True,
+                                                         "architecture": vit.config, "classes": classes})
+        write_tokenizer(paths.frozen_dir(arm), Tokenizer(TokenizerConfig.from_params(params)), {"arm": arm})
+        (root / "params.yaml").write_text(yaml.safe_dump(raw))
+        tokenize.run(params, arm)
+    finally:
+        os.chdir(cwd)

@@ -10,7 +10,6 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
-import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
