@@ -71,7 +71,9 @@ def kill_after_first_save(cwd: Path, stage_args: list[str], state: Path, *extra:
     (["tune", "--variant", "gear"], "models/tune/gear", "metrics/tune/gear", ".gear_state/tune/gear/state.pt"),
 ])
 def test_sigkill_then_restart_equals_uninterrupted(base, tmp_path, stage_args, model_dir, metrics_dir, state_rel):
-    extra = (f"tokenizer.steps={STEPS}", f"tune.steps={STEPS}", "compute.save_every=5")
+    # every save (after steps 4, 9, 14, 19) falls inside a log window (logs at 0, 8, 16): the window
+    # means and the codebook histogram must survive the kill
+    extra = (f"tokenizer.steps={STEPS}", f"tune.steps={STEPS}", "compute.save_every=5", "compute.log_every=8")
     a, b = scratch(base, tmp_path, "a"), scratch(base, tmp_path, "b")
     if stage_args[0] == "tune":
         for d in (a, b):

@@ -16,9 +16,9 @@ from gear import paths
 from gear.artifacts import write_model, write_tokenizer
 from gear.data.loader import TrainStream, read_manifest
 from gear.io import atomic_dir
-from gear.runtime import all_reduce_mean, seed_everything, setup, teardown
+from gear.runtime import seed_everything, setup, teardown
 from gear.train.ema import EMA
-from gear.train.logger import MetricsLog
+from gear.train.logger import MetricsLog, WindowMean
 from gear.train.recon_check import reconstruction_check
 from gear.train.schedule import lr_at
 from gear.train.state import Checkpointer, StopRequest, check_finite
@@ -55,6 +55,9 @@ def run(params) -> None:
         stream.load_state_dict(state["data"]); start = state["step"]
     log = MetricsLog(paths.metrics_dir(STAGE), rt, state["metrics"] if state else None)
     usage = CodebookWindow(tok.codebook_size, rt.device)
+    window = WindowMean()  # logged losses are means over the log window, not one batch
+    if state is not None:
+        usage.load_state_dict(state["usage"]); window.load_state_dict(state["window"], rt.device)
     stop = StopRequest()
     batches = iter(stream)
 
@@ -78,9 +81,10 @@ def run(params) -> None:
             logs.update(logs_d)
         ema.update(tok)
         usage.update(out.q.indices)
+        window.add(logs)
 
         if step % params.compute.log_every == 0 or step == t.steps - 1:
-            row = {k: all_reduce_mean(v.float(), rt).item() for k, v in logs.items()}
+            row = window.result(rt)
             row.update(usage.result(rt), lr=opt_g.param_groups[0]["lr"])
             log.log(step, loss=row["recon"], **row)
             bar.set_postfix(recon=f"{row['recon']:.4f}", usage=f"{row['usage']:.2f}")
@@ -88,7 +92,8 @@ def run(params) -> None:
         if (step + 1) % params.compute.save_every == 0 or stopping:
             ckpt.save({"step": step + 1, "tokenizer": tok.state_dict(), "disc": disc.state_dict(),
                        "ema": ema.state_dict(), "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
-                       "data": stream.state_dict(), "metrics": log.state_dict()})
+                       "data": stream.state_dict(), "metrics": log.state_dict(),
+                       "usage": usage.state_dict(), "window": window.state_dict()})
             if stopping:
                 stop.exit_after_save(STAGE, step + 1, rt)
 

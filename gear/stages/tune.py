@@ -20,12 +20,12 @@ from gear.config import ParamsError
 from gear.data.loader import TrainStream, read_manifest
 from gear.io import atomic_dir
 from gear.metrics.codebook import soft_assignment_stats
-from gear.runtime import all_reduce_mean, seed_everything, setup, teardown
+from gear.runtime import seed_everything, setup, teardown
 from gear.teachers import load_teacher
 from gear.train.ar_objective import build_ar
 from gear.train.ema import EMA
 from gear.train.gear_step import GearKnobs, GearModels, ar_step, ste_joint_step, tokenizer_step
-from gear.train.logger import MetricsLog
+from gear.train.logger import MetricsLog, WindowMean
 from gear.train.recon_check import reconstruction_check
 from gear.train.state import Checkpointer, StopRequest, check_finite
 from gear.train.tokenizer_objective import (CodebookWindow, TokenizerObjective, build_discriminator,
@@ -89,6 +89,9 @@ def run(params, variant: str = "gear") -> None:
         start = state["step"]
     log = MetricsLog(paths.metrics_dir(STAGE, variant), rt, state["metrics"] if state else None)
     usage = CodebookWindow(tok.codebook_size, rt.device)
+    window = WindowMean()  # logged losses are means over the log window, not one batch
+    if state is not None:
+        usage.load_state_dict(state["usage"]); window.load_state_dict(state["window"], rt.device)
     stop = StopRequest()
     batches = iter(stream)
 
@@ -118,9 +121,10 @@ def run(params, variant: str = "gear") -> None:
         check_finite(f"{STAGE}[{variant}]", step, ckpt.path, **{k: v for k, v in logs.items() if v.dim() == 0})
         ema_tok.update(tok); ema_ar.update(ar)
         usage.update(out.q.indices)
+        window.add(logs)
 
         if step % params.compute.log_every == 0 or step == tn.steps - 1:
-            row = {k: all_reduce_mean(v.float(), rt).item() for k, v in logs.items()}
+            row = window.result(rt)
             row.update(usage.result(rt))
             row.update(soft_assignment_stats(out.q.dist.detach().float(), params.tau))
             log.log(step, **row)
@@ -130,7 +134,8 @@ def run(params, variant: str = "gear") -> None:
             ckpt.save({"step": step + 1, "tokenizer": tok.state_dict(), "disc": disc.state_dict(),
                        "ar": ar.state_dict(), "proj": proj.state_dict(), "ema_tok": ema_tok.state_dict(),
                        "ema_ar": ema_ar.state_dict(), "opt_tok": opt_tok.state_dict(), "opt_ar": opt_ar.state_dict(),
-                       "opt_d": opt_d.state_dict(), "data": stream.state_dict(), "metrics": log.state_dict()})
+                       "opt_d": opt_d.state_dict(), "data": stream.state_dict(), "metrics": log.state_dict(),
+                       "usage": usage.state_dict(), "window": window.state_dict()})
             if stopping:
                 stop.exit_after_save(f"{STAGE}[{variant}]", step + 1, rt)
 

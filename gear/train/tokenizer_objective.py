@@ -105,7 +105,8 @@ def clip_and_step(loss: Tensor, opt: torch.optim.Optimizer, clip: float) -> Tens
 
 class CodebookWindow:
     """Index histogram over the steps since the last log (summed over ranks): usage, entropy,
-    effective size, from gear.metrics.codebook."""
+    effective size, from gear.metrics.codebook. Saved with the training state: a save falls
+    between two logs."""
 
     def __init__(self, K: int, device):
         self.hist = torch.zeros(K, dtype=torch.float64, device=device)
@@ -124,3 +125,9 @@ class CodebookWindow:
         self.hist.zero_()
         s = histogram_stats(hist)
         return {"usage": s["usage"], "usage_entropy": s["entropy"], "effective_size": s["effective_size"]}
+
+    def state_dict(self) -> dict:
+        return {"hist": self.hist.cpu()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.hist.copy_(state["hist"])
