@@ -33,8 +33,8 @@ class Runtime:
         return self.world > 1
 
     def autocast(self):
-        """bf16 autocast for the transformers (AR, teachers): bf16 matmul is ~4x fp32 on the
-        reference CPU and the norm on GPUs."""
+        """bf16 autocast for the transformers (AR, teachers) when precision is bf16: the norm on
+        GPUs; the embedded default runs fp32 (on an AVX2-only CPU bf16 is emulated and slower)."""
         if self.precision != "bf16":
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=torch.bfloat16)
