@@ -132,6 +132,7 @@ class Tune:
     ar_size: str = "tiny"
     init: Literal["warmup", "scratch"] = "warmup"
     gan: bool = True
+    gan_start: int = 0  # tune step at which the GAN joins (0: the warm-up trained the discriminator)
     soft_forward: Literal["soft", "onehot_st"] = "soft"
     ablations: list[str] = field(default_factory=lambda: ["ste"])
     steps: int = 400
@@ -380,6 +381,7 @@ def validate(p: Params) -> Params:
     _check(p.ar.custom_dim % p.ar.custom_heads == 0, "ar.custom_heads", p.ar.custom_heads,
            f"must divide ar.custom_dim {p.ar.custom_dim}")
     _check(p.tune.steps > 0, "tune.steps", p.tune.steps, "must be > 0")
+    _check(p.tune.gan_start >= 0, "tune.gan_start", p.tune.gan_start, "must be >= 0")
     _check(0 <= p.tune.ema_decay < 1, "tune.ema_decay", p.tune.ema_decay, "must be in [0, 1)")
     for key in ("lr_tokenizer", "lr_ar", "lr_disc"):
         _check(getattr(p.tune, key) > 0, f"tune.{key}", getattr(p.tune, key), "must be > 0")

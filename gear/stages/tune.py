@@ -64,7 +64,8 @@ def run(params, variant: str = "gear") -> None:
     wrap = (lambda mod: DDP(mod)) if rt.distributed else (lambda mod: mod)
     disc_w = wrap(disc)
     models = GearModels(wrap(tok), wrap(ar), wrap(proj),
-                        TokenizerObjective(params, build_perceptual(params, rt.device), disc_w, gan=tn.gan))
+                        TokenizerObjective(params, build_perceptual(params, rt.device), disc_w, gan=tn.gan,
+                                           gan_start=tn.gan_start))
     knobs = GearKnobs(mode=mode, tau=params.tau, align_weight=params.align_weight,
                       align_weight_ar=params.align_weight_ar, align_layer=params.align_layer,
                       soft_forward=tn.soft_forward, grad_clip=tn.grad_clip)

@@ -14,14 +14,19 @@ from gear.models.discriminator import PatchDiscriminator, hinge_d_loss, hinge_g_
 
 
 class TokenizerObjective:
-    def __init__(self, params, perceptual: nn.Module | None, discriminator: nn.Module | None, gan: bool = True):
+    """`gan_start` counts the caller's own steps: tokenizer-init passes tokenizer.gan_start, tune
+    passes tune.gan_start (its step 0 is not the warm-up's step 0)."""
+
+    def __init__(self, params, perceptual: nn.Module | None, discriminator: nn.Module | None, gan: bool = True,
+                 gan_start: int | None = None):
         t = params.tokenizer
         self.t = t
         self.perceptual = perceptual if t.perceptual != "none" and t.perceptual_weight > 0 else None
         self.disc = discriminator if gan and t.gan_weight > 0 else None
+        self.gan_start = t.gan_start if gan_start is None else gan_start
 
     def gan_active(self, step: int) -> bool:
-        return self.disc is not None and step >= self.t.gan_start
+        return self.disc is not None and step >= self.gan_start
 
     def generator_loss(self, x: Tensor, out, step: int) -> tuple[Tensor, dict[str, Tensor]]:
         t = self.t
