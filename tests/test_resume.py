@@ -113,6 +113,14 @@ def test_incompatible_state_is_a_clear_error(base, tmp_path):
     r = gear_proc(d, ["tokenizer-init"], *extra, "tokenizer.codebook_size=64", check=False)
     assert r.returncode == 2
     assert "codebook_size" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    # a state from an older gear (before its format was recorded) is refused in one line too
+    state = d / ".gear_state/tokenizer_init/state.pt"
+    saved = torch.load(state, weights_only=True)
+    del saved["format"]
+    torch.save(saved, state)
+    r = gear_proc(d, ["tokenizer-init"], *extra, check=False)
+    assert r.returncode == 2
+    assert "has format 1" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
 def test_ddp_follows_the_single_process_loss_curve(base, tmp_path):

@@ -62,6 +62,11 @@ def _first_difference(a: Any, b: Any, prefix: str = "") -> str | None:
     return None if a == b else f"{prefix.rstrip('.')}: checkpoint has {a!r}, params give {b!r}"
 
 
+# Bumped whenever a stage's state gains or loses a key, so an older state is refused in one line
+# instead of failing on a missing key. 2: log windows (loss means, codebook histogram) saved.
+STATE_FORMAT = 2
+
+
 class Checkpointer:
     """Save/load one stage's resumable state. `compat` is the plain-data config that a state must
     match to be resumed (model shapes, quantizer, ...): a mismatch is a clear error."""
@@ -79,6 +84,9 @@ class Checkpointer:
         except Exception as e:
             raise ArtifactError(f"training state {self.path} is unreadable ({type(e).__name__}); "
                                 f"delete it to start over") from None
+        if state.get("format", 1) != STATE_FORMAT:
+            raise ArtifactError(f"training state {self.path} has format {state.get('format', 1)}, this gear "
+                                f"writes {STATE_FORMAT}; delete it to start over")
         diff = _first_difference(state.get("compat"), self.compat)
         if diff:
             raise ArtifactError(f"training state {self.path} was written under another config ({diff}); "
@@ -97,7 +105,8 @@ class Checkpointer:
         else:
             gathered = [rng]
         if self.rt.is_main:
-            full = {**state, "rng": gathered, "compat": self.compat, "world": self.rt.world}
+            full = {**state, "rng": gathered, "compat": self.compat, "world": self.rt.world,
+                    "format": STATE_FORMAT}
             with atomic_path(self.path) as tmp:
                 torch.save(full, tmp)
         if self.rt.distributed:
