@@ -11,6 +11,10 @@ tokens themselves. The hidden state at position k (after block l) is aligned to 
 the row of the token held at that position, the second half by its column. Position k >= 1 holds
 token k-1, so it rotates by token k-1's (row, col); the class position is not rotated (cos 1,
 sin 0). Keys therefore carry where each token lies on the grid.
+With class_qk = "zero" the class position's table is all zeros instead, as in LlamaGen (its
+precompute_freqs_cis_2d pads the condition rows with zeros): the class token's query and key
+are zero vectors, so every position scores 0 against it. Released LlamaGen / GEAR weights were
+trained that way and need it to give their logits (gear/models/llamagen_gpt.py).
 """
 from __future__ import annotations
 
@@ -39,6 +43,7 @@ class GPTConfig:
     ffn_multiple: int = 256
     rope_base: float = 10000.0
     norm_eps: float = 1e-5
+    class_qk: str = "keep"   # "zero": LlamaGen's zero RoPE row at the class position (module doc)
 
     def __post_init__(self):
         for name in ("vocab_size", "grid", "n_layer", "dim", "n_head", "num_classes", "ffn_multiple"):
@@ -50,6 +55,8 @@ class GPTConfig:
         for name in ("class_dropout", "token_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"GPTConfig.{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.class_qk not in ("keep", "zero"):
+            raise ValueError(f"GPTConfig.class_qk must be keep or zero, got {self.class_qk!r}")
 
     @property
     def seq_len(self) -> int:
@@ -87,8 +94,9 @@ class ARout(NamedTuple):
     hidden: dict[int, torch.Tensor]      # 1-indexed block -> (B, n, D) block output
 
 
-def rope_tables(grid: int, head_dim: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos/sin of shape (L, head_dim) for the rotate-half convention (pair i = dims i, i + hd/2)."""
+def rope_tables(grid: int, head_dim: int, base: float, class_qk: str = "keep") -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin of shape (L, head_dim) for the rotate-half convention (pair i = dims i, i + hd/2).
+    class_qk "zero": cos = sin = 0 at the class position (LlamaGen), which zeroes its q and k."""
     quarter = head_dim // 4
     freqs = 1.0 / base ** (torch.arange(quarter, dtype=torch.float64) / quarter)
     tok = torch.arange(grid * grid - 1)               # tokens 0..L-2 sit at positions 1..L-1
@@ -96,7 +104,10 @@ def rope_tables(grid: int, head_dim: int, base: float) -> tuple[torch.Tensor, to
     ang = torch.cat([row[:, None] * freqs, col[:, None] * freqs], dim=1)     # (L-1, hd/2)
     ang = torch.cat([torch.zeros(1, 2 * quarter, dtype=ang.dtype), ang])    # class: no rotation
     ang = torch.cat([ang, ang], dim=1)                                       # (L, hd)
-    return ang.cos().float(), ang.sin().float()
+    cos, sin = ang.cos().float(), ang.sin().float()
+    if class_qk == "zero":
+        cos[0] = 0.0
+    return cos, sin
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -166,7 +177,7 @@ class GPT(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.norm = nn.RMSNorm(cfg.dim, eps=cfg.norm_eps)
         self.head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
-        cos, sin = rope_tables(cfg.grid, cfg.head_dim, cfg.rope_base)
+        cos, sin = rope_tables(cfg.grid, cfg.head_dim, cfg.rope_base, cfg.class_qk)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
         self.apply(self._init)

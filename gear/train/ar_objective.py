@@ -10,11 +10,21 @@ from torch import Tensor, nn
 from gear.models.ar import GPT, GPTConfig, Projector, ntp_loss, repa_loss
 
 
-def build_ar(params, size: str, vocab_size: int, grid: int, num_classes: int, teacher_dim: int) -> tuple[GPT, Projector]:
+def build_ar(params, size: str, vocab_size: int, grid: int, num_classes: int, teacher_dim: int,
+             init: str | None = None, init_key: str | None = None) -> tuple[GPT, Projector]:
+    """AR + projector of `size`. init: a released GPT checkpoint (LlamaGen / GEAR-release layout,
+    or ours) loaded into the AR; the AR then zeroes the class position's q/k as LlamaGen does
+    (GPTConfig.class_qk), which those weights need. The projector always starts fresh."""
     a = params.ar
     cfg = GPTConfig.from_size(size, vocab_size=vocab_size, grid=grid, num_classes=num_classes, params=params,
-                              class_dropout=a.class_dropout, token_dropout=a.token_dropout)
-    return GPT(cfg), Projector(cfg.dim, teacher_dim, hidden=a.projector_hidden)
+                              class_dropout=a.class_dropout, token_dropout=a.token_dropout,
+                              class_qk="zero" if init else "keep")
+    ar = GPT(cfg)
+    if init:
+        from gear.models.llamagen_gpt import load_gpt
+
+        print(f"ar.init: {load_gpt(ar, init, init_key)}")
+    return ar, Projector(cfg.dim, teacher_dim, hidden=a.projector_hidden)
 
 
 def ar_loss(ar: nn.Module, proj: nn.Module, inputs: Tensor, targets: Tensor, labels: Tensor, y: Tensor | None,
