@@ -13,7 +13,9 @@ headers only: where every member of every sample lies), then samples are read by
 Unlike a streaming webdataset pipeline this reads every epoch in a global random order, which
 needs a file system that serves random reads of whole samples (local disk, Lustre, NFS).
 A missing shard, a truncated shard, a sample without all its members or a sample that fails to
-decode is warned about, counted in `TrainStream.skipped`, and skipped.
+decode is warned about, counted in `TrainStream.skipped`, and skipped. A complete shard whose
+sample count or size differs from what manifest.json records is not the shard the manifest
+describes (another run's, or a copy gone wrong): that is an error, not a warning.
 
 Decoding is a hook: `decode(sample, rng) -> tuple`, where `sample` is a webdataset-style dict
 ({'__key__': str, 'png': bytes, 'cls': bytes, 'tokens.npy': bytes, ...}) and `rng` is a
@@ -40,6 +42,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from gear import paths
+from gear.data.images import to_rgb
 from gear.data.shard import DataError
 
 IMAGE_EXTS = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG", "webp": "WEBP"}
@@ -66,7 +69,7 @@ def decode_image(sample: dict) -> Image.Image:
     for ext, fmt in IMAGE_EXTS.items():
         if ext in sample:
             img = Image.open(io.BytesIO(sample[ext]), formats=(fmt,))  # no format probing: faster
-            return img if img.mode == "RGB" else img.convert("RGB")
+            return img if img.mode == "RGB" else to_rgb(img)
     raise KeyError(f"sample {sample.get('__key__')} has no image member ({', '.join(IMAGE_EXTS)})")
 
 
@@ -126,6 +129,7 @@ class _Index:
     members: dict[str, tuple[np.ndarray, np.ndarray]]  # ext -> (offsets, sizes), each (N,)
     problems: list[str]                                # one warning line per problem
     counts: dict[str, int]                             # missing/truncated shards, incomplete samples
+    scanned: tuple[int, ...]                           # samples in each complete shard (-1: missing/damaged)
 
     def __len__(self) -> int:
         return len(self.shard)
@@ -194,7 +198,7 @@ def _octal(field: bytes) -> int:
 def _index(signature: tuple[tuple[str, int, int], ...]) -> _Index:
     """Index of the shards in `signature` ((path, size, mtime_ns); size -1 = missing)."""
     problems, counts = [], {"missing_shards": 0, "truncated_shards": 0, "incomplete_samples": 0}
-    per_shard = []
+    per_shard, scanned = [], [-1] * len(signature)
     for sid, (path, size, _) in enumerate(signature):
         if size < 0:
             problems.append(f"shard {path} is missing; skipped")
@@ -204,6 +208,8 @@ def _index(signature: tuple[tuple[str, int, int], ...]) -> _Index:
         if truncated:
             problems.append(f"shard {path} is truncated or corrupt; using the {len(samples)} samples before the damage")
             counts["truncated_shards"] += 1
+        else:
+            scanned[sid] = len(samples)
         per_shard.append((sid, samples))
     # Every sample must hold the members most samples hold (a cut-off last sample lacks some).
     sets = Counter(frozenset(m) for _, samples in per_shard for _, m in samples)
@@ -223,7 +229,7 @@ def _index(signature: tuple[tuple[str, int, int], ...]) -> _Index:
         problems.append(f"{counts['incomplete_samples']} samples lack some of their members ({', '.join(required)}); skipped")
     members = {e: (np.array(offsets[e], np.int64), np.array(sizes[e], np.int64)) for e in required}
     return _Index(tuple(p for p, _, _ in signature), np.array(shard, np.int32), np.array(keys, dtype=bytes),
-                  members, problems, counts)
+                  members, problems, counts, tuple(scanned))
 
 
 def _split_index(params, split: str, pattern: str | None) -> tuple[_Index, int | None]:
@@ -251,6 +257,12 @@ def _split_index(params, split: str, pattern: str | None) -> tuple[_Index, int |
         except FileNotFoundError:
             signature.append((f, -1, -1))
     index = _index(tuple(signature))
+    if pattern is None:
+        for (path, size, _), n, entry in zip(signature, index.scanned, man["splits"][split]["shards"]):
+            if n >= 0 and (n != entry["count"] or size != entry.get("bytes", size)):
+                raise DataError(f"shard {path} holds {n} samples in {size} bytes but {paths.manifest(params)} says "
+                                f"{entry['count']} in {entry.get('bytes', '?')}: the manifest does not describe "
+                                f"these shards; run `gear shard` again")
     for line in index.problems:
         warnings.warn(line, RuntimeWarning, stacklevel=3)
     if expected is not None and len(index) < expected:

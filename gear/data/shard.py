@@ -4,8 +4,14 @@ Output, in params.data.shard_dir:
   train-000000.tar, ...  val-000000.tar, ...   samples_per_shard samples per tar; per sample the
       members <key>.png (or .jpg; resolution x resolution RGB) and <key>.cls (class index as
       text), key = zero-padded index of the sample within its split
-  manifest.json   classes, resolution, counts per split and class, sha256 per shard, skipped
-      files with the reason, and the params.data digest
+  manifest.json   classes, resolution, counts per split and class, sha256 and bytes per shard, skipped
+      files with the reason (unreadable, truncated, not an image, dangling or looping symlink,
+      decompression bomb, smaller than data.min_size), `upscaled`: the images whose short side
+      was below data.resolution (kept, resized up), and the params.data digest
+
+Every PIL mode is converted by gear/data/images.py (16-bit rescaled, alpha over white). A class
+folder with no files, or whose files are all unreadable, is refused: dropping it would shift the
+class index of every later class.
 
 Images are processed by a multiprocessing pool (imap keeps the order) and streamed into the
 tars, so memory stays constant. Same input and params -> byte-identical shards: sample order is
@@ -15,14 +21,18 @@ folder next to shard_dir and renamed into place at the end, so a crash never lea
 """
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import io
 import json
 import multiprocessing as mp
+import os
 import shutil
+import stat
 import sys
 import tarfile
+import warnings
 from pathlib import Path
 from typing import Iterator
 
@@ -32,6 +42,7 @@ from tqdm import tqdm
 
 from gear import paths
 from gear.data import embedded
+from gear.data.images import to_rgb
 
 ORDER_SEED = 7  # fixed shuffle of the sample order within each split
 
@@ -59,23 +70,31 @@ def center_crop(img: Image.Image, resolution: int) -> Image.Image:
     return img.crop((left, top, left + resolution, top + resolution))
 
 
-def _encode(job: Job, resolution: int, image_format: str) -> tuple[bytes | None, str]:
-    """Encoded image bytes of one job, or (None, reason) when the source cannot be read."""
+def _encode(job: Job, resolution: int, image_format: str,
+            min_size: int = 0) -> tuple[bytes | None, str, tuple[int, int] | None]:
+    """(encoded image bytes, "", source size) of one job, or (None, reason, size) when the source
+    cannot be read or is smaller than min_size. Size is None for embedded crops."""
     kind, src, label = job
+    size = None
     try:
         if kind == "crop":
             img = embedded.render(label, src, resolution)
         else:
-            with Image.open(src) as im:
-                img = center_crop(im.convert("RGB"), resolution)
+            with warnings.catch_warnings():  # PIL only warns between 1x and 2x MAX_IMAGE_PIXELS
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(src) as im:
+                    size = im.size
+                    if min(size) < min_size:
+                        return None, f"image {size[0]}x{size[1]} is smaller than data.min_size = {min_size}", size
+                    img = center_crop(to_rgb(im), resolution)
     except Exception as e:  # any failure to decode means: skip this file and list it
-        return None, f"{type(e).__name__}: {e}"
+        return None, f"{type(e).__name__}: {e}", size
     buf = io.BytesIO()
     if image_format == "png":
         img.save(buf, format="PNG", compress_level=1)  # as small as level 6 on 32 px, faster
     else:
         img.save(buf, format="JPEG", quality=95, subsampling=0)
-    return buf.getvalue(), ""
+    return buf.getvalue(), "", size
 
 
 def _pool_map(fn, jobs: list[Job], workers: int) -> Iterator[tuple[bytes | None, str]]:
@@ -99,16 +118,45 @@ def _class_folders(root: Path, key: str) -> list[str]:
     return classes
 
 
-def _files(root: Path, classes: list[str], key: str) -> list[tuple[Path, int]]:
-    """(path, label) of every file under <root>/<class>/, class by class, sorted by name."""
-    out = []
+def _not_a_file(path: Path) -> str | None:
+    """Why an entry of a class folder cannot be an image (None for a regular file or a folder).
+    A broken symlink must become a listed skip, not vanish from the count; a FIFO or device
+    would block or stream forever when opened."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as e:
+        if path.is_symlink():
+            kind = "looping" if e.errno == errno.ELOOP else "dangling"
+            return f"{kind} symlink ({os.strerror(e.errno)}: -> {os.readlink(path)})"
+        return f"{type(e).__name__}: {e}"
+    if stat.S_ISDIR(mode):
+        return "symlink to a folder (not followed)" if path.is_symlink() else None
+    return None if stat.S_ISREG(mode) else "not a regular file (FIFO, socket or device)"
+
+
+def _files(root: Path, classes: list[str], key: str, split: str,
+           allow_empty: bool = False) -> tuple[list[tuple[Path, int]], list[dict]]:
+    """(path, label) of every file under <root>/<class>/, class by class, sorted by name, and the
+    entries skipped on the way ({split, path, reason}). A class folder without a single file is
+    an error unless allow_empty (val_root may lack a class)."""
+    out, skipped = [], []
     for label, name in enumerate(classes):
         folder = root / name
-        if folder.is_dir():
-            out += [(p, label) for p in sorted(folder.rglob("*")) if p.is_file()]
+        if not folder.is_dir():
+            continue
+        n = len(out)
+        for p in sorted(folder.rglob("*")):
+            reason = _not_a_file(p)
+            if reason:
+                skipped.append({"split": split, "path": str(p), "reason": reason})
+            elif p.is_file():
+                out.append((p, label))
+        if len(out) == n and not allow_empty:
+            raise DataError(f"{key} {root}: class folder {name!r} holds no files (an empty class would shift "
+                            f"every later class index); remove it or add its images")
     if not out:
         raise DataError(f"{key} {root}: no files in its class folders")
-    return out
+    return out, skipped
 
 
 def _hold_out(files: list[tuple[Path, int]], root: Path, fraction: float):
@@ -124,9 +172,11 @@ def _hold_out(files: list[tuple[Path, int]], root: Path, fraction: float):
     return train, val
 
 
-def _jobs(params) -> tuple[list[str], dict[str, list[Job]]]:
-    """Class names and the jobs of each split, in the fixed shuffled order."""
+def _jobs(params) -> tuple[list[str], dict[str, list[Job]], list[dict]]:
+    """Class names, the jobs of each split in the fixed shuffled order, and the folder entries
+    skipped while listing (broken symlinks, special files)."""
     d = params.data
+    listed: list[dict] = []
     if d.source == "embedded":
         classes = list(embedded.SOURCES)
         splits = {
@@ -136,13 +186,14 @@ def _jobs(params) -> tuple[list[str], dict[str, list[Job]]]:
     else:
         train_root = Path(d.train_root)
         classes = _class_folders(train_root, "data.train_root")
-        train = _files(train_root, classes, "data.train_root")
+        train, listed = _files(train_root, classes, "data.train_root", "train")
         if d.val_root:
             val_root = Path(d.val_root)
             unknown = sorted(set(_class_folders(val_root, "data.val_root")) - set(classes))
             if unknown:
                 raise DataError(f"data.val_root {val_root}: class folders not in data.train_root: {', '.join(unknown[:5])}")
-            val = _files(val_root, classes, "data.val_root")
+            val, more = _files(val_root, classes, "data.val_root", "val", allow_empty=True)
+            listed += more
         else:
             train, val = _hold_out(train, train_root, d.val_fraction)
         splits = {"train": [("file", str(p), lab) for p, lab in train],
@@ -150,7 +201,7 @@ def _jobs(params) -> tuple[list[str], dict[str, list[Job]]]:
     for i, (name, jobs) in enumerate(splits.items()):
         order = np.random.default_rng([ORDER_SEED, i]).permutation(len(jobs))
         splits[name] = [jobs[j] for j in order]
-    return classes, splits
+    return classes, splits, listed
 
 
 # ----------------------------------------------------------------------------------------------
@@ -200,41 +251,57 @@ class TarShards:
         if self._tar is not None:
             self._tar.close()
             self._tar = None
-            self.shards[-1]["sha256"] = _sha256(self.folder / self.shards[-1]["name"])
+            path = self.folder / self.shards[-1]["name"]
+            self.shards[-1]["sha256"] = _sha256(path)
+            self.shards[-1]["bytes"] = path.stat().st_size  # checked by the loader at no cost (sha256 is not)
 
 
 def _write_split(split: str, jobs: list[Job], encoded: Iterator, folder: Path, params,
-                 classes: list[str]) -> tuple[dict, list[dict]]:
+                 classes: list[str]) -> tuple[dict, list[dict], list[dict]]:
     d = params.data
     writer = TarShards(folder, split, d.samples_per_shard)
-    per_class, skipped = {c: 0 for c in classes}, []
-    for job, (data, reason) in tqdm(zip(jobs, encoded), total=len(jobs), desc=f"shard {split}", unit="img"):
+    per_class, skipped, upscaled = {c: 0 for c in classes}, [], []
+    for job, (data, reason, size) in tqdm(zip(jobs, encoded), total=len(jobs), desc=f"shard {split}", unit="img"):
         if data is None:
             skipped.append({"split": split, "path": str(job[1]), "reason": reason})
             tqdm.write(f"warning: skipped {job[1]}: {reason}", file=sys.stderr)
             continue
+        if size is not None and min(size) < d.resolution:
+            upscaled.append({"split": split, "path": str(job[1]), "size": list(size)})
         writer.add({d.image_format: data, "cls": str(job[2]).encode()})
         per_class[classes[job[2]]] += 1
     shards = writer.close()
     if not shards:
         raise DataError(f"zero readable images in split {split} ({len(skipped)} files skipped, e.g. "
                         f"{skipped[0]['path'] if skipped else 'none'})")
-    return {"count": writer.count, "per_class": per_class, "shards": shards}, skipped
+    if split == "train" and d.source == "imagefolder":
+        empty = [c for c, n in per_class.items() if n == 0]
+        if empty:  # every file of the class was skipped: same problem as an empty folder
+            raise DataError(f"class {empty[0]!r} has no readable train image ({len(skipped)} files skipped); "
+                            f"fix or remove its folder")
+    if upscaled:
+        tqdm.write(f"warning: {len(upscaled)} {split} images are smaller than data.resolution = {d.resolution} "
+                   f"and were upscaled (listed under 'upscaled' in manifest.json)", file=sys.stderr)
+    return {"count": writer.count, "per_class": per_class, "shards": shards}, skipped, upscaled
 
 
 def run(params) -> None:
     """Build the shards and manifest of params.data into paths.shard_dir(params), atomically."""
     d = params.data
     out = paths.shard_dir(params)
-    classes, splits = _jobs(params)  # all input checks happen here, before any heavy work
+    classes, splits, listed = _jobs(params)  # all input checks happen here, before any heavy work
+    for entry in listed:
+        print(f"warning: skipped {entry['path']}: {entry['reason']}", file=sys.stderr)
     if d.source == "embedded":
         embedded.photos()  # load once in the parent; forked workers inherit the cache
 
     tmp = out.parent / f".{out.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
+    new_parent = not out.parent.exists()
     tmp.mkdir(parents=True)
     try:
-        encode = functools.partial(_encode, resolution=d.resolution, image_format=d.image_format)
+        encode = functools.partial(_encode, resolution=d.resolution, image_format=d.image_format,
+                                   min_size=d.min_size)
         manifest = {
             "format": "webdataset",
             "source": d.source,
@@ -242,18 +309,22 @@ def run(params) -> None:
             "image_format": d.image_format,
             "classes": classes,
             "splits": {},
-            "skipped": [],
+            "skipped": list(listed),
+            "upscaled": [],
             "params_data_digest": params.digest("data"),
             "params_data": params.to_dict()["data"],
         }
         for split, jobs in splits.items():
             encoded = _pool_map(encode, jobs, params.compute.workers)
-            info, skipped = _write_split(split, jobs, encoded, tmp, params, classes)
+            info, skipped, upscaled = _write_split(split, jobs, encoded, tmp, params, classes)
             manifest["splits"][split] = info
             manifest["skipped"] += skipped
+            manifest["upscaled"] += upscaled
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        if new_parent:  # a failed run leaves the tree as it found it
+            out.parent.rmdir()
         raise
 
     # Swap in the new set: stale shards of an older run go away with the old folder.
