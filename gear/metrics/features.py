@@ -151,11 +151,21 @@ def check_real_cache(cache_dir: str | Path, cache_key: str, ext: Extractor) -> l
     return needed
 
 
+def _load_stats(path: Path) -> dict:
+    """FID statistics {'mu', 'sigma'}: float64 numpy arrays, pickled as torch-fidelity stores
+    them. weights_only with numpy's array reconstruction allowed, so the file still runs no code."""
+    from numpy._core.multiarray import _reconstruct
+
+    allowed = [_reconstruct, np.ndarray, np.dtype, np.dtypes.Float64DType, np.dtypes.Float32DType]
+    with torch.serialization.safe_globals(allowed):
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def read_real_cache(cache_dir: str | Path, cache_key: str, ext: Extractor) -> RealSet:
     meta, feat_file, stat_file = check_real_cache(cache_dir, cache_key, ext)
     num_real = json.loads(meta.read_text())["num_real"]
     features = torch.load(feat_file, map_location="cpu", weights_only=True)
-    stats = torch.load(stat_file, map_location="cpu", weights_only=False)  # numpy arrays, as torch-fidelity
+    stats = _load_stats(stat_file)
     if len(features) != num_real:
         raise ValueError(f"stale cache {feat_file}: {len(features)} features but {meta} says {num_real} images")
     return RealSet(features, stats, num_real)

@@ -2,7 +2,8 @@
 
 The state lives under params.compute.state_dir (never inside a declared output: Snakemake and DVC
 delete those before a stage runs). One file, `state.pt`, written by rank 0 after gathering every
-rank's RNG state; loaded with `weights_only=True` so a checkpoint cannot execute code.
+rank's RNG state; loaded with `weights_only=True` so a checkpoint cannot execute code, and with
+`mmap=True` so that resuming N ranks does not hold N full copies in host memory.
 """
 from __future__ import annotations
 
@@ -80,7 +81,9 @@ class Checkpointer:
         if not self.path.exists():
             return None
         try:
-            state = torch.load(self.path, map_location="cpu", weights_only=True)
+            # mmap: tensors are paged in from the file as they are copied into the model, so N
+            # processes on a node do not each hold a full host-memory copy of the state
+            state = torch.load(self.path, map_location="cpu", weights_only=True, mmap=True)
         except Exception as e:
             raise ArtifactError(f"training state {self.path} is unreadable ({type(e).__name__}); "
                                 f"delete it to start over") from None

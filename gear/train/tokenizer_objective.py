@@ -73,7 +73,7 @@ def build_tokenizer(params, init: str = "scratch") -> nn.Module:
     if path.is_dir():
         check_tokenizer_matches(read_config(path, "tokenizer"), params, path)
         return load_weights(model, path / "tokenizer.safetensors", "tokenizer weights")
-    load_tokenizer_state(model, path)
+    load_tokenizer_state(model, path, key=params.tokenizer.init_key)
     return model
 
 
