@@ -1,0 +1,611 @@
+"""The bad-input matrix: hostile images, folders, params, checkpoints and shards, through the CLI.
+
+Every case runs `gear <stage>` in-process (gear.cli.main) in a scratch folder and asserts
+  - the exit code (2 for an expected failure; 0 where the input is handled: a listed skip, a
+    conversion, a warning),
+  - that the problem is named in one line (the error line, the manifest's skip reason or the
+    warning),
+  - that a failing run wrote or changed no declared output (a snapshot of the folder).
+Stages never see the network and the configs are tiny (tests/tiny.py), so the file runs in
+well under a minute.
+"""
+from __future__ import annotations
+
+import ast
+import dataclasses
+import io
+import json
+import os
+import pickle
+import shutil
+import struct
+import tarfile
+import typing
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from gear import cli
+from gear.config import Params
+from gear.data.images import to_rgb
+from gear.models.llamagen import load_tokenizer_state
+from gear.models.tokenizer import Tokenizer, TokenizerConfig
+from tiny import PARAMS, ROOT, TINY, sets
+
+RES = 16  # tiny.TINY's data.resolution
+
+
+def gear(stage: list[str], *extra: str) -> int:
+    return cli.main([*stage, "--params", str(PARAMS), *sets(*extra)])
+
+
+def snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(root)): (p.lstat().st_size, p.lstat().st_mtime_ns)
+            for p in root.rglob("*") if not p.is_dir()}
+
+
+def one_error_line(capsys, stage: str, *needles: str) -> str:
+    """The one `gear <stage>: error:` line on stderr; it must contain every needle."""
+    lines = [l for l in capsys.readouterr().err.splitlines() if l.startswith(f"gear {stage}: error:")]
+    assert len(lines) == 1, lines
+    assert all(n in lines[0] for n in needles), lines[0]
+    return lines[0]
+
+
+class Exploit:
+    """A pickle that runs code on load: os.mkdir(marker)."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return os.mkdir, (self.marker,)
+
+
+def write_exploit(path: Path, marker: Path) -> Path:
+    torch.save({"model": Exploit(marker)}, path)
+    torch.load(path, weights_only=False)  # it really does run code when trusted...
+    assert marker.is_dir()
+    marker.rmdir()  # ...so every loader must refuse it unread
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# images: one bad file among good ones in an ImageFolder, through `gear shard`
+
+
+def noise(path: Path, size=(24, 20), seed=0) -> None:
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(path)
+
+
+def good_folder(root: Path) -> Path:
+    for c, name in enumerate(("a", "b")):
+        (root / name).mkdir(parents=True)
+        for i in range(3):
+            noise(root / name / f"good{i}.png", seed=10 * c + i)
+    return root
+
+
+def uniform(mode: str, value, fmt: str, **save):
+    def write(folder: Path) -> Path:
+        img = Image.new(mode, (RES, RES), value) if not isinstance(value, np.ndarray) else Image.fromarray(value)
+        path = folder / f"special.{fmt}"
+        img.save(path, **save)
+        return path
+    return write
+
+
+def png_16bit(folder: Path) -> Path:
+    Image.fromarray(np.full((RES, RES), 32768, np.uint16)).save(folder / "special.png")  # mode I;16
+    return folder / "special.png"
+
+
+def palette_transparent(folder: Path) -> Path:
+    img = Image.new("P", (RES, RES), 0)
+    img.putpalette([10, 20, 30] * 256)  # what a plain convert("RGB") would show
+    img.save(folder / "special.png", transparency=0)
+    return folder / "special.png"
+
+
+def raw(name: str, data: bytes):
+    def write(folder: Path) -> Path:
+        (folder / name).write_bytes(data)
+        return folder / name
+    return write
+
+
+def png_bytes(size=(RES, RES)) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(5).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def bomb(folder: Path) -> Path:
+    """A valid PNG header claiming 40000 x 40000 pixels (> 2x PIL's MAX_IMAGE_PIXELS): PIL refuses
+    it on open, before decoding; the file itself is tiny."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    data = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 40000, 40000, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+    (folder / "bomb.png").write_bytes(data)
+    return folder / "bomb.png"
+
+
+def symlink(target: str):
+    def write(folder: Path) -> Path:
+        (folder / "link.png").symlink_to(target if target != "self" else folder / "link.png")
+        return folder / "link.png"
+    return write
+
+
+def fifo(folder: Path) -> Path:
+    os.mkfifo(folder / "pipe.png")  # opening it would block forever
+    return folder / "pipe.png"
+
+
+def huge(folder: Path) -> Path:
+    noise(folder / "huge.png", size=(2400, 1600))
+    return folder / "huge.png"
+
+
+def truncated_png(folder: Path) -> Path:
+    data = png_bytes((64, 64))
+    (folder / "cut.png").write_bytes(data[: len(data) // 2])
+    return folder / "cut.png"
+
+
+WHITE = (255, 255, 255)
+IMAGE_CASES = {
+    # PIL modes: converted by gear/data/images.py, kept, with the exact 8-bit value
+    "mode_I;16_png16": (png_16bit, "kept", (128, 128, 128)),          # convert("RGB") gives 255
+    "mode_I_tiff32": (uniform("I", np.full((RES, RES), 16448, np.int32), "tif"), "kept", (64, 64, 64)),
+    "mode_F_tiff": (uniform("F", np.full((RES, RES), 0.25, np.float32), "tif"), "kept", (64, 64, 64)),
+    "mode_P_transparent": (palette_transparent, "kept", WHITE),
+    "mode_PA_tiff": (uniform("PA", (0, 0), "tif"), "kept", WHITE),
+    "mode_LA": (uniform("LA", (0, 0), "png"), "kept", WHITE),
+    "mode_RGBA_transparent": (uniform("RGBA", (255, 0, 0, 0), "png"), "kept", WHITE),
+    "mode_CMYK": (uniform("CMYK", (255, 0, 0, 0), "tif"), "kept", (0, 255, 255)),
+    "mode_L": (uniform("L", 100, "png"), "kept", (100, 100, 100)),
+    "mode_1": (uniform("1", 1, "png"), "kept", WHITE),
+    "mode_I_out_of_range": (uniform("I", np.full((RES, RES), -5, np.int32), "tif"), "skipped", "no known 8-bit scale"),
+    "mode_F_nan": (uniform("F", np.full((RES, RES), np.nan, np.float32), "tif"), "skipped", "NaN or Inf"),
+    # broken files: counted skips with the reason
+    "truncated": (truncated_png, "skipped", "truncated"),
+    "zero_byte": (raw("empty.png", b""), "skipped", "UnidentifiedImageError"),
+    "text_as_png": (raw("notes.png", b"not an image\n"), "skipped", "UnidentifiedImageError"),
+    "png_named_jpg": (raw("really_png.jpg", png_bytes()), "kept", None),  # content decides, not the name
+    "decompression_bomb": (bomb, "skipped", "DecompressionBomb"),
+    "dangling_symlink": (symlink("/nonexistent/target.png"), "skipped", "dangling symlink"),
+    "looping_symlink": (symlink("self"), "skipped", "looping symlink"),
+    "fifo_unreadable": (fifo, "skipped", "not a regular file"),
+    # sizes
+    "huge": (huge, "kept", None),
+    "tiny_upscaled": (lambda f: (noise(f / "tiny.png", size=(8, 6)), f / "tiny.png")[1], "upscaled", [8, 6]),
+    "tiny_below_min_size": (lambda f: (noise(f / "tiny.png", size=(8, 6)), f / "tiny.png")[1], "skipped",
+                            "smaller than data.min_size = 7"),
+}
+
+
+def shard_images(shard_dir: Path) -> list[np.ndarray]:
+    out = []
+    for tar_path in sorted(shard_dir.glob("*.tar")):
+        with tarfile.open(tar_path) as tar:
+            out += [np.asarray(Image.open(tar.extractfile(m))) for m in tar if m.name.endswith(".png")]
+    return out
+
+
+@pytest.mark.parametrize("case", IMAGE_CASES)
+def test_image(case, tmp_path, monkeypatch, capsys):
+    write, outcome, expect = IMAGE_CASES[case]
+    monkeypatch.chdir(tmp_path)
+    root = good_folder(tmp_path / "images")
+    path = write(root / "a")
+    extra = ["data.min_size=7"] if case == "tiny_below_min_size" else []
+    rc = gear(["shard"], "data.source=imagefolder", f"data.train_root={root}", "data.val_fraction=0.3", *extra)
+    assert rc == 0
+    man = json.loads(Path("data/shards/manifest.json").read_text())
+    skipped = {s["path"]: s["reason"] for s in man["skipped"]}
+    kept = man["splits"]["train"]["count"] + man["splits"]["val"]["count"]
+    if outcome == "skipped":
+        assert list(skipped) == [str(path)] and expect in skipped[str(path)] and "\n" not in skipped[str(path)]
+        assert kept == 6
+        assert f"warning: skipped {path}" in capsys.readouterr().err
+        return
+    assert skipped == {} and kept == 7
+    if outcome == "upscaled":
+        assert man["upscaled"] == [{"split": man["upscaled"][0]["split"], "path": str(path), "size": expect}]
+        assert "1 " in capsys.readouterr().err  # "warning: 1 train images are smaller ..."
+    if isinstance(expect, tuple):
+        assert any((im == np.array(expect, np.uint8)).all() for im in shard_images(Path("data/shards"))), case
+
+
+def test_one_conversion_handles_every_mode():
+    """The conversion itself, beside the bug it fixes: convert('RGB') clips 16-bit to white."""
+    img16 = Image.fromarray((np.arange(256, dtype=np.uint16).reshape(16, 16) * 257))  # 0..65535 ramp
+    assert img16.mode == "I;16"
+    assert (np.asarray(img16.convert("RGB")) == 255).mean() > 0.99
+    assert np.array_equal(np.asarray(to_rgb(img16))[..., 0], np.arange(256, dtype=np.uint8).reshape(16, 16))
+    for mode in ("1", "L", "P", "RGB", "RGBA", "RGBa", "CMYK", "YCbCr", "LAB", "HSV", "LA", "PA", "I", "F",
+                 "I;16", "I;16B", "RGBX"):
+        out = to_rgb(Image.new(mode, (4, 4)))
+        assert out.mode == "RGB" and out.size == (4, 4), mode
+
+
+# ---------------------------------------------------------------------------------------------
+# folders: refused in one line before any image is read, nothing written
+
+
+def empty_class(root: Path):
+    good_folder(root)
+    (root / "c_empty").mkdir()
+
+
+def all_unreadable_class(root: Path):
+    good_folder(root)
+    (root / "c_broken").mkdir()
+    for i in range(2):
+        (root / "c_broken" / f"{i}.png").write_bytes(b"garbage")
+
+
+def no_classes(root: Path):
+    root.mkdir()
+    noise(root / "loose.png")
+
+
+def unknown_val_class(root: Path):
+    good_folder(root)
+    (root.parent / "val" / "zebra").mkdir(parents=True)
+    noise(root.parent / "val" / "zebra" / "z.png")
+
+
+def only_symlinks_class(root: Path):
+    good_folder(root)
+    (root / "c_links").mkdir()
+    (root / "c_links" / "x.png").symlink_to("/nonexistent.png")
+
+
+FOLDER_CASES = {
+    "empty_class": (empty_class, [], "class folder 'c_empty' holds no files"),
+    "class_with_only_unreadable_files": (all_unreadable_class, [], "class 'c_broken' has no readable train image"),
+    "class_with_only_dangling_symlinks": (only_symlinks_class, [], "class folder 'c_links' holds no files"),
+    "no_class_folders": (no_classes, [], "no class folders"),
+    "unknown_val_class": (unknown_val_class, ["data.val_root={val}"], "class folders not in data.train_root: zebra"),
+    "missing_root": (lambda root: None, [], "folder not found"),
+}
+
+
+@pytest.mark.parametrize("case", FOLDER_CASES)
+def test_folder(case, tmp_path, monkeypatch, capsys):
+    build, extra, needle = FOLDER_CASES[case]
+    monkeypatch.chdir(tmp_path)
+    root = tmp_path / "images"
+    build(root)
+    before = snapshot(tmp_path)
+    extra = [e.format(val=tmp_path / "val") for e in extra]
+    assert gear(["shard"], "data.source=imagefolder", f"data.train_root={root}", *extra) == 2
+    one_error_line(capsys, "shard", needle)
+    assert snapshot(tmp_path) == before and not (tmp_path / "data").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# params: every numeric key, negative / zero / nan / inf / wrong type
+
+
+def numeric_keys() -> list[tuple[str, typing.Any]]:
+    out = []
+
+    def walk(cls, prefix):
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            tp = hints[f.name]
+            if dataclasses.is_dataclass(tp):
+                walk(tp, f"{prefix}{f.name}.")
+            elif tp in (int, float) or tp in (list[int], list[float]):
+                out.append((f"{prefix}{f.name}", tp))
+    walk(Params, "")
+    return out
+
+
+NUMERIC = numeric_keys()
+# keys for which 0 is a meaningful value (a weight, an off switch, a start step, ...); every other
+# numeric key must refuse 0
+ZERO_OK = {
+    "align_weight", "align_weight_ar", "data.min_size", "teachers.zscore_strength",
+    "tokenizer.commit_weight", "tokenizer.codebook_weight", "tokenizer.entropy_weight", "tokenizer.recon_weight",
+    "tokenizer.perceptual_weight", "tokenizer.gan_weight", "tokenizer.gan_start", "tokenizer.warmup_steps",
+    "tokenizer.weight_decay", "tokenizer.grad_clip", "tokenizer.ema_decay", "tokenizer.betas",
+    "ar.class_dropout", "ar.token_dropout", "ar.weight_decay", "ar.grad_clip", "ar.ema_decay", "ar.warmup_steps",
+    "ar.betas", "tune.gan_start", "tune.weight_decay", "tune.grad_clip", "tune.ema_decay", "tune.betas",
+    "sample.top_k", "sample.cfg_interval", "compute.workers", "compute.seed", "study.seeds",
+    "study.recon_margin_db", "resources.train_gpus",
+}
+
+
+def value_for(tp, x) -> str:
+    text = {float("nan"): ".nan", float("inf"): ".inf"}.get(x, repr(x)) if isinstance(x, float) else str(x)
+    if x != x:
+        text = ".nan"
+    return {list[int]: f"[{text}]", list[float]: f"[{text}, {text}]"}.get(tp, text)
+
+
+PARAM_CASES = [(key, tp, bad) for key, tp in NUMERIC for bad in ("neg", "zero", "nan", "inf", "type")]
+
+
+@pytest.mark.parametrize("key, tp, bad", PARAM_CASES, ids=[f"{k}-{b}" for k, _, b in PARAM_CASES])
+def test_param(key, tp, bad, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    value = {"neg": value_for(tp, -1), "zero": value_for(tp, 0), "nan": value_for(tp, float("nan")),
+             "inf": value_for(tp, float("inf")), "type": value_for(tp, "abc")}[bad]
+    rc = cli.main(["params", "--params", str(PARAMS), "--set", f"{key}={value}"])
+    if bad == "zero" and key in ZERO_OK:
+        assert rc == 0
+        return
+    assert rc == 2, f"{key}={value} accepted"
+    line = one_error_line(capsys, "params", key)
+    assert {"nan": "finite", "inf": "finite"}.get(bad, "") in line or tp in (int, list[int])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_params_table_row_values():
+    """The issue's rows, verbatim: tau .inf and compute.workers -1 are refused."""
+    from gear.config import ParamsError, load_params
+    with pytest.raises(ParamsError, match=r"tau = inf: must be a finite number"):
+        load_params(PARAMS, ["tau=.inf"])
+    with pytest.raises(ParamsError, match=r"compute.workers = -1: must be >= 0"):
+        load_params(PARAMS, ["compute.workers=-1"])
+
+
+# ---------------------------------------------------------------------------------------------
+# checkpoints: `gear tokenizer-init` with tokenizer.init, and resumable training state
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    """Tiny embedded shards, shared read-only by the checkpoint cases and copied by the shard ones."""
+    root = tmp_path_factory.mktemp("bad_input_shards")
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        assert gear(["shard"]) == 0
+    finally:
+        os.chdir(cwd)
+    return root / "data" / "shards"
+
+
+def tiny_tokenizer(**over) -> Tokenizer:
+    """A tokenizer of tests/tiny.py's TINY params (or another config, with `over`)."""
+    kv = dict(item.split("=", 1) for item in TINY if item.startswith("tokenizer."))
+    fields = {k: int(kv[f"tokenizer.{k}"]) for k in ("ch", "z_channels", "norm_groups", "codebook_size", "code_dim")}
+    torch.manual_seed(0)
+    return Tokenizer(TokenizerConfig(**{"quantizer": "vq", "ch_mult": [1, 2, 2], **fields, **over}))
+
+
+def ckpt_other_width(d: Path) -> Path:
+    torch.save({"model": tiny_tokenizer(ch=16, norm_groups=4).state_dict()}, d / "other_width.pt")
+    return d / "other_width.pt"
+
+
+def ckpt_other_codebook(d: Path) -> Path:
+    torch.save({"model": tiny_tokenizer(codebook_size=64).state_dict()}, d / "other_codebook.pt")
+    return d / "other_codebook.pt"
+
+
+def ckpt_other_quantizer(d: Path) -> Path:
+    torch.save(tiny_tokenizer(quantizer="lfq", codebook_size=16, code_dim=4).state_dict(), d / "lfq.pt")
+    return d / "lfq.pt"
+
+
+def ckpt_truncated(d: Path) -> Path:
+    torch.save({"model": tiny_tokenizer().state_dict()}, d / "cut.pt")
+    data = (d / "cut.pt").read_bytes()
+    (d / "cut.pt").write_bytes(data[: len(data) // 2])
+    return d / "cut.pt"
+
+
+def ckpt_pickle_as_safetensors(d: Path) -> Path:
+    torch.save(tiny_tokenizer().state_dict(), d / "tok.safetensors")
+    return d / "tok.safetensors"
+
+
+def ckpt_code_pickle(d: Path) -> Path:
+    return write_exploit(d / "evil.pt", d / "MARKER")
+
+
+def ckpt_release_ar_ema(d: Path) -> Path:
+    """The GEAR release's stage-1 layout; naming its "ema" (the AR's EMA) is refused."""
+    tok = tiny_tokenizer().state_dict()
+    torch.save({"vq": tok, "vq_ema": tok, "ema": {"layers.0.attention.wqkv.weight": torch.zeros(3, 1)}},
+               d / "gear_stage1.pt")
+    return d / "gear_stage1.pt"
+
+
+def ckpt_not_a_dict(d: Path) -> Path:
+    torch.save([torch.zeros(2)], d / "list.pt")
+    return d / "list.pt"
+
+
+CKPT_CASES = {
+    "other_width": (ckpt_other_width, [], ("first mismatch encoder.conv_in.weight (16, 3, 3, 3) vs model (8, 3, 3, 3)",
+                    "it fits quantizer=vq tokenizer.codebook_size=32 tokenizer.code_dim=4 tokenizer.ch=16 ")),
+    "other_codebook": (ckpt_other_codebook, [], ("first mismatch quantize.embedding.weight (64, 4) vs model (32, 4)",
+                       "it fits quantizer=vq tokenizer.codebook_size=64")),
+    "other_quantizer": (ckpt_other_quantizer, [], ("first mismatch quantize.embedding.weight (missing)",
+                        "it fits quantizer=lfq tokenizer.codebook_size=16")),
+    "truncated_file": (ckpt_truncated, [], "is unreadable or truncated"),
+    "pickle_named_safetensors": (ckpt_pickle_as_safetensors, [], "is not a readable safetensors file"),
+    "pickle_that_runs_code": (ckpt_code_pickle, [], "holds non-tensor objects, refused unread"),
+    "release_key_is_the_ar_ema": (ckpt_release_ar_ema, ["tokenizer.init_key=ema"],
+                                  "entry 'ema' of {path} holds no tokenizer"),
+    "release_key_absent": (ckpt_release_ar_ema, ["tokenizer.init_key=model"],
+                           "tokenizer.init_key = 'model': the tokenizer checkpoint has no dict entry 'model'"),
+    "not_a_dict": (ckpt_not_a_dict, [], "holds a list, not a dict of tensors"),
+    "missing_file": (lambda d: d / "absent.pt", [], "not found"),
+}
+
+
+@pytest.mark.parametrize("case", CKPT_CASES)
+def test_checkpoint(case, shards, tmp_path, monkeypatch, capsys):
+    make, extra, needle = CKPT_CASES[case]
+    monkeypatch.chdir(tmp_path)
+    path = make(tmp_path)
+    before = snapshot(tmp_path)
+    rc = gear(["tokenizer-init"], f"data.shard_dir={shards}", f"tokenizer.init={path}", *extra)
+    assert rc == 2
+    needles = needle if isinstance(needle, tuple) else (needle.format(path=path),)
+    one_error_line(capsys, "tokenizer-init", *needles)
+    assert snapshot(tmp_path) == before and not (tmp_path / "models").exists()
+    assert not (tmp_path / "MARKER").exists()
+
+
+def write_state(d: Path, obj) -> Path:
+    path = d / ".gear_state" / "tokenizer_init" / "state.pt"
+    path.parent.mkdir(parents=True)
+    torch.save(obj, path)
+    return path
+
+
+STATE_CASES = {
+    "older_format": (lambda d: write_state(d, {"step": 3, "format": 1}), "has format 1, this gear writes 2"),
+    "no_format_key": (lambda d: write_state(d, {"step": 3}), "has format 1"),
+    "code_pickle": (lambda d: write_state(d, {"step": Exploit(d / "MARKER")}), "is unreadable (UnpicklingError)"),
+}
+
+
+@pytest.mark.parametrize("case", STATE_CASES)
+def test_training_state(case, shards, tmp_path, monkeypatch, capsys):
+    make, needle = STATE_CASES[case]
+    monkeypatch.chdir(tmp_path)
+    make(tmp_path)
+    before = snapshot(tmp_path)
+    assert gear(["tokenizer-init"], f"data.shard_dir={shards}") == 2
+    one_error_line(capsys, "tokenizer-init", needle)
+    assert snapshot(tmp_path) == before and not (tmp_path / "models").exists()
+    assert not (tmp_path / "MARKER").exists()
+
+
+def test_release_wrapping_prefers_tokenizer_ema_and_key_is_nameable():
+    ema, raw = tiny_tokenizer(), tiny_tokenizer()
+    with torch.no_grad():
+        raw.quant_conv.weight.add_(1.0)
+    release = {"vq": raw.state_dict(), "vq_ema": ema.state_dict(), "model": {"layers.0.attention.wqkv.weight": 0},
+               "ema": {"layers.0.attention.wqkv.weight": torch.zeros(3, 1)}}  # the AR's EMA: never picked
+    got = load_tokenizer_state(tiny_tokenizer(), release)
+    assert torch.equal(got.quant_conv.weight, ema.quant_conv.weight)
+    got = load_tokenizer_state(tiny_tokenizer(), release, key="vq")
+    assert torch.equal(got.quant_conv.weight, raw.quant_conv.weight)
+    no_ema = {k: v for k, v in release.items() if k != "vq_ema"}
+    assert torch.equal(load_tokenizer_state(tiny_tokenizer(), no_ema).quant_conv.weight, raw.quant_conv.weight)
+
+
+def test_every_torch_load_is_weights_only():
+    """Static guard: no torch.load in the package can unpickle code."""
+    for path in sorted((ROOT / "gear").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "load"
+                    and isinstance(node.func.value, ast.Name) and node.func.value.id == "torch"):
+                kw = {k.arg: k.value for k in node.keywords}
+                assert isinstance(kw.get("weights_only"), ast.Constant) and kw["weights_only"].value is True, \
+                    f"{path.relative_to(ROOT)}:{node.lineno}"
+    state = (ROOT / "gear" / "train" / "state.py").read_text()
+    assert "weights_only=True, mmap=True" in state  # resumable state: paged in, not copied per rank
+
+
+def test_code_pickle_refused_by_every_loader(tmp_path):
+    from gear.io import ArtifactError
+    from gear.metrics.features import _load_stats
+    from gear.models.ar import GPT, GPTConfig
+    from gear.models.llamagen_gpt import load_gpt
+
+    evil = write_exploit(tmp_path / "evil.pt", tmp_path / "MARKER")
+    gpt = GPT(GPTConfig(vocab_size=8, grid=2, n_layer=1, dim=16, n_head=1, num_classes=2, class_qk="zero"))
+    with pytest.raises(ArtifactError, match="refused unread"):
+        load_gpt(gpt, evil)
+    with pytest.raises(pickle.UnpicklingError):
+        _load_stats(evil)
+    assert not (tmp_path / "MARKER").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# shards: damaged or foreign shard sets, through `gear teacher` (the first stage that reads them)
+
+
+def rewrite_tar(path: Path, drop_suffix: str | None = None, keep: int | None = None) -> None:
+    with tarfile.open(path) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar]
+    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
+        dropped = False
+        for m, data in members:
+            if drop_suffix and not dropped and m.name.endswith(drop_suffix):
+                dropped = True
+                continue
+            tar.addfile(m, io.BytesIO(data))
+
+
+def fix_manifest(shard_dir: Path) -> None:
+    """Record the current bytes of each shard: what a shard writer that lost a member would write."""
+    man = json.loads((shard_dir / "manifest.json").read_text())
+    for split in man["splits"].values():
+        for s in split["shards"]:
+            s["bytes"] = (shard_dir / s["name"]).stat().st_size
+    (shard_dir / "manifest.json").write_text(json.dumps(man))
+
+
+def truncate_shard(d: Path):
+    tar = d / "train-000000.tar"
+    os.truncate(tar, tar.stat().st_size // 2)
+
+
+def label_missing(d: Path):
+    rewrite_tar(d / "train-000000.tar", drop_suffix=".cls")
+    fix_manifest(d)
+
+
+def foreign_shard(d: Path):
+    shutil.copy(d / "val-000000.tar", d / "train-000000.tar")  # another split's shard under this name
+
+
+def same_count_other_bytes(d: Path):
+    with open(d / "train-000000.tar", "ab") as f:
+        f.write(bytes(10240))  # extra zero blocks: the tar still reads, but it is not this manifest's file
+
+
+def all_shards_missing(d: Path):
+    for p in d.glob("train-*.tar"):
+        p.unlink()
+
+
+SHARD_CASES = {
+    "truncated_tar": (truncate_shard, [], 0, "truncated or corrupt"),
+    "member_missing_its_label": (label_missing, [], 0, "samples lack some of their members (cls, png)"),
+    "manifest_count_mismatch": (foreign_shard, [], 2, "the manifest does not describe these shards"),
+    "manifest_bytes_mismatch": (same_count_other_bytes, [], 2, "the manifest does not describe these shards"),
+    "manifest_other_resolution": (lambda d: None, ["data.resolution=32"], 2, "are 16 px but data.resolution = 32"),
+    "manifest_not_json": (lambda d: (d / "manifest.json").write_text("{"), [], 2, "is not valid JSON"),
+    "manifest_missing": (lambda d: (d / "manifest.json").unlink(), [], 2, "run `gear shard` first"),
+    "every_train_shard_missing": (all_shards_missing, [], 2, "no readable samples in the train shards"),
+}
+
+
+@pytest.mark.parametrize("case", SHARD_CASES)
+def test_shards(case, shards, tmp_path, monkeypatch, capsys):
+    damage, extra, code, needle = SHARD_CASES[case]
+    monkeypatch.chdir(tmp_path)
+    copy = tmp_path / "shards"
+    shutil.copytree(shards, copy)
+    damage(copy)
+    before = snapshot(tmp_path)
+    if code == 0:
+        with pytest.warns(RuntimeWarning) as record:
+            assert gear(["teacher"], f"data.shard_dir={copy}", *extra) == 0
+        lines = [str(w.message) for w in record if needle in str(w.message)]
+        assert lines and all("\n" not in line for line in lines)
+        assert (tmp_path / "models" / "teacher" / "model.safetensors").exists()
+        return
+    assert gear(["teacher"], f"data.shard_dir={copy}", *extra) == code
+    one_error_line(capsys, "teacher", needle)
+    assert snapshot(tmp_path) == before and not (tmp_path / "models").exists()
