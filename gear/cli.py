@@ -13,25 +13,27 @@ import sys
 
 from gear.config import ParamsError, load_params
 
+SEED = ("--seed", dict(type=int, default=None, help="study seed (one of study.seeds; default: the only one)"))
+
 # stage name -> (module, help, extra arguments)
 STAGES: dict[str, tuple[str, str, list[tuple[str, dict]]]] = {
     "shard": ("gear.data.shard", "write webdataset shards + manifest from the embedded set or an ImageFolder", []),
     "teacher": ("gear.stages.teacher", "train the offline `demo` alignment teacher on the shards", []),
     "tokenizer-init": ("gear.stages.tokenizer_init", "warm-up tokenizer training (reconstruction + GAN)", []),
     "tune": ("gear.stages.tune", "GEAR end-to-end tuning of tokenizer + AR", [
-        ("--variant", dict(default="gear", help="gear (uses params e2e_mode) or an ablation in tune.ablations"))]),
+        ("--variant", dict(default="gear", help="gear (uses params e2e_mode) or an ablation in tune.ablations")), SEED]),
     "freeze": ("gear.stages.freeze", "export a tokenizer EMA as a frozen artifact + codebook stats", [
-        ("--arm", dict(required=True, help="baseline | gear | an ablation name"))]),
+        ("--arm", dict(required=True, help="baseline | gear | an ablation name")), SEED]),
     "tokenize": ("gear.stages.tokenize", "pre-extract token shards of the train split with a frozen tokenizer", [
-        ("--arm", dict(required=True, help="baseline | gear"))]),
+        ("--arm", dict(required=True, help="baseline | gear")), SEED]),
     "train-ar": ("gear.stages.train_ar", "train a fresh AR on a frozen tokenizer (LlamaGen-REPA recipe)", [
         ("--arm", dict(required=True, help="baseline | gear")),
-        ("--size", dict(required=True, help="AR size: tiny | small | B | L | XL | custom"))]),
+        ("--size", dict(required=True, help="AR size: tiny | small | B | L | XL | custom")), SEED]),
     "sample": ("gear.stages.sample", "class-conditional sampling with KV cache and CFG", [
-        ("--arm", dict(required=True)), ("--size", dict(required=True))]),
+        ("--arm", dict(required=True)), ("--size", dict(required=True)), SEED]),
     "evaluate": ("gear.stages.evaluate", "metrics JSON for a tokenizer, a samples file, or the real statistics", [
         ("what", dict(choices=["real", "tokenizer", "samples"])),
-        ("--arm", dict(default=None)), ("--size", dict(default=None))]),
+        ("--arm", dict(default=None)), ("--size", dict(default=None)), SEED]),
     "report": ("gear.stages.report", "write reports/index.md and reports/index.html from the metrics", []),
 }
 
@@ -69,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         module = importlib.import_module(STAGES[args.stage][0])
         extra = {k: v for k, v in vars(args).items() if k not in ("stage", "params", "overrides")}
         module.run(params, **extra)
-    except (ParamsError, ArtifactError, DataError, FileNotFoundError) as e:
+    except (ParamsError, ArtifactError, DataError, OSError) as e:  # expected: bad input, not a bug
         print(f"gear {args.stage}: error: {e}", file=sys.stderr)
         return 2
     except NonFiniteLossError as e:

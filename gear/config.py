@@ -11,6 +11,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -41,6 +42,7 @@ class Data:
     image_format: Literal["png", "jpg"] = "png"
     embedded_train_per_class: int = 700
     embedded_val_per_class: int = 100
+    min_size: int = 0             # imagefolder: skip images whose short side is below this (0: keep all)
     random_crop: bool = True
     hflip: bool = True
 
@@ -85,6 +87,7 @@ class Tokenizer:
     disc_ch: int = 32
     disc_layers: int = 2
     init: str = "scratch"
+    init_key: Optional[str] = None  # entry of the init checkpoint dict holding the tokenizer (null: auto)
     steps: int = 800
     batch_size: int = 32
     lr: float = 1e-3
@@ -120,7 +123,8 @@ class AR:
     grad_clip: float = 1.0
     ema_decay: float = 0.99
     warmup_steps: int = 50
-
+    init: Optional[str] = None      # a LlamaGen / GEAR-release GPT checkpoint train-ar starts from
+    init_key: Optional[str] = None  # entry of that checkpoint dict holding the GPT (null: ema, then model)
 
     def align_layer_for(self, size: str, default: int) -> int:
         """Tap layer of the final AR of `size` (ar.align_layers, else the top-level align_layer)."""
@@ -185,6 +189,15 @@ class Compute:
 
 
 @dataclass
+class Study:
+    """The seed dimension and how the report judges arm-vs-arm differences."""
+    seeds: list[int] = field(default_factory=lambda: [0])  # each reruns tune .. evaluate (gear/paths.py)
+    confidence: float = 0.95       # level of the paired t intervals
+    collapse_fraction: float = 0.1  # effective size below this share of the codebook = collapse (C1, C3)
+    recon_margin_db: float = 0.5   # C4 non-inferiority margin: PSNR may fall by at most this much
+
+
+@dataclass
 class Resources:
     train_gpus: int = 1
     train_nodes: int = 1
@@ -213,6 +226,7 @@ class Params:
     sample: Sample = field(default_factory=Sample)
     metrics: Metrics = field(default_factory=Metrics)
     compute: Compute = field(default_factory=Compute)
+    study: Study = field(default_factory=Study)
     resources: Resources = field(default_factory=Resources)
 
     def to_dict(self) -> dict:
@@ -278,6 +292,8 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ParamsError(f"{key} = {value!r}: must be a number")
+        if not math.isfinite(value):  # .inf / .nan parse as floats; no knob means anything there
+            raise ParamsError(f"{key} = {value!r}: must be a finite number")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -314,10 +330,47 @@ def _check(cond: bool, key: str, value: Any, rule: str) -> None:
         raise ParamsError(f"{key} = {value!r}: {rule}")
 
 
+# Lower bounds of the numeric keys that have no rule of their own in validate(); checked first, so
+# a bad value is named before a cross-field rule trips over it.
+LOWER_BOUNDS = {
+    "data.min_size": 0,
+    "teachers.demo_dim": 1, "teachers.demo_depth": 1, "teachers.demo_heads": 1, "teachers.demo_patch": 1,
+    "teachers.demo_steps": 1, "teachers.demo_batch_size": 1,
+    "tokenizer.ch": 1, "tokenizer.enc_res_blocks": 1, "tokenizer.dec_res_blocks": 1, "tokenizer.z_channels": 1,
+    "tokenizer.norm_groups": 1, "tokenizer.code_dim": 1, "tokenizer.gan_start": 0, "tokenizer.disc_ch": 1,
+    "tokenizer.disc_layers": 1, "tokenizer.grad_clip": 0,
+    "ar.custom_layers": 1, "ar.custom_dim": 1, "ar.custom_heads": 1, "ar.projector_hidden": 1,
+    "ar.warmup_steps": 0, "ar.weight_decay": 0, "ar.grad_clip": 0,
+    "tune.batch_size": 1, "tune.weight_decay": 0, "tune.grad_clip": 0,
+    "sample.batch_size": 1,
+    "metrics.max_real": 1, "metrics.max_patches": 1, "metrics.batch_size": 1,
+    "compute.workers": 0, "compute.seed": 0,
+    "resources.train_gpus": 0, "resources.train_nodes": 1, "resources.train_cpus": 1, "resources.train_mem_mb": 1,
+    "resources.train_runtime": 1, "resources.light_cpus": 1, "resources.light_mem_mb": 1,
+    "resources.light_runtime": 1,
+}
+
+
+def _get(p: Params, key: str) -> Any:
+    for part in key.split("."):
+        p = getattr(p, part)
+    return p
+
+
 def validate(p: Params) -> Params:
     """Ranges and cross-field rules; raises ParamsError on the first problem."""
     from gear.models.registry import ar_depth  # local: keep config import light
 
+    for key, lo in LOWER_BOUNDS.items():
+        _check(_get(p, key) >= lo, key, _get(p, key), f"must be >= {lo}")
+    _check(0 <= p.teachers.zscore_strength <= 1, "teachers.zscore_strength", p.teachers.zscore_strength,
+           "must be in [0, 1]")
+    _check(p.teachers.demo_lr > 0, "teachers.demo_lr", p.teachers.demo_lr, "must be > 0")
+    _check(p.tokenizer.disc_lr > 0, "tokenizer.disc_lr", p.tokenizer.disc_lr, "must be > 0")
+    for i, m in enumerate(p.tokenizer.ch_mult):
+        _check(m >= 1, f"tokenizer.ch_mult[{i}]", m, "must be >= 1")
+    _check((p.ar.custom_dim // p.ar.custom_heads) % 4 == 0, "ar.custom_heads", p.ar.custom_heads,
+           f"ar.custom_dim {p.ar.custom_dim} / heads must give a head dim divisible by 4 (2D RoPE)")
     _check(p.tau > 0, "tau", p.tau, "must be > 0")
     _check(p.align_weight >= 0, "align_weight", p.align_weight, "must be >= 0")
     _check(p.align_weight_ar >= 0, "align_weight_ar", p.align_weight_ar, "must be >= 0")
@@ -360,17 +413,26 @@ def validate(p: Params) -> Params:
     _check(t.ch % t.norm_groups == 0, "tokenizer.norm_groups", t.norm_groups, f"must divide tokenizer.ch {t.ch}")
     for key in ("commit_weight", "codebook_weight", "entropy_weight", "recon_weight", "perceptual_weight", "gan_weight", "weight_decay"):
         _check(getattr(t, key) >= 0, f"tokenizer.{key}", getattr(t, key), "must be >= 0")
-    _check(0 <= t.warmup_steps < t.steps, "tokenizer.warmup_steps", t.warmup_steps,
+    _check(0 <= t.warmup_steps < max(t.steps, 1), "tokenizer.warmup_steps", t.warmup_steps,
            f"must be in [0, tokenizer.steps = {t.steps})")
     _check(t.entropy_temperature > 0, "tokenizer.entropy_temperature", t.entropy_temperature, "must be > 0")
     if t.init != "scratch":
         _check(Path(t.init).suffix in (".pt", ".pth", ".safetensors", ".bin"), "tokenizer.init", t.init,
                "must be 'scratch' or a checkpoint path (.pt/.pth/.safetensors)")
+    _check(t.init_key is None or t.init != "scratch", "tokenizer.init_key", t.init_key,
+           "needs tokenizer.init (a checkpoint file)")
+    if p.ar.init is not None:
+        _check(Path(p.ar.init).suffix in (".pt", ".pth", ".safetensors", ".bin"), "ar.init", p.ar.init,
+               "must be null or a GPT checkpoint path (.pt/.pth/.safetensors/.bin)")
+    _check(p.ar.init_key is None or p.ar.init is not None, "ar.init_key", p.ar.init_key, "needs ar.init")
 
     for sec_name in ("tokenizer", "ar"):
         sec = getattr(p, sec_name)
-        for key in ("steps", "batch_size"):
-            _check(getattr(sec, key) > 0, f"{sec_name}.{key}", getattr(sec, key), "must be > 0")
+        _check(sec.batch_size > 0, f"{sec_name}.batch_size", sec.batch_size, "must be > 0")
+        if sec.init in (None, "scratch"):
+            _check(sec.steps > 0, f"{sec_name}.steps", sec.steps, f"must be > 0 (0 only with {sec_name}.init)")
+        else:  # 0: write the init checkpoint unchanged (how a released checkpoint is evaluated)
+            _check(sec.steps >= 0, f"{sec_name}.steps", sec.steps, "must be >= 0")
         _check(sec.lr > 0, f"{sec_name}.lr", sec.lr, "must be > 0")
         _check(0 <= sec.ema_decay < 1, f"{sec_name}.ema_decay", sec.ema_decay, "must be in [0, 1)")
         _check(len(sec.betas) == 2 and all(0 <= b < 1 for b in sec.betas), f"{sec_name}.betas", sec.betas,
@@ -383,6 +445,8 @@ def validate(p: Params) -> Params:
     _check(p.tune.steps > 0, "tune.steps", p.tune.steps, "must be > 0")
     _check(p.tune.gan_start >= 0, "tune.gan_start", p.tune.gan_start, "must be >= 0")
     _check(0 <= p.tune.ema_decay < 1, "tune.ema_decay", p.tune.ema_decay, "must be in [0, 1)")
+    _check(len(p.tune.betas) == 2 and all(0 <= b < 1 for b in p.tune.betas), "tune.betas", p.tune.betas,
+           "must be two numbers in [0, 1)")
     for key in ("lr_tokenizer", "lr_ar", "lr_disc"):
         _check(getattr(p.tune, key) > 0, f"tune.{key}", getattr(p.tune, key), "must be > 0")
 
@@ -400,6 +464,13 @@ def validate(p: Params) -> Params:
     _check(m.cknna_k >= 1, "metrics.cknna_k", m.cknna_k, "must be >= 1")
     _check(p.compute.log_every > 0, "compute.log_every", p.compute.log_every, "must be > 0")
     _check(p.compute.save_every > 0, "compute.save_every", p.compute.save_every, "must be > 0")
+    st = p.study
+    _check(len(st.seeds) > 0, "study.seeds", st.seeds, "must list at least one seed")
+    _check(len(set(st.seeds)) == len(st.seeds), "study.seeds", st.seeds, "must not repeat a seed")
+    _check(all(x >= 0 for x in st.seeds), "study.seeds", st.seeds, "seeds must be >= 0")
+    _check(0 < st.confidence < 1, "study.confidence", st.confidence, "must be in (0, 1)")
+    _check(0 < st.collapse_fraction < 1, "study.collapse_fraction", st.collapse_fraction, "must be in (0, 1)")
+    _check(st.recon_margin_db >= 0, "study.recon_margin_db", st.recon_margin_db, "must be >= 0")
     if p.teacher == "demo":
         _check(p.teachers.demo_patch == t.downsample, "teachers.demo_patch", p.teachers.demo_patch,
                f"must equal the tokenizer downsampling {t.downsample} so teacher patches match tokens")

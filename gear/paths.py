@@ -7,6 +7,13 @@ the repository root (the folder holding params.yaml).
 Arms: a *tokenizer arm* names a frozen tokenizer: `baseline` (the warm-up tokenizer from
 tokenizer-init), `gear` (tuned end-to-end with params.e2e_mode) and every name in
 params.tune.ablations (e.g. `ste`). An *AR arm* is `baseline` or `gear`.
+
+Seeds (params.study.seeds): everything a seed changes carries a `seed<N>` folder: the tuned
+tokenizers and what is made from them, and every AR, its samples and their evaluations, e.g.
+models/tune/seed1/gear, models/ar/seed1/baseline/tiny. The data, the teacher and the warm-up are
+shared, and so is everything of the baseline *tokenizer* (models/frozen/baseline,
+data/tokens/baseline, eval/tokenizer/baseline.json): it is a deterministic function of the
+warm-up, so a seed cannot change it. Functions of a tokenizer arm ignore the seed for baseline.
 """
 from __future__ import annotations
 
@@ -49,8 +56,26 @@ def tokenizer_init_dir() -> Path:
     return TOKENIZER_INIT_DIR
 
 
-def tune_dir(variant: str) -> Path:
-    return TUNE_DIR / variant
+def seed_part(seed: int) -> str:
+    """The folder name a seed's artifacts live under."""
+    return f"seed{seed}"
+
+
+def tokenizer_seeded(arm: str) -> bool:
+    """False for the baseline tokenizer arm: shared by every seed (see the module docstring)."""
+    return arm != "baseline"
+
+
+def _arm_dir(root: Path, arm: str, seed: int | None) -> Path:
+    if not tokenizer_seeded(arm):
+        return root / arm
+    if seed is None:
+        raise ValueError(f"arm {arm!r} is per seed: a seed is needed for its path")
+    return root / seed_part(seed) / arm
+
+
+def tune_dir(variant: str, seed: int) -> Path:
+    return TUNE_DIR / seed_part(seed) / variant
 
 
 def tune_variants(params) -> list[str]:
@@ -61,37 +86,50 @@ def tokenizer_arms(params) -> list[str]:
     return ["baseline", *tune_variants(params)]
 
 
-def frozen_dir(arm: str) -> Path:
-    return FROZEN_DIR / arm
+def frozen_dir(arm: str, seed: int | None = None) -> Path:
+    return _arm_dir(FROZEN_DIR, arm, seed)
 
 
-def tokens_dir(arm: str) -> Path:
-    return TOKENS_DIR / arm
+def tokens_dir(arm: str, seed: int | None = None) -> Path:
+    return _arm_dir(TOKENS_DIR, arm, seed)
 
 
-def ar_dir(arm: str, size: str) -> Path:
-    return AR_DIR / arm / size
+def ar_dir(arm: str, size: str, seed: int) -> Path:
+    return AR_DIR / seed_part(seed) / arm / size
 
 
-def samples_dir(arm: str, size: str) -> Path:
-    return SAMPLES_DIR / arm / size
+def samples_dir(arm: str, size: str, seed: int) -> Path:
+    return SAMPLES_DIR / seed_part(seed) / arm / size
 
 
 def metrics_dir(stage: str, *parts: str) -> Path:
-    """dvclive folder of a training stage, e.g. metrics_dir('tune', 'gear')."""
+    """dvclive folder of a training stage, e.g. metrics_dir('tune', 'seed0', 'gear')."""
     return METRICS_DIR.joinpath(stage, *parts)
+
+
+def tune_metrics_dir(variant: str, seed: int) -> Path:
+    return metrics_dir("tune", seed_part(seed), variant)
+
+
+def train_ar_metrics_dir(arm: str, size: str, seed: int) -> Path:
+    return metrics_dir("train_ar", seed_part(seed), arm, size)
 
 
 def real_stats_dir() -> Path:
     return EVAL_DIR / "real"
 
 
-def eval_tokenizer_json(arm: str) -> Path:
-    return EVAL_DIR / "tokenizer" / f"{arm}.json"
+def eval_tokenizer_json(arm: str, seed: int | None = None) -> Path:
+    return _arm_dir(EVAL_DIR / "tokenizer", arm, seed).with_suffix(".json")
 
 
-def eval_samples_json(arm: str, size: str) -> Path:
-    return EVAL_DIR / "samples" / arm / f"{size}.json"
+def eval_samples_json(arm: str, size: str, seed: int) -> Path:
+    return EVAL_DIR / "samples" / seed_part(seed) / arm / f"{size}.json"
+
+
+def report_files() -> dict[str, Path]:
+    """What `gear report` writes: the page in two formats, its figures, the claims as DVC metrics."""
+    return {name: REPORTS_DIR / name for name in ("index.md", "index.html", "figures", "claims.json")}
 
 
 def state_dir(params, stage: str, *parts: str) -> Path:
@@ -99,11 +137,11 @@ def state_dir(params, stage: str, *parts: str) -> Path:
     return Path(params.compute.state_dir).joinpath(stage, *parts)
 
 
-def freeze_stats_json(arm: str) -> Path:
+def freeze_stats_json(arm: str, seed: int | None = None) -> Path:
     """Codebook statistics of a frozen tokenizer over the val split (written by `gear freeze`)."""
-    return METRICS_DIR / "freeze" / f"{arm}.json"
+    return _arm_dir(METRICS_DIR / "freeze", arm, seed).with_suffix(".json")
 
 
-def freeze_source_dir(arm: str) -> Path:
+def freeze_source_dir(arm: str, seed: int | None = None) -> Path:
     """Where `gear freeze --arm <arm>` reads the tokenizer EMA from."""
-    return tokenizer_init_dir() if arm == "baseline" else tune_dir(arm)
+    return tokenizer_init_dir() if not tokenizer_seeded(arm) else tune_dir(arm, seed)

@@ -11,14 +11,17 @@ Numbers from different spaces are never comparable: every JSON names its space a
   real       features + FID statistics of metrics.real_split (at most metrics.max_real images,
              a seeded uniform subset when the split is larger) cached in eval/real/, with
              summary.json (space, weights fingerprint, counts, cache key).
-  tokenizer  eval/tokenizer/<T>.json: rFID of the val reconstructions against the cached real
+  tokenizer  eval/tokenizer/[seed<N>/]<T>.json (seed<N>/ for every arm but the shared baseline): rFID of the val reconstructions against the cached real
              statistics (and against the val originals), PSNR, SSIM, codebook statistics, and
              linear CKA / CKNNA of the pre- and post-quantization latents with teacher patches.
-  samples    eval/samples/<A>/<S>.json: gFID, IS, precision, recall of samples/<A>/<S>/samples.npz
+  samples    eval/samples/seed<N>/<A>/<S>.json: gFID, IS, precision, recall of
+             samples/seed<N>/<A>/<S>/samples.npz
              against the cached real statistics, and linear CKA / CKNNA of every AR block output
              (EMA weights, teacher-forced on val tokens of the frozen tokenizer <A>) with teacher
              patches: the hidden state at position k (it has seen tokens < k) against patch k.
-Patch similarities use metrics.max_patches patches drawn uniformly with a fixed seed.
+Patch similarities use metrics.max_patches patches drawn uniformly with a fixed seed. The study
+seed (--seed) picks the artifacts only: every seed and arm is measured on the same images, patches
+and real statistics (compute.seed), so paired differences compare like with like.
 
 Processes: one, or N under torchrun / SLURM (gloo on CPU, nccl on GPU). A pass is a plan of
 metrics.batch_size batches that every rank derives alike; rank r runs batches r, r + N, ...; rank 0
@@ -48,6 +51,7 @@ from gear.metrics.fidelity import DINOV2_ARCH, Extractor, make_extractor
 from gear.metrics.patches import PatchSample, patches
 from gear.metrics.recon import psnr, ssim
 from gear.runtime import Runtime, barrier, gather_to_main, setup, teardown
+from gear.study import resolve_seed
 from gear.teachers import HUB_TEACHERS, load_teacher
 from gear.train.recon_check import to_uint8
 
@@ -55,21 +59,21 @@ ISC_SPLITS = 10          # torch-fidelity / ADM default
 DEMO_EXTRACTOR = "demo-teacher"
 
 
-def run(params, what: str, arm: str | None = None, size: str | None = None) -> None:
+def run(params, what: str, arm: str | None = None, size: str | None = None, seed: int | None = None) -> None:
     if what == "real":
-        if arm is not None or size is not None:
-            raise ParamsError("gear evaluate real takes no --arm / --size")
+        if arm is not None or size is not None or seed is not None:
+            raise ParamsError("gear evaluate real takes no --arm / --size / --seed")
         evaluate_real(params)
     elif what == "tokenizer":
         if arm not in paths.tokenizer_arms(params) or size is not None:
             raise ParamsError(f"gear evaluate tokenizer needs --arm in {', '.join(paths.tokenizer_arms(params))} "
                               f"and no --size (got --arm {arm}, --size {size})")
-        evaluate_tokenizer(params, arm)
+        evaluate_tokenizer(params, arm, resolve_seed(params, seed) if paths.tokenizer_seeded(arm) else None)
     elif what == "samples":
         if arm not in paths.AR_ARMS or size not in params.ar.sizes:
             raise ParamsError(f"gear evaluate samples needs --arm in {', '.join(paths.AR_ARMS)} and --size in "
                               f"{', '.join(params.ar.sizes)} (got --arm {arm}, --size {size})")
-        evaluate_samples(params, arm, size)
+        evaluate_samples(params, arm, size, resolve_seed(params, seed))
     else:
         raise ParamsError(f"gear evaluate {what!r}: must be real, tokenizer or samples")
 
@@ -236,10 +240,10 @@ def _finite(d: dict) -> dict:
 
 
 @torch.no_grad()
-def evaluate_tokenizer(params, arm: str) -> dict | None:
+def evaluate_tokenizer(params, arm: str, seed: int | None) -> dict | None:
     m = params.metrics
     summary = real_summary(params)
-    directory = paths.frozen_dir(arm)
+    directory = paths.frozen_dir(arm, seed)
     rt = setup(params)
     tok = load_tokenizer(directory, device=rt.device)
     teacher = load_teacher(params, rt.device)
@@ -275,7 +279,7 @@ def evaluate_tokenizer(params, arm: str) -> dict | None:
         per_image = {key: np.concatenate([b[key] for b in batches]) for key in ("psnr", "ssim")}
         pre, post = sample.similarity("z_pre", "teacher", m.cknna_k), sample.similarity("z_q", "teacher", m.cknna_k)
         result = _finite({
-            "arm": arm, "tokenizer": str(directory), "split": "val", "num_images": len(per_image["psnr"]),
+            "arm": arm, "seed": seed, "tokenizer": str(directory), "split": "val", "num_images": len(per_image["psnr"]),
             "feature_space": summary["feature_space"], "extractor": fm.ext.name,
             "real_split": summary["real_split"], "num_real": real.num_real,
             "rfid": rfid, "rfid_val": frechet_distance(gen, val),
@@ -287,7 +291,7 @@ def evaluate_tokenizer(params, arm: str) -> dict | None:
             "teacher": params.teacher, "num_patches": len(sample.keys), "cknna_k": m.cknna_k,
             "cka_pre": pre["cka"], "cknna_pre": pre["cknna"], "cka_post": post["cka"], "cknna_post": post["cknna"],
             "params_digest": params.digest("metrics")})
-        write_json(paths.eval_tokenizer_json(arm), result)
+        write_json(paths.eval_tokenizer_json(arm, seed), result)
         print(f"evaluate tokenizer[{arm}]: rFID {rfid:.3f} ({summary['feature_space']}), PSNR "
               f"{result['psnr']:.2f}, SSIM {result['ssim']:.4f}, usage {stats['usage']:.3f}, CKA pre/post "
               f"{pre['cka']:.3f}/{post['cka']:.3f}")
@@ -326,26 +330,26 @@ def ar_layer_similarity(params, ar, tok, teacher, rt: Runtime, desc: str) -> dic
             "ar_cknna": {str(l): s["cknna"] for l, s in sims.items()}}
 
 
-def evaluate_samples(params, arm: str, size: str) -> dict | None:
+def evaluate_samples(params, arm: str, size: str, seed: int) -> dict | None:
     from gear.stages.sample import read_samples  # each file's reader lives with its writer
     from gear.stages.train_ar import load_ar
 
     m = params.metrics
     summary = real_summary(params)
-    images = read_samples(paths.samples_dir(arm, size))
+    images = read_samples(paths.samples_dir(arm, size, seed))
     need = max(ISC_SPLITS, m.pr_k + 1)
     if len(images) < need:
-        raise ArtifactError(f"{paths.samples_dir(arm, size)}/samples.npz holds {len(images)} images; IS and "
+        raise ArtifactError(f"{paths.samples_dir(arm, size, seed)}/samples.npz holds {len(images)} images; IS and "
                             f"precision / recall need at least {need}")
     rt = setup(params)
     fm = FeatureModel(feature_extractor(params, rt.device), rt.device, images.shape[1:3])
     check_real(summary, fm.ext)
-    tok = load_tokenizer(paths.frozen_dir(arm), device=rt.device)
-    ar, ar_cfg = load_ar(paths.ar_dir(arm, size), rt.device)
+    tok = load_tokenizer(paths.frozen_dir(arm, seed), device=rt.device)
+    ar, ar_cfg = load_ar(paths.ar_dir(arm, size, seed), rt.device)
     ar.eval()
-    if ar_cfg.get("tokenizer_sha256") != sha256_file(paths.frozen_dir(arm) / "tokenizer.safetensors"):
-        raise ArtifactError(f"the AR in {paths.ar_dir(arm, size)} was trained on other tokens than the frozen "
-                            f"tokenizer {paths.frozen_dir(arm)}; rerun `gear train-ar --arm {arm} --size {size}`")
+    if ar_cfg.get("tokenizer_sha256") != sha256_file(paths.frozen_dir(arm, seed) / "tokenizer.safetensors"):
+        raise ArtifactError(f"the AR in {paths.ar_dir(arm, size, seed)} was trained on other tokens than the frozen "
+                            f"tokenizer {paths.frozen_dir(arm, seed)}; rerun `gear train-ar --arm {arm} --size {size} --seed {seed}`")
     _check_val(params, tok.grid_size(params.data.resolution))
     teacher = load_teacher(params, rt.device)
 
@@ -357,15 +361,15 @@ def evaluate_samples(params, arm: str, size: str) -> dict | None:
         real = read_real_cache(paths.real_stats_dir(), summary["cache_key"], fm.ext)
         gen = generation_metrics(concat(in_order(parts)), real, fm, pr_k=m.pr_k, isc_splits=ISC_SPLITS)
         result = _finite({
-            "arm": arm, "size": size, "samples": str(paths.samples_dir(arm, size) / "samples.npz"),
-            "ar": str(paths.ar_dir(arm, size)), "tokenizer": str(paths.frozen_dir(arm)),
+            "arm": arm, "size": size, "seed": seed, "samples": str(paths.samples_dir(arm, size, seed) / "samples.npz"),
+            "ar": str(paths.ar_dir(arm, size, seed)), "tokenizer": str(paths.frozen_dir(arm, seed)),
             "feature_space": summary["feature_space"], "extractor": gen["extractor"],
             "real_split": summary["real_split"], "num_samples": gen["num_samples"], "num_real": gen["num_real"],
             "fid": gen["fid"], "is_mean": gen.get("is_mean"), "is_std": gen.get("is_std"),
             "precision": gen["precision"], "recall": gen["recall"], "pr_k": m.pr_k,
             "teacher": params.teacher, "cknna_k": m.cknna_k, **layers,
             "params_digest": params.digest("metrics")})
-        write_json(paths.eval_samples_json(arm, size), result)
+        write_json(paths.eval_samples_json(arm, size, seed), result)
         cka = ", ".join(f"{v:.3f}" for v in layers["ar_cka"].values())
         print(f"evaluate samples[{arm}/{size}]: gFID {gen['fid']:.3f} ({summary['feature_space']}, {len(images)} "
               f"samples), precision {gen['precision']:.3f}, recall {gen['recall']:.3f}; CKA per layer {cka}")

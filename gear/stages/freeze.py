@@ -1,8 +1,8 @@
 """`gear freeze --arm A`: export a tokenizer EMA as the standalone frozen artifact.
 
-A = baseline reads models/tokenizer_init/, any other arm reads models/tune/A/. Writes
-models/frozen/A/{tokenizer.safetensors, config.json} (quantizer, codebook size, tau, the source
-and the params digest that produced it) and metrics/freeze/A.json: codebook statistics over the
+A = baseline reads models/tokenizer_init/ (shared by every seed), any other arm reads
+models/tune/seed<N>/A/ (--seed N). Writes models/frozen/[seed<N>/]A/{tokenizer.safetensors, config.json} (quantizer, codebook size, tau, the source
+and the params digest that produced it) and metrics/freeze/[seed<N>/]A.json: codebook statistics over the
 val split (usage, entropy, effective size, index histogram).
 """
 from __future__ import annotations
@@ -17,13 +17,15 @@ from gear.data.loader import eval_batches, read_manifest
 from gear.io import atomic_dir, write_json
 from gear.metrics.codebook import CodebookAccumulator
 from gear.runtime import setup
+from gear.study import resolve_seed
 
 
-def run(params, arm: str) -> None:
+def run(params, arm: str, seed: int | None = None) -> None:
     if arm not in paths.tokenizer_arms(params):
         raise ParamsError(f"--arm {arm!r}: must be one of {', '.join(paths.tokenizer_arms(params))}")
+    seed = resolve_seed(params, seed) if paths.tokenizer_seeded(arm) else None
     read_manifest(params)
-    src = paths.freeze_source_dir(arm)
+    src = paths.freeze_source_dir(arm, seed)
     src_cfg = read_config(src, "tokenizer")
     check_tokenizer_matches(src_cfg, params, src)
     rt = setup(params)
@@ -37,12 +39,12 @@ def run(params, arm: str) -> None:
             acc.update(q.indices)
     stats = acc.result()
 
-    with atomic_dir(paths.frozen_dir(arm)) as out:
+    with atomic_dir(paths.frozen_dir(arm, seed)) as out:
         write_tokenizer(out, tok, {
-            "arm": arm, "source": str(src), "quantizer": tok.config.quantizer,
+            "arm": arm, "seed": seed, "source": str(src), "quantizer": tok.config.quantizer,
             "codebook_size": tok.codebook_size, "tau": src_cfg.get("tau"), "e2e_mode": src_cfg.get("e2e_mode"),
             "source_params_digest": src_cfg.get("params_digest"), "params_digest": params.digest()})
-    write_json(paths.freeze_stats_json(arm), {"arm": arm, **{k: (v.tolist() if torch.is_tensor(v) else v)
+    write_json(paths.freeze_stats_json(arm, seed), {"arm": arm, "seed": seed, **{k: (v.tolist() if torch.is_tensor(v) else v)
                                                              for k, v in stats.items()}})
     print(f"freeze[{arm}]: usage {stats['usage']:.3f}, effective size {stats['effective_size']:.1f} "
           f"of {tok.codebook_size}")

@@ -33,6 +33,7 @@ from gear.models.sampling import generate
 from gear.runtime import setup, teardown
 from gear.stages.tokenize import check_arm, frozen_tokenizer
 from gear.stages.train_ar import load_ar
+from gear.study import resolve_seed, seeded
 from gear.train.recon_check import image_grid, to_uint8
 
 GRID_COLS = 8          # samples per class in grid.png, and per row in class_<c>.png
@@ -95,20 +96,22 @@ def write_grids(out: Path, images: np.ndarray, labels: np.ndarray, num_classes: 
         image_grid([imgs[i:i + GRID_COLS] for i in range(0, len(imgs), GRID_COLS)]).save(out / f"class_{c}.png")
 
 
-def run(params, arm: str, size: str) -> None:
+def run(params, arm: str, size: str, seed: int | None = None) -> None:
     check_arm(arm)
+    seed = resolve_seed(params, seed)
+    params = seeded(params, seed)  # the sampling generators
     s = params.sample
-    ar_dir, weights = paths.ar_dir(arm, size), "ar" if s.use_ema else "ar_raw"
+    ar_dir, weights = paths.ar_dir(arm, size, seed), "ar" if s.use_ema else "ar_raw"
     ar_cfg = read_config(ar_dir, "AR")  # missing AR or tokenizer: one-line error before any compute
-    _, sha = frozen_tokenizer(params, arm)
+    _, sha = frozen_tokenizer(params, arm, seed)
     if ar_cfg.get("tokenizer_sha256") != sha:
-        raise ArtifactError(f"AR {ar_dir} was trained on another tokenizer than {paths.frozen_dir(arm)}; "
-                            f"rerun `gear tokenize --arm {arm}` and `gear train-ar --arm {arm} --size {size}`")
+        raise ArtifactError(f"AR {ar_dir} was trained on another tokenizer than {paths.frozen_dir(arm, seed)}; "
+                            f"rerun `gear tokenize` and `gear train-ar --arm {arm} --size {size} --seed {seed}`")
     rt = setup(params)
     model, _ = load_ar(ar_dir, rt.device, weights)
     if s.top_k > model.cfg.vocab_size:
         raise ParamsError(f"sample.top_k = {s.top_k}: must be <= the codebook size {model.cfg.vocab_size}")
-    tok = load_tokenizer(paths.frozen_dir(arm), device=rt.device)
+    tok = load_tokenizer(paths.frozen_dir(arm, seed), device=rt.device)
     C, grid = model.cfg.num_classes, model.cfg.grid
 
     labels = torch.arange(C).repeat_interleave(s.per_class)
@@ -133,7 +136,7 @@ def run(params, arm: str, size: str) -> None:
         images = np.concatenate([item[1] for item in done])
         indices = np.concatenate([item[2] for item in done]).astype(np.int64)
         labels_np = labels.numpy().astype(np.int64)
-        with atomic_dir(paths.samples_dir(arm, size)) as out:
+        with atomic_dir(paths.samples_dir(arm, size, seed)) as out:
             save_npz(out / "samples.npz", images=images, labels=labels_np, indices=indices)
             write_grids(out, images, labels_np, C)
             write_json(out / "config.json", {
@@ -141,5 +144,5 @@ def run(params, arm: str, size: str) -> None:
                 "num_classes": C, "seed": params.compute.seed, "sample": params.to_dict()["sample"],
                 "tokenizer_sha256": sha, "precision": rt.precision})
         print(f"sample[{arm}/{size}]: {len(images)} images ({s.per_class} per class, {C} classes) "
-              f"-> {paths.samples_dir(arm, size)}")
+              f"-> {paths.samples_dir(arm, size, seed)}")
     teardown(rt)

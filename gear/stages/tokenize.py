@@ -1,6 +1,6 @@
 """`gear tokenize --arm A`: token shards of the train split under the frozen tokenizer of arm A.
 
-Output, atomically in data/tokens/A/:
+Output, atomically in data/tokens/A/ (baseline) or data/tokens/seed<N>/A/ (--seed N):
   train-000000.tar, ...   per sample (same order and keys as the source shards): the center-crop
       image bytes copied from the source shard (no re-encode), `tokens.npy` = int16 (int32 when
       K > 32767) array (2, h, w): the token grid of the image and of its horizontal flip (shape
@@ -30,9 +30,14 @@ from gear.data.shard import TarShards
 from gear.io import ArtifactError, atomic_dir, read_json, sha256_file, write_json
 from gear.metrics.codebook import histogram_stats
 from gear.runtime import setup, teardown
+from gear.study import resolve_seed
 
 BATCH = 64
 MANIFEST = "manifest.json"
+
+
+def _seed_flag(arm: str, seed: int | None) -> str:
+    return f" --seed {seed}" if paths.tokenizer_seeded(arm) else ""
 
 
 def check_arm(arm: str) -> None:
@@ -40,11 +45,11 @@ def check_arm(arm: str) -> None:
         raise ParamsError(f"--arm {arm!r}: must be one of {', '.join(paths.AR_ARMS)}")
 
 
-def frozen_tokenizer(params, arm: str) -> tuple[dict, str]:
+def frozen_tokenizer(params, arm: str, seed: int | None) -> tuple[dict, str]:
     """(config, sha256 of the weights) of the frozen tokenizer of `arm`, checked against params."""
-    directory = paths.frozen_dir(arm)
+    directory = paths.frozen_dir(arm, seed)
     if not (directory / "tokenizer.safetensors").is_file():
-        raise ArtifactError(f"frozen tokenizer {directory}/tokenizer.safetensors not found; run `gear freeze --arm {arm}` first")
+        raise ArtifactError(f"frozen tokenizer {directory}/tokenizer.safetensors not found; run `gear freeze --arm {arm}{_seed_flag(arm, seed)}` first")
     cfg = read_config(directory, "tokenizer")
     check_tokenizer_matches(cfg, params, directory)
     return cfg, sha256_file(directory / "tokenizer.safetensors")
@@ -56,23 +61,24 @@ def source_digest(data_manifest: dict) -> str:
     return hashlib.sha256("".join(shas).encode()).hexdigest()
 
 
-def read_tokens_manifest(params, arm: str) -> dict:
+def read_tokens_manifest(params, arm: str, seed: int | None) -> dict:
     """The token-shard manifest of `arm`, checked against the frozen tokenizer, the source shards
     and data.hflip (a clear error when the tokens are missing or stale)."""
-    path = paths.tokens_dir(arm) / MANIFEST
+    path = paths.tokens_dir(arm, seed) / MANIFEST
     if not path.is_file():
-        raise ArtifactError(f"token shards {path} not found; run `gear tokenize --arm {arm}` first")
+        raise ArtifactError(f"token shards {path} not found; run `gear tokenize --arm {arm}{_seed_flag(arm, seed)}` first")
     man = read_json(path, "token-shard manifest")
-    _, sha = frozen_tokenizer(params, arm)
+    _, sha = frozen_tokenizer(params, arm, seed)
     stale = None
     if man["tokenizer_sha256"] != sha:
-        stale = f"the frozen tokenizer {paths.frozen_dir(arm)} changed"
+        stale = f"the frozen tokenizer {paths.frozen_dir(arm, seed)} changed"
     elif man["source_digest"] != source_digest(read_manifest(params)):
         stale = f"the source shards in {paths.shard_dir(params)} changed"
     elif man["hflip"] != params.data.hflip:
         stale = f"they were written with data.hflip={man['hflip']}, params give {params.data.hflip}"
     if stale:
-        raise ArtifactError(f"token shards {paths.tokens_dir(arm)} are stale ({stale}); rerun `gear tokenize --arm {arm}`")
+        raise ArtifactError(f"token shards {paths.tokens_dir(arm, seed)} are stale ({stale}); rerun "
+                            f"`gear tokenize --arm {arm}{_seed_flag(arm, seed)}`")
     return man
 
 
@@ -86,21 +92,22 @@ class _SourceDecoder:
         return to_tensor(decode_image(sample)), decode_label(sample), sample[self.ext], sample["__key__"]
 
 
-def run(params, arm: str) -> None:
+def run(params, arm: str, seed: int | None = None) -> None:
     check_arm(arm)
+    seed = resolve_seed(params, seed) if paths.tokenizer_seeded(arm) else None
     data_man = read_manifest(params)
-    cfg, sha = frozen_tokenizer(params, arm)
+    cfg, sha = frozen_tokenizer(params, arm, seed)
     rt = setup(params)
     if not rt.is_main:  # light stage: rank 0 does all of it
         teardown(rt)
         return
-    tok = load_tokenizer(paths.frozen_dir(arm), device=rt.device)
+    tok = load_tokenizer(paths.frozen_dir(arm, seed), device=rt.device)
     K, grid = tok.codebook_size, tok.grid_size(params.data.resolution)
     dtype = np.int16 if K <= np.iinfo(np.int16).max + 1 else np.int32
     fmt, hflip = data_man["image_format"], params.data.hflip
     hist = torch.zeros(K, dtype=torch.long)
 
-    with atomic_dir(paths.tokens_dir(arm)) as out:
+    with atomic_dir(paths.tokens_dir(arm, seed)) as out:
         writer = TarShards(out, "train", params.data.samples_per_shard)
         batches = eval_batches(params, "train", BATCH, decode=_SourceDecoder(fmt))
         with tqdm(total=data_man["splits"]["train"]["count"], desc=f"tokenize[{arm}]", unit="img") as bar:
@@ -123,13 +130,13 @@ def run(params, arm: str) -> None:
             raise ArtifactError(f"tokenize[{arm}]: no readable train samples in {paths.shard_dir(params)}")
         stats = histogram_stats(hist)
         write_json(out / MANIFEST, {
-            "format": "gear-tokens", "arm": arm, "count": writer.count, "grid": grid, "codebook_size": K,
+            "format": "gear-tokens", "arm": arm, "seed": seed, "count": writer.count, "grid": grid, "codebook_size": K,
             "dtype": np.dtype(dtype).name, "hflip": hflip, "views": 2 if hflip else 1,
             "image_format": fmt, "resolution": data_man["resolution"], "classes": data_man["classes"],
-            "num_classes": len(data_man["classes"]), "tokenizer_dir": str(paths.frozen_dir(arm)),
+            "num_classes": len(data_man["classes"]), "tokenizer_dir": str(paths.frozen_dir(arm, seed)),
             "tokenizer_sha256": sha, "tokenizer_config": cfg["tokenizer"],
             "source_digest": source_digest(data_man), "shards": shards,
             "unigram_entropy": stats["entropy"], "usage": stats["usage"]})
     print(f"tokenize[{arm}]: {writer.count} samples x {2 if hflip else 1} views of {grid}x{grid} tokens, "
-          f"usage {stats['usage']:.3f}, unigram entropy {stats['entropy']:.3f} nats -> {paths.tokens_dir(arm)}")
+          f"usage {stats['usage']:.3f}, unigram entropy {stats['entropy']:.3f} nats -> {paths.tokens_dir(arm, seed)}")
     teardown(rt)

@@ -15,15 +15,15 @@ tokens and teacher targets always describe the same pixels (tokens exist for the
 only, so no random crop). ar.batch_size is the global batch per optimizer step:
 per-process micro-batch = batch_size / (processes * grad_accum).
 
-Metrics (metrics/train_ar/A/S/) every compute.log_every steps: ntp, align, lr, grad_norm,
+Metrics (metrics/train_ar/seed<N>/A/S/) every compute.log_every steps: ntp, align, lr, grad_norm,
 tokens_per_s (wall clock, the one non-reproducible column) and val_ntp: next-token CE of the EMA
 AR (eval mode, conditional) on the first 512 val images, tokenized once at start with the frozen
 tokenizer. At the end: val_ntp, val_ntp_raw (the raw AR) and unigram_entropy, the entropy in
 nats of the train tokens' histogram: the CE of a model that ignores all context, which val_ntp
 should end below.
 
-Outputs (atomic) in models/ar/A/S/: ar.safetensors (EMA), ar_raw.safetensors,
-projector.safetensors, config.json. Resumable state in <state_dir>/train_ar/A/S/.
+Outputs (atomic) in models/ar/seed<N>/A/S/ (--seed N): ar.safetensors (EMA), ar_raw.safetensors,
+projector.safetensors, config.json. Resumable state in <state_dir>/train_ar/seed<N>/A/S/.
 """
 from __future__ import annotations
 
@@ -48,6 +48,7 @@ from gear.io import ArtifactError, atomic_dir, save_tensors, write_json
 from gear.models.ar import GPT, GPTConfig, configure_optimizer
 from gear.runtime import Runtime, all_reduce_mean, seed_everything, setup, teardown
 from gear.stages.tokenize import check_arm, read_tokens_manifest
+from gear.study import resolve_seed, seeded
 from gear.teachers import load_teacher
 from gear.train.ar_objective import ar_loss, build_ar
 from gear.train.ema import EMA
@@ -132,12 +133,14 @@ def val_ntp(model: GPT, tokens: torch.Tensor, labels: torch.Tensor, rt: Runtime)
     return (total[0] / total[1]).item()
 
 
-def run(params, arm: str, size: str) -> None:
+def run(params, arm: str, size: str, seed: int | None = None) -> None:
     check_arm(arm)
     if size not in params.ar.sizes:
         raise ParamsError(f"--size {size!r}: not in ar.sizes {params.ar.sizes} (add it there, e.g. "
                           f"--set 'ar.sizes=[{size}]')")
-    man = read_tokens_manifest(params, arm)  # missing or stale tokens: error before any compute
+    seed = resolve_seed(params, seed)
+    params = seeded(params, seed)  # the AR's init, data order and dropout
+    man = read_tokens_manifest(params, arm, seed)  # missing or stale tokens: error before any compute
     a = params.ar
     rt = setup(params)
     if a.batch_size % (rt.world * a.grad_accum):
@@ -147,10 +150,11 @@ def run(params, arm: str, size: str) -> None:
     grid, L = man["grid"], man["grid"] ** 2
     align_layer = a.align_layer_for(size, params.align_layer)
     teacher = load_teacher(params, rt.device)
-    tok = load_tokenizer(paths.frozen_dir(arm), device=rt.device)
+    tok = load_tokenizer(paths.frozen_dir(arm, seed), device=rt.device)
 
     seed_everything(params.compute.seed)  # the same initial weights on every process
-    ar, proj = build_ar(params, size, man["codebook_size"], grid, man["num_classes"], teacher.dim)
+    ar, proj = build_ar(params, size, man["codebook_size"], grid, man["num_classes"], teacher.dim,
+                        init=a.init, init_key=a.init_key)  # ar.init: a released GPT (steps 0: as is)
     ar, proj = ar.to(rt.device), proj.to(rt.device)
     ar.grad_checkpointing = params.compute.grad_checkpointing
     ema = EMA(ar, a.ema_decay)  # copied before sharding (a sharded module cannot be copied)
@@ -161,12 +165,12 @@ def run(params, arm: str, size: str) -> None:
     opt = configure_optimizer(trained, a.lr, a.betas, a.weight_decay)  # over the shards under FSDP
     fwd = torch.compile(ar_w) if params.compute.compile else ar_w
     stream = TrainStream(params, "train", micro, rank=rt.rank, world=rt.world, augment=True,
-                         pattern=str(paths.tokens_dir(arm) / "{split}-*.tar"), decode=TokenDecoder(man["hflip"]))
+                         pattern=str(paths.tokens_dir(arm, seed) / "{split}-*.tar"), decode=TokenDecoder(man["hflip"]))
     val_x, val_y = val_tokens(params, tok, rt)
     del tok
     seed_everything(params.compute.seed + rt.rank)  # dropout masks differ across processes
 
-    ckpt = Checkpointer(paths.state_dir(params, STAGE, arm, size), rt, compat={
+    ckpt = Checkpointer(paths.state_dir(params, STAGE, paths.seed_part(seed), arm, size), rt, compat={
         "ar": ar.cfg.to_dict(), "projector_hidden": a.projector_hidden, "teacher": params.teacher,
         "align": [params.align_weight_ar, align_layer], "tokenizer_sha256": man["tokenizer_sha256"],
         "optim": [a.lr, list(a.betas), a.weight_decay, a.warmup_steps, a.grad_clip, a.ema_decay],
@@ -179,7 +183,7 @@ def run(params, arm: str, size: str) -> None:
         dp.load_optim_state_dict(trained, opt, state["opt"])
         stream.load_state_dict(state["data"])
         start = state["step"]
-    log = MetricsLog(paths.metrics_dir(STAGE, arm, size), rt, state["metrics"] if state else None)
+    log = MetricsLog(paths.train_ar_metrics_dir(arm, size, seed), rt, state["metrics"] if state else None)
     stop = StopRequest()
 
     params_all = [*ar.parameters(), *proj.parameters()]
@@ -234,19 +238,19 @@ def run(params, arm: str, size: str) -> None:
     if rt.is_main:
         log.log(a.steps, **final)
         final.update({k: log.last(k) for k in ("ntp", "align") if log.last(k) is not None})
-        print(f"train-ar[{arm}/{size}]: ntp {final['ntp']:.4f}, val_ntp {final['val_ntp']:.4f} (EMA), "
+        print(f"train-ar[{arm}/{size}]: ntp {final.get('ntp', float('nan')):.4f}, val_ntp {final['val_ntp']:.4f} (EMA), "
               f"{final['val_ntp_raw']:.4f} (raw), unigram entropy {final['unigram_entropy']:.4f} nats")
-        with atomic_dir(paths.ar_dir(arm, size)) as out:
+        with atomic_dir(paths.ar_dir(arm, size, seed)) as out:
             for name, sd in weights.items():
                 save_tensors(out / f"{name}.safetensors", sd)
             write_json(out / "config.json", {
-                "arm": arm, "size": size, "gpt": ar.cfg.to_dict(), "align_layer": align_layer,
+                "arm": arm, "size": size, "seed": seed, "gpt": ar.cfg.to_dict(), "align_layer": align_layer,
                 "align_weight_ar": params.align_weight_ar, "teacher": teacher.name, "teacher_dim": teacher.dim,
                 "projector_hidden": a.projector_hidden, "tokenizer_dir": man["tokenizer_dir"],
                 "tokenizer_sha256": man["tokenizer_sha256"],
                 "tokenizer_config_digest": hashlib.sha256(
                     json.dumps(man["tokenizer_config"], sort_keys=True).encode()).hexdigest()[:16],
-                "steps": a.steps, "batch_size": a.batch_size, "final": final,
+                "steps": a.steps, "batch_size": a.batch_size, "final": final, "init": a.init,
                 "params_digest": params.digest("align_weight_ar", "align_layer", "teacher", "ar")})
     log.close()
     ckpt.clear()

@@ -5,8 +5,8 @@ mode under the same budget, for the report. Each iteration: teacher features (no
 tokenizer step (L_VQ + lambda L_align^s through the frozen AR, early exit) -> discriminator step
 -> AR step (CE + lambda_ar L_align^h on hard indices) -> EMAs. See gear/train/gear_step.py.
 
-Outputs (atomic) in models/tune/V/: tokenizer.safetensors (EMA: what `gear freeze` exports),
-tokenizer_raw, discriminator, ar (EMA), projector, config.json. Metrics: metrics/tune/V/.
+Per study seed (--seed): outputs (atomic) in models/tune/seed<N>/V/: tokenizer.safetensors (EMA: what `gear freeze` exports),
+tokenizer_raw, discriminator, ar (EMA), projector, config.json. Metrics: metrics/tune/seed<N>/V/.
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from gear.data.loader import TrainStream, read_manifest
 from gear.io import atomic_dir
 from gear.metrics.codebook import soft_assignment_stats
 from gear.runtime import seed_everything, setup, teardown
+from gear.study import resolve_seed, seeded
 from gear.teachers import load_teacher
 from gear.train.ar_objective import build_ar
 from gear.train.ema import EMA
@@ -42,8 +43,10 @@ def variant_mode(params, variant: str) -> str:
     return variant
 
 
-def run(params, variant: str = "gear") -> None:
+def run(params, variant: str = "gear", seed: int | None = None) -> None:
     mode = variant_mode(params, variant)
+    seed = resolve_seed(params, seed)
+    params = seeded(params, seed)  # the AR guide's init, data order, dropout
     manifest = read_manifest(params)
     init = "scratch" if params.tune.init == "scratch" else str(paths.tokenizer_init_dir())
     rt = setup(params)
@@ -76,7 +79,7 @@ def run(params, variant: str = "gear") -> None:
     opt_d = torch.optim.AdamW(disc.parameters(), lr=tn.lr_disc, betas=betas, weight_decay=tn.weight_decay)
     stream = TrainStream(params, "train", tn.batch_size, rank=rt.rank, world=rt.world, augment=True)
 
-    ckpt = Checkpointer(paths.state_dir(params, STAGE, variant), rt, compat={
+    ckpt = Checkpointer(paths.state_dir(params, STAGE, paths.seed_part(seed), variant), rt, compat={
         "mode": mode, "tokenizer": tok.config.to_dict(), "ar": ar.cfg.to_dict(), "init": tn.init,
         "tau": params.tau, "align": [params.align_weight, params.align_weight_ar, params.align_layer],
         "teacher": params.teacher, "batch_size": tn.batch_size, "seed": params.compute.seed})
@@ -88,7 +91,7 @@ def run(params, variant: str = "gear") -> None:
                           ("data", stream)):
             obj.load_state_dict(state[name])
         start = state["step"]
-    log = MetricsLog(paths.metrics_dir(STAGE, variant), rt, state["metrics"] if state else None)
+    log = MetricsLog(paths.tune_metrics_dir(variant, seed), rt, state["metrics"] if state else None)
     usage = CodebookWindow(tok.codebook_size, rt.device)
     window = WindowMean()  # logged losses are means over the log window, not one batch
     if state is not None:
@@ -96,7 +99,7 @@ def run(params, variant: str = "gear") -> None:
     stop = StopRequest()
     batches = iter(stream)
 
-    bar = tqdm(range(start, tn.steps), initial=start, total=tn.steps, desc=f"{STAGE}[{variant}]",
+    bar = tqdm(range(start, tn.steps), initial=start, total=tn.steps, desc=f"{STAGE}[{variant}/seed {seed}]",
                disable=not rt.is_main)
     for step in bar:
         x, labels = next(batches)
@@ -143,9 +146,9 @@ def run(params, variant: str = "gear") -> None:
     check = reconstruction_check(params, ema_tok.model, rt)
     if rt.is_main:
         log.log(tn.steps, **{f"val_{k}": v for k, v in check.metrics.items()})
-        with atomic_dir(paths.tune_dir(variant)) as out_dir:
+        with atomic_dir(paths.tune_dir(variant, seed)) as out_dir:
             write_tokenizer(out_dir, ema_tok.model, {
-                "stage": STAGE, "variant": variant, "e2e_mode": mode, "tau": params.tau,
+                "stage": STAGE, "variant": variant, "seed": seed, "e2e_mode": mode, "tau": params.tau,
                 "align_weight": params.align_weight, "align_layer": params.align_layer, "teacher": params.teacher,
                 "steps": tn.steps, "ar": ar.cfg.to_dict(), "val": check.metrics,
                 "params_digest": params.digest("tau", "align_weight", "align_weight_ar", "align_layer", "teacher",
