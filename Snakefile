@@ -13,5 +13,5 @@ include: "workflow/rules/report.smk"
 
 rule all:
     input:
-        paths.REPORTS_DIR,
+        [str(p) for p in paths.report_files().values()],
     default_target: True

@@ -12,12 +12,13 @@ SHARDS = str(paths.shard_dir(P))
 SIZES = P.ar.sizes
 AR_ARMS = list(paths.AR_ARMS)
 TUNE_VARIANTS = paths.tune_variants(P)
-TOKENIZER_ARMS = paths.tokenizer_arms(P)
+SEEDS = P.study.seeds  # only the report's inputs list them: adding one reruns nothing of the others
 
 wildcard_constraints:
-    arm="|".join(TOKENIZER_ARMS),
+    arm="|".join(AR_ARMS),
     variant="|".join(TUNE_VARIANTS),
     size="|".join(AR_SIZES),
+    seed=r"\d+",
 
 
 def logfile(rule_name, *wildcards):

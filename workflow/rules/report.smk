@@ -1,18 +1,19 @@
-# reports/: tables and loss curves from every metrics file, sample grids.
+# reports/: per-seed values, seed means with intervals, the claims table, curves and sample grids.
+# Its inputs are what `gear report` reads (gear/results.py), over study.seeds, as the rules declare them.
+
+from gear.results import producer_outputs
+
+REPORT = paths.report_files()
+
 
 rule report:
     input:
-        paths.real_stats_dir(),
-        expand(str(paths.eval_tokenizer_json("{arm}")), arm=TOKENIZER_ARMS),
-        expand(str(paths.eval_samples_json("{arm}", "{size}")), arm=AR_ARMS, size=SIZES),
-        dvclive("teacher")[0],
-        dvclive("tokenizer_init")[0],
-        expand(dvclive("tune", "{variant}")[0], variant=TUNE_VARIANTS),
-        expand(str(paths.freeze_stats_json("{arm}")), arm=TOKENIZER_ARMS),
-        expand(dvclive("train_ar", "{arm}", "{size}")[0], arm=AR_ARMS, size=SIZES),
-        expand(str(paths.samples_dir("{arm}", "{size}")), arm=AR_ARMS, size=SIZES),
+        [str(p) for p in producer_outputs(P)],
     output:
-        directory(paths.REPORTS_DIR),
+        str(REPORT["index.md"]),
+        str(REPORT["index.html"]),
+        directory(str(REPORT["figures"])),
+        str(REPORT["claims.json"]),
     log:
         logfile("report"),
     benchmark:
