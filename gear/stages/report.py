@@ -1,79 +1,53 @@
-"""`gear report`: reports/index.md and a self-contained reports/index.html (images inline as
-base64), plus the PNG plots beside them.
+"""`gear report`: reports/index.md, a self-contained reports/index.html, reports/claims.json (the
+claims table as DVC metrics) and the PNG plots in reports/figures/.
 
-Sections: generation (arm x size: gFID, IS, precision, recall in the named feature space),
-tokenizers (rFID, PSNR, SSIM, codebook statistics, CKA / CKNNA with the teacher before and after
-quantization), AR training curves baseline vs GEAR (NTP and alignment loss, with the
-steps-to-reach-baseline ratio), codebook usage / entropy during end-to-end tuning, AR per-layer
-CKA / CKNNA, sample grids, and the final values of the training stages. Every table and plot
-names the files its numbers come from. Every input is checked before any work (a missing one
-is a one-line error naming it), and reports/ is replaced whole, atomically.
+Every arm-vs-arm number is shown per seed, as mean ± std per arm, and as the paired difference
+(arm - baseline) with its t interval at study.confidence (gear/metrics/intervals.py); an interval
+that contains 0 reads "within noise". With one seed the report says that nothing can be
+concluded from the differences. Sections: the seed's claims (gear/claims.py), generation,
+tokenizers, AR training curves (seed mean with its interval band) and steps-to-baseline
+speed-ups, codebook during tuning, AR layers vs teacher, sample grids, final values of every
+training stage. Every table and plot names the files its numbers come from; every input is
+checked before any work; reports/ is replaced whole, atomically.
 
-Steps to reach the baseline: both curves are smoothed with a trailing mean over SMOOTH logged
-points; target = the baseline's smoothed final value; GEAR reaches it at the first logged step
-where its smoothed curve is <= target; ratio = baseline's last step / that step (n/a if never).
+Speed-up (per seed): both curves smoothed by a trailing mean over SMOOTH logged points. If GEAR's
+smoothed curve reaches the baseline's smoothed final value at step g, speed-up = baseline's last
+step / g (>= 1 when it gets there first). If it never does, the baseline's curve reaches GEAR's
+final value at step b and speed-up = b / GEAR's last step (< 1). Seeds combine as a geometric
+mean with a t interval on the log ratios.
 """
 from __future__ import annotations
 
-import base64
-import html
-import math
 import shutil
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 from matplotlib.figure import Figure  # the object API renders with Agg: no pyplot, no global state
+from scipy import stats
 
 from gear import paths
-from gear.io import ArtifactError, atomic_dir, read_json
-from gear.stages.teacher import demo_needed
+from gear.claims import claims
+from gear.document import Plot, Table, fmt, to_html, to_markdown
+from gear.io import atomic_dir, write_json
+from gear.metrics.intervals import (fmt_interval, fmt_mean_std, log_ratio_interval,
+                                    paired_interval, reading)
+from gear.results import AR_CURVES, CODEBOOK, Results, ar_curve_names, load_results, seed_folders, shared_folders, tsv
 
 SMOOTH = 5                        # logged points in the trailing mean of the loss curves
-CURVES = {"ntp": "NTP loss", "align": "alignment loss"}   # metrics/train_ar/<A>/<S>/plots/metrics/<name>.tsv
-CODEBOOK = {"usage": "usage", "usage_entropy": "entropy (nats)", "effective_size": "effective size"}
 FINAL_KEYS = ("val_", "ntp", "align", "unigram_entropy")  # metrics.json keys (prefixes) in the last table
 COLORS = {"baseline": "tab:blue", "gear": "tab:red", "ste": "tab:green"}
+FIG = "figures"
 
-
-# ----------------------------------------------------------------------------------------------
-# inputs
-
-
-def _tsv(*parts: str) -> Path:
-    """dvclive plot file metrics/<parts[:-1]>/plots/metrics/<parts[-1]>.tsv."""
-    return paths.metrics_dir(*parts[:-1]) / "plots" / "metrics" / f"{parts[-1]}.tsv"
-
-
-def _stage_folders(params) -> list[tuple[str, ...]]:
-    """dvclive folders (metrics_dir parts) whose final values the report lists."""
-    folders = [("teacher",)] if demo_needed(params) else []
-    folders += [("tokenizer_init",), *[("tune", v) for v in paths.tune_variants(params)]]
-    return folders + [("train_ar", a, s) for s in params.ar.sizes for a in paths.AR_ARMS]
-
-
-def _curve_names(params) -> list[str]:
-    return [c for c in CURVES if c != "align" or params.align_weight_ar > 0]  # no alignment, no curve
-
-
-def required_inputs(params) -> list[Path]:
-    sizes, tok_arms = params.ar.sizes, paths.tokenizer_arms(params)
-    need = [paths.real_stats_dir() / "summary.json", *map(paths.eval_tokenizer_json, tok_arms)]
-    need += [paths.eval_samples_json(a, s) for s in sizes for a in paths.AR_ARMS]
-    need += [_tsv("train_ar", a, s, c) for s in sizes for a in paths.AR_ARMS for c in _curve_names(params)]
-    need += [_tsv("tune", v, c) for v in paths.tune_variants(params) for c in CODEBOOK]
-    need += [paths.metrics_dir(*f) / "metrics.json" for f in _stage_folders(params)]
-    return need + [paths.samples_dir(a, s) / "grid.png" for s in sizes for a in paths.AR_ARMS]
-
-
-def read_curve(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(steps, values) of a dvclive TSV (columns step, <name>[, timestamp])."""
-    df = pl.read_csv(path, separator="\t")
-    name = [c for c in df.columns if c not in ("step", "timestamp")]
-    if "step" not in df.columns or len(name) != 1 or df.height == 0:
-        raise ArtifactError(f"{path}: expected a non-empty dvclive TSV with columns step and one metric")
-    return df["step"].to_numpy(), df[name[0]].to_numpy().astype(np.float64)
+# (label, eval key, lower is better) of the compared metrics
+GENERATION = [("gFID", "fid", True), ("IS", "is_mean", False), ("precision", "precision", False),
+              ("recall", "recall", False)]
+TOKENIZER = [("rFID", "rfid", True), ("rFID vs val", "rfid_val", True), ("PSNR", "psnr", False),
+             ("SSIM", "ssim", False), ("usage", "usage", None), ("usage entropy", "entropy", None),
+             ("effective size", "effective_size", None), ("CKA pre", "cka_pre", None),
+             ("CKNNA pre", "cknna_pre", None), ("CKA post", "cka_post", None), ("CKNNA post", "cknna_post", None)]
+AR_FINAL = [("final NTP (train window)", "ntp", True), ("final alignment loss", "align", True),
+            ("val NTP (EMA)", "val_ntp", True)]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -88,90 +62,61 @@ def smooth(values: np.ndarray, window: int = SMOOTH) -> np.ndarray:
     return (c[i] - c[lo]) / (i - lo)
 
 
-def steps_to_reach(base: tuple[np.ndarray, np.ndarray], gear: tuple[np.ndarray, np.ndarray]) -> dict:
-    """Where GEAR's smoothed curve first reaches the baseline's smoothed final value."""
-    target = float(smooth(base[1])[-1])
-    hit = np.flatnonzero(smooth(gear[1]) <= target)
-    step = int(gear[0][hit[0]]) if len(hit) else None
-    last = int(base[0][-1])
-    ratio = None if step is None else (last / step if step > 0 else math.inf)
-    return {"baseline_final": target, "gear_final": float(smooth(gear[1])[-1]), "baseline_steps": last,
-            "gear_reach_step": step, "ratio": ratio}
+def speedup(base: tuple[np.ndarray, np.ndarray], gear: tuple[np.ndarray, np.ndarray]) -> dict:
+    """Steps-to-reach ratio of one seed (module docstring), symmetric around 1."""
+    sb, sg = smooth(base[1]), smooth(gear[1])
+    first = lambda steps: int(steps[steps > 0][0]) if np.any(steps > 0) else 1  # noqa: E731
+    hit = np.flatnonzero(sg <= sb[-1])
+    if len(hit):
+        step = max(int(gear[0][hit[0]]), first(gear[0]))
+        return {"baseline_final": float(sb[-1]), "gear_final": float(sg[-1]), "gear_reach_step": step,
+                "baseline_reach_step": None, "ratio": int(base[0][-1]) / step}
+    step = max(int(base[0][np.flatnonzero(sb <= sg[-1])[0]]), first(base[0]))
+    return {"baseline_final": float(sb[-1]), "gear_final": float(sg[-1]), "gear_reach_step": None,
+            "baseline_reach_step": step, "ratio": step / int(gear[0][-1])}
+
+
+def seed_band(curves: list[tuple[np.ndarray, np.ndarray]], confidence: float):
+    """(steps, mean, lo, hi) of smoothed curves over seeds: the mean's t interval (no band for one)."""
+    n = min(len(c[0]) for c in curves)
+    v = np.stack([smooth(c[1])[:n] for c in curves])
+    mean = v.mean(0)
+    if len(curves) < 2:
+        return curves[0][0][:n], mean, mean, mean
+    half = stats.t.ppf((1 + confidence) / 2, len(curves) - 1) * v.std(0, ddof=1) / np.sqrt(len(curves))
+    return curves[0][0][:n], mean, mean - half, mean + half
+
+
+def all_speedups(r: Results, params) -> dict:
+    """{(size, curve): [per-seed speed-up dicts]}."""
+    return {(s, c): [speedup(r.ar_curves[(seed, "baseline", s, c)], r.ar_curves[(seed, "gear", s, c)])
+                     for seed in r.seeds] for s in r.sizes for c in ar_curve_names(params)}
 
 
 # ----------------------------------------------------------------------------------------------
-# document model: one list of blocks, rendered to markdown and to HTML
+# comparison rows
 
 
-@dataclass
-class Table:
-    df: pl.DataFrame
-    sources: list[Path]
+def _per_seed(values) -> str:
+    return " / ".join(fmt(float(v)) for v in values)
 
 
-@dataclass
-class Plot:
-    file: str          # PNG in the reports folder
-    caption: str
-    sources: list[Path] = field(default_factory=list)
+def compare(label: str, arm: str, base: list, other: list, lower_is_better, confidence: float) -> dict:
+    """One table row: per-seed values, mean ± std of each arm, paired difference and its reading
+    (lower_is_better None: a metric without a better direction, read '-' or 'differs')."""
+    base, other = ([np.nan if v is None else float(v) for v in vals] for vals in (base, other))  # None: not computable
+    d = paired_interval(base, other, confidence)
+    if lower_is_better is None:
+        read = "-" if d.contains(0.0) else "differs"
+    else:
+        read = reading(d, lower_is_better).replace("GEAR", arm.upper())
+    return {"metric": label, "baseline per seed": _per_seed(base), f"{arm} per seed": _per_seed(other),
+            "baseline mean ± std": fmt_mean_std(base), f"{arm} mean ± std": fmt_mean_std(other),
+            f"{arm} - baseline [{confidence:.0%} CI]": fmt_interval(d), "reading": read}
 
 
-def fmt(v) -> str:
-    if v is None:
-        return "n/a"
-    if isinstance(v, float):
-        return "n/a" if math.isnan(v) else ("inf" if math.isinf(v) else f"{v:.4g}")
-    return str(v)
-
-
-def _sources(sources: list[Path]) -> str:
-    return "Source: " + ", ".join(f"`{p}`" for p in sources)
-
-
-def to_markdown(blocks: list) -> str:
-    out = []
-    for b in blocks:
-        if isinstance(b, Table):
-            out.append("| " + " | ".join(b.df.columns) + " |")
-            out.append("|" + "---|" * len(b.df.columns))
-            out += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in b.df.iter_rows()]
-            out += ["", _sources(b.sources), ""]
-        elif isinstance(b, Plot):
-            caption = b.caption + (" " + _sources(b.sources) if b.sources else "")
-            out += [f"![{Path(b.file).stem}]({b.file})", "", caption, ""]
-        else:
-            out += [b, ""]
-    return "\n".join(out)
-
-
-def _inline_md(text: str) -> str:
-    parts = html.escape(text).split("`")  # `code` spans only
-    return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
-
-
-def to_html(blocks: list, folder: Path) -> str:
-    body = []
-    for b in blocks:
-        if isinstance(b, Table):
-            head = "".join(f"<th>{html.escape(c)}</th>" for c in b.df.columns)
-            rows = "".join("<tr>" + "".join(f"<td>{html.escape(fmt(v))}</td>" for v in row) + "</tr>"
-                           for row in b.df.iter_rows())
-            body.append(f"<table><tr>{head}</tr>{rows}</table><p class=src>{_inline_md(_sources(b.sources))}</p>")
-        elif isinstance(b, Plot):
-            data = base64.b64encode((folder / b.file).read_bytes()).decode()
-            src = f" {_inline_md(_sources(b.sources))}" if b.sources else ""
-            body.append(f'<figure><img alt="{html.escape(b.caption)}" src="data:image/png;base64,{data}">'
-                        f"<figcaption>{_inline_md(b.caption)}{src}</figcaption></figure>")
-        elif b.startswith("#"):
-            level = len(b) - len(b.lstrip("#"))
-            body.append(f"<h{level}>{_inline_md(b[level:].strip())}</h{level}>")
-        else:
-            body.append(f"<p>{_inline_md(b)}</p>")
-    style = ("body{font-family:sans-serif;max-width:1100px;margin:auto;padding:1em}"
-             "table{border-collapse:collapse}td,th{border:1px solid #bbb;padding:3px 8px;text-align:right}"
-             "img{max-width:100%}.src{font-size:85%;color:#555}")
-    return ("<!DOCTYPE html><html><head><meta charset=utf-8><title>GEAR report</title>"
-            f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+def comparison_table(rows: list[dict], sources: list[Path]) -> Table:
+    return Table(pl.DataFrame(rows), sources)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -183,155 +128,191 @@ def _figure(n: int) -> tuple[Figure, list]:
     return fig, list(fig.subplots(1, n, squeeze=False)[0])
 
 
-def _save(fig: Figure, path: Path) -> None:
+def _save(fig: Figure, folder: Path, name: str) -> str:
     fig.tight_layout()
-    fig.savefig(path, dpi=100, metadata={"Software": None})
+    fig.savefig(folder / FIG / name, dpi=100, metadata={"Software": None})
+    return f"{FIG}/{name}"
 
 
-def generation_section(params) -> list:
-    rows, src = [], []
-    for s in params.ar.sizes:
-        for a in paths.AR_ARMS:
-            src.append(paths.eval_samples_json(a, s))
-            e = read_json(src[-1])
-            rows.append({"size": s, "arm": a, "gFID": e["fid"], "IS": e["is_mean"], "precision": e["precision"],
-                         "recall": e["recall"], "feature space": e["feature_space"], "samples": e["num_samples"],
-                         "real": f"{e['num_real']} {e['real_split']}"})
-    return ["## Generation", f"gFID, IS, precision, recall (k = {params.metrics.pr_k}) of class-conditional samples "
-            "against the real statistics. Numbers are comparable only within one feature space.",
-            Table(pl.DataFrame(rows), src)]
+def _table(rows: list[dict], sources: list[Path]) -> Table:
+    return Table(pl.DataFrame(rows), sources)
 
 
-def tokenizer_section(params) -> list:
-    rows, src = [], []
-    for arm in paths.tokenizer_arms(params):
-        src.append(paths.eval_tokenizer_json(arm))
-        e = read_json(src[-1])
-        rows.append({"arm": arm, "rFID": e["rfid"], "rFID vs val": e["rfid_val"], "PSNR": e["psnr"], "SSIM": e["ssim"],
-                     "usage": e["usage"], "entropy": e["entropy"], "eff. size": e["effective_size"],
-                     "CKA pre": e["cka_pre"], "CKNNA pre": e["cknna_pre"], "CKA post": e["cka_post"],
-                     "CKNNA post": e["cknna_post"], "feature space": e["feature_space"]})
-    e = read_json(src[0])
-    return ["## Tokenizers",
-            f"Val split ({e['num_images']} images). rFID: reconstructions vs the real statistics "
-            f"({e['real_split']}, {e['num_real']} images; val originals give {fmt(e['val_fid'])}); rFID vs val: "
-            f"vs the val originals. CKA / CKNNA (k = {e['cknna_k']}) with {e['teacher']} teacher patches over "
-            f"{e['num_patches']} patches, before (pre) and after (post) quantization.",
-            Table(pl.DataFrame(rows), src)]
-
-
-def curves_section(params, folder: Path) -> list:
-    names, rows, blocks = _curve_names(params), [], []
-    for s in params.ar.sizes:
-        fig, axes = _figure(len(names))
-        src = []
-        for ax, name in zip(axes, names):
-            curves = {}
-            for a in paths.AR_ARMS:
-                src.append(_tsv("train_ar", a, s, name))
-                curves[a] = read_curve(src[-1])
-                steps, values = curves[a]
-                ax.plot(steps, values, color=COLORS[a], alpha=0.25)
-                ax.plot(steps, smooth(values), color=COLORS[a], label=a)
-            r = steps_to_reach(curves["baseline"], curves["gear"])
-            ax.axhline(r["baseline_final"], color=COLORS["baseline"], ls="--", lw=0.8)
-            if r["gear_reach_step"] is not None:
-                ax.axvline(r["gear_reach_step"], color=COLORS["gear"], ls=":", lw=0.8)
-            ax.set(title=f"{CURVES[name]} ({s})", xlabel="step")
-            ax.legend()
-            rows.append({"size": s, "curve": CURVES[name], **r})
-        file = f"curves_{s}.png"
-        _save(fig, folder / file)
-        blocks.append(Plot(file, f"AR training curves, size {s}: raw (light) and smoothed over {SMOOTH} points; "
-                                   "dashed: baseline final, dotted: where GEAR reaches it.", src))
-    df = pl.DataFrame(rows).rename({"baseline_final": "baseline final", "gear_final": "GEAR final",
-                                    "baseline_steps": "baseline steps", "gear_reach_step": "GEAR reaches at",
-                                    "ratio": "speed-up"})
-    srcs = [_tsv("train_ar", a, s, n) for s in params.ar.sizes for n in names for a in paths.AR_ARMS]
-    return ["## AR training: baseline vs GEAR",
-            "Speed-up = baseline steps / the first step at which GEAR's smoothed curve reaches the baseline's "
-            "smoothed final value (n/a: never reached).", Table(df, srcs), *blocks]
-
-
-def codebook_section(params, folder: Path) -> list:
-    variants = paths.tune_variants(params)
-    fig, axes = _figure(len(CODEBOOK))
-    src = []
-    for ax, (name, label) in zip(axes, CODEBOOK.items()):
-        for v in variants:
-            src.append(_tsv("tune", v, name))
-            steps, values = read_curve(src[-1])
-            ax.plot(steps, values, color=COLORS.get(v), label=v)
-        ax.set(title=label, xlabel="tuning step")
-        ax.legend()
-    _save(fig, folder / "codebook_tune.png")
-    return ["## Codebook during end-to-end tuning",
-            Plot("codebook_tune.png", "Codebook usage, entropy and effective size over the tuning steps "
-                                        "(window statistics of the training batches).", src)]
-
-
-def layers_section(params, folder: Path) -> list:
-    rows, src, blocks = [], [], []
-    for s in params.ar.sizes:
-        fig, axes = _figure(2)
-        for a in paths.AR_ARMS:
-            path = paths.eval_samples_json(a, s)
-            src.append(path)
-            e = read_json(path)
-            layers = e["ar_layers"]
-            for ax, key in zip(axes, ("ar_cka", "ar_cknna")):
-                values = [np.nan if e[key][str(l)] is None else e[key][str(l)] for l in layers]
-                ax.plot(layers, values, "o-", color=COLORS[a], label=a)
-                ax.set(title=f"{key[3:].upper()} with teacher patches ({s})", xlabel="AR layer", xticks=layers)
-                ax.legend()
-            rows.append({"size": s, "arm": a, "patches": e["ar_num_patches"],
-                         "CKA by layer": " / ".join(fmt(e["ar_cka"][str(l)]) for l in layers),
-                         "CKNNA by layer": " / ".join(fmt(e["ar_cknna"][str(l)]) for l in layers)})
-        file = f"ar_layers_{s}.png"
-        _save(fig, folder / file)
-        blocks.append(Plot(file, f"Per-layer similarity of the AR (EMA, size {s}) with the teacher, "
-                                   "teacher-forced on val.", src[-2:]))
-    return ["## AR hidden states vs teacher", Table(pl.DataFrame(rows), src), *blocks]
-
-
-def samples_section(params, folder: Path) -> list:
-    blocks = ["## Samples"]
-    for s in params.ar.sizes:
-        for a in paths.AR_ARMS:
-            grid = paths.samples_dir(a, s) / "grid.png"
-            shutil.copyfile(grid, folder / f"samples_{a}_{s}.png")
-            blocks.append(Plot(f"samples_{a}_{s}.png", f"Samples of {a} / {s}, one row per class.", [grid]))
+def header(r: Results, params) -> list:
+    real = r.real
+    blocks = ["# GEAR report",
+              f"Feature space: {real['feature_space']} ({real['extractor']}); real statistics: "
+              f"{real['num_real']} {real['real_split']} images at {real['resolution']} px "
+              f"(`{paths.real_stats_dir() / 'summary.json'}`). Teacher: {params.teacher}; quantizer: "
+              f"{params.quantizer}; tau {params.tau}, lambda {params.align_weight}, lambda_ar "
+              f"{params.align_weight_ar}; tune {params.tune.steps} steps; AR sizes {', '.join(params.ar.sizes)} "
+              f"({params.ar.steps} steps).",
+              f"Study seeds: {', '.join(map(str, r.seeds))} (each reruns tune, freeze, tokenize, train-ar, sample and "
+              f"the evaluations; data, teacher and warm-up are shared). Differences are paired by seed, "
+              f"arm - baseline, with two-sided Student t intervals at {params.study.confidence:.0%} "
+              "(n - 1 degrees of freedom); an interval that contains 0 is written as within noise."]
+    if len(r.seeds) == 1:
+        blocks.append("**One seed: nothing can be concluded from the differences below.** They are single runs, "
+                      "with no estimate of the run-to-run noise; set `study.seeds` to three or more seeds "
+                      "(e.g. `presets/cpu-study.yaml`).")
     return blocks
 
 
-def final_section(params) -> list:
+def claims_section(r: Results, params, speedups: dict) -> tuple[list, dict]:
+    table = claims(r, params, {k: [s["ratio"] for s in v] for k, v in speedups.items()})
+    rows = [{"claim": f"{c.id}: {c.claim}", "seed's figure": c.seed, f"ours ({len(r.seeds)} seeds)": c.ours,
+             "verdict": c.verdict} for c in table]
+    src = [paths.eval_tokenizer_json("baseline"), Path("eval/tokenizer/seed*/"), Path("eval/samples/seed*/"),
+           Path("metrics/train_ar/seed*/")]
+    return (["## The seed's claims",
+             "Verdict: holds (the interval lies on the claimed side), contradicted (on the other side), within "
+             "noise (it straddles the boundary; always so with one seed). The seed's figures are at ImageNet "
+             "scale (GEAR.md section 7); ours are at this params file's scale.", _table(rows, src)],
+            {c.id: c.to_dict() for c in table})
+
+
+def generation_section(r: Results, params) -> list:
+    conf, blocks = params.study.confidence, ["## Generation"]
+    for s in r.sizes:
+        rows, src = [], [paths.eval_samples_json(a, s, seed) for seed in r.seeds for a in paths.AR_ARMS]
+        for label, key, lower in GENERATION:
+            vals = {a: r.per_seed(lambda seed: r.samples[(seed, a, s)][key]) for a in paths.AR_ARMS}
+            rows.append(compare(label, "gear", vals["baseline"], vals["gear"], lower, conf))
+        e = r.samples[(r.seeds[0], "gear", s)]
+        blocks += [f"Size {s}: gFID, IS, precision, recall (k = {params.metrics.pr_k}) of {e['num_samples']} "
+                   f"class-conditional samples per run against the real statistics ({e['feature_space']} space).",
+                   comparison_table(rows, src)]
+    return blocks
+
+
+def tokenizer_section(r: Results, params) -> list:
+    conf, blocks = params.study.confidence, ["## Tokenizers"]
+    e = r.tok[(r.seeds[0], "baseline")]
+    blocks.append(f"Val split ({e['num_images']} images), frozen tokenizers. The baseline (warm-up) tokenizer is "
+                  "shared by every seed, so its per-seed values repeat. rFID vs the real statistics; CKA / CKNNA "
+                  f"(k = {e['cknna_k']}) with {e['teacher']} teacher patches over {e['num_patches']} patches, before "
+                  "(pre) and after (post) quantization. Metrics without a better direction read '-' or 'differs'.")
+    for v in r.variants:
+        rows = [compare(label, v, r.per_seed(lambda seed: r.tok[(seed, "baseline")][key]),
+                        r.per_seed(lambda seed: r.tok[(seed, v)][key]), lower, conf) for label, key, lower in TOKENIZER]
+        blocks += [f"Arm {v} vs baseline:", comparison_table(rows, [paths.eval_tokenizer_json("baseline"), *[
+            paths.eval_tokenizer_json(v, seed) for seed in r.seeds]])]
+    return blocks
+
+
+def curves_section(r: Results, params, folder: Path, speedups: dict) -> list:
+    conf, names, blocks = params.study.confidence, ar_curve_names(params), ["## AR training: baseline vs GEAR"]
+    for s in r.sizes:
+        fig, axes = _figure(len(names))
+        src = [tsv(paths.train_ar_metrics_dir(a, s, seed), n) for seed in r.seeds for a in paths.AR_ARMS for n in names]
+        for ax, name in zip(axes, names):
+            for a in paths.AR_ARMS:
+                steps, mean, lo, hi = seed_band([r.ar_curves[(seed, a, s, name)] for seed in r.seeds], conf)
+                ax.plot(steps, mean, color=COLORS[a], label=a)
+                ax.fill_between(steps, lo, hi, color=COLORS[a], alpha=0.2, lw=0)
+            ax.set(title=f"{AR_CURVES[name]} ({s})", xlabel="step")
+            ax.legend()
+        file = _save(fig, folder, f"curves_{s}.png")
+        blocks.append(Plot(file, f"AR training curves, size {s}: seed mean of the curves smoothed over {SMOOTH} "
+                                 f"points, band: {conf:.0%} t interval of the mean over {len(r.seeds)} seeds.", src))
+        rows = []
+        for name in names:
+            per = speedups[(s, name)]
+            iv = log_ratio_interval([p["ratio"] for p in per], conf)
+            rows.append({"curve": AR_CURVES[name], "per seed": " / ".join(f"{p['ratio']:.3g}x" for p in per),
+                         "GEAR reaches baseline final at": " / ".join(fmt(p["gear_reach_step"]) for p in per),
+                         "baseline reaches GEAR final at": " / ".join(fmt(p["baseline_reach_step"]) for p in per),
+                         f"speed-up, geometric mean [{conf:.0%} CI]": fmt_interval(iv, 3),
+                         "reading": "within noise" if iv.contains(1.0) else ("GEAR faster" if iv.lo > 1 else "GEAR slower")})
+        blocks += [f"Steps to reach, size {s} (module docstring of gear/stages/report.py):", _table(rows, src)]
+        finals = [compare(label, "gear", *(r.per_seed(lambda seed: r.finals[(seed, f"train_ar/{a}/{s}")].get(key))
+                                           for a in paths.AR_ARMS), lower, conf)
+                  for label, key, lower in AR_FINAL if key != "align" or "align" in names]
+        blocks.append(comparison_table(finals, [paths.train_ar_metrics_dir(a, s, seed) / "metrics.json"
+                                                for seed in r.seeds for a in paths.AR_ARMS]))
+    return blocks
+
+
+def codebook_section(r: Results, params, folder: Path) -> list:
+    fig, axes = _figure(len(CODEBOOK))
+    src = [tsv(paths.tune_metrics_dir(v, seed), n) for seed in r.seeds for v in r.variants for n in CODEBOOK]
+    for ax, (name, label) in zip(axes, CODEBOOK.items()):
+        for v in r.variants:
+            curves = [r.tune_curves[(seed, v, name)] for seed in r.seeds]
+            n = min(len(c[0]) for c in curves)
+            vals = np.stack([c[1][:n] for c in curves])
+            ax.plot(curves[0][0][:n], vals.mean(0), color=COLORS.get(v), label=v)
+            if len(curves) > 1:
+                ax.fill_between(curves[0][0][:n], vals.min(0), vals.max(0), color=COLORS.get(v), alpha=0.2, lw=0)
+        ax.set(title=label, xlabel="tuning step")
+        ax.legend()
+    file = _save(fig, folder, "codebook_tune.png")
+    return ["## Codebook during end-to-end tuning",
+            Plot(file, "Codebook usage, entropy and effective size over the tuning steps (statistics of the training "
+                       f"batches in each log window): seed mean, band: min to max over {len(r.seeds)} seeds.", src)]
+
+
+def layers_section(r: Results, params, folder: Path) -> list:
+    conf, blocks = params.study.confidence, ["## AR hidden states vs teacher"]
+    for s in r.sizes:
+        src = [paths.eval_samples_json(a, s, seed) for seed in r.seeds for a in paths.AR_ARMS]
+        layers = r.samples[(r.seeds[0], "gear", s)]["ar_layers"]
+        fig, axes = _figure(2)
+        rows = []
+        for ax, key in zip(axes, ("ar_cka", "ar_cknna")):
+            for a in paths.AR_ARMS:
+                v = np.array([[np.nan if r.samples[(seed, a, s)][key][str(l)] is None else r.samples[(seed, a, s)][key][str(l)]
+                               for l in layers] for seed in r.seeds])
+                ax.plot(layers, v.mean(0), "o-", color=COLORS[a], label=a)
+                if len(r.seeds) > 1:
+                    ax.fill_between(layers, v.min(0), v.max(0), color=COLORS[a], alpha=0.2, lw=0)
+            ax.set(title=f"{key[3:].upper()} with teacher patches ({s})", xlabel="AR layer", xticks=layers)
+            ax.legend()
+            for l in layers:
+                get = lambda a: r.per_seed(lambda seed: r.samples[(seed, a, s)][key][str(l)])  # noqa: E731
+                rows.append(compare(f"{key[3:].upper()} layer {l}", "gear", get("baseline"), get("gear"), False, conf))
+        file = _save(fig, folder, f"ar_layers_{s}.png")
+        blocks += [comparison_table(rows, src),
+                   Plot(file, f"Per-layer similarity of the AR (EMA, size {s}) with the teacher, teacher-forced on val: "
+                              f"seed mean, band: min to max over {len(r.seeds)} seeds.", src)]
+    return blocks
+
+
+def samples_section(r: Results, folder: Path) -> list:
+    seed, blocks = r.seeds[0], [f"## Samples (seed {r.seeds[0]})"]
+    for s in r.sizes:
+        for a in paths.AR_ARMS:
+            grid = paths.samples_dir(a, s, seed) / "grid.png"
+            shutil.copyfile(grid, folder / FIG / f"samples_{a}_{s}.png")
+            blocks.append(Plot(f"{FIG}/samples_{a}_{s}.png", f"Samples of {a} / {s}, one row per class.", [grid]))
+    return blocks
+
+
+def final_section(r: Results, params) -> list:
     rows, src = [], []
-    for parts in _stage_folders(params):
-        path = paths.metrics_dir(*parts) / "metrics.json"
-        src.append(path)
-        for key, value in sorted(read_json(path).items()):
+    folders = [(None, *f) for f in shared_folders(params)]
+    folders += [(seed, *f) for seed in r.seeds for f in seed_folders(params, seed)]
+    for seed, label, folder in folders:
+        src.append(folder / "metrics.json")
+        for key, value in sorted(r.finals[(seed, label)].items()):
             if key.startswith(FINAL_KEYS) and isinstance(value, (int, float)):
-                rows.append({"stage": "/".join(parts), "metric": key, "value": float(value)})
-    df = pl.DataFrame(rows, schema={"stage": pl.String, "metric": pl.String, "value": pl.Float64})
+                rows.append({"stage": label, "seed": "shared" if seed is None else str(seed), "metric": key,
+                             "value": float(value)})
+    df = pl.DataFrame(rows, schema={"stage": pl.String, "seed": pl.String, "metric": pl.String, "value": pl.Float64})
     return ["## Final values of the training stages", Table(df, src)]
 
 
 def run(params) -> None:
-    missing = [p for p in required_inputs(params) if not p.is_file()]
-    if missing:
-        raise ArtifactError(f"input {missing[0]} not found ({len(missing)} missing; run the stages "
-                            "that write them, e.g. `snakemake all`)")
-    real = read_json(paths.real_stats_dir() / "summary.json")
+    r = load_results(params)  # every input checked (one-line error) before any work
+    speedups = all_speedups(r, params)
     with atomic_dir(paths.REPORTS_DIR) as out:
-        blocks = ["# GEAR report",
-                  f"Feature space: {real['feature_space']} ({real['extractor']}); real statistics: "
-                  f"{real['num_real']} {real['real_split']} images at {real['resolution']} px "
-                  f"(`{paths.real_stats_dir() / 'summary.json'}`). Teacher: {params.teacher}; quantizer: "
-                  f"{params.quantizer}; tau {params.tau}, lambda {params.align_weight}, lambda_ar "
-                  f"{params.align_weight_ar}; AR sizes {', '.join(params.ar.sizes)}."]
-        blocks += generation_section(params) + tokenizer_section(params) + curves_section(params, out)
-        blocks += codebook_section(params, out) + layers_section(params, out) + samples_section(params, out)
-        blocks += final_section(params)
+        (out / FIG).mkdir()
+        blocks = header(r, params)
+        claim_blocks, claim_json = claims_section(r, params, speedups)
+        blocks += claim_blocks + generation_section(r, params) + tokenizer_section(r, params)
+        blocks += curves_section(r, params, out, speedups) + codebook_section(r, params, out)
+        blocks += layers_section(r, params, out) + samples_section(r, out) + final_section(r, params)
         (out / "index.md").write_text(to_markdown(blocks))
         (out / "index.html").write_text(to_html(blocks, out))
-    print(f"report: {paths.REPORTS_DIR / 'index.md'} and {paths.REPORTS_DIR / 'index.html'}")
+        write_json(out / "claims.json", {"seeds": r.seeds, "confidence": params.study.confidence, **claim_json})
+    print(f"report: {paths.REPORTS_DIR / 'index.md'}, index.html and claims.json ({len(r.seeds)} seeds)")
