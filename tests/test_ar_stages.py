@@ -27,7 +27,7 @@ from gear.stages import sample, tokenize, train_ar
 from gear.train.recon_check import to_uint8
 from tiny import build_ar_world
 
-K, GRID, ARM, SIZE = 32, 4, "baseline", "custom"
+K, GRID, ARM, SIZE, SEED = 32, 4, "baseline", "custom", 0  # SEED: the one study seed (default)
 RAW = {
     "align_layer": 1,
     "data": {"resolution": 16, "embedded_train_per_class": 20, "embedded_val_per_class": 5,
@@ -96,7 +96,7 @@ def test_tokenize_shards_are_consistent_and_byte_identical(ws):
     first = tree_bytes(paths.tokens_dir(ARM))
     tokenize.run(params, ARM)
     assert tree_bytes(paths.tokens_dir(ARM)) == first
-    man = tokenize.read_tokens_manifest(params, ARM)
+    man = tokenize.read_tokens_manifest(params, ARM, SEED)
     data_man = read_manifest(params)
     assert man["count"] == data_man["splits"]["train"]["count"] == 20 * len(data_man["classes"])
     assert (man["grid"], man["codebook_size"], man["views"], man["dtype"]) == (GRID, K, 2, "int16")
@@ -123,17 +123,22 @@ def test_stale_tokens_are_an_error(ws):
     tok = Tokenizer(TokenizerConfig.from_params(params))  # new weights in the frozen folder
     write_tokenizer(paths.frozen_dir(ARM), tok, {"arm": ARM})
     with pytest.raises(ArtifactError, match="stale"):
-        tokenize.read_tokens_manifest(params, ARM)
+        tokenize.read_tokens_manifest(params, ARM, SEED)
     tokenize.run(params, ARM)
-    tokenize.read_tokens_manifest(params, ARM)
+    tokenize.read_tokens_manifest(params, ARM, SEED)
     with pytest.raises(ArtifactError, match="hflip"):
-        tokenize.read_tokens_manifest(make_params("data.hflip=false"), ARM)
+        tokenize.read_tokens_manifest(make_params("data.hflip=false"), ARM, SEED)
 
 
 @pytest.mark.parametrize("stage, missing, message", [
     (["tokenize", "--arm", ARM], "models/frozen/baseline", "gear freeze --arm baseline"),
     (["train-ar", "--arm", ARM, "--size", SIZE], "data/tokens/baseline", "gear tokenize --arm baseline"),
-    (["sample", "--arm", ARM, "--size", SIZE], None, "AR folder models/ar/baseline/custom not found"),
+    (["sample", "--arm", ARM, "--size", SIZE], None, "AR folder models/ar/seed0/baseline/custom not found"),
+    # a tuned arm is per seed: its hints name the seed
+    (["tokenize", "--arm", "gear"], None, "models/frozen/seed0/gear/tokenizer.safetensors not found; "
+                                          "run `gear freeze --arm gear --seed 0` first"),
+    (["train-ar", "--arm", "gear", "--size", SIZE], None, "data/tokens/seed0/gear/manifest.json not found; "
+                                                          "run `gear tokenize --arm gear --seed 0` first"),
     (["tokenize", "--arm", "ste"], None, "--arm 'ste': must be one of baseline, gear"),
     (["train-ar", "--arm", ARM, "--size", "B"], None, "--size 'B': not in ar.sizes"),
 ])
@@ -152,7 +157,7 @@ def test_missing_inputs_are_one_line_errors(ws, capsys, stage, missing, message)
 def test_train_ar_learns_and_writes_its_outputs(ws):
     params = make_params()
     train_ar.run(params, ARM, SIZE)
-    rows = history(paths.metrics_dir("train_ar", ARM, SIZE))
+    rows = history(paths.train_ar_metrics_dir(ARM, SIZE, SEED))
     ntp = [float(v) for _, v in rows["ntp"]]
     assert abs(ntp[0] - math.log(K)) < 1e-3           # zero-init head: uniform logits at step 0
     assert ntp[-1] < ntp[0] - 0.3
@@ -161,15 +166,15 @@ def test_train_ar_learns_and_writes_its_outputs(ws):
     assert {"align", "lr", "grad_norm", "unigram_entropy", "val_ntp_raw"} <= set(rows)
     assert [s for s, _ in rows["lr"]][:2] == ["0", "5"] and float(rows["lr"][1][1]) == pytest.approx(3e-3)
 
-    model, cfg = train_ar.load_ar(paths.ar_dir(ARM, SIZE))
-    raw, _ = train_ar.load_ar(paths.ar_dir(ARM, SIZE), name="ar_raw")
+    model, cfg = train_ar.load_ar(paths.ar_dir(ARM, SIZE, SEED))
+    raw, _ = train_ar.load_ar(paths.ar_dir(ARM, SIZE, SEED), name="ar_raw")
     assert not model.training and cfg["gpt"]["vocab_size"] == K and cfg["gpt"]["grid"] == GRID
     assert cfg["align_layer"] == 1 and cfg["teacher"] == "demo" and cfg["teacher_dim"] == 16
     assert cfg["final"]["val_ntp"] == pytest.approx(val[-1])
     assert cfg["final"]["val_ntp"] < math.log(K)
     assert not torch.equal(model.head.weight, raw.head.weight)  # EMA differs from the raw weights
-    assert (paths.ar_dir(ARM, SIZE) / "projector.safetensors").is_file()
-    assert not paths.state_dir(params, "train_ar", ARM, SIZE).joinpath("state.pt").exists()
+    assert (paths.ar_dir(ARM, SIZE, SEED) / "projector.safetensors").is_file()
+    assert not paths.state_dir(params, "train_ar", paths.seed_part(SEED), ARM, SIZE).joinpath("state.pt").exists()
 
 
 def test_decoder_flips_image_and_tokens_together(ws):
@@ -197,8 +202,8 @@ def test_train_ar_resumes_exactly(base, tmp_path, monkeypatch, kill):
     shutil.copytree(base, ref)
     monkeypatch.chdir(ref)
     train_ar.run(make_params(*over), ARM, SIZE)
-    want_weights = tree_bytes(paths.ar_dir(ARM, SIZE))
-    want_hist = history(paths.metrics_dir("train_ar", ARM, SIZE))
+    want_weights = tree_bytes(paths.ar_dir(ARM, SIZE, SEED))
+    want_hist = history(paths.train_ar_metrics_dir(ARM, SIZE, SEED))
 
     run = tmp_path / "run"
     shutil.copytree(base, run)
@@ -233,11 +238,12 @@ def test_train_ar_resumes_exactly(base, tmp_path, monkeypatch, kill):
     finally:
         for s, h in handlers.items():
             signal.signal(s, h)
-    state = torch.load(paths.state_dir(make_params(), "train_ar", ARM, SIZE) / "state.pt", weights_only=True)
-    assert state["step"] == saved_step and not paths.ar_dir(ARM, SIZE).exists()
+    state = torch.load(paths.state_dir(make_params(), "train_ar", paths.seed_part(SEED), ARM, SIZE) / "state.pt",
+                       weights_only=True)
+    assert state["step"] == saved_step and not paths.ar_dir(ARM, SIZE, SEED).exists()
     train_ar.run(make_params(*over), ARM, SIZE)
-    assert tree_bytes(paths.ar_dir(ARM, SIZE)) == want_weights
-    assert history(paths.metrics_dir("train_ar", ARM, SIZE)) == want_hist
+    assert tree_bytes(paths.ar_dir(ARM, SIZE, SEED)) == want_weights
+    assert history(paths.train_ar_metrics_dir(ARM, SIZE, SEED)) == want_hist
 
 
 # ---------------------------------------------------------------------------------------------
@@ -248,7 +254,7 @@ def test_sample_writes_deterministic_npz_and_grids(ws):
     params = make_params("ar.steps=10")
     train_ar.run(params, ARM, SIZE)
     sample.run(params, ARM, SIZE)
-    out = paths.samples_dir(ARM, SIZE)
+    out = paths.samples_dir(ARM, SIZE, SEED)
     first = tree_bytes(out)
     C = len(read_manifest(params)["classes"])
     with np.load(out / "samples.npz") as z:
@@ -266,8 +272,10 @@ def test_sample_writes_deterministic_npz_and_grids(ws):
 
     sample.run(params, ARM, SIZE)
     assert tree_bytes(out) == first                          # same seed: same bytes
-    sample.run(make_params("ar.steps=10", "compute.seed=1"), ARM, SIZE)
-    with np.load(out / "samples.npz") as z:
+    # another study seed (it replaces compute.seed): other samples from the same AR
+    shutil.copytree(paths.ar_dir(ARM, SIZE, SEED), paths.ar_dir(ARM, SIZE, 1))
+    sample.run(make_params("ar.steps=10", "study.seeds=[0,1]"), ARM, SIZE, seed=1)
+    with np.load(paths.samples_dir(ARM, SIZE, 1) / "samples.npz") as z:
         assert not np.array_equal(z["indices"], indices)
 
 

@@ -68,7 +68,7 @@ def test_two_processes_write_what_one_process_writes(world, tmp_path, monkeypatc
     trees = {1: _tree(one / "eval"), 2: _tree(two / "eval")}
     names = sorted(trees[1])
     assert names == sorted(trees[2])
-    assert {"tokenizer/gear.json", "samples/gear/tiny.json", "real/summary.json"} <= set(names)
+    assert {"tokenizer/seed0/gear.json", "samples/seed0/gear/tiny.json", "real/summary.json"} <= set(names)
     assert sum(n.startswith("real/") and n.endswith(".pt") for n in names) == 3  # features, logits, FID statistics
     for name in names:  # cache files and JSONs, byte for byte
         assert trees[2][name] == trees[1][name], name

@@ -44,8 +44,9 @@ RAW = {
            "class_dropout": 0.0, "token_dropout": 0.0},
     "compute": {"device": "cpu", "precision": "fp32", "workers": 0, "log_every": 1, "save_every": 3},
 }
-OUT, METRICS = Path("models/ar", ARM, SIZE), Path("metrics/train_ar", ARM, SIZE)
-STATE = Path(".gear_state/train_ar", ARM, SIZE, "state.pt")
+SEED = "seed0"  # the one study seed (default study.seeds)
+OUT, METRICS = Path("models/ar", SEED, ARM, SIZE), Path("metrics/train_ar", SEED, ARM, SIZE)
+STATE = Path(".gear_state/train_ar", SEED, ARM, SIZE, "state.pt")
 
 
 @pytest.fixture(scope="module")

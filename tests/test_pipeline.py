@@ -25,7 +25,7 @@ BIN = Path(sys.executable).parent
 P = load_params(ROOT / "params.yaml")
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:dvc")
 TRAIN_RULES = {"teacher", "tokenizer_init", "tune", "train_ar", "sample", "evaluate_real", "evaluate_tokenizer",
-               "evaluate_samples"}  # the GPU rules (evaluate: distributed feature extraction)
+               "evaluate_tokenizer_baseline", "evaluate_samples"}  # the GPU rules (evaluate: distributed feature extraction)
 
 # Runs in a subprocess (Snakemake changes directory and logging): for each params file, every job
 # of the forced DAG with its outputs, upstream jobs, params, resources, shell command, and for
@@ -70,8 +70,12 @@ print(json.dumps({f: list(jobs(f)) for f in sys.argv[2:]}))
 
 
 def node(rule: str, wildcards: dict) -> str:
-    """Snakemake job -> DVC stage name: tune + {variant: gear} -> tune@gear, train_ar@gear-tiny."""
-    return rule + ("@" + "-".join(wildcards.values()) if wildcards else "")
+    """Snakemake job -> DVC stage name: tune + {seed: 0, variant: gear} -> tune@0-gear; an AR arm
+    is part of the DVC stage's name: train_ar + {seed: 0, arm: gear, size: tiny} -> train_ar_gear@0-tiny."""
+    w = dict(wildcards)
+    if "arm" in w:
+        rule = f"{rule}_{w.pop('arm')}"
+    return rule + ("@" + "-".join(w.values()) if w else "")
 
 
 @pytest.fixture(scope="module")
@@ -135,15 +139,21 @@ def gear_argv(command: str) -> tuple[list[str], list[str]]:
 
 # ---- (a) one DAG ------------------------------------------------------------------------------
 
+def expected_stages(p) -> set[str]:
+    """Every stage of the DAG of params p: shared ones once, seeded ones per study seed."""
+    out = {"shard", "teacher", "tokenizer_init", "evaluate_real", "report", "freeze_baseline", "tokenize_baseline",
+           "evaluate_tokenizer_baseline"}
+    for seed in p.study.seeds:
+        out |= {f"{s}@{seed}-{v}" for s in ("tune", "freeze", "evaluate_tokenizer") for v in paths.tune_variants(p)}
+        out |= {f"tokenize@{seed}-gear"}
+        out |= {f"{s}_{a}@{seed}-{z}" for s in ("train_ar", "sample", "evaluate_samples")
+                for a in paths.AR_ARMS for z in p.ar.sizes}
+    return out
+
+
 def test_same_stages_edges_and_outputs(smk, dvc):
     assert set(smk) == set(dvc)
-    expected = {"shard", "teacher", "tokenizer_init", "evaluate_real", "report"}
-    expected |= {f"tune@{v}" for v in paths.tune_variants(P)}
-    expected |= {f"{s}@{a}" for s in ("freeze", "evaluate_tokenizer") for a in paths.tokenizer_arms(P)}
-    expected |= {f"tokenize@{a}" for a in paths.AR_ARMS}
-    expected |= {f"{s}@{a}-{z}" for s in ("train_ar", "sample", "evaluate_samples")
-                 for a in paths.AR_ARMS for z in P.ar.sizes}
-    assert set(dvc) == expected
+    assert set(dvc) == expected_stages(P)
     for name, job in smk.items():
         assert {node(r, w) for r, w in job["upstream"]} == dvc[name]["upstream"], name
         declared = dvc[name]["outs"] + dvc[name]["metrics"] + dvc[name]["plots"]
@@ -164,16 +174,18 @@ def test_same_params_per_stage(smk, dvc):
 
 def test_tau_reruns_tune_and_downstream_only(dvc):
     direct = {n for n, s in dvc.items() if "tau" in s["params"]}
-    assert direct == {f"tune@{v}" for v in paths.tune_variants(P)}
+    assert direct == {f"tune@{seed}-{v}" for seed in P.study.seeds for v in paths.tune_variants(P)}
     rerun, frontier = set(direct), set(direct)
     while frontier:
         frontier = {n for n, s in dvc.items() if s["upstream"] & frontier} - rerun
         rerun |= frontier
     cached = set(dvc) - rerun
-    assert {"shard", "teacher", "tokenizer_init", "evaluate_real", "freeze@baseline", "tokenize@baseline",
-            "evaluate_tokenizer@baseline"} <= cached
-    assert {n for n in dvc if n.endswith(tuple(f"@baseline-{z}" for z in P.ar.sizes))} <= cached
-    assert {"freeze@gear", "tokenize@gear", "report"} <= rerun
+    assert {"shard", "teacher", "tokenizer_init", "evaluate_real", "freeze_baseline", "tokenize_baseline",
+            "evaluate_tokenizer_baseline"} <= cached
+    assert {n for n in dvc if n.startswith(("train_ar_baseline@", "sample_baseline@", "evaluate_samples_baseline@"))
+            } == {n for n in cached if "_baseline@" in n}
+    seed = P.study.seeds[0]
+    assert {f"freeze@{seed}-gear", f"tokenize@{seed}-gear", "report"} <= rerun
 
 
 # ---- (c) only real `gear` commands, with valid arguments --------------------------------------
@@ -182,12 +194,18 @@ def check_command(name: str, command: str, params_file: str) -> tuple[list[str],
     prefix, argv = gear_argv(command)
     ns = build_parser().parse_args(argv)  # an unknown stage or argument exits here
     rule, _, item = name.partition("@")
+    parts, arm = (item.split("-") if item else []), None
+    for a in paths.AR_ARMS:  # train_ar_gear@0-tiny: the arm is in the name, the seed leads the item
+        if rule.endswith(f"_{a}"):
+            rule, arm = rule[: -len(a) - 1], a
+    want = parts[:1] + [arm] + parts[1:] if arm else parts
     stage, what = (("evaluate", rule.split("_", 1)[1]) if rule.startswith("evaluate_")
                    else (rule.replace("_", "-"), None))
     assert ns.stage == stage and stage in STAGES, command
     assert getattr(ns, "what", None) == what and ns.params == params_file and ns.overrides == [], command
-    given = [getattr(ns, k) for k in ("variant", "arm", "size") if getattr(ns, k, None) is not None]
-    assert given == (item.split("-") if item else []), command
+    given = [str(ns.seed)] if getattr(ns, "seed", None) is not None else []
+    given += [getattr(ns, k) for k in ("variant", "arm", "size") if getattr(ns, k, None) is not None]
+    assert given == want, command
     return prefix, argv
 
 
@@ -205,30 +223,38 @@ def test_commands_are_gear_stages(smk, dvc):
 # ---- (d) dvc.yaml paths are gear.paths' paths --------------------------------------------------
 
 def test_dvc_paths_match_gear_paths(dvc):
-    def live(stage, *parts):
-        d = paths.metrics_dir(stage, *parts)
+    def live(d):
         return dict(metrics=[str(d / "metrics.json")], plots=[str(d / "plots" / "metrics")])
 
     shards = str(paths.shard_dir(P))
     want = {
         "shard": dict(outs=[shards]),
-        "teacher": dict(outs=[str(paths.teacher_dir())], **live("teacher")),
-        "tokenizer_init": dict(outs=[str(paths.tokenizer_init_dir())], **live("tokenizer_init")),
+        "teacher": dict(outs=[str(paths.teacher_dir())], **live(paths.metrics_dir("teacher"))),
+        "tokenizer_init": dict(outs=[str(paths.tokenizer_init_dir())], **live(paths.metrics_dir("tokenizer_init"))),
         "evaluate_real": dict(outs=[str(paths.real_stats_dir())]),
-        "report": dict(outs=[str(paths.REPORTS_DIR)]),
+        "report": dict(outs=[str(paths.REPORTS_DIR / f) for f in ("index.md", "index.html", "figures")],
+                       metrics=[str(paths.REPORTS_DIR / "claims.json")]),
+        "freeze_baseline": dict(outs=[str(paths.frozen_dir("baseline"))],
+                                metrics=[str(paths.freeze_stats_json("baseline"))]),
+        "tokenize_baseline": dict(outs=[str(paths.tokens_dir("baseline"))]),
+        "evaluate_tokenizer_baseline": dict(metrics=[str(paths.eval_tokenizer_json("baseline"))]),
     }
-    for v in paths.tune_variants(P):
-        want[f"tune@{v}"] = dict(outs=[str(paths.tune_dir(v))], **live("tune", v))
-    for a in paths.tokenizer_arms(P):
-        want[f"freeze@{a}"] = dict(outs=[str(paths.frozen_dir(a))], metrics=[str(paths.freeze_stats_json(a))])
-        want[f"evaluate_tokenizer@{a}"] = dict(metrics=[str(paths.eval_tokenizer_json(a))])
-        assert dvc[f"freeze@{a}"]["deps"][0] == str(paths.freeze_source_dir(a))
-    for a in paths.AR_ARMS:
-        want[f"tokenize@{a}"] = dict(outs=[str(paths.tokens_dir(a))])
-        for z in P.ar.sizes:
-            want[f"train_ar@{a}-{z}"] = dict(outs=[str(paths.ar_dir(a, z))], **live("train_ar", a, z))
-            want[f"sample@{a}-{z}"] = dict(outs=[str(paths.samples_dir(a, z))])
-            want[f"evaluate_samples@{a}-{z}"] = dict(metrics=[str(paths.eval_samples_json(a, z))])
+    assert dvc["freeze_baseline"]["deps"][0] == str(paths.freeze_source_dir("baseline"))
+    for seed in P.study.seeds:
+        for v in paths.tune_variants(P):
+            want[f"tune@{seed}-{v}"] = dict(outs=[str(paths.tune_dir(v, seed))], **live(paths.tune_metrics_dir(v, seed)))
+            want[f"freeze@{seed}-{v}"] = dict(outs=[str(paths.frozen_dir(v, seed))],
+                                              metrics=[str(paths.freeze_stats_json(v, seed))])
+            want[f"evaluate_tokenizer@{seed}-{v}"] = dict(metrics=[str(paths.eval_tokenizer_json(v, seed))])
+            assert dvc[f"freeze@{seed}-{v}"]["deps"][0] == str(paths.freeze_source_dir(v, seed))
+        want[f"tokenize@{seed}-gear"] = dict(outs=[str(paths.tokens_dir("gear", seed))])
+        for a in paths.AR_ARMS:
+            for z in P.ar.sizes:
+                want[f"train_ar_{a}@{seed}-{z}"] = dict(outs=[str(paths.ar_dir(a, z, seed))],
+                                                        **live(paths.train_ar_metrics_dir(a, z, seed)))
+                want[f"sample_{a}@{seed}-{z}"] = dict(outs=[str(paths.samples_dir(a, z, seed))])
+                want[f"evaluate_samples_{a}@{seed}-{z}"] = dict(metrics=[str(paths.eval_samples_json(a, z, seed))])
+                assert dvc[f"train_ar_{a}@{seed}-{z}"]["deps"][0] == str(paths.tokens_dir(a, seed))
     assert set(want) == set(dvc)
     for name, w in want.items():
         got = {k: dvc[name][k] for k in ("outs", "metrics", "plots") if dvc[name][k]}
@@ -249,7 +275,7 @@ def test_slurm_profile_dry_run(workdir):
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     text = out.stdout + out.stderr
     blocks = [b for b in text.split("\nrule ")[1:] if not b.startswith("all:")]
-    assert len(blocks) == 21
+    assert len(blocks) == len(expected_stages(P))
     for block in blocks:
         rule = block.split(":", 1)[0]
         res = next(line for line in block.splitlines() if line.strip().startswith("resources:"))

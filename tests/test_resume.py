@@ -68,7 +68,8 @@ def kill_after_first_save(cwd: Path, stage_args: list[str], state: Path, *extra:
 
 @pytest.mark.parametrize("stage_args, model_dir, metrics_dir, state_rel", [
     (["tokenizer-init"], "models/tokenizer_init", "metrics/tokenizer_init", ".gear_state/tokenizer_init/state.pt"),
-    (["tune", "--variant", "gear"], "models/tune/gear", "metrics/tune/gear", ".gear_state/tune/gear/state.pt"),
+    (["tune", "--variant", "gear"], "models/tune/seed0/gear", "metrics/tune/seed0/gear",
+     ".gear_state/tune/seed0/gear/state.pt"),
 ])
 def test_sigkill_then_restart_equals_uninterrupted(base, tmp_path, stage_args, model_dir, metrics_dir, state_rel):
     # every save (after steps 4, 9, 14, 19) falls inside a log window (logs at 0, 8, 16): the window

@@ -22,7 +22,7 @@ def warm(tmp_path_factory) -> Path:
 
 
 def gan_steps(d: Path) -> list[int]:
-    f = d / "metrics/tune/gear/plots/metrics/gan_g.tsv"
+    f = d / "metrics/tune/seed0/gear/plots/metrics/gan_g.tsv"
     return [int(r["step"]) for r in csv.DictReader(f.open(), delimiter="\t")] if f.exists() else []
 
 
@@ -34,5 +34,5 @@ def gan_steps(d: Path) -> list[int]:
 def test_tune_gan_starts_at_tune_gan_start(warm, extra, want):
     gear_proc(warm, ["tune", "--variant", "gear"], *EXTRA, *extra)
     assert gan_steps(warm) == want
-    d_tsv = warm / "metrics/tune/gear/plots/metrics/gan_d.tsv"
+    d_tsv = warm / "metrics/tune/seed0/gear/plots/metrics/gan_d.tsv"
     assert d_tsv.exists() == bool(want)  # the discriminator trains exactly when the generator sees it

@@ -61,9 +61,10 @@ def gear_proc(cwd: Path, stage_args: list[str], *extra: str, check: bool = True)
     return r
 
 
-def build_ar_world(root: Path, raw: dict, arm: str) -> None:
+def build_ar_world(root: Path, raw: dict, arm: str, seed: int = 0) -> None:
     """In `root`: shards, a tiny trained-format demo teacher, a random frozen tokenizer for `arm`
-    and its token shards, with `raw` as params.yaml: everything `gear train-ar` needs."""
+    and its token shards, with `raw` as params.yaml: everything `gear train-ar` needs. A tuned arm
+    (not baseline) is per study seed: its tokenizer and tokens go under seed<seed>/."""
     import torch
     import yaml
 
@@ -88,8 +89,8 @@ def build_ar_world(root: Path, raw: dict, arm: str) -> None:
         save_tensors(paths.teacher_dir() / "model.safetensors", vit.state_dict())
         write_json(paths.teacher_dir() / "config.json", {"teacher": "demo", "trained": True,
                                                          "architecture": vit.config, "classes": classes})
-        write_tokenizer(paths.frozen_dir(arm), Tokenizer(TokenizerConfig.from_params(params)), {"arm": arm})
+        write_tokenizer(paths.frozen_dir(arm, seed), Tokenizer(TokenizerConfig.from_params(params)), {"arm": arm})
         (root / "params.yaml").write_text(yaml.safe_dump(raw))
-        tokenize.run(params, arm)
+        tokenize.run(params, arm, seed=seed)
     finally:
         os.chdir(cwd)

@@ -1,0 +1,183 @@
+"""Seeds as a DAG dimension: the seed picks paths and the stage seed, and adding a seed to
+params.study.seeds reruns only that seed's stages (and the report), in both tools.
+
+Both dry runs start from a DAG whose every output exists and is up to date (dummy files that DVC
+records with `dvc commit` and Snakemake with `--touch`), then grow study.seeds from [0] to
+[0, 1] and ask each tool what it would run.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gear import paths
+from gear.config import ParamsError, load_params
+from gear.study import resolve_seed, seeded
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+ENV = dict(os.environ, PATH=f"{BIN}:{os.environ['PATH']}", HF_HUB_OFFLINE="1")
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:dvc")
+
+
+def params_with(tmp_path: Path, **study) -> Path:
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["study"].update(study)
+    p = tmp_path / "params.yaml"
+    p.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return p
+
+
+def test_resolve_seed_and_seeded_params(tmp_path):
+    one = load_params(params_with(tmp_path, seeds=[3]))
+    assert resolve_seed(one, None) == 3
+    two = load_params(params_with(tmp_path, seeds=[0, 5]))
+    with pytest.raises(ParamsError, match="--seed is required"):
+        resolve_seed(two, None)
+    with pytest.raises(ParamsError, match=r"--seed 7: not one of study.seeds \[0, 5\]"):
+        resolve_seed(two, 7)
+    p = seeded(two, 5)
+    assert p.compute.seed == 5 and two.compute.seed == 0  # a copy: the caller's params are unchanged
+
+
+@pytest.mark.parametrize("seeds,msg", [([], "at least one"), ([1, 1], "repeat"), ([-1], ">= 0")])
+def test_bad_seed_lists_are_refused(tmp_path, seeds, msg):
+    with pytest.raises(ParamsError, match=msg):
+        load_params(params_with(tmp_path, seeds=seeds))
+
+
+def test_seeded_paths_and_the_shared_baseline_tokenizer():
+    assert paths.tune_dir("gear", 2) == Path("models/tune/seed2/gear")
+    assert paths.frozen_dir("gear", 2) == Path("models/frozen/seed2/gear")
+    assert paths.frozen_dir("baseline", 2) == paths.frozen_dir("baseline") == Path("models/frozen/baseline")
+    assert paths.tokens_dir("baseline", 1) == Path("data/tokens/baseline")
+    assert paths.ar_dir("baseline", "tiny", 1) == Path("models/ar/seed1/baseline/tiny")
+    assert paths.eval_tokenizer_json("ste", 1) == Path("eval/tokenizer/seed1/ste.json")
+    assert paths.eval_samples_json("gear", "B", 4) == Path("eval/samples/seed4/gear/B.json")
+    with pytest.raises(ValueError, match="per seed"):
+        paths.frozen_dir("gear")
+
+
+def _copy_workflow(d: Path) -> None:
+    for name in ("Snakefile", "params.yaml", "dvc.yaml"):
+        shutil.copy(ROOT / name, d / name)
+    for name in ("workflow", "presets", "local", "slurm"):
+        shutil.copytree(ROOT / name, d / name)
+
+
+def _touch_out(path: Path) -> None:
+    """A dummy output: a file for .json/.md/.html paths, else a folder holding one file."""
+    if path.suffix in (".json", ".md", ".html"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("{}\n")
+    else:
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "x").write_text("x\n")
+
+
+def _grow_seeds(d: Path) -> None:
+    raw = yaml.safe_load((d / "params.yaml").read_text())
+    raw["study"]["seeds"] = [0, 1]
+    (d / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+
+
+def _expected_new(p1) -> set[str]:
+    """DVC stage names of seed 1 (the DAG's stages for seed 1) plus the report."""
+    variants, sizes = paths.tune_variants(p1), p1.ar.sizes
+    new = {f"{s}@1-{v}" for s in ("tune", "freeze", "evaluate_tokenizer") for v in variants} | {"tokenize@1-gear"}
+    new |= {f"{s}_{a}@1-{z}" for s in ("train_ar", "sample", "evaluate_samples") for a in paths.AR_ARMS for z in sizes}
+    return new | {"report"}
+
+
+def test_adding_a_seed_reruns_only_that_seed_dvc(tmp_path):
+    from dvc.repo import Repo
+
+    _copy_workflow(tmp_path)
+    for dep in ("gear/data/shard.py", "gear/data/embedded.py"):  # the shard stage's code deps
+        (tmp_path / dep).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / dep).write_text("# code\n")
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run(["dvc", "init", "-q"], cwd=tmp_path, check=True, env=ENV)
+    with Repo(str(tmp_path)) as repo:
+        for stage in repo.index.stages:
+            for out in stage.outs:
+                _touch_out(tmp_path / out.def_path)
+    subprocess.run(["dvc", "commit", "-f", "-q"], cwd=tmp_path, check=True, env=ENV, timeout=300)
+    status = json.loads(subprocess.run(["dvc", "status", "--json"], cwd=tmp_path, env=ENV, capture_output=True,
+                                       text=True, check=True).stdout or "{}")
+    assert status == {}, status  # everything committed: nothing to run
+
+    _grow_seeds(tmp_path)
+    out = subprocess.run(["dvc", "status", "--json"], cwd=tmp_path, env=ENV, capture_output=True, text=True, check=True)
+    changed = set(json.loads(out.stdout or "{}"))
+    assert changed == _expected_new(load_params(tmp_path / "params.yaml")), changed
+
+    # and the tau experiment still touches tune only among the already-run stages
+    raw = yaml.safe_load((tmp_path / "params.yaml").read_text())
+    raw["study"]["seeds"], raw["tau"] = [0], 0.5
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    out = subprocess.run(["dvc", "status", "--json"], cwd=tmp_path, env=ENV, capture_output=True, text=True, check=True)
+    assert set(json.loads(out.stdout)) == {"tune@0-gear", "tune@0-ste"}
+
+
+SMK_OUTPUTS = r"""  # (depth, outputs) of every job of the forced DAG
+import json, sys, contextlib, io
+from pathlib import Path
+from snakemake.api import SnakemakeApi
+from snakemake.settings.types import ConfigSettings, DAGSettings, OutputSettings, Quietness, ResourceSettings
+root = Path(sys.argv[1])
+with SnakemakeApi(OutputSettings(quiet={Quietness.ALL})) as api:
+    wf = api.workflow(resource_settings=ResourceSettings(), snakefile=root / "Snakefile", workdir=root,
+                      config_settings=ConfigSettings(config={"params": "params.yaml"}))
+    dag_api = wf.dag(DAGSettings(targets={"all"}, forceall=True))
+    with contextlib.redirect_stdout(io.StringIO()):
+        dag_api.printd3dag()
+    dag = wf._workflow.dag
+    depth = {}
+    def d(job):
+        if job not in depth:
+            depth[job] = 1 + max((d(u) for u in dag.dependencies[job]), default=0)
+        return depth[job]
+    print(json.dumps([[d(j), [str(f) for f in j.output]] for j in dag.jobs]))
+"""
+
+
+def test_adding_a_seed_reruns_only_that_seed_snakemake(tmp_path):
+    _copy_workflow(tmp_path)
+    out = subprocess.run([sys.executable, "-c", SMK_OUTPUTS, str(tmp_path)], cwd=tmp_path, env=ENV,
+                         capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr[-3000:]
+    for _, outputs in json.loads(out.stdout.strip().splitlines()[-1]):
+        for f in outputs:
+            _touch_out(tmp_path / f)
+    # --touch --forceall: Snakemake marks every job as run, in DAG order, with its metadata (the
+    # input-set trigger that makes the report see new seeds needs it, as after a real run)
+    touch = subprocess.run([str(BIN / "snakemake"), "--touch", "--forceall", "--cores", "1", "all"], cwd=tmp_path,
+                           env=ENV, capture_output=True, text=True, timeout=180)
+    assert touch.returncode == 0, touch.stderr[-2000:]
+
+    def dry_run() -> dict[str, int]:
+        res = subprocess.run([str(BIN / "snakemake"), "-n", "--cores", "1", "all"], cwd=tmp_path, env=ENV,
+                             capture_output=True, text=True, timeout=180)
+        assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+        text = res.stdout + res.stderr
+        if "Nothing to be done" in text:
+            return {}
+        table = text.split("Job stats:")[1].split("total")[0]
+        return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)}
+
+    assert dry_run() == {}
+    _grow_seeds(tmp_path)
+    p = load_params(tmp_path / "params.yaml")
+    n_sizes, n_var = len(p.ar.sizes), len(paths.tune_variants(p))
+    want = {"tune": n_var, "freeze": n_var, "evaluate_tokenizer": n_var, "tokenize": 1, "train_ar": 2 * n_sizes,
+            "sample": 2 * n_sizes, "evaluate_samples": 2 * n_sizes, "report": 1, "all": 1}
+    assert dry_run() == want
