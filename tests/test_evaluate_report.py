@@ -73,6 +73,7 @@ def world(tmp_path_factory) -> Path:
                                                          "classes": list(SOURCES), "val_acc": 0.0})
         for arm in paths.tokenizer_arms(p):
             write_tokenizer(paths.frozen_dir(arm, SEED), Tokenizer(TokenizerConfig.from_params(p)), {"arm": arm})
+            write_json(paths.freeze_stats_json(arm, SEED), {"arm": arm})  # the freeze stage's other output
         for i, arm in enumerate(paths.AR_ARMS):
             cfg = GPTConfig.from_size("tiny", vocab_size=64, grid=8, num_classes=len(SOURCES))
             ar = GPT(cfg)

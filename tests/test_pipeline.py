@@ -292,7 +292,7 @@ def test_multi_gpu_launch_and_sbatch(workdir, smk_all, params_file, nodes):
     p = load_params(workdir / params_file)
     gpus = p.resources.train_gpus
     jobs = smk_all[params_file]
-    assert {n.split("@")[0] for n in jobs if jobs[n]["sbatch"]} == TRAIN_RULES
+    assert {job["rule"] for job in jobs.values() if job["sbatch"]} == TRAIN_RULES
     for name, job in jobs.items():
         prefix, _ = check_command(name, job["shell"], params_file)
         if job["sbatch"] is None:

@@ -14,6 +14,8 @@ rule report:
         str(REPORT["index.html"]),
         directory(str(REPORT["figures"])),
         str(REPORT["claims.json"]),
+    params:
+        digest=P.digest("study"),  # the confidence level and the claims' margins change the report
     log:
         logfile("report"),
     benchmark:
