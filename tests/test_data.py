@@ -2,6 +2,7 @@
 import hashlib
 import io
 import json
+import multiprocessing
 import os
 import shutil
 import tarfile
@@ -144,6 +145,20 @@ def make_imagefolder(root):
     Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(buf, format="JPEG")
     (root / "cat" / "broken.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
     (root / "dog" / "notes.txt").write_text("not an image\n")
+
+
+def test_failed_split_stops_its_pool_at_once(tmp_path, monkeypatch):
+    """A split that fails part-way through the pool's results tears the pool down before the
+    error reaches the caller, not later from the garbage collector (which can deadlock)."""
+    def fail_after_one(split, jobs, encoded, *rest):
+        next(encoded)
+        raise OSError("disk full")
+    monkeypatch.setattr(shard, "_write_split", fail_after_one)
+    with pytest.raises(OSError, match="disk full") as failure:
+        shard.run(make_params(tmp_path / "shards", workers=2))
+    assert failure.traceback  # held: its frames keep the results iterator (and so the pool) referenced
+    assert multiprocessing.active_children() == []
+    assert not (tmp_path / "shards").exists()
 
 
 def test_shard_imagefolder_skips_bad_files(tmp_path, capsys):

@@ -21,6 +21,7 @@ folder next to shard_dir and renamed into place at the end, so a crash never lea
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import hashlib
@@ -315,8 +316,10 @@ def run(params) -> None:
             "params_data": params.to_dict()["data"],
         }
         for split, jobs in splits.items():
-            encoded = _pool_map(encode, jobs, params.compute.workers)
-            info, skipped, upscaled = _write_split(split, jobs, encoded, tmp, params, classes)
+            # closed here even when _write_split raises: a pool torn down later by the garbage
+            # collector, at an arbitrary point of the program, can deadlock in its join
+            with contextlib.closing(_pool_map(encode, jobs, params.compute.workers)) as encoded:
+                info, skipped, upscaled = _write_split(split, jobs, encoded, tmp, params, classes)
             manifest["splits"][split] = info
             manifest["skipped"] += skipped
             manifest["upscaled"] += upscaled
