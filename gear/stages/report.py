@@ -160,8 +160,9 @@ def header(r: Results, params) -> list:
 
 def claims_section(r: Results, params, speedups: dict) -> tuple[list, dict]:
     table = claims(r, params, {k: [s["ratio"] for s in v] for k, v in speedups.items()})
-    rows = [{"claim": f"{c.id}: {c.claim}", "seed's figure": c.seed, f"ours ({len(r.seeds)} seeds)": c.ours,
-             "verdict": c.verdict} for c in table]
+    n = len(r.seeds)
+    ours = f"ours ({n} seed{'s' if n > 1 else ''})"
+    rows = [{"claim": f"{c.id}: {c.claim}", "seed's figure": c.seed, ours: c.ours, "verdict": c.verdict} for c in table]
     src = [paths.eval_tokenizer_json("baseline"), Path("eval/tokenizer/seed*/"), Path("eval/samples/seed*/"),
            Path("metrics/train_ar/seed*/")]
     return (["## The seed's claims",
