@@ -5,6 +5,7 @@ import json
 import multiprocessing
 import os
 import shutil
+import signal
 import tarfile
 
 import numpy as np
@@ -149,13 +150,18 @@ def make_imagefolder(root):
 
 def test_failed_split_stops_its_pool_at_once(tmp_path, monkeypatch):
     """A split that fails part-way through the pool's results tears the pool down before the
-    error reaches the caller, not later from the garbage collector (which can deadlock)."""
+    error reaches the caller, not later from the garbage collector (which can deadlock), even
+    when the caller has a SIGTERM handler (a training stage's stop request) the workers inherit."""
     def fail_after_one(split, jobs, encoded, *rest):
         next(encoded)
         raise OSError("disk full")
     monkeypatch.setattr(shard, "_write_split", fail_after_one)
-    with pytest.raises(OSError, match="disk full") as failure:
-        shard.run(make_params(tmp_path / "shards", workers=2))
+    previous = signal.signal(signal.SIGTERM, lambda *_: None)
+    try:
+        with pytest.raises(OSError, match="disk full") as failure:
+            shard.run(make_params(tmp_path / "shards", workers=2))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     assert failure.traceback  # held: its frames keep the results iterator (and so the pool) referenced
     assert multiprocessing.active_children() == []
     assert not (tmp_path / "shards").exists()

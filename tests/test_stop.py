@@ -89,3 +89,29 @@ def test_sigterm_on_one_rank_stops_both_at_one_step_and_resumes_exactly(shards, 
     assert finish(b, launch(b)) == [0, 0]  # the requeued job
     assert_same_outputs(a, b, MODEL, METRICS)
     assert not (b / STATE).exists()
+
+
+def test_stop_handlers_end_with_the_stage():
+    """A stage's SIGTERM / SIGUSR1 handlers are the previous ones again once it returns or exits:
+    left installed, every process forked later (a shard pool) would survive Pool.terminate()."""
+    from gear.stages import teacher, tokenizer_init, train_ar, tune
+    from gear.train.state import STOP_SIGNALS, StopRequest, restores_stop_signals
+
+    @restores_stop_signals
+    def stage(exit_code):
+        stop = StopRequest()
+        assert all(signal.getsignal(s) == stop._handle for s in STOP_SIGNALS)
+        if exit_code is not None:
+            sys.exit(exit_code)  # as exit_after_save leaves a preempted stage
+
+    before = {s: signal.getsignal(s) for s in STOP_SIGNALS}
+    stage(None)
+    assert {s: signal.getsignal(s) for s in STOP_SIGNALS} == before
+    with pytest.raises(SystemExit):
+        stage(TERM)
+    assert {s: signal.getsignal(s) for s in STOP_SIGNALS} == before
+    stages_dir = Path(tokenizer_init.__file__).parent
+    building = {f.stem for f in stages_dir.glob("*.py") if "StopRequest()" in f.read_text()}
+    assert building == {"teacher", "tokenizer_init", "train_ar", "tune"}
+    for module in (teacher, tokenizer_init, train_ar, tune):
+        assert module.run.__wrapped__.__name__ == "run", module  # wrapped by restores_stop_signals

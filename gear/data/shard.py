@@ -30,6 +30,7 @@ import json
 import multiprocessing as mp
 import os
 import shutil
+import signal
 import stat
 import sys
 import tarfile
@@ -102,8 +103,14 @@ def _pool_map(fn, jobs: list[Job], workers: int) -> Iterator[tuple[bytes | None,
     if workers <= 1:
         yield from map(fn, jobs)
         return
-    with mp.Pool(workers) as pool:
+    with mp.Pool(workers, initializer=_default_sigterm) as pool:
         yield from pool.imap(fn, jobs, chunksize=16)
+
+
+def _default_sigterm() -> None:
+    """Pool.terminate() stops workers with SIGTERM: a handler inherited from the parent (a
+    training stage's stop request) would keep them alive and its join waiting forever."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ from gear.models.demo_teacher import DemoViT
 from gear.runtime import Runtime, seed_everything, setup, teardown
 from gear.train.logger import MetricsLog
 from gear.train.schedule import lr_at
-from gear.train.state import Checkpointer, StopRequest, check_finite
+from gear.train.state import Checkpointer, StopRequest, check_finite, restores_stop_signals
 
 STAGE = "teacher"
 LABEL_SMOOTHING = 0.1
@@ -72,6 +72,7 @@ def evaluate(params, model: DemoViT, rt: Runtime) -> float:
     return (counts[0] / counts[1].clamp(min=1)).item()
 
 
+@restores_stop_signals
 def run(params) -> None:
     t = params.teachers
     if not demo_needed(params):

@@ -21,13 +21,14 @@ from gear.train.ema import EMA
 from gear.train.logger import MetricsLog, WindowMean
 from gear.train.recon_check import reconstruction_check
 from gear.train.schedule import lr_at
-from gear.train.state import Checkpointer, StopRequest, check_finite
+from gear.train.state import Checkpointer, StopRequest, check_finite, restores_stop_signals
 from gear.train.tokenizer_objective import (CodebookWindow, TokenizerObjective, build_discriminator,
                                             build_perceptual, build_tokenizer, clip_and_step)
 
 STAGE = "tokenizer_init"
 
 
+@restores_stop_signals
 def run(params) -> None:
     read_manifest(params)  # clear error before any compute if shards are missing
     rt = setup(params)

@@ -54,7 +54,7 @@ from gear.train.ar_objective import ar_loss, build_ar
 from gear.train.ema import EMA
 from gear.train.logger import MetricsLog
 from gear.train.parallel import DataParallel
-from gear.train.state import Checkpointer, StopRequest, check_finite
+from gear.train.state import Checkpointer, StopRequest, check_finite, restores_stop_signals
 
 STAGE = "train_ar"
 VAL_IMAGES = 512
@@ -133,6 +133,7 @@ def val_ntp(model: GPT, tokens: torch.Tensor, labels: torch.Tensor, rt: Runtime)
     return (total[0] / total[1]).item()
 
 
+@restores_stop_signals
 def run(params, arm: str, size: str, seed: int | None = None) -> None:
     check_arm(arm)
     if size not in params.ar.sizes:

@@ -28,7 +28,7 @@ from gear.train.ema import EMA
 from gear.train.gear_step import GearKnobs, GearModels, ar_step, ste_joint_step, tokenizer_step
 from gear.train.logger import MetricsLog, WindowMean
 from gear.train.recon_check import reconstruction_check
-from gear.train.state import Checkpointer, StopRequest, check_finite
+from gear.train.state import Checkpointer, StopRequest, check_finite, restores_stop_signals
 from gear.train.tokenizer_objective import (CodebookWindow, TokenizerObjective, build_discriminator,
                                             build_perceptual, build_tokenizer, clip_and_step)
 
@@ -43,6 +43,7 @@ def variant_mode(params, variant: str) -> str:
     return variant
 
 
+@restores_stop_signals
 def run(params, variant: str = "gear", seed: int | None = None) -> None:
     mode = variant_mode(params, variant)
     seed = resolve_seed(params, seed)

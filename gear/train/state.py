@@ -7,6 +7,7 @@ rank's RNG state; loaded with `weights_only=True` so a checkpoint cannot execute
 """
 from __future__ import annotations
 
+import functools
 import os
 import random
 import signal
@@ -123,13 +124,31 @@ class Checkpointer:
 
 # ---- preemption and non-finite guards -------------------------------------------------------
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+def restores_stop_signals(stage_run):
+    """A training stage's StopRequest handlers end with the stage. A process that runs several
+    stages (the tests, a notebook) would otherwise keep them, and every process it forks later
+    (a shard pool) would take SIGTERM as a stop request and outlive Pool.terminate()."""
+    @functools.wraps(stage_run)
+    def run(*args, **kwargs):
+        saved = {s: signal.getsignal(s) for s in STOP_SIGNALS}
+        try:
+            return stage_run(*args, **kwargs)
+        finally:
+            for s, handler in saved.items():
+                signal.signal(s, handler)
+    return run
+
+
 class StopRequest:
     """SIGTERM (preemption, scancel) and SIGUSR1 (SLURM's --signal warning) set a flag that the
     training loop checks after each step (`agreed`): it then saves the state and exits."""
 
     def __init__(self):
         self.signum: int | None = None
-        for s in (signal.SIGTERM, signal.SIGUSR1):
+        for s in STOP_SIGNALS:
             signal.signal(s, self._handle)
 
     def _handle(self, signum, frame) -> None:
