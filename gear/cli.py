@@ -14,26 +14,29 @@ import sys
 from gear.config import ParamsError, load_params
 
 SEED = ("--seed", dict(type=int, default=None, help="study seed (one of study.seeds; default: the only one)"))
+ROW = ("--ablation", dict(default=None, metavar="ROW",
+                          help="run this stage for an ablation row (gear/ablations.py) under ablations/ROW/"))
 
 # stage name -> (module, help, extra arguments)
 STAGES: dict[str, tuple[str, str, list[tuple[str, dict]]]] = {
     "shard": ("gear.data.shard", "write webdataset shards + manifest from the embedded set or an ImageFolder", []),
-    "teacher": ("gear.stages.teacher", "train the offline `demo` alignment teacher on the shards", []),
-    "tokenizer-init": ("gear.stages.tokenizer_init", "warm-up tokenizer training (reconstruction + GAN)", []),
+    "teacher": ("gear.stages.teacher", "train the offline `demo` alignment teacher on the shards", [ROW]),
+    "tokenizer-init": ("gear.stages.tokenizer_init", "warm-up tokenizer training (reconstruction + GAN)", [ROW]),
     "tune": ("gear.stages.tune", "GEAR end-to-end tuning of tokenizer + AR", [
-        ("--variant", dict(default="gear", help="gear (uses params e2e_mode) or an ablation in tune.ablations")), SEED]),
+        ("--variant", dict(default="gear", help="gear (uses params e2e_mode) or an ablation in tune.ablations")), SEED,
+        ROW]),
     "freeze": ("gear.stages.freeze", "export a tokenizer EMA as a frozen artifact + codebook stats", [
-        ("--arm", dict(required=True, help="baseline | gear | an ablation name")), SEED]),
+        ("--arm", dict(required=True, help="baseline | gear | an ablation name")), SEED, ROW]),
     "tokenize": ("gear.stages.tokenize", "pre-extract token shards of the train split with a frozen tokenizer", [
-        ("--arm", dict(required=True, help="baseline | gear")), SEED]),
+        ("--arm", dict(required=True, help="baseline | gear")), SEED, ROW]),
     "train-ar": ("gear.stages.train_ar", "train a fresh AR on a frozen tokenizer (LlamaGen-REPA recipe)", [
         ("--arm", dict(required=True, help="baseline | gear")),
-        ("--size", dict(required=True, help="AR size: tiny | small | B | L | XL | custom")), SEED]),
+        ("--size", dict(required=True, help="AR size: tiny | small | B | L | XL | custom")), SEED, ROW]),
     "sample": ("gear.stages.sample", "class-conditional sampling with KV cache and CFG", [
-        ("--arm", dict(required=True)), ("--size", dict(required=True)), SEED]),
+        ("--arm", dict(required=True)), ("--size", dict(required=True)), SEED, ROW]),
     "evaluate": ("gear.stages.evaluate", "metrics JSON for a tokenizer, a samples file, or the real statistics", [
         ("what", dict(choices=["real", "tokenizer", "samples"])),
-        ("--arm", dict(default=None)), ("--size", dict(default=None)), SEED]),
+        ("--arm", dict(default=None)), ("--size", dict(default=None)), SEED, ROW]),
     "report": ("gear.stages.report", "write reports/index.md and reports/index.html from the metrics", []),
 }
 
@@ -55,6 +58,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def enter_ablation(params, row: str, extra: dict):
+    """An ablation row runs the GEAR arm's stages: its params, its paths (gear/ablations.py)."""
+    from gear.ablations import enter
+
+    for flag in ("variant", "arm"):
+        if extra.get(flag) not in (None, "gear"):
+            raise ParamsError(f"--ablation {row} runs the GEAR arm: --{flag} must be gear, got {extra[flag]!r}")
+    return enter(params, row)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from gear.data.shard import DataError
@@ -70,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         module = importlib.import_module(STAGES[args.stage][0])
         extra = {k: v for k, v in vars(args).items() if k not in ("stage", "params", "overrides")}
+        row = extra.pop("ablation", None)
+        if row is not None:
+            params = enter_ablation(params, row, extra)
         module.run(params, **extra)
     except (ParamsError, ArtifactError, DataError, OSError) as e:  # expected: bad input, not a bug
         print(f"gear {args.stage}: error: {e}", file=sys.stderr)

@@ -21,7 +21,8 @@ from typing import Any, Literal, Optional
 import yaml
 
 QUANTIZERS = ("vq", "lfq", "ibq")
-TEACHERS = ("demo", "dinov2_vitb14", "dinov2_vitl14", "dinov3_vitb16", "siglip2_vitb16", "clip_vitb16")
+TEACHERS = ("demo", "dinov2_vitb14", "dinov2_vitl14", "dinov3_vitb16", "siglip2_vitb16", "clip_vitb16",
+            "vjepa2_vitl16")
 E2E_MODES = ("gear", "ste", "none")
 AR_SIZES = ("tiny", "small", "B", "L", "XL", "custom")
 
@@ -198,6 +199,23 @@ class Study:
 
 
 @dataclass
+class Ablations:
+    """The seed's ablation grid (gear/ablations.py): one axis varies at a time, every other knob at
+    its default, which is the params' own value (the main DAG's GEAR arm is each table's default row,
+    listed first when an axis does not name it)."""
+    # Empty by default (each axis is then its default row alone): params.yaml and the presets list the grid.
+    training: list[str] = field(default_factory=list)
+    quantizer: list[str] = field(default_factory=list)
+    tau: list[float] = field(default_factory=list)
+    align_weight: list[float] = field(default_factory=list)
+    align_layer: list[int] = field(default_factory=list)
+    teacher: list[str] = field(default_factory=list)
+    tune_ar_size: list[str] = field(default_factory=list)
+    init: list[str] = field(default_factory=list)
+    eval_size: Optional[str] = None  # the fresh AR (one of ar.sizes) each row's gFID is measured with; null: ar.sizes[0]
+
+
+@dataclass
 class Resources:
     train_gpus: int = 1
     train_nodes: int = 1
@@ -227,6 +245,7 @@ class Params:
     metrics: Metrics = field(default_factory=Metrics)
     compute: Compute = field(default_factory=Compute)
     study: Study = field(default_factory=Study)
+    ablations: Ablations = field(default_factory=Ablations)
     resources: Resources = field(default_factory=Resources)
 
     def to_dict(self) -> dict:
@@ -357,8 +376,9 @@ def _get(p: Params, key: str) -> Any:
     return p
 
 
-def validate(p: Params) -> Params:
-    """Ranges and cross-field rules; raises ParamsError on the first problem."""
+def validate(p: Params, grid: bool = True) -> Params:
+    """Ranges and cross-field rules; raises ParamsError on the first problem. `grid`: also build
+    and check every ablation row (a row's own params are checked without it)."""
     from gear.models.registry import ar_depth  # local: keep config import light
 
     for key, lo in LOWER_BOUNDS.items():
@@ -474,6 +494,10 @@ def validate(p: Params) -> Params:
     if p.teacher == "demo":
         _check(p.teachers.demo_patch == t.downsample, "teachers.demo_patch", p.teachers.demo_patch,
                f"must equal the tokenizer downsampling {t.downsample} so teacher patches match tokens")
+    if grid:
+        from gear.ablations import check_grid  # local: the grid builds rows through this module
+
+        check_grid(p)
     return p
 
 
@@ -496,8 +520,8 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     return raw
 
 
-def params_from_dict(raw: dict) -> Params:
-    return validate(_build(Params, raw, ""))
+def params_from_dict(raw: dict, grid: bool = True) -> Params:
+    return validate(_build(Params, raw, ""), grid)
 
 
 def load_params(path: str | Path = "params.yaml", overrides: list[str] | None = None) -> Params:

@@ -14,9 +14,17 @@ models/tune/seed1/gear, models/ar/seed1/baseline/tiny. The data, the teacher and
 shared, and so is everything of the baseline *tokenizer* (models/frozen/baseline,
 data/tokens/baseline, eval/tokenizer/baseline.json): it is a deterministic function of the
 warm-up, so a seed cannot change it. Functions of a tokenizer arm ignore the seed for baseline.
+
+Ablation rows (gear/ablations.py) run the GEAR arm's stages under ablations/<row>/ with the same
+relative layout (ablations/tau-0.5/models/tune/seed0/gear), and read the teacher and the warm-up
+from the main folders unless the row changes them. A `Layout` names those three roots; the CLI
+sets one per command (`use_layout`), the Snakefile borrows one for a block (`using`). The default
+layout is the main DAG's: every root is the repository root.
 """
 from __future__ import annotations
 
+import contextlib
+from dataclasses import dataclass
 from pathlib import Path
 
 AR_ARMS = ("baseline", "gear")
@@ -38,6 +46,43 @@ SAMPLES_DIR = Path("samples")           # /<ar arm>/<size>
 METRICS_DIR = Path("metrics")
 EVAL_DIR = Path("eval")
 REPORTS_DIR = Path("reports")
+ABLATIONS_DIR = Path("ablations")      # /<row>/<the layout above>
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a command's stages live: `teacher` holds models/teacher, `warmup` the warm-up
+    tokenizer, `tuned` the tuned arms and everything made from them (ARs, samples, metrics)."""
+    teacher: Path = Path(".")
+    warmup: Path = Path(".")
+    tuned: Path = Path(".")
+
+    def root(self, stage: str) -> Path:
+        return {"teacher": self.teacher, "tokenizer_init": self.warmup}.get(stage, self.tuned)
+
+
+_layout = Layout()
+
+
+def use_layout(layout: Layout) -> None:
+    """Set the layout of this process (the CLI, once, for `--ablation <row>`)."""
+    global _layout
+    _layout = layout
+
+
+@contextlib.contextmanager
+def using(layout: Layout):
+    """The paths of `layout` inside a block (the Snakefile names an ablation row's files)."""
+    global _layout
+    before, _layout = _layout, layout
+    try:
+        yield layout
+    finally:
+        _layout = before
+
+
+def ablation_root(row: str) -> Path:
+    return ABLATIONS_DIR / row
 
 
 def shard_dir(params=None) -> Path:
@@ -49,11 +94,11 @@ def manifest(params=None) -> Path:
 
 
 def teacher_dir() -> Path:
-    return TEACHER_DIR
+    return _layout.teacher / TEACHER_DIR
 
 
 def tokenizer_init_dir() -> Path:
-    return TOKENIZER_INIT_DIR
+    return _layout.warmup / TOKENIZER_INIT_DIR
 
 
 def seed_part(seed: int) -> str:
@@ -71,11 +116,11 @@ def _arm_dir(root: Path, arm: str, seed: int | None) -> Path:
         return root / arm
     if seed is None:
         raise ValueError(f"arm {arm!r} is per seed: a seed is needed for its path")
-    return root / seed_part(seed) / arm
+    return _layout.tuned / root / seed_part(seed) / arm
 
 
 def tune_dir(variant: str, seed: int) -> Path:
-    return TUNE_DIR / seed_part(seed) / variant
+    return _layout.tuned / TUNE_DIR / seed_part(seed) / variant
 
 
 def tune_variants(params) -> list[str]:
@@ -95,16 +140,16 @@ def tokens_dir(arm: str, seed: int | None = None) -> Path:
 
 
 def ar_dir(arm: str, size: str, seed: int) -> Path:
-    return AR_DIR / seed_part(seed) / arm / size
+    return _layout.tuned / AR_DIR / seed_part(seed) / arm / size
 
 
 def samples_dir(arm: str, size: str, seed: int) -> Path:
-    return SAMPLES_DIR / seed_part(seed) / arm / size
+    return _layout.tuned / SAMPLES_DIR / seed_part(seed) / arm / size
 
 
 def metrics_dir(stage: str, *parts: str) -> Path:
     """dvclive folder of a training stage, e.g. metrics_dir('tune', 'seed0', 'gear')."""
-    return METRICS_DIR.joinpath(stage, *parts)
+    return _layout.root(stage) / METRICS_DIR.joinpath(stage, *parts)
 
 
 def tune_metrics_dir(variant: str, seed: int) -> Path:
@@ -124,7 +169,7 @@ def eval_tokenizer_json(arm: str, seed: int | None = None) -> Path:
 
 
 def eval_samples_json(arm: str, size: str, seed: int) -> Path:
-    return EVAL_DIR / "samples" / seed_part(seed) / arm / f"{size}.json"
+    return _layout.tuned / EVAL_DIR / "samples" / seed_part(seed) / arm / f"{size}.json"
 
 
 def report_files() -> dict[str, Path]:
@@ -134,7 +179,7 @@ def report_files() -> dict[str, Path]:
 
 def state_dir(params, stage: str, *parts: str) -> Path:
     """Resumable training state: outside every declared output (tools delete those)."""
-    return Path(params.compute.state_dir).joinpath(stage, *parts)
+    return Path(params.compute.state_dir) / _layout.root(stage) / Path(stage, *parts)
 
 
 def freeze_stats_json(arm: str, seed: int | None = None) -> Path:

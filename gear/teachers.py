@@ -11,9 +11,11 @@ autocast when params.compute.precision is bf16 and the device has fast bf16 (fea
 as float32).
 
 Registry (params.teacher): `demo` (trained by `gear teacher`, read from paths.teacher_dir()),
-`dinov2_vitb14`, `dinov2_vitl14`, `dinov3_vitb16` (timm) and `siglip2_vitb16`, `clip_vitb16`
-(open_clip). Hub weights come from the Hugging Face cache (downloaded when online) or from the
-local file params.teachers.weights. With neither, loading fails at once with a one-line message
+`dinov2_vitb14`, `dinov2_vitl14`, `dinov3_vitb16` (timm), `siglip2_vitb16`, `clip_vitb16`
+(open_clip) and `vjepa2_vitl16` (V-JEPA 2 ViT-L, transformers' VJEPA2Model: an image is fed as a
+clip of one tubelet, the frame repeated, as V-JEPA 2's image probes do; 3D RoPE, so any grid).
+Hub weights come from the Hugging Face cache (downloaded when online) or from the local file
+params.teachers.weights (for V-JEPA: a folder written by `save_pretrained`). With neither, loading fails at once with a one-line message
 (offline or hub unreachable) instead of the hub client's ~46 s retry loop.
 
 Target z-score (params.teachers.zscore; `auto` = on for the non-DINO teachers siglip2 and clip,
@@ -62,7 +64,10 @@ HUB_TEACHERS = {
                               _OPEN_CLIP_FILES, 16, 224, False),
     "clip_vitb16": HubSpec("open_clip", "ViT-B-16-quickgelu", "openai", "timm/vit_base_patch16_clip_224.openai",
                            _OPEN_CLIP_FILES, 16, 224, False),
+    "vjepa2_vitl16": HubSpec("transformers", "VJEPA2Model", "", "facebook/vjepa2-vitl-fpc64-256",
+                             ("model.safetensors",), 16, 256, False),
 }
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # V-JEPA 2's video processor
 TEACHER_NAMES = ("demo", *HUB_TEACHERS)
 
 
@@ -216,6 +221,23 @@ class OpenClipTeacher(Teacher):
         return super().features(images, grid, grad)
 
 
+class VJepaTeacher(Teacher):
+    """V-JEPA 2's encoder (transformers' VJEPA2Model, predictor skipped): the image repeated over
+    one tubelet of frames; its final-norm patch tokens (no class token), their mean as pooled."""
+
+    def __init__(self, name: str, model: nn.Module, patch: int, pool_size: int, zscore: float = 0.0,
+                 precision: str = "bf16"):
+        super().__init__(name, model.config.hidden_size, patch, pool_size, IMAGENET_MEAN, IMAGENET_STD, zscore,
+                         precision)
+        self.model, self.frames = model, model.config.tubelet_size
+        self._freeze()
+
+    def _forward(self, x):
+        clip = x.unsqueeze(1).expand(-1, self.frames, -1, -1, -1)  # (B, T, 3, H, W)
+        tokens = self.model(pixel_values_videos=clip, skip_predictor=True).last_hidden_state
+        return tokens, tokens.mean(dim=1)
+
+
 # ----------------------------------------------------------------------------------------------
 # loading
 
@@ -232,7 +254,11 @@ def resolve_weights(name: str, weights: str | None) -> str | None:
     spec = HUB_TEACHERS[name]
     if weights:
         path = Path(weights).expanduser()
-        if not path.is_file():
+        if spec.library == "transformers":
+            if not (path / "config.json").is_file():
+                raise RuntimeError(f"teacher {name}: teachers.weights {path} is not a save_pretrained folder "
+                                   "(no config.json)")
+        elif not path.is_file():
             raise RuntimeError(f"teacher {name}: teachers.weights file {path} not found")
         return str(path)
     if _in_hub_cache(spec) or (not offline() and reachable(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))):
@@ -260,6 +286,32 @@ def build_open_clip(spec: HubSpec, weights: str | None, image_size: int, pretrai
     source = (weights or spec.tag) if pretrained else None
     model = open_clip.create_model(spec.arch, pretrained=source, force_image_size=image_size)
     return model.visual, cfg["mean"], cfg["std"]
+
+
+def build_transformers(spec: HubSpec, weights: str | None) -> nn.Module:
+    import transformers
+
+    return getattr(transformers, spec.arch).from_pretrained(weights or spec.hub_id)
+
+
+LIBRARIES = {"timm": "timm", "open_clip": "open_clip", "transformers": "transformers"}
+
+
+def unavailable(name: str, weights: str | None) -> str | None:
+    """Why teacher `name` cannot be loaded here (its library or its weights), or None. Quick: no
+    download is tried."""
+    if name == "demo":
+        return None
+    import importlib.util
+
+    spec = HUB_TEACHERS[name]
+    if importlib.util.find_spec(LIBRARIES[spec.library]) is None:
+        return f"teacher {name} needs the {spec.library} package (pip install {spec.library})"
+    try:
+        resolve_weights(name, weights)
+    except RuntimeError as e:
+        return str(e)
+    return None
 
 
 def load_demo(params, zscore: float = 0.0) -> DemoTeacher:
@@ -305,6 +357,9 @@ def load_teacher(params, device: torch.device | str = "cpu", name: str | None = 
     if spec.library == "timm":
         teacher = TimmTeacher(name, build_timm(spec, weights), spec.patch, spec.pool_size, strength,
                               params.compute.precision)
+    elif spec.library == "transformers":
+        teacher = VJepaTeacher(name, build_transformers(spec, weights), spec.patch, spec.pool_size, strength,
+                               params.compute.precision)
     else:
         visual, mean, std = build_open_clip(spec, weights, grid * spec.patch)
         teacher = OpenClipTeacher(name, visual, spec.patch, grid, mean, std, strength, params.compute.precision)

@@ -23,7 +23,7 @@ TINY = [
     "tokenizer.batch_size=8", "tokenizer.gan_start=2", "tokenizer.perceptual=none",
     "ar.sizes=[custom]", "ar.custom_layers=2", "ar.custom_dim=32", "ar.custom_heads=2",
     "ar.projector_hidden=16", "ar.steps=6", "ar.batch_size=8", "ar.warmup_steps=2",
-    "tune.ar_size=custom", "tune.steps=6", "tune.batch_size=8",
+    "tune.ar_size=custom", "tune.steps=6", "tune.batch_size=8", "ablations.align_layer=[1,2]",
     "sample.per_class=2", "sample.batch_size=16",
     "metrics.batch_size=32", "metrics.max_real=96", "metrics.max_patches=256",
     "compute.workers=0", "compute.log_every=1", "compute.save_every=2",
