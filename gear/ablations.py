@@ -158,11 +158,6 @@ def row_params(params, row: Row):
     return params_from_dict(apply_overrides(raw, sets), grid=False)
 
 
-def eval_size(params) -> str:
-    """The fresh AR size every row is judged with."""
-    return params.ablations.eval_size or params.ar.sizes[0]
-
-
 def check_grid(params) -> None:
     """Every axis value is allowed and gives valid params (one line naming the first that does not)."""
     ab = params.ablations
@@ -220,11 +215,3 @@ def enter(params, name: str):
     paths.use_layout(layout(params, row))
     return row_params(params, row)
 
-
-def outputs(params, row: Row, seed: int) -> dict[str, Path]:
-    """The files the ablation report reads for one row and seed."""
-    size = eval_size(params)
-    with paths.using(layout(params, row)):
-        return {"tokenizer": paths.eval_tokenizer_json("gear", seed),
-                "samples": paths.eval_samples_json("gear", size, seed),
-                "train_ar": paths.train_ar_metrics_dir("gear", size, seed) / "metrics.json"}

@@ -212,7 +212,7 @@ class Ablations:
     teacher: list[str] = field(default_factory=list)
     tune_ar_size: list[str] = field(default_factory=list)
     init: list[str] = field(default_factory=list)
-    eval_size: Optional[str] = None  # the fresh AR (one of ar.sizes) each row's gFID is measured with; null: ar.sizes[0]
+    eval_size: Optional[str] = None  # the fresh AR (one of ar.sizes) judging each row's gFID; null: ar.sizes[0]
 
 
 @dataclass

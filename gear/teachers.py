@@ -15,8 +15,9 @@ Registry (params.teacher): `demo` (trained by `gear teacher`, read from paths.te
 (open_clip) and `vjepa2_vitl16` (V-JEPA 2 ViT-L, transformers' VJEPA2Model: an image is fed as a
 clip of one tubelet, the frame repeated, as V-JEPA 2's image probes do; 3D RoPE, so any grid).
 Hub weights come from the Hugging Face cache (downloaded when online) or from the local file
-params.teachers.weights (for V-JEPA: a folder written by `save_pretrained`). With neither, loading fails at once with a one-line message
-(offline or hub unreachable) instead of the hub client's ~46 s retry loop.
+params.teachers.weights (for V-JEPA: a folder written by `save_pretrained`). With neither, loading
+fails at once with a one-line message (offline or hub unreachable) instead of the hub client's
+~46 s retry loop.
 
 Target z-score (params.teachers.zscore; `auto` = on for the non-DINO teachers siglip2 and clip,
 as in the reference, off for the DINO ones and `demo`): per image and channel, over the patches,
@@ -67,7 +68,6 @@ HUB_TEACHERS = {
     "vjepa2_vitl16": HubSpec("transformers", "VJEPA2Model", "", "facebook/vjepa2-vitl-fpc64-256",
                              ("model.safetensors",), 16, 256, False),
 }
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # V-JEPA 2's video processor
 TEACHER_NAMES = ("demo", *HUB_TEACHERS)
 
 
@@ -227,8 +227,10 @@ class VJepaTeacher(Teacher):
 
     def __init__(self, name: str, model: nn.Module, patch: int, pool_size: int, zscore: float = 0.0,
                  precision: str = "bf16"):
-        super().__init__(name, model.config.hidden_size, patch, pool_size, IMAGENET_MEAN, IMAGENET_STD, zscore,
-                         precision)
+        from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD  # V-JEPA 2's video processor's
+
+        super().__init__(name, model.config.hidden_size, patch, pool_size, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD,
+                         zscore, precision)
         self.model, self.frames = model, model.config.tubelet_size
         self._freeze()
 
@@ -294,9 +296,6 @@ def build_transformers(spec: HubSpec, weights: str | None) -> nn.Module:
     return getattr(transformers, spec.arch).from_pretrained(weights or spec.hub_id)
 
 
-LIBRARIES = {"timm": "timm", "open_clip": "open_clip", "transformers": "transformers"}
-
-
 def unavailable(name: str, weights: str | None) -> str | None:
     """Why teacher `name` cannot be loaded here (its library or its weights), or None. Quick: no
     download is tried."""
@@ -305,7 +304,7 @@ def unavailable(name: str, weights: str | None) -> str | None:
     import importlib.util
 
     spec = HUB_TEACHERS[name]
-    if importlib.util.find_spec(LIBRARIES[spec.library]) is None:
+    if importlib.util.find_spec(spec.library) is None:
         return f"teacher {name} needs the {spec.library} package (pip install {spec.library})"
     try:
         resolve_weights(name, weights)

@@ -301,3 +301,21 @@ def test_stage_with_hub_teacher_only_notes_it(tmp_path, monkeypatch):
     assert cfg["teacher"] == "dinov2_vitb14" and cfg["trained"] is False
     with pytest.raises(ArtifactError, match="no trained demo teacher"):
         load_teacher(p, name="demo")
+
+
+def test_vjepa_teacher_loads_a_local_save_pretrained_folder(tmp_path):
+    """V-JEPA 2 through transformers, offline: a tiny random VJEPA2Model written by save_pretrained is
+    the teachers.weights folder; features land on the token grid, frozen, and a plain file is refused."""
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.VJEPA2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, mlp_ratio=2.0,
+                                    pred_hidden_size=16, pred_num_hidden_layers=1, pred_num_attention_heads=2,
+                                    crop_size=32, frames_per_clip=2, tubelet_size=2, patch_size=16)
+    transformers.VJEPA2Model(cfg).save_pretrained(tmp_path / "vjepa")
+    p = tiny_params("teacher=vjepa2_vitl16", f"teachers.weights={tmp_path / 'vjepa'}")
+    t = load_teacher(p)
+    feats = t.features(images(2, 64), grid=4)
+    assert feats.shape == (2, 16, 32) and torch.isfinite(feats).all()
+    assert not any(q.requires_grad for q in t.parameters())
+    (tmp_path / "file.bin").write_bytes(b"x")
+    with pytest.raises(RuntimeError, match="not a save_pretrained folder"):
+        resolve_weights("vjepa2_vitl16", str(tmp_path / "file.bin"))
