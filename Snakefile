@@ -9,6 +9,7 @@ include: "workflow/rules/tokenizer.smk"
 include: "workflow/rules/ar.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/ablations.smk"  # target `ablations`, not part of `all`
 
 
 rule all:

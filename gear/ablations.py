@@ -206,6 +206,46 @@ def layout(params, row: Row) -> paths.Layout:
     return paths.Layout(teacher=root if own_teacher else here, warmup=root if own_warmup else here, tuned=root)
 
 
+def eval_size(params) -> str:
+    """The fresh AR size each row's gFID is measured with."""
+    return params.ablations.eval_size or params.ar.sizes[0]
+
+
+def outputs(params, row: Row, seed: int) -> dict[str, Path]:
+    """The files a row's report numbers come from, for one study seed (the default row: the main DAG's)."""
+    size = eval_size(params)
+    with paths.using(layout(params, row)):
+        return {"tokenizer": paths.eval_tokenizer_json("gear", seed),
+                "samples": paths.eval_samples_json("gear", size, seed),
+                "train_ar": paths.train_ar_metrics_dir("gear", size, seed) / "metrics.json"}
+
+
+def reuses_ste_variant(params, row: Row) -> bool:
+    """The `training-ste` row is the run `tune --variant ste` (tune.ablations) already makes: same
+    params but e2e_mode, which the variant sets itself. The DAG copies that run instead of repeating it."""
+    return row.axis == "training" and row.value == "ste" and "ste" in params.tune.ablations and params.tune.gan
+
+
+def seed_row(params, axis_name: str, row: Row):
+    """The seed's (value, label, gFID, rFID) for one of our rows, or None.
+
+    By value where the seed's table names the same value; the default row is the seed's default;
+    on the ordered axes (alignment layer, AR size) at other depths or sizes, by offset from the
+    default in the grid's order (one deeper than the default <-> the seed's one deeper)."""
+    seed = SEED_TABLES[axis_name]
+    value = default_value(params, AXIS[axis_name]) if row.default else row.value
+    for entry in seed:
+        if entry[0] == value:
+            return entry
+    if row.default:
+        return next(e for e in seed if e[1].endswith("*"))
+    if axis_name not in ("align_layer", "tune_ar_size"):
+        return None
+    ours = table(params, axis_name)
+    i = ours.index(row) - ours.index(DEFAULT) + next(i for i, e in enumerate(seed) if e[1].endswith("*"))
+    return seed[i] if 0 <= i < len(seed) else None
+
+
 def enter(params, name: str):
     """The CLI's `--ablation <row>`: this process's paths become the row's; returns its params."""
     row = find(params, name)

@@ -38,6 +38,11 @@ STAGES: dict[str, tuple[str, str, list[tuple[str, dict]]]] = {
         ("what", dict(choices=["real", "tokenizer", "samples"])),
         ("--arm", dict(default=None)), ("--size", dict(default=None)), SEED, ROW]),
     "report": ("gear.stages.report", "write reports/index.md and reports/index.html from the metrics", []),
+    "ablation-report": ("gear.stages.ablation_report", "write reports/ablations.{md,html,json}: the seed's ablation tables", [
+        ("--from-dvc", dict(nargs="?", const="", default=None, metavar="JSON",
+                            help="read `dvc exp show --json` (run now, or a saved file) instead of ablations/"))]),
+    "ablation-queue": ("gear.stages.ablation_queue", "queue the ablation grid as DVC experiments abl-<row>", [
+        ("--dry", dict(action="store_true", help="print the dvc commands, queue nothing"))]),
 }
 
 

@@ -33,7 +33,7 @@ def fmt(v) -> str:
 
 
 def _sources(sources: list[Path]) -> str:
-    return "Source: " + ", ".join(f"`{p}`" for p in sources)
+    return "Source: " + (", ".join(f"`{p}`" for p in sources) or "no outputs yet")
 
 
 def to_markdown(blocks: list) -> str:

@@ -61,6 +61,31 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def atomic_entries(folder: str | Path, names: list[str]) -> Iterator[Path]:
+    """Yield a temp folder; on success each of `names` in it replaces the entry of that name in
+    `folder` (one rename each, a folder through a `.old` rename). The folder's other entries stay:
+    reports/ holds the report of `gear report` and that of `gear ablation-report`."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".build.", suffix=".tmp", dir=folder))
+    os.chmod(tmp, 0o755)
+    try:
+        yield tmp
+        for name in names:
+            new, dest = tmp / name, folder / name
+            if new.is_dir() and dest.exists():
+                old = folder / f".{name}.old"
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(dest, old)
+                os.replace(new, dest)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(new, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def write_json(path: str | Path, obj) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")

@@ -177,6 +177,11 @@ def report_files() -> dict[str, Path]:
     return {name: REPORTS_DIR / name for name in ("index.md", "index.html", "figures", "claims.json")}
 
 
+def ablation_report_files() -> dict[str, Path]:
+    """What `gear ablation-report` writes (beside the main report, which leaves them alone)."""
+    return {ext: REPORTS_DIR / f"ablations.{ext}" for ext in ("md", "html", "json")}
+
+
 def state_dir(params, stage: str, *parts: str) -> Path:
     """Resumable training state: outside every declared output (tools delete those)."""
     return Path(params.compute.state_dir) / _layout.root(stage) / Path(stage, *parts)

@@ -1,15 +1,19 @@
-"""The ablation grid as params (gear/ablations.py): the seed's rows, one-line errors, row params and paths.
-
-The grid's DAG rules and report land with the rest of issue 14; these check the parts that exist.
-"""
+"""The ablation grid (gear/ablations.py): the seed's rows, one-line errors, row params and paths,
+what the Snakemake target shares (a dry run of the real DAG), the DVC queue's commands, and the
+report from a partial grid, from files and from a real `dvc exp show --json`."""
 from __future__ import annotations
 
+import json
+import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from gear import ablations, paths
+from gear.metrics.intervals import fmt_interval, paired_interval
 from gear.config import ParamsError, load_params
 from tiny import ROOT
 
@@ -67,3 +71,173 @@ def test_ablation_flag_errors_are_one_line(args, words):
                        capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 2, r.stdout + r.stderr
     assert words in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+BIN = Path(sys.executable).parent
+ENV = dict(os.environ, PATH=f"{BIN}:{os.environ['PATH']}", HF_HUB_OFFLINE="1")
+
+SMK_JOBS = r"""  # (rule, wildcards, inputs) of every job of the `ablations` target, forced
+import json, sys, contextlib, io
+from pathlib import Path
+from snakemake.api import SnakemakeApi
+from snakemake.settings.types import ConfigSettings, DAGSettings, OutputSettings, Quietness, ResourceSettings
+root = Path(sys.argv[1])
+with SnakemakeApi(OutputSettings(quiet={Quietness.ALL})) as api:
+    wf = api.workflow(resource_settings=ResourceSettings(), snakefile=root / "Snakefile", workdir=root,
+                      config_settings=ConfigSettings(config={"params": "params.yaml"}))
+    dag_api = wf.dag(DAGSettings(targets={"ablations"}, forceall=True))
+    with contextlib.redirect_stdout(io.StringIO()):
+        dag_api.printd3dag()
+    print(json.dumps([[j.rule.name, dict(j.wildcards), [str(f) for f in j.input]] for j in wf._workflow.dag.jobs]))
+"""
+
+
+@pytest.fixture(scope="module")
+def ablation_dag(tmp_path_factory):
+    d = tmp_path_factory.mktemp("abl_dag")
+    for name in ("Snakefile", "params.yaml"):
+        shutil.copy(ROOT / name, d / name)
+    shutil.copytree(ROOT / "workflow", d / "workflow")
+    out = subprocess.run([sys.executable, "-c", SMK_JOBS, str(d)], cwd=d, env=ENV, capture_output=True, text=True,
+                         timeout=180)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return load_params(d / "params.yaml"), json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_snakemake_target_shares_the_warmup_and_teacher(ablation_dag):
+    p, jobs = ablation_dag
+    by_rule = {}
+    for rule, wc, inputs in jobs:
+        by_rule.setdefault(rule, []).append((wc, inputs))
+    runnable = {r.name for r in ablations.runnable(p)}
+    tuned = {wc["row"]: inputs for wc, inputs in by_rule["ablation_tune"]}
+    assert set(tuned) == runnable - {"training-ste"}
+    # every row below tune shares shards and teacher; only quantizer rows train their own warm-up
+    assert {wc["row"] for wc, _ in by_rule["ablation_tokenizer_init"]} == {"quantizer-lfq", "quantizer-ibq"}
+    assert len(by_rule["tokenizer_init"]) == len(by_rule["teacher"]) == len(by_rule["shard"]) == 1
+    assert "ablation_teacher" not in by_rule
+    for row in ("tau-0.5", "align_weight-0.25", "init-scratch", "training-no_gan"):
+        assert str(paths.tokenizer_init_dir()) in tuned[row] and str(paths.teacher_dir()) in tuned[row], row
+    assert "ablations/quantizer-lfq/models/tokenizer_init" in tuned["quantizer-lfq"]
+    # training-ste is the main DAG's tune --variant ste, copied, not trained twice
+    [(wc, inputs)] = by_rule["ablation_tune_copy_ste"]
+    assert wc["row"] == "training-ste" and inputs == [str(paths.tune_dir("ste", 0))]
+    assert {wc["variant"] for wc, _ in by_rule["tune"]} == {"gear", "ste"}
+    # one fresh eval AR per row and seed; hub teachers offline are not in the DAG
+    assert {wc["row"] for wc, _ in by_rule["ablation_train_ar"]} == runnable
+    assert not any(r.startswith("teacher-") for r in runnable)
+    assert {"dinov2_vitb14", "vjepa2_vitl16"} <= set(p.ablations.teacher)
+
+
+def test_queue_commands_one_experiment_per_row():
+    from gear.stages.ablation_queue import commands
+
+    p = load_params(ROOT / "params.yaml")
+    cmds, skipped = commands(p)
+    names = [c[c.index("-n") + 1] for c in cmds]
+    assert names[0] == "abl-default" and len(cmds[0]) == 6  # params as they are
+    assert names == ["abl-" + r.name for r in ablations.grid(p) if not ablations.skip_reason(p, r)]
+    ste = cmds[names.index("abl-training-ste")]
+    assert ste[-4:] == ["-S", "e2e_mode=ste", "-S", "tune.gan=true"]
+    assert cmds[names.index("abl-tau-0.5")][-2:] == ["-S", "tau=0.5"]
+    assert {r for r, _ in skipped} == {f"teacher-{t}" for t in p.ablations.teacher if t != p.teacher}
+    assert all(why for _, why in skipped)
+    r = subprocess.run([sys.executable, "-m", "gear.cli", "ablation-queue", "--dry", "--params",
+                        str(ROOT / "params.yaml")], capture_output=True, text=True, cwd=ROOT, env=ENV, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("dvc exp run --queue") == len(cmds) and "# skipped teacher-dinov2_vitb14:" in r.stdout
+
+
+def _write_row(params, row, seed, fid, rfid, ntp, root: Path):
+    files = ablations.outputs(params, row, seed)
+    data = {"samples": {"fid": fid}, "tokenizer": {"rfid": rfid, "effective_size": 20.0 + seed, "entropy": 3.0},
+            "train_ar": {"ntp": ntp}}
+    for kind, path in files.items():
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_text(json.dumps(data[kind]))
+
+
+def _section(md: str, title: str) -> str:
+    return md.split(f"## {title}\n")[1].split("\n## ")[0]
+
+
+def test_report_from_a_partial_grid(tmp_path, monkeypatch):
+    from gear.stages import ablation_report
+
+    p = load_params(ROOT / "params.yaml", ["study.seeds=[0,1,2]"])
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "reports" / "index.md").write_text("main report\n")
+    base, tau = [30.0, 34.0, 31.0], [25.0, 30.5, 26.0]
+    for s in range(3):
+        _write_row(p, ablations.DEFAULT, s, base[s], 5.0, 6.0, tmp_path)
+        _write_row(p, ablations.find(p, "tau-0.5"), s, tau[s], 5.5 + s, 6.1, tmp_path)
+    _write_row(p, ablations.find(p, "tau-0.05"), 0, 40.0, 5.0, 6.0, tmp_path)  # one seed of three
+    ablation_report.run(p)
+    md = (tmp_path / "reports" / "ablations.md").read_text()
+    assert (tmp_path / "reports" / "index.md").read_text() == "main report\n"  # the main report untouched
+    tau_md = _section(md, "Soft temperature tau")
+    line = next(l for l in tau_md.splitlines() if "| tau-0.5 |" in l)
+    assert fmt_interval(paired_interval(base, tau)) in line
+    assert "| holds |" in line  # the seed: tau 0.5 gFID 9.15 below its default's 10.63; here below too
+    assert "| 0.5 | tau-0.5 | ok | 3 |" in line and "| 9.15 | 1.698 |" in line
+    assert "| 0.1* | default | ok | 3 |" in tau_md
+    assert "partial: 1 of 3 seeds" in next(l for l in tau_md.splitlines() if "| tau-0.05 |" in l)
+    assert "| tau-0.01 | missing: ablations/tau-0.01/" in tau_md
+    teacher_md = _section(md, "Teacher encoder")
+    assert "| teacher-dinov2_vitb14 | skipped: " in teacher_md and "offline" in teacher_md.lower()
+    saved = json.loads((tmp_path / "reports" / "ablations.json").read_text())
+    assert saved["values"]["tau-0.5"]["1"]["fid"] == 30.5 and "tau-0.01" in saved["problems"]
+    assert (tmp_path / "reports" / "ablations.html").read_text().startswith("<!DOCTYPE html>")
+
+
+def test_report_refuses_an_empty_grid_in_one_line(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "gear.cli", "ablation-report", "--params", str(ROOT / "params.yaml")],
+                       capture_output=True, text=True, cwd=tmp_path, env=dict(ENV, PYTHONPATH=str(ROOT)), timeout=120)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "no ablation row has outputs" in r.stderr and not (tmp_path / "reports").exists()
+
+
+WRITE_METRICS = """import json, yaml
+from pathlib import Path
+p = yaml.safe_load(open("params.yaml"))
+for kind, path in json.load(open("files.json")).items():
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    value = {"samples": {"fid": 100 * p["tau"]}, "tokenizer": {"rfid": 2.0, "effective_size": 9.0, "entropy": 2.0},
+             "train_ar": {"ntp": 5.0}}[kind]
+    Path(path).write_text(json.dumps(value))
+"""
+
+
+def test_report_from_real_dvc_experiments(tmp_path):
+    """Two real `dvc exp run`s of a stand-in stage that writes the main DAG's metric files."""
+    from gear.stages import ablation_report
+
+    p = load_params(ROOT / "params.yaml")
+    files = {k: str(v) for k, v in ablations.outputs(p, ablations.DEFAULT, 0).items()}
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    (tmp_path / "files.json").write_text(json.dumps(files))
+    (tmp_path / "write.py").write_text(WRITE_METRICS)
+    metrics = "".join(f"      - {f}:\n          cache: false\n" for f in files.values())
+    (tmp_path / "dvc.yaml").write_text(f"stages:\n  ev:\n    cmd: {sys.executable} write.py\n    deps: [write.py]\n"
+                                       f"    params: [tau]\n    metrics:\n{metrics}")
+
+    def sh(*cmd):
+        r = subprocess.run(cmd, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stdout[-1500:] + r.stderr[-1500:]
+        return r.stdout
+
+    sh("git", "init", "-q")
+    sh("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "root")
+    sh("dvc", "init", "-q")
+    sh("git", "add", "-A")
+    sh("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "init")
+    sh("dvc", "exp", "run", "-q", "-n", "abl-default")
+    sh("dvc", "exp", "run", "-q", "-n", "abl-tau-0.5", "-S", "tau=0.5")
+    sh("dvc", "exp", "run", "-q", "-n", "abl-tau-0.05", "-S", "tau=0.01")  # mislabelled: stale
+    show = json.loads(sh("dvc", "exp", "show", "--json"))
+    values, problems, _ = ablation_report.from_dvc(p, show)
+    assert values["default"][0]["fid"] == pytest.approx(100 * p.tau)
+    assert values["tau-0.5"][0]["fid"] == pytest.approx(50.0) and values["tau-0.5"][0]["ntp"] == 5.0
+    assert problems["tau-0.05"].startswith("stale: experiment abl-tau-0.05 has tau = 0.01")
+    assert problems["tau-0.01"] == "missing: no experiment abl-tau-0.01"

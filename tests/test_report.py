@@ -191,3 +191,24 @@ def test_report_with_three_seeds_intervals_and_claims(tmp_path, monkeypatch):
     with pytest.raises(ArtifactError, match=r"eval/samples/seed1/gear/tiny.json not found \(1 missing"):
         report.run(p)
     assert _tree(paths.REPORTS_DIR) == before
+
+
+def test_report_files_replace_only_their_own_entries(tmp_path):
+    """gear report and gear ablation-report share reports/: each replaces only its own files."""
+    from gear.io import atomic_entries
+
+    d = tmp_path / "reports"
+    d.mkdir()
+    (d / "ablations.md").write_text("kept\n")
+    (d / "figures").mkdir()
+    (d / "figures" / "old.png").write_text("old")
+    with atomic_entries(d, ["figures", "index.md"]) as out:
+        (out / "figures").mkdir()
+        (out / "figures" / "new.png").write_text("new")
+        (out / "index.md").write_text("new report\n")
+    assert sorted(p.name for p in d.iterdir()) == ["ablations.md", "figures", "index.md"]
+    assert [p.name for p in (d / "figures").iterdir()] == ["new.png"]
+    with pytest.raises(RuntimeError), atomic_entries(d, ["index.md"]) as out:
+        (out / "index.md").write_text("half")
+        raise RuntimeError("stage failed")
+    assert (d / "index.md").read_text() == "new report\n" and sorted(p.name for p in d.iterdir())[0] == "ablations.md"

@@ -8,7 +8,7 @@ concluded from the differences. Sections: the seed's claims (gear/claims.py), ge
 tokenizers, AR training curves (seed mean with its interval band) and steps-to-baseline
 speed-ups, codebook during tuning, AR layers vs teacher, sample grids, final values of every
 training stage. Every table and plot names the files its numbers come from; every input is
-checked before any work; reports/ is replaced whole, atomically.
+checked before any work; its files in reports/ are replaced atomically (the ablation report's stay).
 
 Speed-up (per seed): both curves smoothed by a trailing mean over SMOOTH logged points. If GEAR's
 smoothed curve reaches the baseline's smoothed final value at step g, speed-up = baseline's last
@@ -29,7 +29,7 @@ from scipy import stats
 from gear import paths
 from gear.claims import claims
 from gear.document import Plot, Table, fmt, to_html, to_markdown
-from gear.io import atomic_dir, write_json
+from gear.io import atomic_entries, write_json
 from gear.metrics.intervals import (fmt_interval, fmt_mean_std, log_ratio_interval,
                                     paired_interval, reading)
 from gear.results import AR_CURVES, CODEBOOK, Results, ar_curve_names, load_results, seed_folders, shared_folders, tsv
@@ -306,7 +306,7 @@ def final_section(r: Results, params) -> list:
 def run(params) -> None:
     r = load_results(params)  # every input checked (one-line error) before any work
     speedups = all_speedups(r, params)
-    with atomic_dir(paths.REPORTS_DIR) as out:
+    with atomic_entries(paths.REPORTS_DIR, [FIG, "index.md", "index.html", "claims.json"]) as out:
         (out / FIG).mkdir()
         blocks = header(r, params)
         claim_blocks, claim_json = claims_section(r, params, speedups)

@@ -1,0 +1,244 @@
+"""`gear ablation-report`: reports/ablations.md, reports/ablations.html and reports/ablations.json,
+the seed's ablation tables (GEAR.md section 9) regenerated from this pipeline's own outputs.
+
+    gear ablation-report                 # after `snakemake ablations`: reads ablations/<row>/...
+    gear ablation-report --from-dvc      # after `gear ablation-queue` + `dvc queue start`: reads
+                                         # `dvc exp show --json`, experiments abl-<row>
+    gear ablation-report --from-dvc F    # the same from a saved `dvc exp show --json > F`
+
+One table per axis in the seed's layout: each row's gFID and rFID (with effective codebook size,
+usage entropy and the eval AR's final NTP), the seed's label, gFID and rFID beside it, the default
+row marked *. Per row: the seed mean ± std over study.seeds, the paired difference to the default
+row (same seed: same data order and generators) with its t interval at study.confidence, and
+whether the seed's direction for that row (its gFID above or below its default's) holds, is
+within noise, or is contradicted here. With one seed nothing is concluded. A row with no outputs
+(not run yet, or failed) is listed as missing; a row that cannot run here (a hub teacher offline)
+as skipped, with the reason. The files are written atomically; nothing else in reports/ changes.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import polars as pl
+
+from gear import ablations as ab
+from gear import paths
+from gear.document import Table, to_html, to_markdown
+from gear.io import ArtifactError, atomic_path, read_json, write_json
+from gear.metrics.intervals import WITHIN_NOISE, fmt_interval, fmt_mean_std, paired_interval, reading
+
+# (column, file kind in ablations.outputs, key, lower is better or None: no difference shown)
+METRICS = [("gFID", "samples", "fid", True), ("rFID", "tokenizer", "rfid", True),
+           ("effective size", "tokenizer", "effective_size", None), ("usage entropy", "tokenizer", "entropy", None),
+           ("final NTP", "train_ar", "ntp", True)]
+EXPERIMENT_PREFIX = "abl-"
+FILES = paths.ablation_report_files()
+
+
+def experiment_name(row: ab.Row) -> str:
+    return EXPERIMENT_PREFIX + row.name
+
+
+# ----------------------------------------------------------------------------------------------
+# collecting: values[row name][seed] = {metric key: float}, plus why a row has none
+
+
+def _pick(files: dict[str, dict]) -> dict:
+    return {key: float(files[kind][key]) for _, kind, key, _ in METRICS
+            if isinstance(files[kind].get(key), (int, float))}
+
+
+def from_pipeline(params) -> tuple[dict, dict, dict]:
+    """(values, problems, sources[row]) read from the files the DAG wrote (a missing file: missing)."""
+    values, problems, sources = {}, {}, {}
+    for row in ab.grid(params):
+        if ab.skip_reason(params, row):
+            continue
+        for seed in params.study.seeds:
+            files = ab.outputs(params, row, seed)
+            absent = [p for p in files.values() if not p.is_file()]
+            if absent:
+                problems.setdefault(row.name, f"missing: {absent[0]}" + (f" (+{len(absent) - 1})" if len(absent) > 1 else ""))
+                continue
+            sources.setdefault(row.name, []).extend(files.values())
+            values.setdefault(row.name, {})[seed] = _pick({k: read_json(p) for k, p in files.items()})
+    return values, problems, sources
+
+
+def dvc_experiments(show: list) -> dict[str, dict]:
+    """`dvc exp show --json` -> {experiment name: its data}, the newest of a name."""
+    found = {}
+    for commit in show:
+        for exp in commit.get("experiments") or []:
+            for rev in exp.get("revs") or []:
+                data = rev.get("data") or {}
+                name = rev.get("name") or exp.get("name")
+                if name and (name not in found or (data.get("timestamp") or "") > (found[name].get("timestamp") or "")):
+                    found[name] = data
+    return found
+
+
+def _dotted(d: dict, key: str):
+    for part in key.split("."):
+        if not isinstance(d, dict) or part not in d:
+            return None
+        d = d[part]
+    return d
+
+
+def from_dvc(params, show: list) -> tuple[dict, dict, dict]:
+    """(values, problems, sources[row]) from the experiments abl-<row> of `dvc exp show --json`."""
+    exps = dvc_experiments(show)
+    values, problems = {}, {}
+    for row in ab.grid(params):
+        if ab.skip_reason(params, row):
+            continue
+        data = exps.get(experiment_name(row))
+        if data is None:
+            problems[row.name] = f"missing: no experiment {experiment_name(row)}"
+            continue
+        exp_params = ((data.get("params") or {}).get("params.yaml") or {}).get("data") or {}
+        wrong = [(k, v) for k, v in row.overrides if _dotted(exp_params, k) != v]
+        if wrong:
+            k, v = wrong[0]
+            problems[row.name] = f"stale: experiment {experiment_name(row)} has {k} = {_dotted(exp_params, k)!r}, the row {v!r}"
+            continue
+        metrics = data.get("metrics") or {}
+        for seed in params.study.seeds:
+            files = {k: (metrics.get(p.as_posix()) or {}).get("data")
+                     for k, p in ab.outputs(params, ab.DEFAULT, seed).items()}  # an experiment runs the main DAG
+            absent = [k for k, d in files.items() if d is None]
+            if absent:
+                problems.setdefault(row.name, f"missing: {experiment_name(row)} has no {absent[0]} metrics for seed {seed}")
+                continue
+            values.setdefault(row.name, {})[seed] = _pick(files)
+    return values, problems, {r: [Path(f"dvc exp show --json: {EXPERIMENT_PREFIX}{r}")] for r in values}
+
+
+def read_dvc_show(source: str) -> list:
+    """The parsed `dvc exp show --json`: from a saved file, or (source "") by running it."""
+    if source:
+        text = Path(source).read_text() if Path(source).is_file() else None
+        if text is None:
+            raise ArtifactError(f"--from-dvc {source}: file not found")
+    else:
+        try:
+            r = subprocess.run(["dvc", "exp", "show", "--json"], capture_output=True, text=True, timeout=600)
+        except FileNotFoundError:
+            raise ArtifactError("--from-dvc: the dvc command is not installed") from None
+        if r.returncode != 0:
+            raise ArtifactError(f"dvc exp show --json failed: {(r.stderr.strip().splitlines() or ['?'])[-1]}")
+        text = r.stdout
+    try:
+        show = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ArtifactError(f"dvc exp show --json output is not JSON: {e}") from None
+    if not isinstance(show, list):
+        raise ArtifactError("dvc exp show --json output: expected a list of commits")
+    return show
+
+
+# ----------------------------------------------------------------------------------------------
+# tables
+
+
+def _direction(params, axis: str, row: ab.Row, diff) -> str:
+    """Does the seed's gFID direction for this row (vs its default) hold here?"""
+    mine, base = ab.seed_row(params, axis, row), ab.seed_row(params, axis, ab.DEFAULT)
+    if row.default or mine is None or diff is None or mine == base:
+        return "n/a"
+    if not diff.defined:
+        return "not concluded (1 seed)"
+    seed_delta = mine[2] - base[2]
+    if diff.contains(0.0):
+        return WITHIN_NOISE
+    return "holds" if (diff.mean > 0) == (seed_delta > 0) else "contradicted"
+
+
+def axis_table(params, axis: str, values: dict, problems: dict) -> pl.DataFrame:
+    conf = params.study.confidence
+    default = values.get(ab.DEFAULT.name, {})
+    out = []
+    for row in ab.table(params, axis):
+        value = ab.default_value(params, ab.AXIS[axis]) if row.default else row.value
+        line = {"value": f"{ab.value_name(value)}{'*' if row.default else ''}", "row": row.name}
+        seeds = values.get(row.name, {})
+        skip = ab.skip_reason(params, row)
+        n = len(params.study.seeds)
+        line["status"] = (f"skipped: {skip.split(';')[0]}" if skip else problems.get(row.name, "missing") if not seeds
+                          else f"partial: {len(seeds)} of {n} seeds ({problems.get(row.name)})" if len(seeds) < n
+                          else "ok")
+        line["seeds"] = len(seeds)
+        diff_gfid = None
+        for label, _, key, lower in METRICS:
+            vs = [v[key] for v in seeds.values() if key in v]
+            line[label] = fmt_mean_std(vs) if vs else "n/a"
+            if lower is not None and label in ("gFID", "rFID"):
+                paired = [s for s in seeds if s in default and key in seeds[s] and key in default[s]]
+                diff = (paired_interval([default[s][key] for s in paired], [seeds[s][key] for s in paired], conf)
+                        if paired and not row.default else None)
+                line[f"Δ {label} vs default"] = ("-" if row.default else "n/a" if diff is None else
+                                                 f"{fmt_interval(diff)} {_reading(diff, lower)}")
+                if label == "gFID":
+                    diff_gfid = diff
+        theirs = ab.seed_row(params, axis, row)
+        line["seed's row"] = theirs[1] if theirs else "n/a"
+        line["seed's gFID"] = theirs[2] if theirs else None
+        line["seed's rFID"] = theirs[3] if theirs else None
+        line["seed's gFID direction"] = _direction(params, axis, row, diff_gfid)
+        out.append(line)
+    return pl.DataFrame(out)
+
+
+def _reading(diff, lower: bool) -> str:
+    if not diff.defined:
+        return ""
+    r = reading(diff, lower)
+    return {"GEAR better": "(better)", "GEAR worse": "(worse)"}.get(r, f"({r})")
+
+
+def blocks(params, values: dict, problems: dict, sources: dict[str, list[Path]], origin: str) -> list:
+    n = len(params.study.seeds)
+    out = ["# GEAR ablations",
+           f"The seed's ablation tables (GEAR.md section 9), one axis varied at a time with every other knob at its "
+           f"default (marked *; the default row is the main DAG's GEAR arm). Numbers from {origin}. Each row: "
+           f"tokenizer tuned end-to-end ({params.tune.steps} steps), frozen, a fresh `{ab.eval_size(params)}` AR "
+           f"trained on its tokens ({params.ar.steps} steps), sampled and evaluated. Seeds: "
+           f"{', '.join(map(str, params.study.seeds))}; values are mean ± std over seeds; Δ is the paired "
+           f"difference row - default with a two-sided t interval at {params.study.confidence:.0%}. "
+           "\"seed's gFID direction\": whether the seed's sign of (row - default) gFID holds here, is within "
+           "noise, or is contradicted. The seed's numbers are ImageNet-256 at full scale: compare directions, "
+           "not values."]
+    if n == 1:
+        out.append("**One seed: nothing can be concluded from the differences below.** Set `study.seeds` to "
+                   "three or more seeds for intervals.")
+    for axis in ab.AXES:
+        used = [p for row in ab.table(params, axis.name) for p in sources.get(row.name, [])]
+        out += [f"## {axis.title}", Table(axis_table(params, axis.name, values, problems), used)]
+    return out
+
+
+def run(params, from_dvc: str | None = None) -> None:
+    if from_dvc is None:
+        values, problems, sources = from_pipeline(params)
+        origin = "this pipeline's outputs (`snakemake ablations`)"
+    else:
+        values, problems, sources = from_dvc(params, read_dvc_show(from_dvc))
+        origin = "`dvc exp show --json` (experiments abl-<row>)"
+    if not values:
+        first = next(iter(problems.items()), ("?", "no rows"))
+        raise ArtifactError(f"no ablation row has outputs yet ({first[0]}: {first[1]}); run `snakemake ablations` "
+                            "or the dvc queue first")
+    doc = blocks(params, values, problems, sources, origin)
+    with atomic_path(FILES["md"]) as tmp:
+        tmp.write_text(to_markdown(doc))
+    with atomic_path(FILES["html"]) as tmp:
+        tmp.write_text(to_html(doc, paths.REPORTS_DIR).replace("<title>GEAR report", "<title>GEAR ablations"))
+    write_json(FILES["json"], {"seeds": list(params.study.seeds), "values": {r: {str(s): v for s, v in d.items()}
+                                                                             for r, d in values.items()},
+                               "problems": problems})
+    done = sum(1 for r in ab.grid(params) if r.name in values)
+    print(f"ablation report: {FILES['md']} ({done} of {len(ab.grid(params))} rows with outputs)")
+
