@@ -266,13 +266,20 @@ def test_dvc_paths_match_gear_paths(dvc):
 
 # ---- (b) the slurm profile and multi-GPU launches ----------------------------------------------
 
-def test_slurm_profile_dry_run(workdir):
+def test_slurm_profile_dry_run(workdir, tmp_path):
+    # -n must never submit or cancel a job, SLURM installed or not (the plugin may still query
+    # `scontrol show config`): spies first on PATH record any call.
+    spy, calls = tmp_path / "spy", tmp_path / "slurm_calls"
+    spy.mkdir()
+    for cmd in ("sbatch", "srun", "scancel"):
+        (spy / cmd).write_text(f"#!/bin/sh\necho {cmd} >> {calls}\nexit 1\n")
+        (spy / cmd).chmod(0o755)
     env = dict(os.environ, SLURM_ACCOUNT="acct-1", SLURM_PARTITION="gpu-a100",
-               PATH=f"{BIN}:/usr/bin:/bin")  # no sbatch anywhere: -n must not need it
-    assert shutil.which("sbatch", path=env["PATH"]) is None
+               PATH=f"{spy}:{BIN}:/usr/bin:/bin")
     out = subprocess.run([str(BIN / "snakemake"), "--profile", "slurm", "all", "-n"], cwd=workdir, env=env,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert not calls.exists(), calls.read_text()
     text = out.stdout + out.stderr
     blocks = [b for b in text.split("\nrule ")[1:] if not b.startswith("all:")]
     assert len(blocks) == len(expected_stages(P))
