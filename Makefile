@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: repro test bench
+.PHONY: repro test test-slurm bench
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -17,6 +17,9 @@ repro: $(STAMP)  ## run the whole embedded DAG (dvc repro) and write reports/
 
 test: $(STAMP)  ## the test suite
 	HF_HUB_OFFLINE=1 PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m pytest -q
+
+test-slurm: $(STAMP)  ## the slurm profile on a real one-node SLURM (root; ~11 min)
+	GEAR_SLURM_TESTS=1 HF_HUB_OFFLINE=1 PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m pytest -q -s tests/test_slurm.py
 
 bench: $(STAMP)  ## throughput figures (printed, never asserted)
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_loader.py

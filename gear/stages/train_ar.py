@@ -240,7 +240,8 @@ def run(params, arm: str, size: str, seed: int | None = None) -> None:
         log.log(a.steps, **final)
         final.update({k: log.last(k) for k in ("ntp", "align") if log.last(k) is not None})
         print(f"train-ar[{arm}/{size}]: ntp {final.get('ntp', float('nan')):.4f}, val_ntp {final['val_ntp']:.4f} (EMA), "
-              f"{final['val_ntp_raw']:.4f} (raw), unigram entropy {final['unigram_entropy']:.4f} nats")
+              f"{final['val_ntp_raw']:.4f} (raw), unigram entropy {final['unigram_entropy']:.4f} nats, "
+              f"{rt.world} process{'es' if rt.world > 1 else ''} on {rt.device.type}")
         with atomic_dir(paths.ar_dir(arm, size, seed)) as out:
             for name, sd in weights.items():
                 save_tensors(out / f"{name}.safetensors", sd)
