@@ -15,7 +15,7 @@ import pytest
 from gear import ablations, paths
 from gear.metrics.intervals import fmt_interval, paired_interval
 from gear.config import ParamsError, load_params
-from tiny import ROOT
+from tiny import ROOT, copy_workflow
 
 
 def test_imagenet_preset_grid_is_the_seeds_tables():
@@ -94,10 +94,7 @@ with SnakemakeApi(OutputSettings(quiet={Quietness.ALL})) as api:
 
 @pytest.fixture(scope="module")
 def ablation_dag(tmp_path_factory):
-    d = tmp_path_factory.mktemp("abl_dag")
-    for name in ("Snakefile", "params.yaml"):
-        shutil.copy(ROOT / name, d / name)
-    shutil.copytree(ROOT / "workflow", d / "workflow")
+    d = copy_workflow(tmp_path_factory.mktemp("abl_dag"))
     out = subprocess.run([sys.executable, "-c", SMK_JOBS, str(d)], cwd=d, env=ENV, capture_output=True, text=True,
                          timeout=180)
     assert out.returncode == 0, out.stderr[-3000:]

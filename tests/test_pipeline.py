@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +18,7 @@ import yaml
 from gear import paths
 from gear.cli import STAGES, build_parser
 from gear.config import load_params
+from tiny import copy_workflow
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -81,11 +81,7 @@ def node(rule: str, wildcards: dict) -> str:
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory) -> Path:
     """A copy of the workflow files without outputs (an existing reports/ would satisfy `all`)."""
-    d = tmp_path_factory.mktemp("wf")
-    for name in ("Snakefile", "params.yaml", "dvc.yaml"):
-        shutil.copy(ROOT / name, d / name)
-    for name in ("workflow", "presets", "slurm", "local"):
-        shutil.copytree(ROOT / name, d / name)
+    d = copy_workflow(tmp_path_factory.mktemp("wf"))
     two_nodes = yaml.safe_load((ROOT / "presets/imagenet256.yaml").read_text())
     two_nodes["resources"]["train_nodes"] = 2
     (d / "two_nodes.yaml").write_text(yaml.safe_dump(two_nodes))

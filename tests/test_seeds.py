@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +20,7 @@ import yaml
 from gear import paths
 from gear.config import ParamsError, load_params
 from gear.study import resolve_seed, seeded
+from tiny import copy_workflow
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -66,13 +66,6 @@ def test_seeded_paths_and_the_shared_baseline_tokenizer():
         paths.frozen_dir("gear")
 
 
-def _copy_workflow(d: Path) -> None:
-    for name in ("Snakefile", "params.yaml", "dvc.yaml"):
-        shutil.copy(ROOT / name, d / name)
-    for name in ("workflow", "presets", "local", "slurm"):
-        shutil.copytree(ROOT / name, d / name)
-
-
 def _touch_out(path: Path) -> None:
     """A dummy output: a file for .json/.md/.html paths, else a folder holding one file."""
     if path.suffix in (".json", ".md", ".html"):
@@ -100,7 +93,7 @@ def _expected_new(p1) -> set[str]:
 def test_adding_a_seed_reruns_only_that_seed_dvc(tmp_path):
     from dvc.repo import Repo
 
-    _copy_workflow(tmp_path)
+    copy_workflow(tmp_path)
     stages = yaml.safe_load((tmp_path / "dvc.yaml").read_text())["stages"].values()
     code = {d for s in stages for d in s.get("deps", []) if d.startswith("gear/")}  # stages' code deps
     assert code
@@ -154,7 +147,7 @@ with SnakemakeApi(OutputSettings(quiet={Quietness.ALL})) as api:
 
 
 def test_adding_a_seed_reruns_only_that_seed_snakemake(tmp_path):
-    _copy_workflow(tmp_path)
+    copy_workflow(tmp_path)
     out = subprocess.run([sys.executable, "-c", SMK_OUTPUTS, str(tmp_path)], cwd=tmp_path, env=ENV,
                          capture_output=True, text=True, timeout=180)
     assert out.returncode == 0, out.stderr[-3000:]

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -27,7 +26,7 @@ from safetensors.torch import load_file as load_tensors
 from gear import paths
 from gear.config import apply_overrides, load_params
 from slurm_cluster import SlurmCluster, unavailable
-from tiny import ROOT, TINY
+from tiny import ROOT, TINY, copy_workflow
 
 BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -58,10 +57,7 @@ def cluster(tmp_path_factory):
 
 
 def make_workdir(d: Path, *extra: str) -> Path:
-    for name in ("Snakefile", "dvc.yaml"):
-        shutil.copy(ROOT / name, d / name)
-    for name in ("workflow", "local", "slurm"):
-        shutil.copytree(ROOT / name, d / name)
+    copy_workflow(d)
     raw = apply_overrides(yaml.safe_load((ROOT / "params.yaml").read_text()), [*SMOKE, *extra])
     (d / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     load_params(d / "params.yaml")  # valid before any job

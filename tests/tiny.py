@@ -6,6 +6,7 @@ inside a scratch folder so their fixed relative output paths land there.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -28,6 +29,15 @@ TINY = [
     "metrics.batch_size=32", "metrics.max_real=96", "metrics.max_patches=256",
     "compute.workers=0", "compute.log_every=1", "compute.save_every=2",
 ]
+
+
+def copy_workflow(d: Path) -> Path:
+    """The workflow files of the repo (no outputs) into d, for Snakemake/DVC runs in a scratch folder."""
+    for name in ("Snakefile", "params.yaml", "dvc.yaml"):
+        shutil.copy(ROOT / name, d / name)
+    for name in ("workflow", "presets", "local", "slurm"):
+        shutil.copytree(ROOT / name, d / name)
+    return d
 
 
 def sets(*extra: str) -> list[str]:
