@@ -24,7 +24,8 @@ QUANTIZERS = ("vq", "lfq", "ibq")
 TEACHERS = ("demo", "dinov2_vitb14", "dinov2_vitl14", "dinov3_vitb16", "siglip2_vitb16", "clip_vitb16",
             "vjepa2_vitl16")
 E2E_MODES = ("gear", "ste", "none")
-AR_SIZES = ("tiny", "small", "B", "L", "XL", "custom")
+AR_SIZES = ("tiny", "small", "B", "L", "XL", "1B", "custom")
+TEXT_ENCODERS = ("demo", "qwen3_1.7b", "flan_t5_xl", "clip_vitb16")  # gear/t2i/text_encoders.py
 
 
 class ParamsError(ValueError):
@@ -216,6 +217,74 @@ class Ablations:
 
 
 @dataclass
+class T2IData:
+    source: Literal["embedded", "folder", "jsonl"] = "embedded"
+    root: Optional[str] = None      # folder: images with a same-named .txt caption beside each (any depth)
+    manifest: Optional[str] = None  # jsonl: one {"image": path, "caption": text} per line (paths relative to it)
+    val_fraction: float = 0.1       # folder / jsonl: held-out share, by a fixed hash of the image path
+    embedded_train: int = 3000
+    embedded_val: int = 480
+    samples_per_shard: int = 2000
+
+
+@dataclass
+class T2IText:
+    encoder: str = "demo"           # registry name (TEXT_ENCODERS)
+    weights: Optional[str] = None   # local folder / file, or another hub id of the family; null: the registry's
+    max_len: int = 16               # text prefix positions (left-padded; longer captions are cut and counted)
+    demo_dim: int = 64
+    batch_size: int = 64
+
+
+@dataclass
+class T2IAR:
+    size: str = "tiny"
+    align_layer: int = 2
+    align_weight: float = 0.5
+    caption_dropout: float = 0.1
+    token_dropout: float = 0.1
+    projector_hidden: int = 256
+    steps: int = 600
+    batch_size: int = 32
+    lr: float = 1e-3
+    warmup_steps: int = 30
+    weight_decay: float = 0.05
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    grad_clip: float = 1.0
+    ema_decay: float = 0.99
+    eval_steps: list[int] = field(default_factory=lambda: [200, 400, 600])  # EMA snapshots sampled and measured
+
+
+@dataclass
+class T2ISample:
+    cfg_scale: float = 1.75
+    prompts: int = 96               # the first n held-out prompts of the prompt file
+    per_prompt: int = 4
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    batch_size: int = 64
+
+
+@dataclass
+class T2IJudge:
+    steps: int = 400
+    batch_size: int = 64
+    lr: float = 2e-3
+
+
+@dataclass
+class T2I:
+    """The text-to-image transfer (gear/t2i/): a fresh caption-conditioned AR per tokenizer arm."""
+    data: T2IData = field(default_factory=T2IData)
+    text: T2IText = field(default_factory=T2IText)
+    ar: T2IAR = field(default_factory=T2IAR)
+    sample: T2ISample = field(default_factory=T2ISample)
+    judge: T2IJudge = field(default_factory=T2IJudge)
+    feature_space: Literal["demo", "dinov2"] = "demo"  # FDD: Frechet distance in this space (dinov2 at full scale)
+
+
+@dataclass
 class Resources:
     train_gpus: int = 1
     train_nodes: int = 1
@@ -246,6 +315,7 @@ class Params:
     compute: Compute = field(default_factory=Compute)
     study: Study = field(default_factory=Study)
     ablations: Ablations = field(default_factory=Ablations)
+    t2i: T2I = field(default_factory=T2I)
     resources: Resources = field(default_factory=Resources)
 
     def to_dict(self) -> dict:
@@ -254,9 +324,15 @@ class Params:
     def digest(self, *sections: str) -> str:
         """Short sha256 of the named top-level keys/sections (all when none), for provenance."""
         d = self.to_dict()
-        if sections:
-            d = {k: d[k] for k in sections}
+        if sections:  # a dotted key names a subsection or leaf: "t2i.ar"
+            d = {k: _dotted(d, k) for k in sections}
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _dotted(d: dict, key: str):
+    for part in key.split("."):
+        d = d[part]
+    return d
 
 
 # ----------------------------------------------------------------------------------------------
@@ -494,11 +570,56 @@ def validate(p: Params, grid: bool = True) -> Params:
     if p.teacher == "demo":
         _check(p.teachers.demo_patch == t.downsample, "teachers.demo_patch", p.teachers.demo_patch,
                f"must equal the tokenizer downsampling {t.downsample} so teacher patches match tokens")
+    _validate_t2i(p)
     if grid:
         from gear.ablations import check_grid  # local: the grid builds rows through this module
 
         check_grid(p)
     return p
+
+
+def _validate_t2i(p: Params) -> None:
+    from gear.models.registry import ar_depth
+
+    t = p.t2i
+    d = t.data
+    if d.source == "folder":
+        _check(bool(d.root), "t2i.data.root", d.root, "required when t2i.data.source = folder")
+    if d.source == "jsonl":
+        _check(bool(d.manifest), "t2i.data.manifest", d.manifest, "required when t2i.data.source = jsonl")
+    _check(0 < d.val_fraction < 1, "t2i.data.val_fraction", d.val_fraction, "must be in (0, 1)")
+    for key in ("embedded_train", "embedded_val", "samples_per_shard"):
+        _check(getattr(d, key) > 0, f"t2i.data.{key}", getattr(d, key), "must be > 0")
+    _check(t.text.encoder in TEXT_ENCODERS, "t2i.text.encoder", t.text.encoder, f"must be one of {', '.join(TEXT_ENCODERS)}")
+    for key in ("max_len", "demo_dim", "batch_size"):
+        _check(getattr(t.text, key) > 0, f"t2i.text.{key}", getattr(t.text, key), "must be > 0")
+    a = t.ar
+    _check(a.size in AR_SIZES, "t2i.ar.size", a.size, f"must be one of {', '.join(AR_SIZES)}")
+    depth = ar_depth(a.size, p)
+    _check(1 <= a.align_layer <= depth, "t2i.ar.align_layer", a.align_layer, f"must be within 1..{depth} (depth of AR size {a.size})")
+    _check(a.align_weight >= 0, "t2i.ar.align_weight", a.align_weight, "must be >= 0")
+    for key in ("caption_dropout", "token_dropout"):
+        _check(0 <= getattr(a, key) < 1, f"t2i.ar.{key}", getattr(a, key), "must be in [0, 1)")
+    for key in ("projector_hidden", "steps", "batch_size"):
+        _check(getattr(a, key) > 0, f"t2i.ar.{key}", getattr(a, key), "must be > 0")
+    _check(a.lr > 0, "t2i.ar.lr", a.lr, "must be > 0")
+    _check(0 <= a.warmup_steps < a.steps, "t2i.ar.warmup_steps", a.warmup_steps, f"must be in [0, t2i.ar.steps = {a.steps})")
+    _check(a.weight_decay >= 0 and a.grad_clip >= 0, "t2i.ar.weight_decay", a.weight_decay, "weight_decay and grad_clip must be >= 0")
+    _check(len(a.betas) == 2 and all(0 <= b < 1 for b in a.betas), "t2i.ar.betas", a.betas, "must be two numbers in [0, 1)")
+    _check(0 <= a.ema_decay < 1, "t2i.ar.ema_decay", a.ema_decay, "must be in [0, 1)")
+    _check(len(a.eval_steps) > 0 and a.eval_steps == sorted(set(a.eval_steps)) and 1 <= a.eval_steps[0]
+           and a.eval_steps[-1] == a.steps, "t2i.ar.eval_steps", a.eval_steps,
+           f"must be increasing steps in [1, t2i.ar.steps], ending at t2i.ar.steps = {a.steps}")
+    s = t.sample
+    _check(s.cfg_scale >= 1, "t2i.sample.cfg_scale", s.cfg_scale, "must be >= 1 (1 = no guidance)")
+    for key in ("prompts", "per_prompt", "batch_size"):
+        _check(getattr(s, key) > 0, f"t2i.sample.{key}", getattr(s, key), "must be > 0")
+    _check(s.temperature > 0, "t2i.sample.temperature", s.temperature, "must be > 0")
+    _check(s.top_k >= 0, "t2i.sample.top_k", s.top_k, "must be >= 0 (0 = off)")
+    _check(0 < s.top_p <= 1, "t2i.sample.top_p", s.top_p, "must be in (0, 1]")
+    j = t.judge
+    _check(j.steps > 0 and j.batch_size > 0, "t2i.judge.steps", j.steps, "steps and batch_size must be > 0")
+    _check(j.lr > 0, "t2i.judge.lr", j.lr, "must be > 0")
 
 
 def _parse_override(text: str) -> tuple[list[str], Any]:

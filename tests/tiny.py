@@ -28,6 +28,13 @@ TINY = [
     "sample.per_class=2", "sample.batch_size=16",
     "metrics.batch_size=32", "metrics.max_real=96", "metrics.max_patches=256",
     "compute.workers=0", "compute.log_every=1", "compute.save_every=2",
+    # the text-to-image room
+    "t2i.data.embedded_train=96", "t2i.data.embedded_val=32", "t2i.data.samples_per_shard=40",
+    "t2i.text.max_len=10", "t2i.text.demo_dim=16", "t2i.text.batch_size=16",
+    "t2i.ar.size=custom", "t2i.ar.align_layer=1", "t2i.ar.projector_hidden=16", "t2i.ar.steps=6",
+    "t2i.ar.batch_size=8", "t2i.ar.warmup_steps=2", "t2i.ar.eval_steps=[3,6]",
+    "t2i.sample.prompts=6", "t2i.sample.per_prompt=2", "t2i.sample.batch_size=8",
+    "t2i.judge.steps=6", "t2i.judge.batch_size=16",
 ]
 
 

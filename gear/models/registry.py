@@ -8,6 +8,7 @@ AR_SIZES = {
     "B": (12, 768, 12),    # ~111M at K=16384, 256 tokens
     "L": (24, 1024, 16),   # ~343M
     "XL": (36, 1280, 20),  # ~775M
+    "1B": (22, 2048, 32),  # ~1.2B: LlamaGen's text-conditional GPT-1B (the seed's T2I "1.0B" AR)
 }
 
 
