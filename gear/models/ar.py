@@ -122,12 +122,22 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(cfg.dim, 3 * cfg.dim, bias=False)
         self.proj = nn.Linear(cfg.dim, cfg.dim, bias=False)
 
-    def forward(self, x, cos, sin, cache=None, pos: int = 0):
+    def forward(self, x, cos, sin, cache=None, pos: int = 0, mask=None):
+        """mask: None (causal) or a boolean (B, 1, n, keys) "may attend" mask that already holds
+        the causal rule (the text-to-image AR masks its caption padding with it)."""
         B, n, D = x.shape
         qkv = self.qkv(x).view(B, n, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
         qk = apply_rope(qkv[:2], cos.to(qkv.dtype), sin.to(qkv.dtype))   # q and k in one pass
         q, k, v = qk[0], qk[1], qkv[2]
-        if cache is None:
+        if mask is not None:
+            k_all, v_all = k, v
+            if cache is not None:
+                if n > 1 and pos:
+                    raise ValueError(f"cached attention takes one token, or a prefill at position 0 (got {n} at {pos})")
+                cache[0][:, :, pos:pos + n], cache[1][:, :, pos:pos + n] = k, v
+                k_all, v_all = cache[0][:, :, :pos + n], cache[1][:, :, :pos + n]
+            y = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask)
+        elif cache is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:
             # static cache (B, H, L, hd): write this step's keys/values, attend to the prefix.
@@ -161,8 +171,8 @@ class Block(nn.Module):
         self.ffn_norm = nn.RMSNorm(cfg.dim, eps=cfg.norm_eps)
         self.ffn = SwiGLU(cfg)
 
-    def forward(self, x, cos, sin, cache=None, pos: int = 0):
-        x = x + self.attn(self.attn_norm(x), cos, sin, cache, pos)
+    def forward(self, x, cos, sin, cache=None, pos: int = 0, mask=None):
+        x = x + self.attn(self.attn_norm(x), cos, sin, cache, pos, mask)
         return x + self.ffn(self.ffn_norm(x))
 
 
