@@ -1,0 +1,115 @@
+"""`gear t2i-sample --arm A [--seed N]`: images for the held-out prompts from every EMA snapshot of
+the arm's T2I AR, without CFG and with t2i.sample.cfg_scale (the seed's table has both).
+
+The first t2i.sample.prompts prompts of the prompt file, t2i.sample.per_prompt images each, in
+prompt order, batched by t2i.sample.batch_size. Batch b of (snapshot step S, scale c) draws from
+its own generator seeded by (seed, S, c, b), so the images depend on the seed and batch size
+only, not on the number of processes (rank r takes batches r::world; rank 0 gathers and writes).
+KV cache, temperature, top-k, top-p (gear/models/t2i_sampling.py).
+
+Outputs (atomic) in t2i/samples/seed<N>/A/:
+  samples.npz   images uint8 (M, H, W, 3), prompt int64 (M,) (line of the prompt file), step int64
+                (M,), cfg float32 (M,), indices int64 (M, L); fixed zip timestamps (same bytes)
+  grid.png      the final snapshot with CFG: one row per prompt (up to 8), per_prompt columns
+  config.json   prompts shown in the grid, snapshots, sampling knobs, seed, the tokenizer's sha256
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from gear import paths as main_paths
+from gear.artifacts import load_tokenizer
+from gear.config import ParamsError
+from gear.io import ArtifactError, atomic_dir, write_json
+from gear.models.t2i_sampling import generate_t2i
+from gear.runtime import gather_to_main, setup, teardown
+from gear.stages.sample import save_npz
+from gear.study import resolve_seed, seeded
+from gear.t2i import paths
+from gear.t2i.tokenize import arm_seed, check_arm
+from gear.t2i.train import check_trained_on, load_t2i, snapshot_name
+from gear.train.recon_check import image_grid, to_uint8
+
+GRID_PROMPTS = 8
+
+
+def batch_seed(seed: int, step: int, cfg: float, batch: int) -> int:
+    return int(np.random.SeedSequence([seed, step, round(cfg * 1000), batch]).generate_state(1)[0])
+
+
+def read_prompts(params) -> tuple[list[dict], torch.Tensor, torch.Tensor]:
+    """(prompts [{caption, attributes}], embeddings (n, P, D), masks (n, P)) of the first
+    t2i.sample.prompts held-out prompts, as t2i-encode stored them."""
+    folder = paths.CAPTIONS_DIR
+    lines_path, npz_path = folder / "prompts.jsonl", folder / "prompts.npz"
+    for p in (lines_path, npz_path):
+        if not p.is_file():
+            raise ArtifactError(f"held-out prompts {p} not found; run `gear t2i-encode` first")
+    prompts = [json.loads(line) for line in lines_path.read_text().splitlines() if line.strip()]
+    with np.load(npz_path) as f:
+        emb, mask = f["emb"], f["mask"]
+    if len(emb) != len(prompts):
+        raise ArtifactError(f"{npz_path} holds {len(emb)} prompts but {lines_path} lists {len(prompts)}; rerun `gear t2i-encode`")
+    n = params.t2i.sample.prompts
+    if n > len(prompts):
+        raise ParamsError(f"t2i.sample.prompts = {n}: the prompt file {lines_path} has only {len(prompts)}")
+    return prompts[:n], torch.from_numpy(emb[:n].astype(np.float32)), torch.from_numpy(mask[:n])
+
+
+def run(params, arm: str, seed: int | None = None) -> None:
+    check_arm(arm)
+    seed = resolve_seed(params, seed)
+    params = seeded(params, seed)
+    s = params.t2i.sample
+    ar_cfg = check_trained_on(params, arm, seed)  # missing AR or other tokenizer: one line, before compute
+    prompts, emb, mask = read_prompts(params)
+    rt = setup(params)
+    tok = load_tokenizer(main_paths.frozen_dir(arm, arm_seed(params, arm, seed)), device=rt.device)
+    steps = [int(k) for k in ar_cfg["snapshots"]]
+    scales = sorted({1.0, s.cfg_scale})
+    which = torch.arange(len(prompts)).repeat_interleave(s.per_prompt)
+    batches = list(which.split(s.batch_size))
+    jobs = [(st, c, b) for st in steps for c in scales for b in range(len(batches))]
+    mine, models = [], {}
+    for j in tqdm(range(rt.rank, len(jobs), rt.world), desc=f"t2i-sample[{arm}]", disable=not rt.is_main):
+        st, c, b = jobs[j]
+        if st not in models:
+            models = {st: load_t2i(paths.ar_dir(arm, seed), rt.device, snapshot_name(st))[0]}  # one in memory
+        model = models[st]
+        if s.top_k > model.cfg.vocab_size:
+            raise ParamsError(f"t2i.sample.top_k = {s.top_k}: must be <= the codebook size {model.cfg.vocab_size}")
+        sel = batches[b]
+        gen = torch.Generator(device=rt.device).manual_seed(batch_seed(params.compute.seed, st, c, b))
+        idx = generate_t2i(model, emb[sel].to(rt.device), mask[sel].to(rt.device), cfg_scale=c,
+                           temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, generator=gen,
+                           bf16=rt.precision == "bf16")
+        with torch.no_grad(), rt.autocast():
+            img = tok.decode_indices(idx, model.cfg.grid)
+        mine.append((j, to_uint8(img), idx.cpu().numpy(), sel.numpy()))
+    parts = gather_to_main(mine, rt)
+    if rt.is_main:
+        done = sorted((item for part in parts for item in part), key=lambda item: item[0])
+        images = np.concatenate([d[1] for d in done])
+        meta = [jobs[d[0]] for d in done]
+        step_col = np.concatenate([np.full(len(d[3]), m[0], dtype=np.int64) for d, m in zip(done, meta)])
+        cfg_col = np.concatenate([np.full(len(d[3]), m[1], dtype=np.float32) for d, m in zip(done, meta)])
+        prompt_col = np.concatenate([d[3] for d in done]).astype(np.int64)
+        indices = np.concatenate([d[2] for d in done]).astype(np.int64)
+        shown = min(GRID_PROMPTS, len(prompts))
+        last = (step_col == steps[-1]) & (cfg_col == np.float32(scales[-1]))
+        rows = [images[last & (prompt_col == p)] for p in range(shown)]
+        with atomic_dir(paths.samples_dir(arm, seed)) as out:
+            save_npz(out / "samples.npz", images=images, prompt=prompt_col, step=step_col, cfg=cfg_col, indices=indices)
+            image_grid(rows).save(out / "grid.png")
+            write_json(out / "config.json", {
+                "arm": arm, "seed": seed, "prompts": [p["caption"] for p in prompts[:shown]],
+                "num_prompts": len(prompts), "per_prompt": s.per_prompt, "steps": steps, "cfg_scales": scales,
+                "count": len(images), "sample": params.to_dict()["t2i"]["sample"],
+                "tokenizer_sha256": ar_cfg["tokenizer_sha256"], "precision": rt.precision})
+        print(f"t2i-sample[{arm}]: {len(images)} images ({len(prompts)} prompts x {s.per_prompt}, snapshots {steps}, "
+              f"CFG {scales}) -> {paths.samples_dir(arm, seed)}")
+    teardown(rt)

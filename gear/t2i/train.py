@@ -1,0 +1,257 @@
+"""`gear t2i-train --arm A [--seed N]`: a fresh caption-conditioned AR on the frozen tokenizer of
+arm A (the seed's "LlamaGen-REPA-1.0B vs GEAR-1.0B": only the tokenizer differs between arms).
+
+Recipe, as the class-conditional train-ar: L = CE(next token) + t2i.ar.align_weight * REPA at
+block t2i.ar.align_layer (teacher features of the pair's image, computed online), AdamW
+(nanoGPT decay groups) over AR + projector, linear warm-up then constant lr, grad clipping, EMA,
+caption dropout to the null caption (CFG), bf16 autocast when compute.precision is bf16, DDP or
+FSDP2 under torchrun (gear/train/parallel.py). No augmentation (captions say left and right).
+
+EMA snapshots at t2i.ar.eval_steps are what t2i-sample and t2i-evaluate measure (the seed's
+table is at 50k .. 390k steps); they are written into the resumable state folder as training
+passes them and copied into the output at the end.
+
+Metrics (t2i/metrics/train/seed<N>/A/, dvclive) every compute.log_every steps: ntp, align, lr,
+grad_norm, tokens_per_s (wall clock) and val_ntp: next-token CE of the EMA AR (eval mode,
+captioned) on the first 512 val pairs. These curves give the steps-to-baseline speed-ups of the
+report (the seed's 2.5x NTP, 11.1x REPA).
+
+Outputs (atomic) in t2i/models/ar/seed<N>/A/: ar.safetensors (final EMA), ar_raw.safetensors,
+projector.safetensors, ema_step<S>.safetensors per eval step, config.json. Resumable state in
+<state_dir>/t2i/train/seed<N>/A/.
+"""
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from gear import paths as main_paths
+from gear.artifacts import load_weights, read_config
+from gear.config import ParamsError
+from gear.data.loader import TrainStream, eval_batches
+from gear.io import ArtifactError, atomic_dir, save_tensors, sha256_file, write_json
+from gear.models.ar import Projector, configure_optimizer
+from gear.models.t2i_ar import T2IConfig, T2IGPT, next_token_ce, t2i_loss
+from gear.runtime import Runtime, all_reduce_mean, seed_everything, setup, teardown
+from gear.stages.tokenize import frozen_tokenizer
+from gear.study import resolve_seed, seeded
+from gear.t2i import paths
+from gear.t2i.data import TokenSample, pattern, read_tokens_manifest, shards_digest
+from gear.t2i.tokenize import arm_seed, check_arm, hint
+from gear.teachers import load_teacher
+from gear.train.ema import EMA
+from gear.train.logger import MetricsLog
+from gear.train.parallel import DataParallel
+from gear.train.state import Checkpointer, StopRequest, check_finite, restores_stop_signals
+
+STAGE = "t2i_train"
+VAL_PAIRS = 512
+EVAL_BATCH = 128
+
+
+def tokens_manifest(params, arm: str, seed: int | None) -> dict:
+    """The arm's token manifest, checked against its frozen tokenizer and the caption shards."""
+    from gear.t2i.encode import read_captions_manifest
+
+    _, sha = frozen_tokenizer(params, arm, seed)
+    return read_tokens_manifest(paths.tokens_dir(arm, seed), sha, shards_digest(read_captions_manifest(params)),
+                                hint(arm, seed))
+
+
+def load_t2i(directory: str | Path, device="cpu", name: str = "ar") -> tuple[T2IGPT, dict]:
+    """(AR in eval mode, frozen; its config.json) from a folder written by t2i-train.
+    name: `ar` (final EMA), `ar_raw` or `ema_step<S>`."""
+    cfg = read_config(directory, "T2I AR")
+    if "t2i_gpt" not in cfg:
+        raise ArtifactError(f"{directory}/config.json holds no T2I AR config")
+    model = T2IGPT(T2IConfig.from_dict(cfg["t2i_gpt"]))
+    load_weights(model, Path(directory) / f"{name}.safetensors", "T2I AR weights")
+    return model.to(device).eval().requires_grad_(False), cfg
+
+
+def lr_at(step: int, peak: float, warmup: int) -> float:
+    return peak * (step + 1) / warmup if step < warmup else peak
+
+
+def val_pairs(params, folder: Path, text_len: int, limit: int = VAL_PAIRS):
+    """(tokens, captions, masks) of the first `limit` val pairs."""
+    parts, n = [], 0
+    for _, tokens, text, mask in eval_batches(params, "val", EVAL_BATCH, pattern=pattern(folder),
+                                              decode=TokenSample(text_len)):
+        parts.append((tokens, text, mask))
+        n += len(tokens)
+        if n >= limit:
+            break
+    return [torch.cat(p)[:limit] for p in zip(*parts)]
+
+
+@torch.no_grad()
+def val_ntp(model: nn.Module, val: list, rt: Runtime) -> float:
+    """Mean next-token CE over the val pairs; every process runs the same number of forwards
+    (FSDP gathers parameters in each), each sums its own batches."""
+    was_training = model.training
+    model.eval()
+    tokens, text, mask = (v.to(rt.device) for v in val)
+    total = torch.zeros(2, dtype=torch.float64, device=rt.device)
+    batches = -(-len(tokens) // EVAL_BATCH)
+    for i in range(rt.rank, -(-batches // rt.world) * rt.world, rt.world):
+        s = i * EVAL_BATCH if i < batches else 0
+        sl = slice(s, s + EVAL_BATCH)
+        with rt.autocast():
+            logits = model(tokens[sl], text[sl], mask[sl]).logits
+        if i < batches:
+            total += torch.stack([next_token_ce(logits, tokens[sl]).double(),
+                                  torch.tensor(float(tokens[sl].numel()), dtype=torch.float64, device=rt.device)])
+    if rt.distributed:
+        torch.distributed.all_reduce(total)
+    model.train(was_training)
+    return (total[0] / total[1]).item()
+
+
+def snapshot_name(step: int) -> str:
+    return f"ema_step{step}"
+
+
+@restores_stop_signals
+def run(params, arm: str, seed: int | None = None) -> None:
+    check_arm(arm)
+    study_seed = resolve_seed(params, seed)
+    tok_seed = arm_seed(params, arm, seed)
+    params = seeded(params, study_seed)  # the AR's init, data order, dropout
+    man = tokens_manifest(params, arm, tok_seed)  # missing or stale tokens: one line, before any compute
+    a = params.t2i.ar
+    rt = setup(params)
+    if a.batch_size % rt.world:
+        raise ParamsError(f"t2i.ar.batch_size = {a.batch_size}: must be divisible by the {rt.world} processes")
+    micro = a.batch_size // rt.world
+    grid, L = man["grid"], man["grid"] ** 2
+    folder = paths.tokens_dir(arm, tok_seed)
+    teacher = load_teacher(params, rt.device)
+
+    seed_everything(params.compute.seed)  # the same initial weights on every process
+    cfg = T2IConfig.from_size(a.size, params, vocab_size=man["codebook_size"], grid=grid, text_dim=man["text_dim"],
+                              text_len=man["text_len"], caption_dropout=a.caption_dropout, token_dropout=a.token_dropout)
+    ar = T2IGPT(cfg).to(rt.device)
+    proj = Projector(cfg.dim, teacher.dim, hidden=a.projector_hidden).to(rt.device)
+    ema = EMA(ar, a.ema_decay)
+    dp = DataParallel(rt, fsdp=params.compute.fsdp)
+    ar_w, proj_w = dp.wrap(ar), dp.wrap(proj)
+    dp.shard_copy(ema.model)
+    trained = nn.ModuleList([ar, proj])
+    opt = configure_optimizer(trained, a.lr, a.betas, a.weight_decay)
+    fwd = torch.compile(ar_w) if params.compute.compile else ar_w
+    stream = TrainStream(params, "train", micro, rank=rt.rank, world=rt.world, augment=False,
+                         pattern=pattern(folder), decode=TokenSample(cfg.text_len))
+    val = val_pairs(params, folder, cfg.text_len)
+    seed_everything(params.compute.seed + rt.rank)  # dropout masks differ across processes
+
+    state_dir = paths.state_dir(params, arm, study_seed)
+    ckpt = Checkpointer(state_dir, rt, compat={
+        "t2i_gpt": cfg.to_dict(), "projector_hidden": a.projector_hidden, "teacher": params.teacher,
+        "align": [a.align_weight, a.align_layer], "tokenizer_sha256": man["tokenizer_sha256"],
+        "captions_digest": man["captions_digest"], "eval_steps": a.eval_steps,
+        "optim": [a.lr, list(a.betas), a.weight_decay, a.warmup_steps, a.grad_clip, a.ema_decay],
+        "batch_size": a.batch_size, "seed": params.compute.seed})
+    state = ckpt.load()
+    start = 0
+    if state is not None:
+        for key, module in (("ar", ar), ("proj", proj), ("ema", ema.model)):
+            dp.load_state_dict(module, state[key])
+        dp.load_optim_state_dict(trained, opt, state["opt"])
+        stream.load_state_dict(state["data"])
+        start = state["step"]
+    log = MetricsLog(paths.train_metrics_dir(arm, study_seed), rt, state["metrics"] if state else None)
+    stop = StopRequest()
+
+    params_all = [*ar.parameters(), *proj.parameters()]
+    ar.train(); proj.train()
+    t_window, steps_window = time.perf_counter(), 0
+    bar = tqdm(range(start, a.steps), initial=start, total=a.steps, desc=f"t2i-train[{arm}]", disable=not rt.is_main)
+    for step in bar:
+        lr = lr_at(step, a.lr, a.warmup_steps)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        x, tokens, text, mask = (v.to(rt.device, non_blocking=True) for v in next(stream))
+        y = None
+        if a.align_weight > 0:
+            with torch.no_grad():
+                y = teacher.features(x, grid)
+        with rt.autocast():
+            loss, logs = t2i_loss(fwd, proj_w, tokens, text, mask, y, a.align_layer, a.align_weight)
+        check_finite(f"t2i-train[{arm}]", step, ckpt.path, loss=loss)
+        loss.backward()
+        grad_norm = dp.clip_grad_norm_(params_all, a.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        ema.update(ar)
+        steps_window += 1
+
+        if step % params.compute.log_every == 0 or step == a.steps - 1:
+            row = {k: all_reduce_mean(v.float(), rt).item() for k, v in logs.items()}
+            row.update(lr=lr, grad_norm=grad_norm.item(),
+                       tokens_per_s=steps_window * a.batch_size * L / (time.perf_counter() - t_window))
+            row["val_ntp"] = val_ntp(ema.model, val, rt)
+            log.log(step, **row)
+            bar.set_postfix(ntp=f"{row['ntp']:.3f}", val=f"{row['val_ntp']:.3f}")
+            t_window, steps_window = time.perf_counter(), 0
+        if step + 1 in a.eval_steps:  # every process joins the gather; rank 0 writes
+            sd = dp.state_dict(ema.model)
+            if rt.is_main:
+                save_tensors(state_dir / f"{snapshot_name(step + 1)}.safetensors", sd)
+        stopping = stop.agreed(rt)
+        if (step + 1) % params.compute.save_every == 0 or stopping:
+            ckpt.save({"step": step + 1, "ar": dp.state_dict(ar), "proj": dp.state_dict(proj),
+                       "ema": dp.state_dict(ema.model), "opt": dp.optim_state_dict(trained, opt),
+                       "data": stream.state_dict(), "metrics": log.state_dict()})
+            if stopping:
+                stop.exit_after_save(f"t2i-train[{arm}]", step + 1, rt)
+    bar.close()
+
+    final = {"val_ntp": val_ntp(ema.model, val, rt), "val_ntp_raw": val_ntp(ar, val, rt),
+             "unigram_entropy": man["unigram_entropy"]}
+    weights = {"ar": dp.state_dict(ema.model), "ar_raw": dp.state_dict(ar), "projector": dp.state_dict(proj)}
+    if rt.is_main:
+        missing = [s for s in a.eval_steps if not (state_dir / f"{snapshot_name(s)}.safetensors").is_file()]
+        if missing:
+            raise ArtifactError(f"EMA snapshots of steps {missing} are missing from {state_dir} (deleted during the "
+                                f"run?); delete {ckpt.path} and rerun `gear t2i-train --arm {arm} --seed {study_seed}`")
+        log.log(a.steps, **final)
+        final.update({k: log.last(k) for k in ("ntp", "align") if log.last(k) is not None})
+        print(f"t2i-train[{arm}]: ntp {final.get('ntp', float('nan')):.4f}, val_ntp {final['val_ntp']:.4f} (EMA), "
+              f"{final['val_ntp_raw']:.4f} (raw), unigram entropy {final['unigram_entropy']:.4f} nats, "
+              f"{rt.world} process{'es' if rt.world > 1 else ''} on {rt.device.type}")
+        with atomic_dir(paths.ar_dir(arm, study_seed)) as out:
+            for name, sd in weights.items():
+                save_tensors(out / f"{name}.safetensors", sd)
+            for s in a.eval_steps:
+                shutil.copyfile(state_dir / f"{snapshot_name(s)}.safetensors", out / f"{snapshot_name(s)}.safetensors")
+            write_json(out / "config.json", {
+                "arm": arm, "seed": study_seed, "t2i_gpt": cfg.to_dict(), "size": a.size,
+                "align_layer": a.align_layer, "align_weight": a.align_weight, "teacher": teacher.name,
+                "teacher_dim": teacher.dim, "projector_hidden": a.projector_hidden, "eval_steps": a.eval_steps,
+                "snapshots": {str(s): snapshot_name(s) for s in a.eval_steps}, "encoder": man["encoder"],
+                "tokenizer_dir": man["tokenizer_dir"], "tokenizer_sha256": man["tokenizer_sha256"],
+                "captions_digest": man["captions_digest"], "steps": a.steps, "batch_size": a.batch_size,
+                "final": final})
+        for s in a.eval_steps:
+            (state_dir / f"{snapshot_name(s)}.safetensors").unlink(missing_ok=True)
+    log.close()
+    ckpt.clear()
+    teardown(rt)
+
+
+def check_trained_on(params, arm: str, seed: int) -> dict:
+    """The AR folder's config, checked to be trained on the arm's current frozen tokenizer."""
+    tok_seed = arm_seed(params, arm, seed)
+    cfg = read_config(paths.ar_dir(arm, seed), "T2I AR")
+    sha = sha256_file(main_paths.frozen_dir(arm, tok_seed) / "tokenizer.safetensors")
+    if cfg.get("tokenizer_sha256") != sha:
+        raise ArtifactError(f"T2I AR {paths.ar_dir(arm, seed)} was trained on another tokenizer than "
+                            f"{main_paths.frozen_dir(arm, tok_seed)}; rerun `gear t2i-tokenize` and `gear t2i-train "
+                            f"--arm {arm} --seed {seed}`")
+    return cfg
