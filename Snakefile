@@ -10,6 +10,7 @@ include: "workflow/rules/ar.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/ablations.smk"  # target `ablations`, not part of `all`
+include: "workflow/rules/t2i.smk"        # target `t2i` (text-to-image), not part of `all`
 
 
 rule all:

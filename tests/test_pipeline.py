@@ -31,7 +31,7 @@ TRAIN_RULES = {"teacher", "tokenizer_init", "tune", "train_ar", "sample", "evalu
 # of the forced DAG with its outputs, upstream jobs, params, resources, shell command, and for
 # the training jobs the sbatch line and --gres the slurm plugin would build.
 DAG_SCRIPT = r"""
-import contextlib, io, json, sys
+import contextlib, io, json, os, sys
 from pathlib import Path
 from snakemake.api import SnakemakeApi
 from snakemake.settings.types import ConfigSettings, DAGSettings, OutputSettings, Quietness, ResourceSettings
@@ -47,7 +47,7 @@ def jobs(params_file):
     with SnakemakeApi(OutputSettings(quiet={Quietness.ALL})) as api:
         wf = api.workflow(resource_settings=ResourceSettings(), snakefile=root / "Snakefile", workdir=root,
                           config_settings=ConfigSettings(config={"params": params_file}))
-        dag_api = wf.dag(DAGSettings(targets={"all"}, forceall=True))
+        dag_api = wf.dag(DAGSettings(targets={os.environ.get("GEAR_DAG_TARGET", "all")}, forceall=True))
         with contextlib.redirect_stdout(io.StringIO()):
             dag_api.printd3dag()  # builds the DAG
         dag = wf._workflow.dag
@@ -107,12 +107,19 @@ def smk(smk_all) -> dict[str, dict]:
 @pytest.fixture(scope="module")
 def dvc() -> dict:
     """name -> dict(cmd, deps, params, outs, metrics, plots, upstream) from DVC's own index."""
+    return dvc_stages("dvc.yaml")
+
+
+def dvc_stages(dvcfile: str) -> dict:
+    """The stages of one dvc.yaml of the repo (t2i/dvc.yaml holds the text-to-image room)."""
     from dvc.repo import Repo
 
     with Repo(str(ROOT)) as repo:
         index = repo.index
         stages = {}
         for s in index.stages:
+            if s.dvcfile.relpath != dvcfile:
+                continue
             deps = [d for d in s.deps if not hasattr(d, "params")]
             params = [k for d in s.deps if hasattr(d, "params") for k in d.params]
             stages[s.name] = dict(
@@ -121,7 +128,8 @@ def dvc() -> dict:
                 metrics=[o.def_path for o in s.outs if o.metric],
                 plots=[o.def_path for o in s.outs if o.plot], upstream=set())
         for down, up in index.graph.edges:  # DVC edges point from a stage to what it depends on
-            stages[down.name]["upstream"].add(up.name)
+            if down.name in stages:
+                stages[down.name]["upstream"].add(up.name)
     return stages
 
 
