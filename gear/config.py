@@ -604,7 +604,8 @@ def _validate_t2i(p: Params) -> None:
         _check(getattr(a, key) > 0, f"t2i.ar.{key}", getattr(a, key), "must be > 0")
     _check(a.lr > 0, "t2i.ar.lr", a.lr, "must be > 0")
     _check(0 <= a.warmup_steps < a.steps, "t2i.ar.warmup_steps", a.warmup_steps, f"must be in [0, t2i.ar.steps = {a.steps})")
-    _check(a.weight_decay >= 0 and a.grad_clip >= 0, "t2i.ar.weight_decay", a.weight_decay, "weight_decay and grad_clip must be >= 0")
+    for key in ("weight_decay", "grad_clip"):
+        _check(getattr(a, key) >= 0, f"t2i.ar.{key}", getattr(a, key), "must be >= 0")
     _check(len(a.betas) == 2 and all(0 <= b < 1 for b in a.betas), "t2i.ar.betas", a.betas, "must be two numbers in [0, 1)")
     _check(0 <= a.ema_decay < 1, "t2i.ar.ema_decay", a.ema_decay, "must be in [0, 1)")
     _check(len(a.eval_steps) > 0 and a.eval_steps == sorted(set(a.eval_steps)) and 1 <= a.eval_steps[0]
@@ -618,7 +619,8 @@ def _validate_t2i(p: Params) -> None:
     _check(s.top_k >= 0, "t2i.sample.top_k", s.top_k, "must be >= 0 (0 = off)")
     _check(0 < s.top_p <= 1, "t2i.sample.top_p", s.top_p, "must be in (0, 1]")
     j = t.judge
-    _check(j.steps > 0 and j.batch_size > 0, "t2i.judge.steps", j.steps, "steps and batch_size must be > 0")
+    for key in ("steps", "batch_size"):
+        _check(getattr(j, key) > 0, f"t2i.judge.{key}", getattr(j, key), "must be > 0")
     _check(j.lr > 0, "t2i.judge.lr", j.lr, "must be > 0")
 
 

@@ -323,6 +323,8 @@ ZERO_OK = {
     "ar.betas", "tune.gan_start", "tune.weight_decay", "tune.grad_clip", "tune.ema_decay", "tune.betas",
     "sample.top_k", "sample.cfg_interval", "compute.workers", "compute.seed", "study.seeds",
     "study.recon_margin_db", "resources.train_gpus",
+    "t2i.ar.align_weight", "t2i.ar.caption_dropout", "t2i.ar.token_dropout", "t2i.ar.warmup_steps",
+    "t2i.ar.weight_decay", "t2i.ar.grad_clip", "t2i.ar.ema_decay", "t2i.ar.betas", "t2i.sample.top_k",
 }
 
 
