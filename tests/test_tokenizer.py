@@ -398,3 +398,96 @@ def test_feature_perceptual_and_factory():
         make_perceptual("teacher")
     with pytest.raises(ValueError, match="unknown perceptual"):
         make_perceptual("vgg")
+
+
+# ---------------------------------------------------------------------------------------------- fast paths
+# Each faster formulation against the one it replaced: same weights, same math, float tolerance.
+
+
+def _conv_attention(block, x):
+    """AttnBlock as written before: 1x1 convolutions, (B, HW, C) by flatten/transpose."""
+    B, C, H, W = x.shape
+    h = block.norm(x)
+    q, k, v = (m(h).flatten(2).transpose(1, 2) for m in (block.q, block.k, block.v))
+    h = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, C, H, W)
+    return x + block.proj_out(h)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_pointwise_gemm_paths_equal_the_1x1_convolutions(channels_last):
+    from gear.models.tokenizer import AttnBlock, ResnetBlock, pointwise
+    torch.manual_seed(0)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    conv = nn.Conv2d(8, 12, 1).to(memory_format=fmt)
+    x = torch.randn(3, 8, 5, 7).to(memory_format=fmt)
+    torch.testing.assert_close(pointwise(conv, x), conv(x), rtol=1e-5, atol=1e-6)
+
+    block = AttnBlock(8, 4).to(memory_format=fmt)
+    x = torch.randn(3, 8, 4, 4).to(memory_format=fmt).requires_grad_(True)
+    x_ref = x.detach().clone().requires_grad_(True)
+    out, ref = block(x), _conv_attention(block, x_ref)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+    g = torch.randn_like(out)
+    out.backward(g)
+    grads_fast = [p.grad.clone() for p in block.parameters()]
+    block.zero_grad()
+    ref.backward(g)
+    torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-5, atol=1e-6)
+    for fast, slow in zip(grads_fast, (p.grad for p in block.parameters())):
+        torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-6)
+
+    res = ResnetBlock(8, 12, 4).to(memory_format=fmt)  # 8 -> 12: a 1x1 shortcut
+    x = torch.randn(2, 8, 6, 6).to(memory_format=fmt)
+    ref = res.nin_shortcut(x) + res.conv2(F.silu(res.norm2(res.conv1(F.silu(res.norm1(x))))))
+    torch.testing.assert_close(res(x), ref, rtol=1e-5, atol=1e-6)
+
+
+def test_entropy_penalty_equals_the_two_pass_formula():
+    logits = torch.randn(3, 5, 64, dtype=torch.float64, requires_grad=True) * 4
+    flat = logits.reshape(-1, 64)
+    probs = flat.softmax(-1)
+    two_pass = -(probs * flat.log_softmax(-1)).sum(-1).mean() + (probs.mean(0) * torch.log(probs.mean(0) + 1e-8)).sum()
+    torch.testing.assert_close(entropy_penalty(logits), two_pass)
+    g_fast, = torch.autograd.grad(entropy_penalty(logits), logits)
+    g_ref, = torch.autograd.grad(two_pass, logits)
+    torch.testing.assert_close(g_fast, g_ref)
+
+
+def test_ema_update_is_the_per_tensor_lerp_and_copies_buffers():
+    from gear.train.ema import EMA
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Linear(2, 2))
+    ema = EMA(model, 0.9)
+    before = [p.clone() for p in ema.model.parameters()]
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p))
+    model[1].running_mean.add_(1.0)
+    ema.update(model)
+    for e, b, p in zip(ema.model.parameters(), before, model.parameters()):
+        torch.testing.assert_close(e, b.lerp(p, 0.1), rtol=0, atol=0)
+    torch.testing.assert_close(ema.model[1].running_mean, model[1].running_mean, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="parameters"):
+        ema.update(nn.Linear(2, 2))
+
+
+def test_generator_loss_leaves_the_discriminator_weights_without_gradient():
+    from gear.train.tokenizer_objective import TokenizerObjective
+    p = params_from_dict({"teachers": {"demo_patch": 2},
+                          "tokenizer": {"ch": 16, "ch_mult": [1, 2], "z_channels": 16, "norm_groups": 4,
+                                        "codebook_size": 64, "perceptual": "none", "gan_start": 0}})
+    model, disc = tiny_model("vq"), PatchDiscriminator(ch=8, n_layers=2)
+    objective = TokenizerObjective(p, None, disc)
+    x = images(4, res=16)
+    out = model(x)
+    loss, logs = objective.generator_loss(x, out, step=0)
+    assert "gan_g" in logs
+    loss.backward()
+    assert all(q.grad is None for q in disc.parameters())          # no weight gradient computed
+    assert all(q.requires_grad for q in disc.parameters())         # flags restored
+    assert model.decoder.conv_out.weight.grad.abs().sum() > 0      # the GAN term still reaches the tokenizer
+    # the generator's gradient equals the one through a discriminator whose weights take gradients
+    model.zero_grad()
+    ref = (F.l1_loss(out.recon, x) + p.tokenizer.gan_weight * hinge_g_loss(disc(out.recon))
+           + sum(out.q.losses.values()))
+    torch.testing.assert_close(ref, loss)

@@ -35,9 +35,9 @@ def entropy_penalty(logits: Tensor) -> Tensor:
 
     Low per-token entropy makes assignments confident; high batch entropy spreads them over the
     codebook. `logits` is (..., K); the caller applies the temperature."""
-    logits = logits.reshape(-1, logits.shape[-1])
-    probs = logits.softmax(-1)
-    sample_entropy = -(probs * logits.log_softmax(-1)).sum(-1).mean()
+    log_probs = logits.reshape(-1, logits.shape[-1]).log_softmax(-1)
+    probs = log_probs.exp()  # one normalisation pass over the (tokens x K) logits, not two
+    sample_entropy = -(probs * log_probs).sum(-1).mean()
     avg = probs.mean(0)
     codebook_entropy = -(avg * torch.log(avg + 1e-8)).sum()
     return sample_entropy - codebook_entropy

@@ -102,6 +102,13 @@ def Normalize(channels: int, groups: int) -> nn.GroupNorm:
     return nn.GroupNorm(groups, channels, eps=1e-6)
 
 
+def pointwise(conv: nn.Conv2d, x: Tensor) -> Tensor:
+    """A 1x1 convolution as one GEMM over the pixels (same weights, same math): at the embedded
+    widths oneDNN ran 1x1 convolutions at ~10% of its 3x3 rate (fwd + bwd ~0.3 ms each, 20 per
+    step). On a channels_last input both permutes are views; the output stays channels_last."""
+    return F.linear(x.permute(0, 2, 3, 1), conv.weight.flatten(1), conv.bias).permute(0, 3, 1, 2)
+
+
 class ResnetBlock(nn.Module):
     def __init__(self, cin: int, cout: int, groups: int):
         super().__init__()
@@ -114,7 +121,7 @@ class ResnetBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         h = self.conv1(F.silu(self.norm1(x)))
         h = self.conv2(F.silu(self.norm2(h)))
-        return self.nin_shortcut(x) + h
+        return (x if isinstance(self.nin_shortcut, nn.Identity) else pointwise(self.nin_shortcut, x)) + h
 
 
 class AttnBlock(nn.Module):
@@ -128,10 +135,11 @@ class AttnBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         B, C, H, W = x.shape
-        h = self.norm(x)
-        q, k, v = (m(h).flatten(2).transpose(1, 2) for m in (self.q, self.k, self.v))  # (B, HW, C)
-        h = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, C, H, W)
-        return x + self.proj_out(h)
+        h = self.norm(x).permute(0, 2, 3, 1).reshape(B, H * W, C)  # (B, HW, C): a view in channels_last
+        q, k, v = (F.linear(h, m.weight.flatten(1), m.bias) for m in (self.q, self.k, self.v))  # 1x1 convs
+        h = F.scaled_dot_product_attention(q, k, v)
+        h = F.linear(h, self.proj_out.weight.flatten(1), self.proj_out.bias)
+        return x + h.view(B, H, W, C).permute(0, 3, 1, 2)
 
 
 class Downsample(nn.Module):
@@ -274,11 +282,11 @@ class Tokenizer(nn.Module):
         if x.dim() != 4 or x.shape[1] != c or x.shape[2] % ds or x.shape[3] % ds:
             raise ValueError(f"tokenizer expects images (B, {c}, H, W) with H, W divisible by {ds}, "
                              f"got {tuple(x.shape)}")
-        z_pre = self.quant_conv(self.encoder(x))
+        z_pre = pointwise(self.quant_conv, self.encoder(x))
         return z_pre, self.quantize(z_pre)
 
     def decode(self, z_q: Tensor) -> Tensor:
-        return self.decoder(self.post_quant_conv(z_q))
+        return self.decoder(pointwise(self.post_quant_conv, z_q))
 
     def decode_indices(self, indices: Tensor, grid: int | None = None) -> Tensor:
         """indices (B, h, w), or (B, L) with a square grid (side `grid`, default sqrt(L))."""

@@ -22,7 +22,7 @@ from gear.train.logger import MetricsLog, WindowMean
 from gear.train.recon_check import reconstruction_check
 from gear.train.schedule import lr_at
 from gear.train.state import Checkpointer, StopRequest, check_finite, restores_stop_signals
-from gear.train.tokenizer_objective import (CodebookWindow, TokenizerObjective, build_discriminator,
+from gear.train.tokenizer_objective import (CodebookWindow, TokenizerObjective, adamw, build_discriminator,
                                             build_perceptual, build_tokenizer, clip_and_step)
 
 STAGE = "tokenizer_init"
@@ -41,8 +41,8 @@ def run(params) -> None:
     tok_ddp = DDP(tok) if rt.distributed else tok
     disc_ddp = DDP(disc) if rt.distributed else disc
     objective = TokenizerObjective(params, perceptual, disc_ddp)
-    opt_g = torch.optim.AdamW(tok.parameters(), lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
-    opt_d = torch.optim.AdamW(disc.parameters(), lr=t.disc_lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
+    opt_g = adamw(tok.parameters(), t.lr, t.betas, t.weight_decay)
+    opt_d = adamw(disc.parameters(), t.disc_lr, t.betas, t.weight_decay)
     stream = TrainStream(params, "train", t.batch_size, rank=rt.rank, world=rt.world, augment=True)
 
     ckpt = Checkpointer(paths.state_dir(params, STAGE), rt,

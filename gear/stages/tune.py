@@ -29,7 +29,7 @@ from gear.train.gear_step import GearKnobs, GearModels, ar_step, ste_joint_step,
 from gear.train.logger import MetricsLog, WindowMean
 from gear.train.recon_check import reconstruction_check
 from gear.train.state import Checkpointer, StopRequest, check_finite, restores_stop_signals
-from gear.train.tokenizer_objective import (CodebookWindow, TokenizerObjective, build_discriminator,
+from gear.train.tokenizer_objective import (CodebookWindow, TokenizerObjective, adamw, build_discriminator,
                                             build_perceptual, build_tokenizer, clip_and_step)
 
 STAGE = "tune"
@@ -74,10 +74,9 @@ def run(params, variant: str = "gear", seed: int | None = None) -> None:
                       align_weight_ar=params.align_weight_ar, align_layer=params.align_layer,
                       soft_forward=tn.soft_forward, grad_clip=tn.grad_clip)
     betas = tuple(tn.betas)
-    opt_tok = torch.optim.AdamW(tok.parameters(), lr=tn.lr_tokenizer, betas=betas, weight_decay=tn.weight_decay)
-    opt_ar = torch.optim.AdamW([*ar.parameters(), *proj.parameters()], lr=tn.lr_ar, betas=betas,
-                               weight_decay=tn.weight_decay)
-    opt_d = torch.optim.AdamW(disc.parameters(), lr=tn.lr_disc, betas=betas, weight_decay=tn.weight_decay)
+    opt_tok = adamw(tok.parameters(), tn.lr_tokenizer, betas, tn.weight_decay)
+    opt_ar = adamw([*ar.parameters(), *proj.parameters()], tn.lr_ar, betas, tn.weight_decay)
+    opt_d = adamw(disc.parameters(), tn.lr_disc, betas, tn.weight_decay)
     stream = TrainStream(params, "train", tn.batch_size, rank=rt.rank, world=rt.world, augment=True)
 
     ckpt = Checkpointer(paths.state_dir(params, STAGE, paths.seed_part(seed), variant), rt, compat={

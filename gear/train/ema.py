@@ -14,12 +14,14 @@ class EMA:
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
-        ema_params = dict(self.model.named_parameters())
-        for name, p in model.named_parameters():
-            ema_params[name].lerp_(p.detach(), 1.0 - self.decay)
-        ema_buffers = dict(self.model.named_buffers())
-        for name, b in model.named_buffers():
-            ema_buffers[name].copy_(b)
+        # One foreach call instead of a Python loop over tensors (the loop was ~2% of a tokenizer
+        # step). Parameters are listed at each update, not once: FSDP replaces them when it shards.
+        ema, live = list(self.model.parameters()), [p.detach() for p in model.parameters()]
+        if len(ema) != len(live):
+            raise ValueError(f"EMA holds {len(ema)} parameters, the model {len(live)}")
+        torch._foreach_lerp_(ema, live, 1.0 - self.decay)
+        for e, b in zip(self.model.buffers(), model.buffers()):
+            e.copy_(b)
 
     def state_dict(self) -> dict:
         return self.model.state_dict()

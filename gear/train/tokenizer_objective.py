@@ -6,6 +6,8 @@ trained with the hinge loss on detached reconstructions.
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -24,6 +26,7 @@ class TokenizerObjective:
         self.perceptual = perceptual if t.perceptual != "none" and t.perceptual_weight > 0 else None
         self.disc = discriminator if gan and t.gan_weight > 0 else None
         self.gan_start = t.gan_start if gan_start is None else gan_start
+        self.disc_core = getattr(self.disc, "module", self.disc)  # without a DDP wrapper
 
     def gan_active(self, step: int) -> bool:
         return self.disc is not None and step >= self.gan_start
@@ -39,7 +42,11 @@ class TokenizerObjective:
             loss = loss + t.perceptual_weight * p
             logs["perceptual"] = p.detach()
         if self.gan_active(step):
-            g = hinge_g_loss(self.disc(recon))
+            # the unwrapped discriminator with frozen weights: the generator's gradient reaches
+            # the reconstruction only (its weight gradients were computed, all-reduced under
+            # DDP, and then discarded by the discriminator step's zero_grad)
+            with weights_frozen(self.disc_core):
+                g = hinge_g_loss(self.disc_core(recon))
             loss = loss + t.gan_weight * g
             logs["gan_g"] = g.detach()
         for name, value in out.q.losses.items():
@@ -96,6 +103,26 @@ def build_perceptual(params, device) -> nn.Module | None:
     teacher = load_teacher(params, device)
     grid = params.data.resolution // t.downsample
     return make_perceptual("teacher", feature_fn=lambda img: teacher.features(img, grid, grad=True)).to(device)
+
+
+@contextlib.contextmanager
+def weights_frozen(module: nn.Module):
+    """requires_grad False on the module's parameters for the duration (train/eval mode untouched:
+    a discriminator's batch norm keeps using batch statistics); restores each flag afterwards."""
+    flags = [(p, p.requires_grad) for p in module.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, f in flags:
+            p.requires_grad_(f)
+
+
+def adamw(parameters, lr: float, betas, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW with the fused kernel (one pass over every tensor; ~3x cheaper than the default
+    foreach path for the tokenizer's ~100 small tensors); the same update rule."""
+    return torch.optim.AdamW(parameters, lr=lr, betas=tuple(betas), weight_decay=weight_decay, fused=True)
 
 
 def clip_and_step(loss: Tensor, opt: torch.optim.Optimizer, clip: float) -> Tensor:
