@@ -55,7 +55,9 @@ def sets(*extra: str) -> list[str]:
 
 
 def env() -> dict:
-    e = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    # faulthandler: a native crash in a stage (SIGABRT/SIGSEGV) prints every thread's Python stack
+    # into the log the failing test shows, not just glibc's one line
+    e = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), PYTHONFAULTHANDLER="1")
     return e
 
 
