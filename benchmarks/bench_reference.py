@@ -35,6 +35,9 @@ count nothing):
   training FLOPs per token = 3 x forward / L = 6 P + 6 n_layer D (L + 1)   (backward = 2 forward)
   sampling FLOPs per image (CFG, KV cache: L steps of one position each, 2 streams)
       = 2 * (2 P L + n_layer * 2 D L (L + 1))
+Last, for ours only, the share of a run's CPU time inside matmul / attention kernels (torch.profiler):
+one over it bounds the speed-up that removing every other op could still give at the same kernel
+speeds (a floor the ratios above cannot pass without faster kernels or other shapes).
 """
 from __future__ import annotations
 
@@ -213,6 +216,21 @@ def gemm_runner(n: int = GEMM_N, reps: int = 3) -> Callable[[], int]:
     return run
 
 
+MATMUL_KERNELS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::_scaled_dot_product_flash_attention_for_cpu",
+                  "aten::_scaled_dot_product_flash_attention_for_cpu_backward")
+
+
+def kernel_share(run: Callable[[], int]) -> float:
+    """Share of one run's CPU time inside matmul / attention kernels (torch.profiler, self time):
+    1 / share bounds what removing everything else could gain at the same kernel speeds."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        run()
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    return sum(e.self_cpu_time_total for e in events if e.key in MATMUL_KERNELS) / max(total, 1e-9)
+
+
 def interleaved(runners: dict[str, Callable[[], int]], repeats: int) -> dict[str, tuple[float, float]]:
     """Median (units per wall s, units per CPU s) of each runner, the runners taking turns."""
     rates: dict[str, list[tuple[float, float]]] = {k: [] for k in runners}
@@ -283,6 +301,10 @@ def main() -> None:
             ref_share = f"{100 * theirs[i] * flops / peak:8.1f}%" if theirs else f"{'-':>9s}"
             print(f"{label:44s} {clock:6s} {ref_txt} {ours[i]:10.2f} {ratio} {ref_share} "
                   f"{100 * ours[i] * flops / peak:9.1f}%", flush=True)
+    for key, label, _ in figures:
+        share = kernel_share(runners[f"ours {key}"])
+        print(f"ours, {label}: {100 * share:.1f}% of the time in matmul/attention kernels "
+              f"(bound on a further speed-up at the same kernel speeds: {1 / max(share, 1e-9):.2f}x)")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,40 @@
+"""The benchmarks run and print every figure (their numbers are never asserted: speed is printed)."""
+import subprocess
+import sys
+
+from tiny import ROOT, TINY, env
+
+# the tiny shapes of tests/tiny.py that bench_tokenizer's models read
+TOKENIZER_SETS = [kv for kv in TINY if kv.split("=")[0].split(".")[0] in ("tokenizer", "teachers", "ar", "tune")
+                  or kv.startswith(("data.resolution", "ablations."))]
+
+
+def run(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env(), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_bench_tokenizer_side_by_side_prints_every_part():
+    sets = sum((["--set", kv] for kv in TOKENIZER_SETS), [])
+    r = run("benchmarks/bench_tokenizer.py", "--before", str(ROOT), "--steps", "1", "--repeats", "1",
+            "--threads", "1", *sets)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = r.stdout
+    for part in ("data", "tokenizer backward", "discriminator forward", "EMA", "encoder forward", "quantizer forward",
+                 "decoder forward", "teacher features", "AR step", "whole step (wall)", "GFLOP per step",
+                 "share of the fp32 GEMM rate", "bound on a further speed-up", "warm-up mean step", "speed-up"):
+        assert part in out, (part, out)
+    assert out.count("warm-up step (gear tokenizer-init)") == 2 and "tuning step (gear tune" in out
+
+
+def test_bench_tokenizer_refuses_a_folder_that_is_not_a_checkout(tmp_path):
+    r = run("benchmarks/bench_tokenizer.py", "--before", str(tmp_path))
+    assert r.returncode != 0 and "is not a checkout of this project" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_bench_reference_without_a_checkout_prints_ours_and_the_kernel_share():
+    r = run("benchmarks/bench_reference.py", "--config", "tiny", "--repeats", "1", "--steps", "1", "--images", "2")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "reference: none given" in r.stdout
+    assert r.stdout.count("of the time in matmul/attention kernels") == 2, r.stdout
