@@ -11,7 +11,8 @@ def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0
                   top_p: float = 1.0) -> torch.Tensor:
     """Scale by 1/temperature, then keep the top_k largest logits (0 = all) and the smallest set
     whose probability reaches top_p (1.0 = all); the rest become -inf."""
-    logits = logits / temperature
+    if temperature != 1.0:  # x / 1.0 == x exactly: skip the copy
+        logits = logits / temperature
     if top_k:
         kth = logits.topk(top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
