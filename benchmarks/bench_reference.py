@@ -9,7 +9,8 @@ prints ours.
 Usage:
   python benchmarks/bench_reference.py --reference /path/to/GEAR            # small, 3 repeats
   GEAR_REFERENCE=/path/to/LlamaGen python benchmarks/bench_reference.py --config tiny --repeats 1
-  options: --config tiny|small|B  --repeats N  --steps N (train steps per repeat)
+  options: --config tiny|small|B  --repeats N  --steps N (train steps per repeat)  --compile (ours also
+           with the compiled fixed-shape decoding step, sample.compile)
            --batch N  --images N (0: no sampling)  --threads N (0: torch default; default 1)
 
 Figures, each per process CPU-second (time.process_time: the figure a loaded machine does not
@@ -173,16 +174,16 @@ def ref_train(ref, cfg, batch, steps):
     return train_runner(model, opt, logits, cfg, batch, steps)
 
 
-def ours_sample(cfg, n_images):
+def ours_sample(cfg, n_images, compile: bool = False):
     model = GPT(cfg).eval()
     torch.nn.init.normal_(model.head.weight, std=0.02)  # non-uniform logits, as after training
     labels = torch.arange(n_images) % cfg.num_classes
     g = torch.Generator().manual_seed(0)
 
     def run() -> int:
-        generate(model, labels, cfg_scale=CFG_SCALE, generator=g, use_cache=True)
+        generate(model, labels, cfg_scale=CFG_SCALE, generator=g, use_cache=True, compile=compile)
         return n_images
-    generate(model, labels[:2], cfg_scale=CFG_SCALE, generator=g)  # warm-up
+    generate(model, labels, cfg_scale=CFG_SCALE, generator=g, compile=compile)  # warm-up (and compile)
     return run
 
 
@@ -252,6 +253,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=0, help="training batch (0: the config's)")
     ap.add_argument("--images", type=int, default=-1, help="images sampled per repeat (-1: the config's, 0: none)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (0 = torch default)")
+    ap.add_argument("--compile", action="store_true",
+                    help="also ours with the compiled fixed-shape decoding step (sample.compile)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -279,6 +282,8 @@ def main() -> None:
               f"{'' if n_ours == n_ref else '  (DIFFERENT NETWORKS)'}")
     if images:
         runners["ours sample"] = ours_sample(cfg, images)
+        if args.compile:
+            runners["ours sample-compiled"] = ours_sample(cfg, images, compile=True)
         if ref is not None:
             runners["ref sample"] = ref_sample(ref, cfg, images)
     rates = interleaved(runners, args.repeats)
@@ -290,10 +295,12 @@ def main() -> None:
     if images:
         figures.append(("sample", f"sample images/s ({images}, CFG {CFG_SCALE}, KV cache)",
                         sample_flops_per_image(cfg)))
+        if args.compile:
+            figures.append(("sample-compiled", "  ... compiled decode step", sample_flops_per_image(cfg)))
     print(f"{'figure':44s} {'clock':6s} {'reference':>10s} {'ours':>10s} {'ours/ref':>9s} "
           f"{'ref %peak':>9s} {'ours %peak':>10s}")
     for key, label, flops in figures:
-        ours, theirs = rates[f"ours {key}"], rates.get(f"ref {key}")
+        ours, theirs = rates[f"ours {key}"], rates.get(f"ref {key.split('-')[0]}")
         for i, clock in ((1, "CPU s"), (0, "wall s")):
             peak = gemm_cpu if i else gemm_wall
             ref_txt = f"{theirs[i]:10.2f}" if theirs else f"{'-':>10s}"

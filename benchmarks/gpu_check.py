@@ -27,6 +27,8 @@ Figures, in run order (shapes and hyper-parameters from presets/imagenet256.yaml
   sample_B               gear.models.sampling.generate with the KV cache and CFG sample.cfg_scale,
                          sample.batch_size labels per call, SDPA flash; images (token grids)/s,
                          decoding to pixels excluded
+  sample_B_compiled      as sample_B with generate(compile=True): the fixed-shape decoding step
+                         under torch.compile, replayed as a CUDA graph (what sample.compile does)
   ar_train_{B,L,XL}_compiled   as ar_train with torch.compile(ar), as train-ar builds it: last,
                          since the compiles are the longest part of the run
 Weights are random everywhere: a step costs the same, and the device machine reaches no hub
@@ -36,8 +38,9 @@ attention (head dim 512) has no flash kernel.
 
 Time budget on one H200 (estimates; the figures print their own): start-up and builds ~20 s,
 gemm_peak ~2 s, each eager ar_train 5-10 s, tokenizer_step and gear_step_B ~15 s each, sample_B
-~15 s, the three compiled figures 40-120 s each (mostly compiling, shown as warm-up): ~3-7 min,
-the compiles being the uncertain part (cold inductor cache on a fresh machine).
+~15 s, the compiled sampling figure ~30-60 s and the three compiled AR figures 40-120 s each
+(mostly compiling, shown as warm-up): ~3-8 min, the compiles being the uncertain part (cold
+inductor cache on a fresh machine).
 Each figure warms up (2 steps), then times at most --steps steps and no more than ~15 s worth
 (judged from the last warm-up step) on CUDA events. A figure is not started once --budget
 seconds (default 450) have passed, so the summary prints before the shell's 480 s timeout.
@@ -102,7 +105,7 @@ def figure_names(dry: bool, compile: bool) -> list[str]:
     names = ["gemm_peak", *(f"ar_train_{s}" for s in SIZES), "tokenizer_step", f"gear_step_{GUIDE}",
              f"sample_{GUIDE}"]
     if compile or not dry:
-        names += [f"ar_train_{s}_compiled" for s in SIZES]
+        names += [f"sample_{GUIDE}_compiled", *(f"ar_train_{s}_compiled" for s in SIZES)]
     return names
 
 
@@ -377,8 +380,9 @@ def gear_train_step(bench: Bench, size: str) -> Result:
                   f"{p.data.resolution} px, batch {tn.batch_size}; {t.describe()}")
 
 
-def sample(bench: Bench, size: str) -> Result:
-    """`gear sample`'s generate call on one batch of labels (a random AR with non-uniform logits)."""
+def sample(bench: Bench, size: str, compiled: bool) -> Result:
+    """`gear sample`'s generate call on one batch of labels (a random AR with non-uniform logits);
+    compiled: its fixed-shape decoding step under torch.compile, CUDA graphs (sample.compile)."""
     p, rt, s = bench.params, bench.rt, bench.params.sample
     with torch.device(rt.device):
         ar, _ = build_ar(p, bench.ar_size(size), p.tokenizer.codebook_size, bench.grid, bench.classes,
@@ -391,18 +395,20 @@ def sample(bench: Bench, size: str) -> Result:
     def step():
         with bench.flash():
             generate(ar, labels, cfg_scale=s.cfg_scale, cfg_interval=tuple(s.cfg_interval), temperature=s.temperature,
-                     top_k=s.top_k, top_p=s.top_p, generator=gen, bf16=rt.precision == "bf16")
+                     top_k=s.top_k, top_p=s.top_p, generator=gen, bf16=rt.precision == "bf16", compile=compiled)
 
     t = time_steps(bench, step)
     c = ar.cfg
     return Result(s.batch_size * t.steps / t.seconds, "images/s",
                   f"{c.n_layer}L d{c.dim}, {s.batch_size} labels x {c.seq_len} tokens, CFG {s.cfg_scale}, "
-                  f"KV cache; {t.describe()}")
+                  f"KV cache{', compiled decode step' if compiled else ''}; {t.describe()}")
 
 
 def figures(bench: Bench) -> dict[str, Callable[[], Result]]:
     runs = {"gemm_peak": partial(gemm_peak, bench), "tokenizer_step": partial(tokenizer_train_step, bench),
-            f"gear_step_{GUIDE}": partial(gear_train_step, bench, GUIDE), f"sample_{GUIDE}": partial(sample, bench, GUIDE)}
+            f"gear_step_{GUIDE}": partial(gear_train_step, bench, GUIDE),
+            f"sample_{GUIDE}": partial(sample, bench, GUIDE, False),
+            f"sample_{GUIDE}_compiled": partial(sample, bench, GUIDE, True)}
     for s in SIZES:
         runs[f"ar_train_{s}"] = partial(ar_train, bench, s, False)
         runs[f"ar_train_{s}_compiled"] = partial(ar_train, bench, s, True)

@@ -162,6 +162,7 @@ class Sample:
     top_k: int = 0
     top_p: float = 1.0
     use_ema: bool = True
+    compile: bool = False
 
 
 @dataclass

@@ -55,6 +55,26 @@ def test_kv_cache_equals_recompute(opts):
     assert len(set(map(tuple, cached.tolist()))) > 1       # not a degenerate constant sample
 
 
+@pytest.mark.parametrize("opts", [
+    dict(),
+    dict(cfg_scale=4.0, cfg_interval=(0.25, 0.75), temperature=0.7),
+    dict(cfg_scale=1.5, top_k=5, top_p=0.8),
+])
+def test_fixed_shape_decode_step_gives_the_default_tokens(opts, monkeypatch):
+    """The compiled path's step (tensor position, whole cache under a mask), run eagerly."""
+    import gear.models.sampling as sampling
+    monkeypatch.setattr(sampling, "compiled_decode_step", lambda device: sampling.decode_step)
+    model = tiny()
+    default = generate(model, LABELS, generator=gen(3), **opts)
+    assert torch.equal(generate(model, LABELS, generator=gen(3), compile=True, **opts), default)
+
+
+def test_compiled_decode_step_gives_the_default_tokens():
+    model = tiny(seed=4, n_layer=1)
+    default = generate(model, LABELS, cfg_scale=2.0, generator=gen(9))
+    assert torch.equal(generate(model, LABELS, cfg_scale=2.0, generator=gen(9), compile=True), default)
+
+
 def reference_sampler(model: GPT, labels, scale, seed):
     """Independent CFG sampler on the public forward: cond and null run as separate batches."""
     g, B, L = gen(seed), len(labels), model.cfg.seq_len

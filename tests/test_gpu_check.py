@@ -82,7 +82,7 @@ def test_flags():
     assert args.names == ["gemm_peak", "sample_B"] and args.steps == 2
     gpu = gpu_check.parse_args(["--steps", "3"])
     assert gpu.steps == 3 and gpu.names[-3:] == [f"ar_train_{s}_compiled" for s in ("B", "L", "XL")]
-    assert len(gpu.names) == 10
+    assert len(gpu.names) == 11 and "sample_B_compiled" in gpu.names
     assert "ar_train_XL_compiled" in gpu_check.parse_args(["--dry", "--compile"]).names
     for bad in (["--dry", "--only", "ar_train_B_compiled"], ["--only", "nope"], ["--fail", "nope"], ["--steps", "-1"]):
         with pytest.raises(SystemExit) as e:

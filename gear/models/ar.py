@@ -131,7 +131,15 @@ class Attention(nn.Module):
         q, k, v = qk[0], qk[1], qkv[2]
         if mask is not None:
             k_all, v_all = k, v
-            if cache is not None:
+            if cache is not None and isinstance(pos, torch.Tensor):
+                # one token at a tensor position, the whole cache attended under the mask: the same
+                # shapes at every step, so a compiled decoding step is traced once (sampling.py)
+                if n != 1:
+                    raise ValueError(f"a tensor position takes one token, got {n}")
+                cache[0].index_copy_(2, pos.view(1), k)
+                cache[1].index_copy_(2, pos.view(1), v)
+                k_all, v_all = cache
+            elif cache is not None:
                 if n > 1 and pos:
                     raise ValueError(f"cached attention takes one token, or a prefill at position 0 (got {n} at {pos})")
                 cache[0][:, :, pos:pos + n], cache[1][:, :, pos:pos + n] = k, v
@@ -226,23 +234,29 @@ class GPT(nn.Module):
         h = torch.cat([self.cls_emb(labels)[:, None], self.embed_tokens(x[:, :-1])], dim=1)
         return self.trunk(self.tok_drop(h), stop_at_layer=stop_at_layer, return_layers=return_layers)
 
-    def trunk(self, h: torch.Tensor, *, pos: int = 0, cache: list | None = None,
-              stop_at_layer: int | None = None, return_layers: tuple[int, ...] = ()) -> ARout:
+    def trunk(self, h: torch.Tensor, *, pos: int | torch.Tensor = 0, cache: list | None = None,
+              mask: torch.Tensor | None = None, stop_at_layer: int | None = None,
+              return_layers: tuple[int, ...] = ()) -> ARout:
         """Run the blocks on input embeddings h (B, n, D) that sit at positions pos..pos+n-1.
-        cache: per-layer (k, v) static buffers (B, H, L, hd) for incremental decoding."""
+        cache: per-layer (k, v) static buffers (B, H, L, hd) for incremental decoding. mask: a
+        boolean may-attend mask over the keys (None: causal); with a 0-d tensor `pos` (one token)
+        it covers the whole cache (sampling.decode_step)."""
         last = self.cfg.n_layer if stop_at_layer is None else stop_at_layer
         if not 1 <= last <= self.cfg.n_layer or any(not 1 <= l <= last for l in return_layers):
             raise ValueError(f"layers must lie in [1, {last}] (n_layer {self.cfg.n_layer}); got "
                              f"stop_at_layer={stop_at_layer}, return_layers={return_layers}")
         n = h.shape[1]
-        cos, sin = self.rope_cos[pos:pos + n], self.rope_sin[pos:pos + n]
+        if isinstance(pos, torch.Tensor):
+            cos, sin = self.rope_cos.index_select(0, pos.view(1)), self.rope_sin.index_select(0, pos.view(1))
+        else:
+            cos, sin = self.rope_cos[pos:pos + n], self.rope_sin[pos:pos + n]
         hidden = {}
         recompute = self.grad_checkpointing and self.training and cache is None and torch.is_grad_enabled()
         for i, block in enumerate(self.blocks[:last], start=1):
             if recompute:
-                h = torch.utils.checkpoint.checkpoint(block, h, cos, sin, None, pos, use_reentrant=False)
+                h = torch.utils.checkpoint.checkpoint(block, h, cos, sin, None, pos, mask, use_reentrant=False)
             else:
-                h = block(h, cos, sin, None if cache is None else cache[i - 1], pos)
+                h = block(h, cos, sin, None if cache is None else cache[i - 1], pos, mask)
             if i in return_layers or i == stop_at_layer:
                 hidden[i] = h
         if stop_at_layer is not None:

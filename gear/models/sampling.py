@@ -1,5 +1,13 @@
 """Class-conditional sampling from the AR: static KV cache, classifier-free guidance, temperature,
-top-k and top-p, all driven by one torch.Generator so that a seed fixes the images."""
+top-k and top-p, all driven by one torch.Generator so that a seed fixes the images.
+
+Two ways to run a decoding step. The default attends to the filled prefix of the cache (shapes
+grow with the position). `compile=True` runs `decode_step` instead: the token's position is a
+tensor and the whole cache is attended under a mask, so every step has the same shapes;
+torch.compile traces it once and, on CUDA, replays it as a CUDA graph (mode reduce-overhead):
+what makes decoding at small batch fast on a GPU, where the eager loop is bound by kernel launches.
+Measured on a 2-core CPU it is slower than the default (README, "Performance"): the stages compile
+it only where params.compute.compile asks."""
 from __future__ import annotations
 
 import torch
@@ -45,18 +53,39 @@ def _check(model: GPT, labels: torch.Tensor, cfg_scale, cfg_interval, temperatur
         raise ValueError(f"labels must be in [0, {model.null_class}] ({model.null_class} = null class)")
 
 
+def decode_step(model: GPT, h: torch.Tensor, pos: torch.Tensor, cache: list) -> torch.Tensor:
+    """fp32 logits (B, K) of one position `pos` (0-d long tensor) whose input embeddings are h
+    (B, 1, D); writes its keys and values into `cache` and attends to positions 0..pos of it."""
+    L = cache[0][0].shape[2]
+    mask = (torch.arange(L, device=h.device) <= pos).view(1, 1, 1, L)
+    return model.trunk(h, pos=pos, cache=cache, mask=mask).logits[:, -1].float()
+
+
+_COMPILED: dict[str, object] = {}
+
+
+def compiled_decode_step(device: torch.device):
+    """decode_step under torch.compile, one per device type (a second compile of the same code
+    would only hit its cache). CUDA: mode reduce-overhead, i.e. CUDA graphs."""
+    if device.type not in _COMPILED:
+        mode = "reduce-overhead" if device.type == "cuda" else None
+        _COMPILED[device.type] = torch.compile(decode_step, fullgraph=True, dynamic=False, mode=mode)
+    return _COMPILED[device.type]
+
+
 @torch.no_grad()
 def generate(model: GPT, labels: torch.Tensor, *, cfg_scale: float = 1.0,
              cfg_interval: tuple[float, float] = (0.0, 1.0), temperature: float = 1.0, top_k: int = 0,
              top_p: float = 1.0, generator: torch.Generator | None = None, use_cache: bool = True,
-             bf16: bool = False) -> torch.Tensor:
+             bf16: bool = False, compile: bool = False) -> torch.Tensor:
     """Sample token grids (B, L) for class labels (B,).
 
     CFG (cfg_scale != 1) runs the batch doubled as [cond; null] and samples from
     u + cfg_scale * (c - u) for token k with lo <= k / L < hi, from c elsewhere.
     use_cache=False recomputes the whole prefix at every step (the reference for tests).
-    bf16: autocast to bfloat16 (and a bf16 cache). The model is run in eval mode; its
-    train/eval mode is restored afterwards."""
+    bf16: autocast to bfloat16 (and a bf16 cache). compile: the fixed-shape decode_step under
+    torch.compile (module doc; with the cache). The model is run in eval mode; its train/eval mode
+    is restored afterwards."""
     _check(model, labels, cfg_scale, cfg_interval, temperature, top_k, top_p, generator)
     cfg, device = model.cfg, labels.device
     B, L = labels.shape[0], cfg.seq_len
@@ -70,11 +99,20 @@ def generate(model: GPT, labels: torch.Tensor, *, cfg_scale: float = 1.0,
             if use_cache:
                 dtype = torch.bfloat16 if bf16 else model.head.weight.dtype
                 shape = (cond.shape[0], cfg.n_head, L, cfg.head_dim)
-                cache = [(torch.empty(shape, dtype=dtype, device=device),
-                          torch.empty(shape, dtype=dtype, device=device)) for _ in range(cfg.n_layer)]
+                # zeros, not empty: the fixed-shape step weighs unwritten slots by exactly 0, and 0 * NaN is NaN
+                alloc = torch.zeros if compile else torch.empty
+                cache = [(alloc(shape, dtype=dtype, device=device), alloc(shape, dtype=dtype, device=device))
+                         for _ in range(cfg.n_layer)]
+                if compile:
+                    step = compiled_decode_step(device)
+                    for k, v in cache:  # fixed addresses: CUDA graphs may write them in place
+                        torch._dynamo.mark_static_address(k)
+                        torch._dynamo.mark_static_address(v)
                 h = model.cls_emb(cond)[:, None]                   # prefill: the class position
             for t in range(L):
-                if use_cache:
+                if use_cache and compile:
+                    logits = step(model, h, torch.tensor(t, device=device), cache)
+                elif use_cache:
                     logits = model.trunk(h, pos=t, cache=cache).logits[:, -1]
                 else:
                     prefix = out[:, :t].repeat(2, 1) if guided else out[:, :t]

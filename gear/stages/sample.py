@@ -122,7 +122,7 @@ def run(params, arm: str, size: str, seed: int | None = None) -> None:
         gen = torch.Generator(device=rt.device).manual_seed(batch_seed(params.compute.seed, b))
         idx = generate(model, y, cfg_scale=s.cfg_scale, cfg_interval=tuple(s.cfg_interval),
                        temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, generator=gen,
-                       bf16=rt.precision == "bf16")
+                       bf16=rt.precision == "bf16", compile=s.compile)
         with torch.no_grad(), rt.autocast():
             img = tok.decode_indices(idx, grid)
         mine.append((b, to_uint8(img), idx.cpu().numpy()))
