@@ -2,20 +2,21 @@
 
     with SlurmCluster.start(folder) as cluster:    # installs slurm-wlm + munge when missing (apt, root)
         cluster.env                                # SLURM_CONF etc. for sbatch / squeue / snakemake
-    python tests/slurm_cluster.py FOLDER           # start one by hand; Ctrl-C stops it
+    python tests/slurm_cluster.py FOLDER           # start one by hand; Ctrl-C or kill stops it
 
 Everything lives in `folder`: slurm.conf, the munge key and socket, state, spool, logs and PID
 files, on ports nobody else uses, so it never talks to a system SLURM or munge. One thing leaves
 it: a marked copy of slurm.conf at /etc/slurm/slurm.conf, because the nested srun inside each
 Snakemake job runs without SLURM_CONF; a foreign file there is never replaced (the tests skip), and
-`stop` removes the copy and ends exactly the three daemons it started. No accounting storage
-(`sacct` has nothing): status comes from squeue (`--slurm-status-command squeue`). `unavailable()`
-says why a machine cannot run one (not root, no apt, a system SLURM), so tests skip with that
-reason rather than pass.
+`stop` cancels any job still queued, removes the copy and ends exactly the three daemons it
+started. No accounting storage (`sacct` has nothing): status comes from squeue
+(`--slurm-status-command squeue`). `unavailable()` says why a machine cannot run one (not root,
+no apt, a system SLURM), so tests skip with that reason rather than pass.
 """
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -35,8 +36,21 @@ MARK = "# written by gear's tests/slurm_cluster.py; removed when that cluster st
 
 
 def _foreign_conf() -> str | None:
-    if SYSTEM_CONF.is_file() and not SYSTEM_CONF.read_text().startswith(MARK):
+    """Why /etc/slurm/slurm.conf may not be (over)written now: a system SLURM's file, or the marked
+    copy of another test cluster that still runs (two `make test` at once on one machine)."""
+    if not SYSTEM_CONF.is_file():
+        return None
+    text = SYSTEM_CONF.read_text()
+    if not text.startswith(MARK):
         return f"{SYSTEM_CONF} belongs to a system SLURM; the test cluster will not replace it"
+    pidfile = re.search(r"^SlurmctldPidFile=(\S+)$", text, re.M)
+    try:
+        pid = int(Path(pidfile.group(1)).read_text().split()[0]) if pidfile else 0
+        running = pid > 0 and Path(f"/proc/{pid}/comm").read_text().strip() == "slurmctld"
+    except (OSError, ValueError, IndexError):
+        running = False  # a copy left by a cluster that was killed: replace it
+    if running:
+        return f"another test cluster runs on this machine (slurmctld {pid}, {pidfile.group(1)}); one at a time"
     return None
 
 
@@ -52,8 +66,11 @@ def unavailable() -> str | None:
         return "slurm-wlm/munge are not installed and installing them needs root"
     if not shutil.which("apt-get"):
         return "slurm-wlm/munge are not installed and there is no apt-get"
-    r = subprocess.run(["apt-get", "install", "-y", "-q", *PACKAGES], capture_output=True, text=True,
-                       env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"), timeout=600)
+    apt = dict(env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"), capture_output=True, text=True, timeout=600)
+    r = subprocess.run(["apt-get", "install", "-y", "-q", *PACKAGES], **apt)
+    if r.returncode != 0:  # a fresh machine may have no package lists yet
+        subprocess.run(["apt-get", "update", "-q"], **apt)
+        r = subprocess.run(["apt-get", "install", "-y", "-q", *PACKAGES], **apt)
     if r.returncode != 0:
         return f"apt-get install {' '.join(PACKAGES)} failed: {(r.stderr.strip().splitlines() or ['?'])[-1]}"
     return _foreign_conf() if _installed() else "slurm-wlm installed but its commands are not on PATH"
@@ -97,10 +114,15 @@ class SlurmCluster:
         ports = (_free_port(), _free_port())
         self.conf.write_text("\n".join([
             "ClusterName=geartest", f"SlurmctldHost={self.node}", "SlurmUser=root", "SlurmdUser=root",
-            "AuthType=auth/munge", "CredType=cred/munge", f"AuthInfo=socket={f / 'munge' / 'munge.socket'}",
+            # cred_expire: also how long a requeued job is held before it may start again (default
+            # 120 s); 10 s still leaves a step launch on a loaded 2-core host ample time
+            "AuthType=auth/munge", "CredType=cred/munge",
+            f"AuthInfo=socket={f / 'munge' / 'munge.socket'},cred_expire=10",
             f"SlurmctldPort={ports[0]}", f"SlurmdPort={ports[1]}",
             "ProctrackType=proctrack/linuxproc", "TaskPlugin=task/none", "SelectType=select/cons_tres",
             "SelectTypeParameters=CR_CPU", "SchedulerType=sched/backfill", "MpiDefault=none",
+            # a job whose hold ends starts at the next pass of the scheduler: every 2 s, not 30-60 s
+            "SchedulerParameters=sched_interval=2,bf_interval=2",
             "AccountingStorageType=accounting_storage/none", "JobAcctGatherType=jobacct_gather/none",
             "JobCompType=jobcomp/none", "ReturnToService=2", "KillWait=30", "MinJobAge=300",
             f"StateSaveLocation={f / 'state'}", f"SlurmdSpoolDir={f / 'spool'}",
@@ -165,8 +187,29 @@ class SlurmCluster:
                        if (self.folder / n).is_file())
         raise RuntimeError(f"node {self.node} not idle after {timeout:.0f} s; logs:\n{logs}")
 
+    def cancel_jobs(self, timeout: float = 45.0) -> None:
+        """scancel whatever is still queued or running (an interrupted test run) and wait until it is
+        gone: a job's processes live under slurmstepd, which would outlive slurmd."""
+        def queued() -> list[str]:
+            r = subprocess.run(["squeue", "-h", "-o", "%i"], env=self.env, capture_output=True, text=True, timeout=30)
+            return r.stdout.split() if r.returncode == 0 else []
+
+        jobs = queued()
+        if jobs:
+            subprocess.run(["scancel", *jobs], env=self.env, capture_output=True, timeout=30)
+        end = time.monotonic() + timeout  # KillWait (30 s) is the longest a job may take to die
+        while jobs and time.monotonic() < end:
+            time.sleep(0.5)
+            jobs = queued()
+
     def stop(self) -> None:
-        """End the daemons this cluster started (slurmd first) and remove its /etc/slurm copy, nothing else."""
+        """Cancel its jobs, end the daemons this cluster started (slurmd first) and remove its
+        /etc/slurm copy, nothing else."""
+        if "slurmctld" in self.pids:
+            try:
+                self.cancel_jobs()
+            except (OSError, subprocess.SubprocessError):
+                pass
         if SYSTEM_CONF.is_file() and self.conf.is_file() and SYSTEM_CONF.read_text() == f"{MARK}\n{self.conf.read_text()}":
             SYSTEM_CONF.unlink()
         for name in reversed(DAEMONS):
@@ -197,12 +240,15 @@ if __name__ == "__main__":
     why = unavailable()
     if why:
         sys.exit(f"no test cluster: {why}")
+
+    def _end(signum, frame):  # `kill PID`/`kill %1` (SIGTERM), a closed terminal, or Ctrl-C: stop it cleanly
+        raise SystemExit(128 + signum)
+
+    for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):  # a background job may start with SIGINT ignored
+        signal.signal(s, _end)
     # Declared as large as the embedded params' requests (training: 8 CPUs, 64 GB, 1 GPU), so
     # `snakemake --profile slurm all` schedules unchanged on a small host (which it oversubscribes).
     with SlurmCluster.start(Path(sys.argv[1]), cpus=16, mem_mb=131072) as cluster:
         print(f"export SLURM_CONF={cluster.conf} SLURM_PARTITION=test SLURM_ACCOUNT=  "
               f"# node {cluster.node}: {cluster.cpus} CPUs, {cluster.gpus} fake GPUs, idle; Ctrl-C stops it", flush=True)
-        try:
-            signal.pause()
-        except KeyboardInterrupt:
-            pass
+        signal.pause()
