@@ -252,8 +252,10 @@ def worker(args) -> None:
     import torch
     if args.threads:
         torch.set_num_threads(args.threads)
+    import gear
     from gear.config import load_params
-    params = load_params(HERE / "params.yaml", [*SCRATCH_SETS, *args.set])
+    tree = Path(gear.__file__).resolve().parents[1]  # each tree with its own params.yaml (and schema)
+    params = load_params(tree / "params.yaml", [*SCRATCH_SETS, *args.set])
     out = {}
     if args.stage in ("warmup", "all"):
         out["warmup"] = worker_warmup(params, args.steps)

@@ -34,10 +34,12 @@ def entropy_penalty(logits: Tensor) -> Tensor:
     """MAGVIT-v2 entropy term: mean per-token entropy minus entropy of the mean assignment.
 
     Low per-token entropy makes assignments confident; high batch entropy spreads them over the
-    codebook. `logits` is (..., K); the caller applies the temperature."""
-    log_probs = logits.reshape(-1, logits.shape[-1]).log_softmax(-1)
-    probs = log_probs.exp()  # one normalisation pass over the (tokens x K) logits, not two
-    sample_entropy = -(probs * log_probs).sum(-1).mean()
+    codebook. `logits` is (..., K); the caller applies the temperature. (softmax and log_softmax
+    both, not exp(log_softmax): at temperature 0.01 most exponents underflow to denormals, and a
+    plain exp over them measured ~6x slower than the two fused kernels together.)"""
+    logits = logits.reshape(-1, logits.shape[-1])
+    probs = logits.softmax(-1)
+    sample_entropy = -(probs * logits.log_softmax(-1)).sum(-1).mean()
     avg = probs.mean(0)
     codebook_entropy = -(avg * torch.log(avg + 1e-8)).sum()
     return sample_entropy - codebook_entropy
