@@ -33,21 +33,26 @@ from slurm_cluster import SlurmCluster, unavailable
 from tiny import ROOT, TINY, copy_workflow
 
 BIN = Path(sys.executable).parent
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+# The DAG fixture runs inside the first test: ~6 min beside the rest of the suite on 2 cores.
+pytestmark = [pytest.mark.filterwarnings("ignore::DeprecationWarning"), pytest.mark.timeout(1200)]
 
 # Dropout off: a 2-rank run then does the math of one process (the multi-task test compares them).
+# No extra tuned tokenizer (tune.ablations, default [ste]): its 3 jobs run rules that the gear
+# tokenizer's jobs already send through sbatch, and they cost ~45 CPU-s and a queued level here.
 AR_STEPS = 40
 SMOKE = [*TINY, f"ar.steps={AR_STEPS}", "ar.class_dropout=0", "ar.token_dropout=0", "compute.save_every=5", "compute.log_every=5",
+         "tune.ablations=[]",
          "resources.train_gpus=0", "resources.train_cpus=1", "resources.light_cpus=1",
          "resources.train_mem_mb=2000", "resources.light_mem_mb=2000",
          "resources.train_runtime=20", "resources.light_runtime=20"]
 # What a cluster without accounting storage needs on the command line (README, "SLURM"), and the
 # status-check interval. The plugin checks every POLL_S seconds while jobs finish, adds 10 s after
 # each check that finds none finished, and waits one interval more before it exits; a job is seen
-# at the first check after it ends. Smoke jobs take 11-21 s alone (two Snakemake starts, a torch
-# import, the stage) and up to ~25 s beside the rest of the suite, the requeued one ~45-55 s in
-# all: at 25 s each level of the DAG costs one interval and the requeued one 2 (25 + 35 s). At 20
-# a job of 21 s costs 50 s; at the default 40 every level costs 40 s.
+# at the first check after it ends. Smoke jobs take 11-24 s alone here (two Snakemake starts, the
+# stage's imports, the stage; up to 3 at once on 2 cores) and 12-35 s beside the rest of the suite,
+# the requeued one 37-48 s from sbatch to its end: at 25 s a level of the DAG costs 25 s when its
+# jobs end in time and 60 s when not, the requeued one 50-60 s. At 20, a job of 21 s costs 50 s;
+# at the default 40, every level costs 40 s.
 POLL_S = 25
 SLURM_FLAGS = ["--slurm-status-command", "squeue", "--slurm-no-account", "--slurm-init-seconds-before-status-checks",
                str(POLL_S), "--latency-wait", "5"]
@@ -78,7 +83,9 @@ def cluster(tmp_path_factory):
     # fixtures stop their Snakemake runs and the cluster its jobs and daemons, none left behind
     previous = signal.signal(signal.SIGTERM, _interrupted)
     try:
-        with SlurmCluster.start(tmp_path_factory.mktemp("slurm")) as c:
+        # 3 CPUs declared (1 per smoke job): the widest level of the smoke DAG (3 jobs) never queues,
+        # so a job on the critical path never waits a status-check interval behind an evaluation
+        with SlurmCluster.start(tmp_path_factory.mktemp("slurm"), cpus=3) as c:
             yield c
     finally:
         signal.signal(signal.SIGTERM, previous)
