@@ -20,9 +20,10 @@ PYTEST := $(TESTENV) $(PY) -m pytest
 SLURM_TESTS := tests/test_slurm.py
 TEST_WORKERS ?= 2
 
-# The real-SLURM module runs as a second pytest beside the rest: its jobs mostly wait on the
-# plugin's status checks, so it adds little to the wall time. Its output follows the rest's; either
-# failing fails `make test`; an interrupt stops it cleanly (cluster, jobs and daemons).
+# The real-SLURM module runs as a second pytest beside the rest (xdist, nice 10): its DAG mostly
+# waits on the plugin's status checks, and its jobs get the CPU first, since a job that ends late
+# costs a whole check interval. Its output follows the rest's; either failing fails `make test`;
+# an interrupt stops it cleanly (cluster, jobs and daemons).
 test: $(STAMP)  ## the test suite, the real-SLURM module included (beside the rest)
 	@log=$$(mktemp); \
 	$(PYTEST) -q -s -p no:cacheprovider $(SLURM_TESTS) > $$log 2>&1 & slurm=$$!; \
@@ -32,7 +33,7 @@ test: $(STAMP)  ## the test suite, the real-SLURM module included (beside the re
 	echo "== $(SLURM_TESTS), run beside the tests above (exit $$slurm_rc) =="; cat $$log; rm -f $$log; \
 	[ $$rest -eq 0 ] && [ $$slurm_rc -eq 0 ]
 
-test-slurm: $(STAMP)  ## only the slurm profile on a real one-node SLURM (root; ~7 min)
+test-slurm: $(STAMP)  ## only the slurm profile on a real one-node SLURM (root; ~6 min)
 	$(PYTEST) -q -s $(SLURM_TESTS)
 
 bench: $(STAMP)  ## throughput figures (printed, never asserted)

@@ -49,11 +49,11 @@ SMOKE = [*TINY, f"ar.steps={AR_STEPS}", "ar.class_dropout=0", "ar.token_dropout=
 # status-check interval. The plugin checks every POLL_S seconds while jobs finish, adds 10 s after
 # each check that finds none finished, and waits one interval more before it exits; a job is seen
 # at the first check after it ends. Smoke jobs take 11-24 s alone here (two Snakemake starts, the
-# stage's imports, the stage; up to 3 at once on 2 cores) and 12-35 s beside the rest of the suite,
-# the requeued one 37-48 s from sbatch to its end: at 25 s a level of the DAG costs 25 s when its
-# jobs end in time and 60 s when not, the requeued one 50-60 s. At 20, a job of 21 s costs 50 s;
-# at the default 40, every level costs 40 s.
-POLL_S = 25
+# stage's imports, the stage; up to 3 at once on 2 cores) and 12-32 s beside the rest of the suite
+# (`make test`), the requeued one 37-51 s from sbatch to its end. At 30 s a level of the DAG costs
+# 30 s, the requeued one 60-70 s; at 25, `make test` saw 3-4 levels of 60 s (DAG 375-436 s against
+# ~370 s at 30); at 20, a job of 21 s costs 50 s; at the default 40, every level costs 40 s.
+POLL_S = 30
 SLURM_FLAGS = ["--slurm-status-command", "squeue", "--slurm-no-account", "--slurm-init-seconds-before-status-checks",
                str(POLL_S), "--latency-wait", "5"]
 # The training job requeued mid-run, and the plugin's --comment for it (squeue %k).
