@@ -33,7 +33,7 @@ test: $(STAMP)  ## the test suite, the real-SLURM module included (beside the re
 	echo "== $(SLURM_TESTS), run beside the tests above (exit $$slurm_rc) =="; cat $$log; rm -f $$log; \
 	[ $$rest -eq 0 ] && [ $$slurm_rc -eq 0 ]
 
-test-slurm: $(STAMP)  ## only the slurm profile on a real one-node SLURM (root; ~6 min)
+test-slurm: $(STAMP)  ## only the slurm profile on a real one-node SLURM (root; ~7.5 min)
 	$(PYTEST) -q -s $(SLURM_TESTS)
 
 bench: $(STAMP)  ## throughput figures (printed, never asserted)

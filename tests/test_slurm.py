@@ -115,7 +115,7 @@ class Snakemake:
             self.proc = subprocess.Popen([str(BIN / "snakemake"), *profile, *args], cwd=d, env=env(cluster),
                                          stdout=f, stderr=subprocess.STDOUT, text=True,
                                          preexec_fn=(lambda: os.nice(nice)) if nice else None)
-        self.t0 = time.monotonic()
+        self.t0, self.started = time.monotonic(), time.time()
 
     def stop(self) -> None:
         """End it if it still runs (SIGTERM: Snakemake cancels its SLURM jobs)."""
@@ -132,7 +132,7 @@ class Snakemake:
             self.proc.wait(timeout=timeout)
         finally:
             self.stop()
-        self.wall = time.monotonic() - self.t0
+        self.wall = self.out.stat().st_mtime - self.started  # until its last line
         text = self.out.read_text()
         assert self.proc.returncode == 0, text[-6000:]
         return text
@@ -172,7 +172,6 @@ def requeue_mid_run(cluster, d: Path, run: Snakemake) -> dict:
             st = field(show, "JobState")
             if "first_log" not in seen and st == "PENDING" and field(show, "Restarts") == "1":
                 seen["first_log"] = log.read_text() if log.is_file() else ""  # the first run is over
-                seen["held"] = field(show, "Reason")
             elif st in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"):
                 seen["show"] = show
                 break
