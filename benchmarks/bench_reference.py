@@ -126,6 +126,8 @@ def load_reference(path: str | None) -> Reference | str:
             try:
                 gpt = _import_file(root / model_file, "_reference_gpt")
                 gen = _import_file(root / gen_file, "_reference_generate")
+            except ImportError as e:  # e.g. a partial checkout without utils/
+                return f"{root / model_file} does not import ({e}): a whole checkout is needed"
             finally:
                 sys.path.remove(str(root))
             return Reference(name, root, gpt.ModelArgs, gpt.Transformer, gen.generate)

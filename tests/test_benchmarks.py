@@ -38,3 +38,17 @@ def test_bench_reference_without_a_checkout_prints_ours_and_the_kernel_share():
     assert r.returncode == 0, r.stderr[-3000:]
     assert "reference: none given" in r.stdout
     assert r.stdout.count("of the time in matmul/attention kernels") == 2, r.stdout
+
+
+def test_bench_reference_names_a_checkout_that_does_not_import(tmp_path):
+    """A partial LlamaGen checkout (its gpt.py imports utils/ from the checkout's root): one line
+    saying why, and ours still printed."""
+    models = tmp_path / "autoregressive" / "models"
+    models.mkdir(parents=True)
+    (models / "gpt.py").write_text("from utils.drop_path import DropPath\n")
+    (models / "generate.py").write_text("")
+    r = run("benchmarks/bench_reference.py", "--reference", str(tmp_path), "--config", "tiny", "--repeats", "1",
+            "--steps", "1", "--images", "0")
+    assert r.returncode == 0, r.stderr[-3000:]
+    line = next(l for l in r.stdout.splitlines() if l.startswith("reference:"))
+    assert "gpt.py does not import (No module named 'utils')" in line and line.endswith("printing ours only"), line
