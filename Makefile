@@ -36,6 +36,10 @@ test: $(STAMP)  ## the test suite, the real-SLURM module included (beside the re
 test-slurm: $(STAMP)  ## only the slurm profile on a real one-node SLURM (root; ~7.5 min)
 	$(PYTEST) -q -s $(SLURM_TESTS)
 
+# bench_reference runs beside the public reference where $GEAR_REFERENCE names a checkout (README,
+# Performance), and prints ours alone otherwise.
 bench: $(STAMP)  ## throughput figures (printed, never asserted)
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_loader.py
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_ar.py
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_tokenizer.py
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_reference.py
