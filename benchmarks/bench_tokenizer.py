@@ -128,8 +128,19 @@ def _timed(step, steps: int) -> dict:
             "gemm_share": _gemm_share(step), "threads": torch.get_num_threads()}
 
 
-def worker_warmup(params, steps: int) -> dict:
+def _backward_and_step(loss, opt, clip: float, p: Parts, who: str) -> None:
+    """The stages' clip_and_step (zero_grad, backward, clip, AdamW), written out to time the
+    backward and the clip + AdamW as two parts."""
     import torch
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    p.mark(f"{who} backward")
+    torch.nn.utils.clip_grad_norm_([q for g in opt.param_groups for q in g["params"]], clip if clip > 0 else float("inf"))
+    opt.step()
+    p.mark(f"{who} clip + AdamW")
+
+
+def worker_warmup(params, steps: int) -> dict:
     from gear.data.loader import TrainStream
     from gear.runtime import seed_everything, setup
     from gear.train.ema import EMA
@@ -157,21 +168,11 @@ def worker_warmup(params, steps: int) -> dict:
             out = tok(x)
             loss, _ = objective.generator_loss(x, out, step_index)
             p.mark("tokenizer forward + loss")
-            opt_g.zero_grad(set_to_none=True)
-            loss.backward()
-            p.mark("tokenizer backward")
-            torch.nn.utils.clip_grad_norm_([q for g in opt_g.param_groups for q in g["params"]], t.grad_clip)
-            opt_g.step()
-            p.mark("tokenizer clip + AdamW")
+            _backward_and_step(loss, opt_g, t.grad_clip, p, "tokenizer")
             if objective.gan_active(step_index):
                 loss_d, _ = objective.discriminator_loss(x, out.recon)
                 p.mark("discriminator forward")
-                opt_d.zero_grad(set_to_none=True)
-                loss_d.backward()
-                p.mark("discriminator backward")
-                torch.nn.utils.clip_grad_norm_([q for g in opt_d.param_groups for q in g["params"]], t.grad_clip)
-                opt_d.step()
-                p.mark("discriminator clip + AdamW")
+                _backward_and_step(loss_d, opt_d, t.grad_clip, p, "discriminator")
             ema.update(tok)
             p.mark("EMA")
             usage.update(out.q.indices)

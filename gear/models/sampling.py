@@ -6,8 +6,8 @@ grow with the position). `compile=True` runs `decode_step` instead: the token's 
 tensor and the whole cache is attended under a mask, so every step has the same shapes;
 torch.compile traces it once and, on CUDA, replays it as a CUDA graph (mode reduce-overhead):
 what makes decoding at small batch fast on a GPU, where the eager loop is bound by kernel launches.
-Measured on a 2-core CPU it is slower than the default (README, "Performance"): the stages compile
-it only where params.compute.compile asks."""
+Measured on a 2-core CPU it is slower than the default (README, "Performance"): `gear sample` compiles
+it only where params.sample.compile asks."""
 from __future__ import annotations
 
 import torch

@@ -20,7 +20,7 @@ class EMA:
         if len(ema) != len(live):
             raise ValueError(f"EMA holds {len(ema)} parameters, the model {len(live)}")
         torch._foreach_lerp_(ema, live, 1.0 - self.decay)
-        for e, b in zip(self.model.buffers(), model.buffers()):
+        for e, b in zip(self.model.buffers(), model.buffers(), strict=True):
             e.copy_(b)
 
     def state_dict(self) -> dict:
