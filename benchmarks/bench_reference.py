@@ -57,6 +57,7 @@ import torch
 import torch.nn.functional as F
 
 from bench_ar import SMALL, Timer
+from kernels import GEMM_N, kernel_share
 from gear.models.ar import GPT, GPTConfig, configure_optimizer, ntp_loss
 from gear.models.sampling import generate
 
@@ -67,7 +68,6 @@ CONFIGS = {  # name -> (config, train batch, sampled images)
     "B": (GPTConfig.from_size("B", vocab_size=16384, grid=16, num_classes=1000), 4, 0),
 }
 CFG_SCALE = 1.5
-GEMM_N = 2048
 
 
 # ---- FLOPs from the shapes (formulas in the module docstring) --------------------------------
@@ -217,21 +217,6 @@ def gemm_runner(n: int = GEMM_N, reps: int = 3) -> Callable[[], int]:
         return 2 * n ** 3 * reps
     run()
     return run
-
-
-MATMUL_KERNELS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::_scaled_dot_product_flash_attention_for_cpu",
-                  "aten::_scaled_dot_product_flash_attention_for_cpu_backward")
-
-
-def kernel_share(run: Callable[[], int]) -> float:
-    """Share of one run's CPU time inside matmul / attention kernels (torch.profiler, self time):
-    1 / share bounds what removing everything else could gain at the same kernel speeds."""
-    from torch.profiler import ProfilerActivity, profile
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        run()
-    events = prof.key_averages()
-    total = sum(e.self_cpu_time_total for e in events)
-    return sum(e.self_cpu_time_total for e in events if e.key in MATMUL_KERNELS) / max(total, 1e-9)
 
 
 def interleaved(runners: dict[str, Callable[[], int]], repeats: int) -> dict[str, tuple[float, float]]:

@@ -38,8 +38,9 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+from kernels import GEMM_N, kernel_share
+
 HERE = Path(__file__).resolve().parents[1]  # this checkout ("ours")
-GEMM_N = 2048
 
 
 # ---- the worker: one tree, one process --------------------------------------------------------
@@ -95,25 +96,6 @@ def _flops(step) -> int:
     return fc.get_total_flops()
 
 
-# the kernels that do the counted FLOPs: convolutions (forward, backward), matmuls, attention
-GEMM_KERNELS = ("aten::mkldnn_convolution", "aten::convolution_backward", "aten::mm", "aten::addmm", "aten::bmm",
-                "aten::_scaled_dot_product_flash_attention_for_cpu",
-                "aten::_scaled_dot_product_flash_attention_for_cpu_backward")
-
-
-def _gemm_share(step, steps: int = 4) -> float:
-    """Share of the step's CPU time spent inside GEMM-like kernels (torch.profiler, self time).
-    1 / share bounds the speed-up that removing everything else could give at the same kernel
-    speeds (the profiler's per-op overhead makes the share a slight underestimate, the bound generous)."""
-    from torch.profiler import ProfilerActivity, profile
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        for _ in range(steps):
-            step(None)
-    events = prof.key_averages()
-    total = sum(e.self_cpu_time_total for e in events)
-    return sum(e.self_cpu_time_total for e in events if e.key in GEMM_KERNELS) / max(total, 1e-9)
-
-
 def _timed(step, steps: int) -> dict:
     import torch
     for _ in range(3):  # allocations, first-call set-up
@@ -125,7 +107,7 @@ def _timed(step, steps: int) -> dict:
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     ms = {k: v / steps for k, v in parts.ms.items()}
     return {"parts": ms, "step_ms": 1000 * wall / steps, "cpu_ms": 1000 * cpu / steps, "flops": _flops(step),
-            "gemm_share": _gemm_share(step), "threads": torch.get_num_threads()}
+            "gemm_share": kernel_share(lambda: [step(None) for _ in range(4)]), "threads": torch.get_num_threads()}
 
 
 def _backward_and_step(loss, opt, clip: float, p: Parts, who: str) -> None:
