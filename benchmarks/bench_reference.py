@@ -57,7 +57,7 @@ import torch
 import torch.nn.functional as F
 
 from bench_ar import SMALL, Timer
-from kernels import GEMM_N, kernel_share
+from bench_kernels import GEMM_N, kernel_share
 from gear.models.ar import GPT, GPTConfig, configure_optimizer, ntp_loss
 from gear.models.sampling import generate
 

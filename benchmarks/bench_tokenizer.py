@@ -38,7 +38,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from kernels import GEMM_N, kernel_share
+from bench_kernels import GEMM_N, kernel_share
 
 HERE = Path(__file__).resolve().parents[1]  # this checkout ("ours")
 

@@ -1,7 +1,10 @@
 """What the benchmarks measure alike: the share of a run's CPU time inside the kernels that do its
 counted FLOPs. One over that share bounds the speed-up that removing every other op could give at
 the same kernel speeds (the profiler's per-op overhead makes the share a slight underestimate, so
-the bound is generous)."""
+the bound is generous).
+
+Named bench_kernels, not kernels: tests put benchmarks/ on sys.path, and `kernels` is the hub
+package that transformers imports."""
 from __future__ import annotations
 
 from typing import Callable
