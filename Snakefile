@@ -1,14 +1,12 @@
-# GEAR pipeline (Snakemake). Each rule runs one `gear <stage>`; the same DAG is in dvc.yaml.
+# GEAR pipeline (Snakemake). Each rule runs one `gear <stage>`; the rules are built from the stage
+# table in gear/dag.py, from which dvc.yaml is generated too (`gear dag --write`).
 #   snakemake --profile local all                                   # embedded default, CPU
 #   snakemake --profile slurm all --config params=presets/imagenet256.yaml
-# Editing the params file reruns exactly the rules whose params (digests below) changed.
+# A job reruns when the params its stage declares change, whichever tool made its outputs
+# (gear/provenance.py: every artifact records what made it).
 
 include: "workflow/rules/common.smk"
-include: "workflow/rules/data.smk"
-include: "workflow/rules/tokenizer.smk"
-include: "workflow/rules/ar.smk"
-include: "workflow/rules/evaluate.smk"
-include: "workflow/rules/report.smk"
+include: "workflow/rules/stages.smk"
 include: "workflow/rules/ablations.smk"  # target `ablations`, not part of `all`
 include: "workflow/rules/t2i.smk"        # target `t2i` (text-to-image), not part of `all`
 

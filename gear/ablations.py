@@ -155,7 +155,7 @@ def row_params(params, row: Row):
     sets = [f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in row.overrides]
     if row.axis == "teacher":
         sets.append("teachers.weights=null")
-    return params_from_dict(apply_overrides(raw, sets), grid=False)
+    return params_from_dict(apply_overrides(raw, sets))
 
 
 def check_grid(params) -> None:
@@ -179,12 +179,12 @@ def check_grid(params) -> None:
 
 
 def skip_reason(params, row: Row) -> str | None:
-    """Why a row cannot run here (its teacher cannot be loaded), or None."""
-    if row.axis != "teacher":
-        return None
-    from gear.teachers import unavailable  # local: torch, only when a teacher row is asked about
-
-    return unavailable(row.value, None)
+    """Why a row does not run, from params alone (never from what a cache holds, so the job set of
+    both tools is a function of the params): a hub teacher row while ablations.hub_teachers is false."""
+    if row.axis == "teacher" and row.value != "demo" and not params.ablations.hub_teachers:
+        return (f"teacher {row.value} needs hub weights: set ablations.hub_teachers true where they load "
+                "(the Hugging Face cache or network)")
+    return None
 
 
 def runnable(params) -> list[Row]:
@@ -196,8 +196,6 @@ def layout(params, row: Row) -> paths.Layout:
     """Where a row's stages live: its own folder, the main teacher and warm-up unless it changes them."""
     if row.default:
         return paths.Layout()
-    from gear.stages.teacher import demo_needed  # local: torch
-
     rp, root, here = row_params(params, row), paths.ablation_root(row.name), Path(".")
     own_teacher = (demo_needed(rp) and not demo_needed(params)) or rp.teachers != params.teachers
     warm = ("quantizer", "tokenizer")
@@ -246,12 +244,7 @@ def seed_row(params, axis_name: str, row: Row):
     return seed[i] if 0 <= i < len(seed) else None
 
 
-def enter(params, name: str):
-    """The CLI's `--ablation <row>`: this process's paths become the row's; returns its params."""
-    row = find(params, name)
-    reason = skip_reason(params, row)
-    if reason:
-        raise ParamsError(f"ablation row {name} is skipped here: {reason}")
-    paths.use_layout(layout(params, row))
-    return row_params(params, row)
+def demo_needed(params) -> bool:
+    """Whether the pipeline trains the demo teacher (as the alignment teacher or the feature space)."""
+    return params.teacher == "demo" or params.metrics.feature_space == "demo"
 

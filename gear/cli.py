@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
+import os
 import sys
 
-from gear.config import ParamsError, load_params
+from gear.config import ParamsError
+from gear.dag import load_params
 
 SEED = ("--seed", dict(type=int, default=None, help="study seed (one of study.seeds; default: the only one)"))
 ROW = ("--ablation", dict(default=None, metavar="ROW",
@@ -70,20 +73,56 @@ def build_parser() -> argparse.ArgumentParser:
                        help="override a param, e.g. --set tau=0.5 --set ar.lr=3e-4 (repeatable)")
         for flag, kwargs in extra:
             p.add_argument(flag, **kwargs)
+    p = sub.add_parser("dag", help="write dvc.yaml and t2i/dvc.yaml from the stage table (gear/dag.py)")
+    p.add_argument("--params", default="params.yaml")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--check", action="store_true", help="only say whether the files are up to date (exit 1 if not)")
     p = sub.add_parser("params", help="validate params and print them resolved")
     p.add_argument("--params", default="params.yaml")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     return parser
 
 
-def enter_ablation(params, row: str, extra: dict):
-    """An ablation row runs the GEAR arm's stages: its params, its paths (gear/ablations.py)."""
-    from gear.ablations import enter
+def check_ablation(params, row: str, extra: dict) -> None:
+    """An ablation row runs the GEAR arm's stages, and only rows that can run here."""
+    from gear import ablations
 
     for flag in ("variant", "arm"):
         if extra.get(flag) not in (None, "gear"):
             raise ParamsError(f"--ablation {row} runs the GEAR arm: --{flag} must be gear, got {extra[flag]!r}")
-    return enter(params, row)
+    reason = ablations.skip_reason(params, ablations.find(params, row))
+    if reason:
+        raise ParamsError(f"ablation row {row} is skipped here: {reason}")
+
+
+def run_stage(stage: str, params, params_file: str, extra: dict, row: str | None) -> None:
+    """One stage as a job of the DAG (gear/dag.py): its inputs checked against the current params
+    (gear/provenance.py), one writer for its outputs, the stage given only its declared params
+    and its row's paths, and its outputs stamped with what made them."""
+    import contextlib
+
+    from gear import dag, paths, provenance
+    from gear.guard import ParamsView
+    module = importlib.import_module(STAGES[stage][0])
+    if row is not None:
+        check_ablation(params, row, extra)
+    job = dag.job_for(stage, extra, row, params)
+    if job is None:  # not a job of the DAG (e.g. a bad --arm: the stage says why)
+        module.run(params, **extra)
+        return
+    stage_params, layout = dag.layout_for(params, row)
+    provenance.check_inputs(job, params, params_file)
+    main = int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))) == 0
+    lock = provenance.OutputLock(job, params, params_file) if main else contextlib.nullcontext()
+    audit = os.environ.get("GEAR_AUDIT_READS")  # a file: record what the stage reads instead of refusing
+    view = ParamsView(stage_params, None if audit else dag.declared(job.stage), job.stage, free=dag.FREE)
+    with lock, paths.using(layout):
+        module.run(view, **extra)
+        if main:
+            provenance.write(job, params)
+    if audit:
+        with open(audit, "a") as f:
+            f.write(json.dumps({"stage": job.stage, "reads": sorted(view.reads)}) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -99,12 +138,16 @@ def main(argv: list[str] | None = None) -> int:
 
             print(yaml.safe_dump(params.to_dict(), sort_keys=False), end="")
             return 0
-        module = importlib.import_module(STAGES[args.stage][0])
+        if args.stage == "dag":
+            from gear.dag import write_dvc_files
+
+            stale = write_dvc_files(params, check=args.check)
+            verb = "out of date" if args.check else "written"
+            print(f"{', '.join(map(str, stale)) or 'dvc.yaml, t2i/dvc.yaml'}: {verb if stale else 'up to date'}")
+            return 1 if args.check and stale else 0
         extra = {k: v for k, v in vars(args).items() if k not in ("stage", "params", "overrides")}
         row = extra.pop("ablation", None)
-        if row is not None:
-            params = enter_ablation(params, row, extra)
-        module.run(params, **extra)
+        run_stage(args.stage, params, args.params, extra, row)
     except (ParamsError, ArtifactError, DataError, OSError) as e:  # expected: bad input, not a bug
         print(f"gear {args.stage}: error: {e}", file=sys.stderr)
         return 2

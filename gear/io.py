@@ -12,10 +12,10 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
-import torch
-from safetensors.torch import load_file, save_file
+if TYPE_CHECKING:  # torch is imported where tensors are written: this module also serves the Snakefile
+    import torch
 
 
 class ArtifactError(RuntimeError):
@@ -101,14 +101,18 @@ def read_json(path: str | Path, what: str = "file") -> dict:
         raise ArtifactError(f"{what} {path} is not valid JSON ({e.msg} at line {e.lineno})") from None
 
 
-def save_tensors(path: str | Path, state: dict[str, torch.Tensor], metadata: dict | None = None) -> None:
+def save_tensors(path: str | Path, state: dict[str, "torch.Tensor"], metadata: dict | None = None) -> None:
+    from safetensors.torch import save_file
+
     tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
     meta = {k: json.dumps(v) for k, v in (metadata or {}).items()}
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
 
 
-def load_tensors(path: str | Path, what: str = "weights") -> dict[str, torch.Tensor]:
+def load_tensors(path: str | Path, what: str = "weights") -> dict[str, "torch.Tensor"]:
+    from safetensors.torch import load_file
+
     path = Path(path)
     if not path.is_file():
         raise ArtifactError(f"{what} {path} not found")

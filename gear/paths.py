@@ -17,9 +17,10 @@ warm-up, so a seed cannot change it. Functions of a tokenizer arm ignore the see
 
 Ablation rows (gear/ablations.py) run the GEAR arm's stages under ablations/<row>/ with the same
 relative layout (ablations/tau-0.5/models/tune/seed0/gear), and read the teacher and the warm-up
-from the main folders unless the row changes them. A `Layout` names those three roots; the CLI
-sets one per command (`use_layout`), the Snakefile borrows one for a block (`using`). The default
-layout is the main DAG's: every root is the repository root.
+from the main folders unless the row changes them. A `Layout` names those three roots; the stage
+runner (gear/cli.py) runs a stage inside its job's layout (`using`), and gear/dag.py computes a
+job's paths from its layout directly. The default layout is the main DAG's: every root is the
+repository root.
 """
 from __future__ import annotations
 
@@ -62,12 +63,6 @@ class Layout:
 
 
 _layout = Layout()
-
-
-def use_layout(layout: Layout) -> None:
-    """Set the layout of this process (the CLI, once, for `--ablation <row>`)."""
-    global _layout
-    _layout = layout
 
 
 @contextlib.contextmanager

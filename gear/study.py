@@ -27,6 +27,8 @@ def resolve_seed(params, seed: int | None) -> int:
 
 def seeded(params, seed: int):
     """A copy of params whose compute.seed is the study seed (the caller's params stay as they are)."""
+    if hasattr(params, "with_seed"):  # a stage's read-only view (gear/guard.py)
+        return params.with_seed(seed)
     out = copy.deepcopy(params)
     out.compute.seed = seed
     return out

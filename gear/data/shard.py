@@ -42,6 +42,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from gear.guard import as_dict
 from gear import paths
 from gear.data import embedded
 from gear.data.images import to_rgb
@@ -320,7 +321,7 @@ def run(params) -> None:
             "skipped": list(listed),
             "upscaled": [],
             "params_data_digest": params.digest("data"),
-            "params_data": params.to_dict()["data"],
+            "params_data": as_dict(params.data),
         }
         for split, jobs in splits.items():
             # closed here even when _write_split raises: a pool torn down later by the garbage

@@ -43,7 +43,7 @@ def run(params, arm: str, seed: int | None = None) -> None:
         write_tokenizer(out, tok, {
             "arm": arm, "seed": seed, "source": str(src), "quantizer": tok.config.quantizer,
             "codebook_size": tok.codebook_size, "tau": src_cfg.get("tau"), "e2e_mode": src_cfg.get("e2e_mode"),
-            "source_params_digest": src_cfg.get("params_digest"), "params_digest": params.digest()})
+            "source_params_digest": src_cfg.get("params_digest")})  # provenance.json says what made it
     write_json(paths.freeze_stats_json(arm, seed), {"arm": arm, "seed": seed, **{k: (v.tolist() if torch.is_tensor(v) else v)
                                                              for k, v in stats.items()}})
     print(f"freeze[{arm}]: usage {stats['usage']:.3f}, effective size {stats['effective_size']:.1f} "

@@ -25,6 +25,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from gear.guard import as_dict
 from gear import paths
 from gear.artifacts import load_tokenizer, read_config
 from gear.config import ParamsError
@@ -141,7 +142,7 @@ def run(params, arm: str, size: str, seed: int | None = None) -> None:
             write_grids(out, images, labels_np, C)
             write_json(out / "config.json", {
                 "arm": arm, "size": size, "ar_dir": str(ar_dir), "weights": weights, "count": len(images),
-                "num_classes": C, "seed": params.compute.seed, "sample": params.to_dict()["sample"],
+                "num_classes": C, "seed": params.compute.seed, "sample": as_dict(params.sample),
                 "tokenizer_sha256": sha, "precision": rt.precision})
         print(f"sample[{arm}/{size}]: {len(images)} images ({s.per_class} per class, {C} classes) "
               f"-> {paths.samples_dir(arm, size, seed)}")

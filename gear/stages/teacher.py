@@ -38,8 +38,7 @@ WEIGHT_DECAY = 0.05
 GRAD_CLIP = 1.0
 
 
-def demo_needed(params) -> bool:
-    return params.teacher == "demo" or params.metrics.feature_space == "demo"
+from gear.ablations import demo_needed  # noqa: E402  (re-exported: where the stage decides to train)
 
 
 def build_demo(params, manifest: dict) -> DemoViT:

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from gear.guard import as_dict
 from gear import paths as main_paths
 from gear.artifacts import load_tokenizer
 from gear.config import ParamsError
@@ -108,7 +109,7 @@ def run(params, arm: str, seed: int | None = None) -> None:
             write_json(out / "config.json", {
                 "arm": arm, "seed": seed, "prompts": [p["caption"] for p in prompts[:shown]],
                 "num_prompts": len(prompts), "per_prompt": s.per_prompt, "steps": steps, "cfg_scales": scales,
-                "count": len(images), "sample": params.to_dict()["t2i"]["sample"],
+                "count": len(images), "sample": as_dict(params.t2i.sample),
                 "tokenizer_sha256": ar_cfg["tokenizer_sha256"], "precision": rt.precision})
         print(f"t2i-sample[{arm}]: {len(images)} images ({len(prompts)} prompts x {s.per_prompt}, snapshots {steps}, "
               f"CFG {scales}) -> {paths.samples_dir(arm, seed)}")

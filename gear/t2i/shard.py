@@ -43,6 +43,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from gear.guard import as_dict
 from gear.data.shard import ORDER_SEED, DataError, TarShards, _encode, _not_a_file, _pool_map
 from gear.t2i import paths, scenes
 
@@ -55,9 +56,8 @@ SPLITS = ("train", "val")
 
 def params_digest(params) -> str:
     """sha256 (16 hex) of what the shards depend on: t2i.data, data.resolution, data.image_format."""
-    d = params.to_dict()
-    key = {"t2i.data": d["t2i"]["data"], "data.resolution": d["data"]["resolution"],
-           "data.image_format": d["data"]["image_format"]}
+    key = {"t2i.data": as_dict(params.t2i.data), "data.resolution": params.data.resolution,
+           "data.image_format": params.data.image_format}
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 

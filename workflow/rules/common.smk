@@ -1,22 +1,21 @@
-# Shared by every rule file: the validated params, the arm/size lists, resources and launchers.
-# Paths come from gear.paths and params from gear.config, so the Snakefile holds no logic of its own.
+# Shared by every rule file: the validated params, resources and launchers. Stages, paths and
+# params keys come from gear/dag.py (stages.smk), so the Snakefile holds no logic of its own.
+
+import re
 
 from gear import paths
-from gear.config import AR_SIZES, load_params
+from gear.config import AR_SIZES
+from gear.dag import load_params
 
 PARAMS_FILE = config.get("params", "params.yaml")  # snakemake --config params=presets/imagenet256.yaml
 P = load_params(PARAMS_FILE)  # a bad params file stops here with a one-line ParamsError
 R = P.resources
 
-SHARDS = str(paths.shard_dir(P))
-SIZES = P.ar.sizes
-AR_ARMS = list(paths.AR_ARMS)
-TUNE_VARIANTS = paths.tune_variants(P)
 SEEDS = P.study.seeds  # only the report's inputs list them: adding one reruns nothing of the others
 
 wildcard_constraints:
-    arm="|".join(AR_ARMS),
-    variant="|".join(TUNE_VARIANTS),
+    arm="|".join(paths.AR_ARMS),
+    variant="|".join(re.escape(v) for v in paths.tune_variants(P)),
     size="|".join(AR_SIZES),
     seed=r"\d+",
 
@@ -30,12 +29,6 @@ def logfile(rule_name, *wildcards):
 def benchfile(rule_name, *wildcards):
     stem = "/".join("{" + w + "}" for w in wildcards) or "run"
     return f"benchmarks/out/{rule_name}/{stem}.tsv"
-
-
-def dvclive(stage, *parts):
-    """(metrics.json, plots dir) of a training stage's dvclive folder."""
-    d = paths.metrics_dir(stage, *parts)
-    return str(d / "metrics.json"), directory(str(d / "plots" / "metrics"))
 
 
 # ---- resources: params.resources -> slurm executor keys (gpu, cpus_per_task, mem_mb, runtime, nodes)

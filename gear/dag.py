@@ -1,0 +1,505 @@
+"""Every stage of the pipeline, declared once: its command, the params keys it reads, its inputs
+and its outputs. Nothing else in the project writes these down.
+
+    STAGES["tune"]                         # the declaration
+    Job("tune", {"seed": 0, "variant": "gear"}) # one run of it (`gear tune --variant gear --seed 0`)
+    jobs(params, "all")                    # every job of a target, with its row (ablations)
+
+- The Snakemake rules are built from this table (workflow/rules/stages.smk), dvc.yaml and
+  t2i/dvc.yaml are generated from it (`gear dag --write`; tests/test_dag.py checks that the
+  committed files equal the generated ones).
+- A stage reads only its declared keys (`keys`): the CLI hands it a read-only view that refuses
+  any other key (gear/guard.py), so the params a stage records in its outputs (gear/provenance.py),
+  the keys DVC reruns it on and the digest Snakemake reruns it on are the same, at leaf level.
+- Paths are templates with {seed}, {variant}, {arm}, {size} (Snakemake wildcards, DVC
+  ${item.*}); `{shard_dir}` is params.data.shard_dir. A stage's outputs sit under one root of
+  its job's Layout (gear/paths.py): the main DAG's is the repository root, an ablation row's is
+  ablations/<row>/ for what the row changes (gear/ablations.py).
+
+This module imports no torch: the Snakefile parses in a second.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SEEDED = "seed"  # the wildcard a study seed fills; it replaces compute.seed in the stage (gear/study.py)
+
+
+@dataclass(frozen=True)
+class Out:
+    path: str              # template
+    kind: str = "dir"      # dir | file
+    dvc: str = "outs"      # outs | metrics | plots (how dvc.yaml declares it)
+    cache: bool = True     # dvc `cache: false` (small metrics files kept in git)
+
+
+def live(folder: str) -> tuple[Out, Out]:
+    """A training stage's dvclive folder: metrics.json (DVC metrics) and its plots folder."""
+    return (Out(f"{folder}/metrics.json", "file", "metrics"), Out(f"{folder}/plots/metrics", "dir", "plots"))
+
+
+@dataclass(frozen=True)
+class Dep:
+    stage: str
+    fix: tuple = ()        # ((wildcard, value), ...) set on the producer; others carry over by name
+
+    def wildcards(self, wc: dict) -> dict:
+        fixed = dict(self.fix)
+        want = STAGES[self.stage].wildcards
+        return {k: fixed.get(k, wc.get(k)) for k in want}
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str              # rule / DVC stage name
+    cli: str               # the gear command and its fixed arguments, with {wildcard} fields
+    keys: tuple            # params it reads (dotted; a section name covers everything below it)
+    outs: tuple            # Out, the first is the one that carries the provenance record
+    deps: tuple = ()       # Dep on producer stages
+    wildcards: tuple = ()  # e.g. ("seed", "variant")
+    code: tuple = ()       # extra DVC code deps (a stage whose code defines its output format)
+    root: str = "global"   # layout root of its outputs: global | teacher | warmup | tuned
+    heavy: bool = True     # training resources and launcher (else the light ones)
+    launch: bool = True    # may run under torchrun (several processes)
+    room: str = "main"     # main (dvc.yaml, `all`) | t2i (t2i/dvc.yaml, `t2i`) | report targets
+    axes: tuple = ()       # ((wildcard, values), ...) where a wildcard takes fewer values than its default
+
+    @property
+    def seeded(self) -> bool:
+        return SEEDED in self.wildcards
+
+
+def _s(*stages: Stage) -> dict[str, Stage]:
+    return {s.name: s for s in stages}
+
+
+SEED = "seed{seed}"
+# Keys a stage may read without declaring them: they pick the job, not its result (a study seed
+# is validated against study.seeds; the seed itself is in the job's wildcards and paths), so
+# adding a seed reruns nothing of the others.
+FREE = frozenset({"study.seeds"})
+# the shards' manifest is checked against the whole data section (gear/data/loader.py)
+DATA_IN = ("data", "compute.workers")
+RUN = ("compute.device", "compute.precision", "compute.seed")
+TRAIN = RUN + ("compute.log_every", "compute.save_every", "compute.state_dir")
+TEACHER = ("teacher", "teachers", "data.resolution")  # what loading the alignment teacher reads
+AR_RECIPE = ("align_weight_ar", "align_layer", "ar", "compute.fsdp", "compute.compile", "compute.grad_checkpointing")
+METRICS = ("metrics",)
+
+STAGES: dict[str, Stage] = _s(
+    Stage("shard", "shard", ("data",), (Out("{shard_dir}"),), code=("gear/data/shard.py", "gear/data/embedded.py"),
+          heavy=False, launch=False),
+    Stage("teacher", "teacher", TEACHER + DATA_IN + TRAIN + ("metrics.feature_space", "metrics.batch_size"),
+          (Out("models/teacher"), *live("metrics/teacher")), (Dep("shard"),), root="teacher"),
+    Stage("tokenizer_init", "tokenizer-init", ("quantizer", "tokenizer", "metrics.batch_size") + TEACHER + DATA_IN + TRAIN,
+          (Out("models/tokenizer_init"), *live("metrics/tokenizer_init")), (Dep("shard"), Dep("teacher")),
+          root="warmup"),
+    Stage("tune", "tune --variant {variant} --seed {seed}",
+          ("tau", "align_weight", "align_weight_ar", "align_layer", "e2e_mode", "quantizer", "tokenizer", "tune",
+           "ar.class_dropout", "ar.token_dropout", "ar.projector_hidden", "ar.custom_layers", "ar.custom_dim",
+           "ar.custom_heads", "metrics.batch_size", "compute.grad_checkpointing") + TEACHER + DATA_IN + TRAIN,
+          (Out(f"models/tune/{SEED}/{{variant}}"), *live(f"metrics/tune/{SEED}/{{variant}}")),
+          (Dep("shard"), Dep("teacher"), Dep("tokenizer_init")), ("seed", "variant"), root="tuned"),
+    Stage("freeze_baseline", "freeze --arm baseline", ("quantizer", "tokenizer", "metrics.batch_size") + DATA_IN + RUN,
+          (Out("models/frozen/baseline"), Out("metrics/freeze/baseline.json", "file", "metrics")),
+          (Dep("tokenizer_init"), Dep("shard")), heavy=False, launch=False),
+    Stage("freeze", "freeze --arm {variant} --seed {seed}", ("quantizer", "tokenizer", "tune.ablations",
+                                                              "metrics.batch_size") + DATA_IN + RUN,
+          (Out(f"models/frozen/{SEED}/{{variant}}"), Out(f"metrics/freeze/{SEED}/{{variant}}.json", "file", "metrics")),
+          (Dep("tune"), Dep("shard")), ("seed", "variant"), root="tuned", heavy=False, launch=False),
+    Stage("tokenize_baseline", "tokenize --arm baseline", ("quantizer", "tokenizer") + DATA_IN + RUN,
+          (Out("data/tokens/baseline"),), (Dep("freeze_baseline"), Dep("shard")), heavy=False, launch=False),
+    Stage("tokenize", "tokenize --arm {variant} --seed {seed}", ("quantizer", "tokenizer") + DATA_IN + RUN,
+          (Out(f"data/tokens/{SEED}/{{variant}}"),), (Dep("freeze"), Dep("shard")), ("seed", "variant"),
+          root="tuned", heavy=False, launch=False, axes=(("variant", ("gear",)),)),
+    Stage("train_ar_baseline", "train-ar --arm baseline --size {size} --seed {seed}",
+          AR_RECIPE + ("quantizer", "tokenizer") + TEACHER + DATA_IN + TRAIN,
+          (Out(f"models/ar/{SEED}/baseline/{{size}}"), *live(f"metrics/train_ar/{SEED}/baseline/{{size}}")),
+          (Dep("tokenize_baseline"), Dep("freeze_baseline"), Dep("teacher")), ("seed", "size"), root="tuned"),
+    Stage("train_ar_gear", "train-ar --arm gear --size {size} --seed {seed}",
+          AR_RECIPE + ("quantizer", "tokenizer") + TEACHER + DATA_IN + TRAIN,
+          (Out(f"models/ar/{SEED}/gear/{{size}}"), *live(f"metrics/train_ar/{SEED}/gear/{{size}}")),
+          (Dep("tokenize", (("variant", "gear"),)), Dep("freeze", (("variant", "gear"),)), Dep("teacher")), ("seed", "size"), root="tuned"),
+    Stage("sample_baseline", "sample --arm baseline --size {size} --seed {seed}", ("sample", "ar.sizes") + RUN,
+          (Out(f"samples/{SEED}/baseline/{{size}}"),), (Dep("train_ar_baseline"), Dep("freeze_baseline")),
+          ("seed", "size"), root="tuned"),
+    Stage("sample_gear", "sample --arm gear --size {size} --seed {seed}", ("sample", "ar.sizes") + RUN,
+          (Out(f"samples/{SEED}/gear/{{size}}"),), (Dep("train_ar_gear"), Dep("freeze", (("variant", "gear"),))),
+          ("seed", "size"), root="tuned"),
+    Stage("evaluate_real", "evaluate real", METRICS + TEACHER + DATA_IN + RUN, (Out("eval/real"),),
+          (Dep("shard"), Dep("teacher"))),
+    Stage("evaluate_tokenizer_baseline", "evaluate tokenizer --arm baseline",
+          METRICS + ("quantizer", "tokenizer") + TEACHER + DATA_IN + RUN,
+          (Out("eval/tokenizer/baseline.json", "file", "metrics"),),
+          (Dep("freeze_baseline"), Dep("shard"), Dep("teacher"), Dep("evaluate_real"))),
+    Stage("evaluate_tokenizer", "evaluate tokenizer --arm {variant} --seed {seed}",
+          METRICS + ("quantizer", "tokenizer", "tune.ablations") + TEACHER + DATA_IN + RUN,
+          (Out(f"eval/tokenizer/{SEED}/{{variant}}.json", "file", "metrics"),),
+          (Dep("freeze"), Dep("shard"), Dep("teacher"), Dep("evaluate_real")), ("seed", "variant"), root="tuned"),
+    Stage("evaluate_samples_baseline", "evaluate samples --arm baseline --size {size} --seed {seed}",
+          METRICS + ("ar.sizes", "align_layer", "ar.align_layers") + TEACHER + DATA_IN + RUN,
+          (Out(f"eval/samples/{SEED}/baseline/{{size}}.json", "file", "metrics"),),
+          (Dep("sample_baseline"), Dep("train_ar_baseline"), Dep("freeze_baseline"), Dep("teacher"),
+           Dep("evaluate_real"), Dep("shard")), ("seed", "size"), root="tuned"),
+    Stage("evaluate_samples_gear", "evaluate samples --arm gear --size {size} --seed {seed}",
+          METRICS + ("ar.sizes", "align_layer", "ar.align_layers") + TEACHER + DATA_IN + RUN,
+          (Out(f"eval/samples/{SEED}/gear/{{size}}.json", "file", "metrics"),),
+          (Dep("sample_gear"), Dep("train_ar_gear"), Dep("freeze", (("variant", "gear"),)), Dep("teacher"),
+           Dep("evaluate_real"), Dep("shard")), ("seed", "size"), root="tuned"),
+    Stage("report", "report", ("study", "teacher", "quantizer", "tau", "align_weight", "align_weight_ar", "tune.steps",
+                               "tune.ablations", "ar.sizes", "ar.steps", "tokenizer.codebook_size", "metrics.pr_k"),
+          (Out("reports/figures"), Out("reports/index.md", "file"), Out("reports/index.html", "file"),
+           Out("reports/claims.json", "file", "metrics", cache=False)),
+          code=("gear/stages/report.py", "gear/results.py", "gear/claims.py", "gear/metrics/intervals.py",
+                "gear/document.py"), heavy=False, launch=False, room="report"),
+)
+
+# The text-to-image room (gear/t2i/): its own target and DVC file; the frozen tokenizers are the
+# class-conditional DAG's.
+T2I_TEACHER = TEACHER + ("compute.workers",)
+
+
+def _t2i_arm(arm: str) -> tuple:
+    tokens = Dep("t2i_tokenize_baseline") if arm == "baseline" else Dep("t2i_tokenize")
+    frozen = Dep("freeze_baseline") if arm == "baseline" else Dep("freeze", (("variant", "gear"),))
+    train = Stage(f"t2i_train_{arm}", f"t2i-train --arm {arm} --seed {{seed}}",
+                  ("t2i.ar", "t2i.text", "quantizer", "tokenizer", "ar.custom_layers", "ar.custom_dim", "ar.custom_heads")
+                  + T2I_TEACHER + TRAIN + ("compute.fsdp", "compute.compile"),
+                  (Out(f"t2i/models/ar/{SEED}/{arm}"), *live(f"t2i/metrics/train/{SEED}/{arm}")),
+                  (tokens, frozen, Dep("teacher")), ("seed",), room="t2i")
+    sample = Stage(f"t2i_sample_{arm}", f"t2i-sample --arm {arm} --seed {{seed}}",
+                   ("t2i.sample", "t2i.ar.eval_steps", "quantizer", "tokenizer") + RUN,
+                   (Out(f"t2i/samples/{SEED}/{arm}"),), (Dep(f"t2i_train_{arm}"), frozen, Dep("t2i_encode")), ("seed",),
+                   room="t2i")
+    evaluate = Stage(f"t2i_evaluate_{arm}", f"t2i-evaluate samples --arm {arm} --seed {{seed}}",
+                     METRICS + ("t2i.feature_space", "t2i.sample", "t2i.ar.eval_steps", "t2i.text.encoder", "data.resolution")
+                     + T2I_TEACHER + RUN,
+                     (Out(f"t2i/eval/{SEED}/{arm}.json", "file", "metrics"),),
+                     (Dep(f"t2i_sample_{arm}"), Dep(f"t2i_train_{arm}"), Dep("t2i_judge"), Dep("t2i_evaluate_real"),
+                      Dep("t2i_encode"), Dep("teacher")), ("seed",), room="t2i")
+    return train, sample, evaluate
+
+
+T2I_TOKENIZE = ("quantizer", "tokenizer", "t2i.text", "t2i.data.samples_per_shard", "data.resolution",
+                "compute.workers") + RUN
+
+STAGES.update(_s(
+    Stage("t2i_shard", "t2i-shard", ("data.resolution", "data.image_format", "t2i.data"), (Out("t2i/data/shards"),),
+          code=("gear/t2i/shard.py", "gear/t2i/scenes.py"), heavy=False, launch=False, room="t2i"),
+    Stage("t2i_encode", "t2i-encode", ("t2i.text", "t2i.data.samples_per_shard", "compute.precision", "compute.device",
+                                       "compute.workers"), (Out("t2i/data/captions"),),
+          (Dep("t2i_shard"),), launch=False, room="t2i"),
+    Stage("t2i_judge", "t2i-judge", ("t2i.judge", "data.resolution", "compute.workers", "compute.log_every") + RUN,
+          (Out("t2i/models/judge"), *live("t2i/metrics/judge")), (Dep("t2i_shard"),), heavy=False, launch=False,
+          room="t2i"),
+    Stage("t2i_tokenize_baseline", "t2i-tokenize --arm baseline", T2I_TOKENIZE,
+          (Out("t2i/data/tokens/baseline"),), (Dep("freeze_baseline"), Dep("t2i_encode")), heavy=False, launch=False,
+          room="t2i"),
+    Stage("t2i_tokenize", "t2i-tokenize --arm gear --seed {seed}", T2I_TOKENIZE,
+          (Out(f"t2i/data/tokens/{SEED}/gear"),), (Dep("freeze", (("variant", "gear"),)), Dep("t2i_encode")), ("seed",),
+          heavy=False, launch=False, room="t2i"),
+    *_t2i_arm("baseline"), *_t2i_arm("gear"),
+    Stage("t2i_evaluate_real", "t2i-evaluate real", METRICS + ("t2i.feature_space", "data.resolution") + T2I_TEACHER + RUN,
+          (Out("t2i/eval/real"),), (Dep("t2i_shard"), Dep("teacher")), launch=False, room="t2i"),
+    Stage("t2i_report", "t2i-report", ("study", "t2i.ar.eval_steps", "t2i.ar.align_weight", "t2i.ar.align_layer",
+                                       "t2i.ar.steps", "t2i.sample.cfg_scale", "t2i.feature_space", "metrics.pr_k"),
+          (Out("reports/t2i_figures"), Out("reports/t2i.md", "file"), Out("reports/t2i.html", "file"),
+           Out("reports/t2i.json", "file", "metrics", cache=False)), heavy=False, launch=False, room="t2i"),
+))
+
+
+# dvc.yaml's matrix axes (a seed in each seeded stage's name and command, never in its params:
+# adding a seed runs only that seed's stages)
+AXES_DVC = {"seed": "${study.seeds}", "size": "${ar.sizes}"}
+
+
+@dataclass(frozen=True)
+class Job:
+    """One run of a stage: its wildcards and the ablation row it belongs to (None: the main DAG)."""
+    stage: str
+    wc: tuple = ()         # sorted ((wildcard, value), ...)
+    row: str | None = None
+
+    @classmethod
+    def of(cls, stage: str, wc: dict | None = None, row: str | None = None) -> "Job":
+        want = STAGES[stage].wildcards
+        wc = wc or {}
+        missing = [k for k in want if wc.get(k) is None]
+        if missing:
+            raise ValueError(f"job {stage}: wildcards {missing} missing")
+        return cls(stage, tuple((k, wc[k]) for k in want), row)
+
+    @property
+    def wildcards(self) -> dict:
+        return dict(self.wc)
+
+    @property
+    def decl(self) -> Stage:
+        return STAGES[self.stage]
+
+    def command(self, params_file: str = "params.yaml") -> str:
+        """The command that (re)makes this job's outputs."""
+        row = f" --ablation {self.row}" if self.row else ""
+        pf = "" if params_file == "params.yaml" else f" --params {params_file}"
+        return f"gear {self.decl.cli.format(**self.wildcards)}{pf}{row}"
+
+    def __str__(self) -> str:
+        parts = [self.stage, *(f"{k}={v}" for k, v in self.wc)] + ([f"row={self.row}"] if self.row else [])
+        return " ".join(parts)
+
+
+# ----------------------------------------------------------------------------------------------
+# paths
+
+
+def layout_for(params, row: str | None):
+    """(the row's params, its Layout): the main DAG's for row None (gear/ablations.py)."""
+    from gear import paths
+
+    if row is None:
+        return params, paths.Layout()
+    from gear import ablations
+
+    r = ablations.find(params, row)
+    return ablations.row_params(params, r), ablations.layout(params, r)
+
+
+def render(template: str, params, wc: dict) -> str:
+    return template.replace("{shard_dir}", str(params.data.shard_dir)).format(**wc)
+
+
+def outputs(job: Job, params) -> list[Path]:
+    """The job's declared outputs (paths under its layout root)."""
+    rp, layout = layout_for(params, job.row)
+    root = {"teacher": layout.teacher, "warmup": layout.warmup, "tuned": layout.tuned}.get(job.decl.root, Path("."))
+    return [root / render(o.path, rp, job.wildcards) for o in job.decl.outs]
+
+
+def primary(job: Job, params) -> Path:
+    return outputs(job, params)[0]
+
+
+def deps(job: Job, params) -> list[Job]:
+    """The jobs whose outputs this one reads. In an ablation row a producer stays in the row when
+    the row owns that root, else it is the main DAG's (the shared teacher / warm-up / data)."""
+    if job.stage in ("report", "t2i_report"):
+        return report_deps(params) if job.stage == "report" else t2i_report_deps(params)
+    _, layout = layout_for(params, job.row)
+    out = []
+    for d in job.decl.deps:
+        prod = STAGES[d.stage]
+        own = job.row is not None and {"teacher": layout.teacher, "warmup": layout.warmup,
+                                        "tuned": layout.tuned}.get(prod.root, Path(".")) != Path(".")
+        out.append(Job.of(d.stage, d.wildcards(job.wildcards), job.row if own else None))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# which jobs a target holds
+
+
+def tune_variants(params) -> list[str]:
+    return ["gear", *params.tune.ablations]
+
+
+def main_jobs(params) -> list[Job]:
+    seeds, sizes, variants = params.study.seeds, params.ar.sizes, tune_variants(params)
+    jobs = [Job.of(s) for s in ("shard", "teacher", "tokenizer_init", "freeze_baseline", "tokenize_baseline",
+                                "evaluate_real", "evaluate_tokenizer_baseline")]
+    for seed in seeds:
+        for v in variants:
+            jobs += [Job.of(s, {"seed": seed, "variant": v}) for s in ("tune", "freeze", "evaluate_tokenizer")]
+        jobs.append(Job.of("tokenize", {"seed": seed, "variant": "gear"}))
+        for size in sizes:
+            for arm in ("baseline", "gear"):
+                jobs += [Job.of(f"{s}_{arm}", {"seed": seed, "size": size})
+                         for s in ("train_ar", "sample", "evaluate_samples")]
+    return jobs
+
+
+def report_deps(params) -> list[Job]:
+    """What `gear report` reads: every job of the main DAG but the data and the tokens."""
+    return [j for j in main_jobs(params) if j.stage not in ("shard", "tokenize", "tokenize_baseline")]
+
+
+def t2i_jobs(params) -> list[Job]:
+    jobs = [Job.of(s) for s in ("t2i_shard", "t2i_encode", "t2i_judge", "t2i_tokenize_baseline", "t2i_evaluate_real")]
+    for seed in params.study.seeds:
+        jobs.append(Job.of("t2i_tokenize", {"seed": seed}))
+        for arm in ("baseline", "gear"):
+            jobs += [Job.of(f"t2i_{s}_{arm}", {"seed": seed}) for s in ("train", "sample", "evaluate")]
+    return jobs
+
+
+def t2i_report_deps(params) -> list[Job]:
+    return [j for j in t2i_jobs(params) if j.stage.startswith(("t2i_train", "t2i_sample", "t2i_evaluate", "t2i_judge"))]
+
+
+def job_for(cli_stage: str, args: dict, row: str | None, params) -> Job | None:
+    """The declared job a `gear <cli_stage> ...` command runs; None for a command outside the DAG
+    or arguments that name no job (an unknown arm: the stage itself says why)."""
+    from gear.study import resolve_seed
+
+    arm, what = args.get("arm"), args.get("what")
+    seed = lambda: resolve_seed(params, args.get("seed"))  # noqa: E731  (a ParamsError names a bad --seed)
+    name = cli_stage.replace("-", "_")
+    if cli_stage == "tune":
+        variant = args.get("variant") or "gear"
+        return Job.of("tune", {"seed": seed(), "variant": variant}, row) if variant in tune_variants(params) else None
+    if cli_stage in ("freeze", "tokenize") or (cli_stage == "evaluate" and what == "tokenizer"):
+        base = "evaluate_tokenizer" if cli_stage == "evaluate" else name
+        if arm == "baseline":
+            return Job.of(f"{base}_baseline", {}, row)
+        if base == "tokenize":
+            return Job.of(base, {"seed": seed(), "variant": "gear"}, row) if arm == "gear" else None
+        return Job.of(base, {"seed": seed(), "variant": arm}, row) if arm in tune_variants(params) else None
+    if cli_stage in ("train-ar", "sample") or (cli_stage == "evaluate" and what == "samples"):
+        base = "evaluate_samples" if cli_stage == "evaluate" else name
+        if arm not in ("baseline", "gear") or args.get("size") not in params.ar.sizes:
+            return None
+        return Job.of(f"{base}_{arm}", {"seed": seed(), "size": args["size"]}, row)
+    if cli_stage == "evaluate":
+        return Job.of("evaluate_real", {}, row) if what == "real" else None
+    if cli_stage.startswith("t2i-") and name not in ("t2i_evaluate",) and arm is None:
+        return Job.of(name, {}, row) if name in STAGES else None
+    if cli_stage == "t2i-evaluate" and what == "real":
+        return Job.of("t2i_evaluate_real", {}, row)
+    if cli_stage.startswith("t2i-"):
+        base = "t2i_" + cli_stage[4:]
+        if arm == "baseline" and base == "t2i_tokenize":
+            return Job.of("t2i_tokenize_baseline", {}, row)
+        if arm not in ("baseline", "gear"):
+            return None
+        return Job.of(base if base == "t2i_tokenize" else f"{base}_{arm}", {"seed": seed()}, row)
+    if name in STAGES and not STAGES[name].wildcards:
+        return Job.of(name, {}, row)
+    return None
+
+
+def declared(stage: str) -> frozenset[str]:
+    return frozenset(STAGES[stage].keys)
+
+
+def load_params(path="params.yaml", overrides: list[str] | None = None):
+    """The edge loader of the CLI and the Snakefile: params validated, and every ablation row of
+    the grid built and validated too (gear/ablations.py), one line for the first problem."""
+    from gear import ablations, config
+
+    params = config.load_params(path, overrides)
+    ablations.check_grid(params)
+    return params
+
+
+# ----------------------------------------------------------------------------------------------
+# dvc.yaml
+
+
+def _dvc_path(template: str) -> str:
+    out = template.replace("{shard_dir}", "${data.shard_dir}")
+    for k in ("seed", "variant", "size", "arm"):
+        out = out.replace("{" + k + "}", "${item." + k + "}")
+    return out
+
+
+def _leaves(keys) -> list[str]:
+    """Declared keys without those a declared section already covers, in declaration order."""
+    keys = list(dict.fromkeys(keys))
+    return [k for k in keys if not any(k.startswith(o + ".") for o in keys if o != k)]
+
+
+def dvc_stage(stage: Stage, params, wdir: str | None = None) -> dict:
+    d: dict = {}
+    axes = {}
+    fixed = dict(stage.axes)
+    for w in stage.wildcards:
+        axes[w] = list(fixed[w]) if w in fixed else AXES_DVC.get(w) or tune_variants(params)
+    if axes:
+        d["matrix"] = axes
+    if wdir:
+        d["wdir"] = wdir
+    args = {w: "${item." + w + "}" for w in stage.wildcards}
+    d["cmd"] = f"gear {stage.cli.format(**args)} --params params.yaml"
+    d["deps"] = [*stage.code, *[_dvc_path(STAGES[x.stage].outs[0].path.format_map(
+        _Fixed(dict(x.fix), args))) for x in stage.deps]]
+    if stage.name == "report":
+        d["deps"] += ["eval", "metrics", "samples"]
+    if stage.name == "t2i_report":
+        d["deps"] += ["t2i/eval", "t2i/metrics/train", "t2i/samples", "t2i/models/judge"]
+    d["params"] = _leaves(stage.keys)
+    for kind in ("outs", "metrics", "plots"):
+        items = []
+        for o in stage.outs:
+            if o.dvc != kind:
+                continue
+            path = _dvc_path(o.path.format_map(_Fixed({}, args)))
+            if kind == "plots":
+                items.append({path: {"x": "step"}})
+            elif not o.cache:
+                items.append({path: {"cache": False}})
+            else:
+                items.append(path)
+        if items:
+            d[kind] = items
+    if not d["deps"]:
+        del d["deps"]
+    return d
+
+
+class _Fixed(dict):
+    """str.format_map mapping: fixed values first, then ${item.*} of the consumer's own axes."""
+
+    def __init__(self, fixed: dict, args: dict):
+        super().__init__({**args, **fixed})
+
+    def __missing__(self, key):
+        return "{" + key + "}"
+
+
+def dvc_file(params, room: str) -> dict:
+    stages = [s for s in STAGES.values() if (s.room in ("main", "report")) == (room == "main")]
+    wdir = ".." if room == "t2i" else None
+    out = {"stages": {s.name: dvc_stage(s, params, wdir) for s in stages}}
+    if room == "t2i":
+        out = {"vars": ["../params.yaml"], **out}
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# the generated DVC files
+
+DVC_FILES = {"main": Path("dvc.yaml"), "t2i": Path("t2i/dvc.yaml")}
+DVC_HEADER = {
+    "main": ("GEAR pipeline (DVC): the main DAG. GENERATED from gear/dag.py by `gear dag --write`: edit the\n"
+             "declarations there, never this file (tests/test_dag.py checks it is up to date). Each stage runs\n"
+             "one `gear <stage>`; `params:` lists exactly the keys the stage reads (it cannot read others), so\n"
+             "`dvc exp run -S tau=0.5` reruns tune and what follows. Seeds and AR sizes are matrix axes read\n"
+             "from params.yaml; the tuned arms (gear + tune.ablations) are listed: regenerate after changing them.\n"),
+    "t2i": ("The text-to-image room (DVC): `dvc repro t2i/dvc.yaml`. GENERATED from gear/dag.py by\n"
+            "`gear dag --write`. Every stage runs from the repository root (wdir: ..); the frozen tokenizers are\n"
+            "outputs of ./dvc.yaml's freeze stages, which DVC runs first when they are stale.\n"),
+}
+
+
+def dvc_text(params, room: str) -> str:
+    import yaml
+
+    header = "".join(f"# {line}".rstrip() + "\n" for line in DVC_HEADER[room].splitlines())
+    body = yaml.safe_dump(dvc_file(params, room), sort_keys=False, width=120, default_flow_style=False)
+    return header + "\n" + body
+
+
+def write_dvc_files(params, check: bool = False) -> list[Path]:
+    """Write (or, with check, compare) dvc.yaml and t2i/dvc.yaml; returns the files that differ."""
+    from gear.io import atomic_path
+
+    stale = []
+    for room, path in DVC_FILES.items():
+        text = dvc_text(params, room)
+        if not path.is_file() or path.read_text() != text:
+            stale.append(path)
+            if not check:
+                with atomic_path(path) as tmp:
+                    tmp.write_text(text)
+    return stale

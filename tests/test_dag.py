@@ -1,0 +1,240 @@
+"""One declaration per stage (gear/dag.py) and provenance in every artifact (gear/provenance.py):
+the DVC files are generated from the table, stages read only their declared keys, and no order of
+DVC, Snakemake and params switches can feed a stage, or the report, outputs made with other params.
+
+The cross-tool tests start from a tree in which every job of the main DAG "ran": a dummy output
+per declared output, written in DAG order, with the provenance record the real stage writes
+(`fake_run`), and recorded by the tool that is said to have made it (`dvc commit`). Then they
+change params and ask each tool what it would run (`dvc status`, `snakemake -n`).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gear import dag, provenance
+from gear.config import load_params
+from gear.guard import ParamsView, UndeclaredParam
+from tiny import copy_workflow
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+ENV = dict(os.environ, PATH=f"{BIN}:{os.environ['PATH']}", HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:dvc")
+
+
+def test_dvc_files_are_generated_from_the_table(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    assert dag.write_dvc_files(load_params(ROOT / "params.yaml"), check=True) == [], \
+        "dvc.yaml / t2i/dvc.yaml differ from gear/dag.py: run `gear dag`"
+
+
+def test_a_stage_cannot_read_an_undeclared_key():
+    p = load_params(ROOT / "params.yaml")
+    view = ParamsView(p, dag.declared("tune"), "tune")
+    assert view.tau == p.tau and view.tokenizer.lr == p.tokenizer.lr and view.ar.class_dropout == p.ar.class_dropout
+    assert view.tokenizer.downsample == p.tokenizer.downsample  # properties read through the view
+    with pytest.raises(UndeclaredParam, match="stage tune reads params key ar.lr"):
+        view.ar.lr
+    with pytest.raises(UndeclaredParam, match="section sample"):
+        view.sample
+    with pytest.raises(AttributeError, match="read-only"):
+        view.tau = 0.5
+    assert view.digest("tau", "tokenizer") == p.digest("tau", "tokenizer")
+
+
+def test_declared_keys_exist_and_jobs_cover_the_dag():
+    p = load_params(ROOT / "params.yaml")
+    for stage in dag.STAGES.values():
+        for key in stage.keys:
+            obj = p
+            for part in key.split("."):
+                assert hasattr(obj, part), f"{stage.name} declares unknown key {key}"
+                obj = getattr(obj, part)
+    jobs = dag.main_jobs(p)
+    made = {dag.primary(j, p) for j in jobs}
+    for j in jobs:
+        for d in dag.deps(j, p):
+            assert dag.primary(d, p) in made, (j, d)
+
+
+PARSE = r"""
+import sys, contextlib, io
+from pathlib import Path
+from snakemake.api import SnakemakeApi
+from snakemake.settings.types import ConfigSettings, DAGSettings, OutputSettings, Quietness, ResourceSettings
+root = Path(sys.argv[1])
+with SnakemakeApi(OutputSettings(quiet={Quietness.ALL})) as api:
+    wf = api.workflow(resource_settings=ResourceSettings(), snakefile=root / "Snakefile", workdir=root,
+                      config_settings=ConfigSettings(config={"params": "params.yaml"}))
+    wf.dag(DAGSettings(targets={"all", "ablations", "t2i"}, forceall=True))
+print("torch imported:", "torch" in sys.modules)
+"""
+
+
+def test_parsing_the_snakefile_imports_no_torch(tmp_path):
+    copy_workflow(tmp_path)
+    out = subprocess.run([sys.executable, "-c", PARSE, str(tmp_path)], cwd=tmp_path, env=ENV, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "torch imported: False" in out.stdout
+
+
+# ---- a tree made by one tool, rerun by the other ------------------------------------------------
+
+def _params(d: Path, **changes) -> None:
+    raw = yaml.safe_load((d / "params.yaml").read_text())
+    for key, value in changes.items():
+        node = raw
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node[part]
+        node[leaf] = value
+    (d / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+
+
+def _all_jobs(p):
+    return dag.main_jobs(p) + [dag.Job.of("report")]
+
+
+def retouch(d: Path) -> None:
+    """Output times in DAG order, as a run leaves them (`dvc commit` relinks files in its own order)."""
+    p = load_params(d / "params.yaml")
+    t = 1_000_000_000
+    for job in _all_jobs(p):
+        for out in dag.outputs(job, p):
+            t += 10
+            for f in [d / out, *((d / out).rglob("*") if (d / out).is_dir() else [])]:
+                os.utime(f, (t, t))
+
+
+def fake_run(d: Path, params_file: str = "params.yaml", jobs=None) -> None:
+    """Every job's outputs as dummies, in DAG order, with the record the real stage writes."""
+    cwd = os.getcwd()
+    os.chdir(d)
+    try:
+        p = load_params(params_file)
+        for job in jobs or _all_jobs(p):
+            for out, decl in zip(dag.outputs(job, p), job.decl.outs):
+                if decl.kind == "file":
+                    out.parent.mkdir(parents=True, exist_ok=True)
+                    out.write_text("{}\n")
+                else:
+                    out.mkdir(parents=True, exist_ok=True)
+                    (out / "x").write_text("x\n")
+            provenance.write(job, p)
+    finally:
+        os.chdir(cwd)
+
+
+def dvc_changed(d: Path) -> set[str]:
+    out = subprocess.run(["dvc", "status", "--json"], cwd=d, env=ENV, capture_output=True, text=True, check=True)
+    return set(json.loads(out.stdout or "{}"))
+
+
+def smk_dry(d: Path, *extra: str) -> dict[str, int]:
+    res = subprocess.run([str(BIN / "snakemake"), "-n", "--cores", "1", "all", *extra], cwd=d, env=ENV,
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    text = res.stdout + res.stderr
+    if "Nothing to be done" in text:
+        return {}
+    table = text.split("Job stats:")[1].split("total")[0]
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)}
+
+
+DOWNSTREAM_OF_TUNE = {"tune", "freeze", "evaluate_tokenizer", "tokenize", "train_ar_gear", "sample_gear",
+                      "evaluate_samples_gear", "report", "all"}
+
+
+@pytest.fixture
+def dvc_made(tmp_path):
+    """The main DAG at two seeds as `dvc repro` leaves it."""
+    copy_workflow(tmp_path)
+    _params(tmp_path, **{"study.seeds": [0, 1]})
+    for stage in yaml.safe_load((tmp_path / "dvc.yaml").read_text())["stages"].values():
+        for dep in stage.get("deps", []):
+            if dep.startswith("gear/"):
+                (tmp_path / dep).parent.mkdir(parents=True, exist_ok=True)
+                (tmp_path / dep).write_text("# code\n")
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run(["dvc", "init", "-q"], cwd=tmp_path, check=True, env=ENV)
+    fake_run(tmp_path)
+    subprocess.run(["dvc", "commit", "-f", "-q"], cwd=tmp_path, check=True, env=ENV, timeout=300)
+    retouch(tmp_path)
+    assert dvc_changed(tmp_path) == set()
+    assert smk_dry(tmp_path) == {}  # Snakemake holds no metadata for these files, and reruns nothing
+    return tmp_path
+
+
+def test_align_weight_reruns_tune_and_downstream_for_every_seed_in_both_tools(dvc_made):
+    _params(dvc_made, align_weight=1.0)
+    p = load_params(dvc_made / "params.yaml")
+    n = len(dag.tune_variants(p))
+    jobs = smk_dry(dvc_made)
+    assert set(jobs) == DOWNSTREAM_OF_TUNE, jobs
+    assert jobs["tune"] == 2 * n and jobs["tokenize"] == 2  # every seed, nothing upstream
+    # DVC lists the stages whose own params changed (the report prints lambda in its header)
+    assert {s.split("@")[0] for s in dvc_changed(dvc_made)} == {"tune", "report"}
+
+
+def test_ar_lr_reruns_no_tuning_in_either_tool(dvc_made):
+    _params(dvc_made, **{"ar.lr": 3e-4})
+    assert not any(s.startswith("tune") for s in dvc_changed(dvc_made))
+    jobs = smk_dry(dvc_made)
+    assert "tune" not in jobs and jobs["train_ar_gear"] == 2 and jobs["train_ar_baseline"] == 2, jobs
+
+
+def test_the_readme_preset_path_after_dvc_reruns_what_the_preset_changes(dvc_made):
+    # `make repro` (DVC), then the README's CPU-study command: seed 0's tuning must not be reused
+    # in a study declared at another lambda and budget
+    (dvc_made / "presets" / "study.yaml").write_text(yaml.safe_dump(
+        {**yaml.safe_load((dvc_made / "params.yaml").read_text()), "align_weight": 2.0}))
+    jobs = smk_dry(dvc_made, "--config", "params=presets/study.yaml")
+    assert jobs.get("tune") == 2 * 2 and "teacher" not in jobs and "shard" not in jobs, jobs
+
+
+def test_dvc_after_snakemake_with_other_params_reruns(dvc_made):
+    # Snakemake, under another params file, remade seed 0's gear tuning: DVC sees the changed output
+    other = yaml.safe_load((dvc_made / "params.yaml").read_text())
+    (dvc_made / "other.yaml").write_text(yaml.safe_dump({**other, "align_weight": 0.9}))
+    fake_run(dvc_made, "other.yaml", jobs=[dag.Job.of("tune", {"seed": 0, "variant": "gear"})])
+    assert "tune@0-gear" in dvc_changed(dvc_made)
+
+
+def _one_line(res) -> str:
+    lines = [x for x in res.stderr.strip().splitlines() if x.strip()]
+    assert res.returncode == 2 and len(lines) == 1, res.stderr[-2000:]
+    return lines[0]
+
+
+def test_a_hand_mixed_tree_is_refused_by_the_next_stage_and_the_report(dvc_made, monkeypatch):
+    # seed 1's gear tuning made with another lambda, by hand: freeze and report refuse, naming it
+    monkeypatch.chdir(dvc_made)
+    mixed = load_params("params.yaml", ["align_weight=0.9"])
+    provenance.write(dag.Job.of("tune", {"seed": 1, "variant": "gear"}), mixed)
+    for cmd in (["freeze", "--arm", "gear", "--seed", "1"], ["report"]):
+        res = subprocess.run([sys.executable, "-m", "gear.cli", *cmd], cwd=dvc_made, env=ENV, capture_output=True,
+                             text=True, timeout=120)
+        line = _one_line(res)
+        assert "models/tune/seed1/gear was made with align_weight = 0.9, params give 0.5" in line, line
+        assert "`gear tune --variant gear --seed 1`" in line
+
+
+def test_a_second_writer_of_the_same_output_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    p = load_params(ROOT / "params.yaml")
+    job = dag.Job.of("teacher")
+    with provenance.OutputLock(job, p, "params.yaml"):
+        with pytest.raises(Exception, match=r"`gear teacher` is already running \(pid \d+\)"):
+            with provenance.OutputLock(job, p, "params.yaml"):
+                pass
+    with provenance.OutputLock(job, p, "params.yaml"):  # released: free again
+        pass

@@ -1,0 +1,91 @@
+# Every rule of the DAG, built from the one stage table (gear/dag.py): outputs, inputs, params and
+# commands are the declaration's, so the rules, dvc.yaml and t2i/dvc.yaml cannot drift apart.
+#
+# Per stage one rule for the main DAG, and (for the stages an ablation row runs) one for the rows:
+# the same declaration under the path prefix ablations/{row}/, its inputs taken from the row's
+# layout (its own teacher / warm-up only when the row changes them; gear/ablations.py).
+#
+# Every rule also reads a stamp per job (gear/provenance.py `stamp`): it is touched when the job's
+# existing output was made with other params (by DVC, by hand, or by this tool under another
+# params file), so Snakemake reruns exactly those jobs and what follows, though it holds no
+# metadata for files it did not make.
+
+from pathlib import Path
+
+from gear import ablations as AB
+from gear import dag, provenance
+
+AB_ROWS = {r.name: r for r in AB.runnable(P)}
+AB_COPIED = [n for n, r in AB_ROWS.items() if AB.reuses_ste_variant(P, r)]
+AB_STAGES = ("teacher", "tokenizer_init", "tune", "freeze", "tokenize", "train_ar_gear", "sample_gear",
+             "evaluate_tokenizer", "evaluate_samples_gear")
+
+
+def st_rows_regex(names):
+    return "|".join(re.escape(n) for n in names) or "(?!x)x"  # no rows: a pattern that never matches
+
+
+def st_row_owns(row: str, root: str) -> bool:
+    lay = AB.layout(P, AB_ROWS[row])
+    return {"teacher": lay.teacher, "warmup": lay.warmup, "tuned": lay.tuned}[root] != Path(".")
+
+
+def st_wc(stage, wildcards):
+    return {k: (int(wildcards[k]) if k == "seed" else wildcards[k]) for k in stage.wildcards}
+
+
+def st_job(stage, wildcards, row):
+    return dag.Job.of(stage.name, st_wc(stage, wildcards), row)
+
+
+def st_pattern(template: str, prefix: str) -> str:
+    return prefix + dag.render(template, P, {k: "{" + k + "}" for k in ("seed", "variant", "size", "arm")})
+
+
+def st_declare(o, prefix):
+    path = st_pattern(o.path, prefix)
+    return directory(path) if o.kind == "dir" else path
+
+
+def st_inputs(stage, row_rule):
+    def inputs(w):
+        job = st_job(stage, w, w.row if row_rule else None)
+        return [str(dag.primary(d, P)) for d in dag.deps(job, P)] + [provenance.stamp(job, P)]
+    return inputs
+
+
+def st_digest(stage, row_rule):
+    return lambda w: provenance.values(st_job(stage, w, w.row if row_rule else None), P)
+
+
+def st_command(stage, row_rule):
+    cmd = "gear " + stage.cli + " --params {PARAMS_FILE}" + (" --ablation {wildcards.row}" if row_rule else "")
+    for k in ("seed", "variant", "size", "arm"):
+        cmd = cmd.replace("{" + k + "}", "{wildcards." + k + "}")
+    return (TRAIN_LAUNCH if stage.heavy and stage.launch else "") + cmd + " > {log} 2>&1"
+
+
+def st_constraints(stage, row_rule):
+    if not row_rule:
+        return {}
+    rows = [n for n in AB_ROWS if (stage.root == "tuned" or st_row_owns(n, stage.root))
+            and not (stage.name == "tune" and n in AB_COPIED)]
+    return {"row": st_rows_regex(rows), "variant": "gear", "size": re.escape(AB.eval_size(P))}
+
+
+for st_stage, st_row_rule in [(s, r) for s in dag.STAGES.values() for r in (False, True)
+                          if not r or (r and s.name in AB_STAGES)]:
+    st_name = f"ablation_{st_stage.name}" if st_row_rule else st_stage.name
+    st_wcs = ["row"] * st_row_rule + list(st_stage.wildcards)
+
+    rule:
+        name: st_name
+        input: st_inputs(st_stage, st_row_rule)
+        output: *[st_declare(o, "ablations/{row}/" if st_row_rule else "") for o in st_stage.outs]
+        params: digest=st_digest(st_stage, st_row_rule)
+        wildcard_constraints: **st_constraints(st_stage, st_row_rule)
+        log: logfile(st_name, *st_wcs)
+        benchmark: benchfile(st_name, *st_wcs)
+        threads: TRAIN_THREADS if st_stage.heavy else LIGHT_THREADS
+        resources: **(TRAIN if st_stage.heavy else LIGHT)
+        shell: st_command(st_stage, st_row_rule)
