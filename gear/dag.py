@@ -76,20 +76,21 @@ def _s(*stages: Stage) -> dict[str, Stage]:
 
 
 SEED = "seed{seed}"
-# Keys a stage may read without declaring them: they pick the job, not its result (a study seed
-# is validated against study.seeds; the seed itself is in the job's wildcards and paths), so
-# adding a seed reruns nothing of the others.
-FREE = frozenset({"study.seeds"})
+# Keys a stage may read without declaring them: they pick the job, not its result (a study seed,
+# an AR size or a tuned arm is validated against these lists; the value itself is in the job's
+# wildcards and paths), so adding a seed, a size or an arm reruns nothing of the others.
+FREE = frozenset({"study.seeds", "ar.sizes", "tune.ablations"})
 # the shards' manifest is checked against the whole data section (gear/data/loader.py)
 DATA_IN = ("data", "compute.workers")
-RUN = ("compute.device", "compute.precision", "compute.seed")
-TRAIN = RUN + ("compute.log_every", "compute.save_every", "compute.state_dir")
+RUN = ("compute.device", "compute.precision")
+SEEDED_RUN = RUN + ("compute.seed",)  # stages that draw random numbers (init, data order, noise)
+TRAIN = SEEDED_RUN + ("compute.log_every", "compute.save_every", "compute.state_dir")
 TEACHER = ("teacher", "teachers", "data.resolution")  # what loading the alignment teacher reads
 AR_RECIPE = ("align_weight_ar", "align_layer", "ar", "compute.fsdp", "compute.compile", "compute.grad_checkpointing")
 METRICS = ("metrics",)
 
 STAGES: dict[str, Stage] = _s(
-    Stage("shard", "shard", ("data",), (Out("{shard_dir}"),), code=("gear/data/shard.py", "gear/data/embedded.py"),
+    Stage("shard", "shard", ("data", "compute.workers"), (Out("{shard_dir}"),), code=("gear/data/shard.py", "gear/data/embedded.py"),
           heavy=False, launch=False),
     Stage("teacher", "teacher", TEACHER + DATA_IN + TRAIN + ("metrics.feature_space", "metrics.batch_size"),
           (Out("models/teacher"), *live("metrics/teacher")), (Dep("shard"),), root="teacher"),
@@ -105,8 +106,8 @@ STAGES: dict[str, Stage] = _s(
     Stage("freeze_baseline", "freeze --arm baseline", ("quantizer", "tokenizer", "metrics.batch_size") + DATA_IN + RUN,
           (Out("models/frozen/baseline"), Out("metrics/freeze/baseline.json", "file", "metrics")),
           (Dep("tokenizer_init"), Dep("shard")), heavy=False, launch=False),
-    Stage("freeze", "freeze --arm {variant} --seed {seed}", ("quantizer", "tokenizer", "tune.ablations",
-                                                              "metrics.batch_size") + DATA_IN + RUN,
+    Stage("freeze", "freeze --arm {variant} --seed {seed}", ("quantizer", "tokenizer", "metrics.batch_size")
+          + DATA_IN + RUN,
           (Out(f"models/frozen/{SEED}/{{variant}}"), Out(f"metrics/freeze/{SEED}/{{variant}}.json", "file", "metrics")),
           (Dep("tune"), Dep("shard")), ("seed", "variant"), root="tuned", heavy=False, launch=False),
     Stage("tokenize_baseline", "tokenize --arm baseline", ("quantizer", "tokenizer") + DATA_IN + RUN,
@@ -122,29 +123,31 @@ STAGES: dict[str, Stage] = _s(
           AR_RECIPE + ("quantizer", "tokenizer") + TEACHER + DATA_IN + TRAIN,
           (Out(f"models/ar/{SEED}/gear/{{size}}"), *live(f"metrics/train_ar/{SEED}/gear/{{size}}")),
           (Dep("tokenize", (("variant", "gear"),)), Dep("freeze", (("variant", "gear"),)), Dep("teacher")), ("seed", "size"), root="tuned"),
-    Stage("sample_baseline", "sample --arm baseline --size {size} --seed {seed}", ("sample", "ar.sizes") + RUN,
+    Stage("sample_baseline", "sample --arm baseline --size {size} --seed {seed}", ("sample", "quantizer", "tokenizer")
+          + SEEDED_RUN,
           (Out(f"samples/{SEED}/baseline/{{size}}"),), (Dep("train_ar_baseline"), Dep("freeze_baseline")),
           ("seed", "size"), root="tuned"),
-    Stage("sample_gear", "sample --arm gear --size {size} --seed {seed}", ("sample", "ar.sizes") + RUN,
+    Stage("sample_gear", "sample --arm gear --size {size} --seed {seed}", ("sample", "quantizer", "tokenizer")
+          + SEEDED_RUN,
           (Out(f"samples/{SEED}/gear/{{size}}"),), (Dep("train_ar_gear"), Dep("freeze", (("variant", "gear"),))),
           ("seed", "size"), root="tuned"),
     Stage("evaluate_real", "evaluate real", METRICS + TEACHER + DATA_IN + RUN, (Out("eval/real"),),
           (Dep("shard"), Dep("teacher"))),
     Stage("evaluate_tokenizer_baseline", "evaluate tokenizer --arm baseline",
-          METRICS + ("quantizer", "tokenizer") + TEACHER + DATA_IN + RUN,
+          METRICS + ("quantizer", "tokenizer", "tau") + TEACHER + DATA_IN + RUN,
           (Out("eval/tokenizer/baseline.json", "file", "metrics"),),
           (Dep("freeze_baseline"), Dep("shard"), Dep("teacher"), Dep("evaluate_real"))),
     Stage("evaluate_tokenizer", "evaluate tokenizer --arm {variant} --seed {seed}",
-          METRICS + ("quantizer", "tokenizer", "tune.ablations") + TEACHER + DATA_IN + RUN,
+          METRICS + ("quantizer", "tokenizer", "tau") + TEACHER + DATA_IN + RUN,
           (Out(f"eval/tokenizer/{SEED}/{{variant}}.json", "file", "metrics"),),
           (Dep("freeze"), Dep("shard"), Dep("teacher"), Dep("evaluate_real")), ("seed", "variant"), root="tuned"),
     Stage("evaluate_samples_baseline", "evaluate samples --arm baseline --size {size} --seed {seed}",
-          METRICS + ("ar.sizes", "align_layer", "ar.align_layers") + TEACHER + DATA_IN + RUN,
+          METRICS + ("align_layer", "ar.align_layers") + TEACHER + DATA_IN + RUN,
           (Out(f"eval/samples/{SEED}/baseline/{{size}}.json", "file", "metrics"),),
           (Dep("sample_baseline"), Dep("train_ar_baseline"), Dep("freeze_baseline"), Dep("teacher"),
            Dep("evaluate_real"), Dep("shard")), ("seed", "size"), root="tuned"),
     Stage("evaluate_samples_gear", "evaluate samples --arm gear --size {size} --seed {seed}",
-          METRICS + ("ar.sizes", "align_layer", "ar.align_layers") + TEACHER + DATA_IN + RUN,
+          METRICS + ("align_layer", "ar.align_layers") + TEACHER + DATA_IN + RUN,
           (Out(f"eval/samples/{SEED}/gear/{{size}}.json", "file", "metrics"),),
           (Dep("sample_gear"), Dep("train_ar_gear"), Dep("freeze", (("variant", "gear"),)), Dep("teacher"),
            Dep("evaluate_real"), Dep("shard")), ("seed", "size"), root="tuned"),
@@ -170,11 +173,11 @@ def _t2i_arm(arm: str) -> tuple:
                   (Out(f"t2i/models/ar/{SEED}/{arm}"), *live(f"t2i/metrics/train/{SEED}/{arm}")),
                   (tokens, frozen, Dep("teacher")), ("seed",), room="t2i")
     sample = Stage(f"t2i_sample_{arm}", f"t2i-sample --arm {arm} --seed {{seed}}",
-                   ("t2i.sample", "t2i.ar.eval_steps", "quantizer", "tokenizer") + RUN,
+                   ("t2i.sample", "quantizer", "tokenizer") + SEEDED_RUN,
                    (Out(f"t2i/samples/{SEED}/{arm}"),), (Dep(f"t2i_train_{arm}"), frozen, Dep("t2i_encode")), ("seed",),
                    room="t2i")
     evaluate = Stage(f"t2i_evaluate_{arm}", f"t2i-evaluate samples --arm {arm} --seed {{seed}}",
-                     METRICS + ("t2i.feature_space", "t2i.sample", "t2i.ar.eval_steps", "t2i.text.encoder", "data.resolution")
+                     METRICS + ("t2i.feature_space", "t2i.sample", "t2i.text.encoder", "data.resolution")
                      + T2I_TEACHER + RUN,
                      (Out(f"t2i/eval/{SEED}/{arm}.json", "file", "metrics"),),
                      (Dep(f"t2i_sample_{arm}"), Dep(f"t2i_train_{arm}"), Dep("t2i_judge"), Dep("t2i_evaluate_real"),
@@ -186,12 +189,12 @@ T2I_TOKENIZE = ("quantizer", "tokenizer", "t2i.text", "t2i.data.samples_per_shar
                 "compute.workers") + RUN
 
 STAGES.update(_s(
-    Stage("t2i_shard", "t2i-shard", ("data.resolution", "data.image_format", "t2i.data"), (Out("t2i/data/shards"),),
+    Stage("t2i_shard", "t2i-shard", ("data.resolution", "data.image_format", "t2i.data", "compute.workers"), (Out("t2i/data/shards"),),
           code=("gear/t2i/shard.py", "gear/t2i/scenes.py"), heavy=False, launch=False, room="t2i"),
     Stage("t2i_encode", "t2i-encode", ("t2i.text", "t2i.data.samples_per_shard", "compute.precision", "compute.device",
                                        "compute.workers"), (Out("t2i/data/captions"),),
           (Dep("t2i_shard"),), launch=False, room="t2i"),
-    Stage("t2i_judge", "t2i-judge", ("t2i.judge", "data.resolution", "compute.workers", "compute.log_every") + RUN,
+    Stage("t2i_judge", "t2i-judge", ("t2i.judge", "data.resolution", "compute.workers", "compute.log_every") + SEEDED_RUN,
           (Out("t2i/models/judge"), *live("t2i/metrics/judge")), (Dep("t2i_shard"),), heavy=False, launch=False,
           room="t2i"),
     Stage("t2i_tokenize_baseline", "t2i-tokenize --arm baseline", T2I_TOKENIZE,
