@@ -1,4 +1,4 @@
-"""The ablation grid (gear/ablations.py): the seed's rows, one-line errors, row params and paths,
+"""The ablation grid (gear/ablations.py): the paper's rows, one-line errors, row params and paths,
 what the Snakemake target shares (a dry run of the real DAG), the DVC queue's commands, and the
 report from a partial grid, from files and from a real `dvc exp show --json`."""
 from __future__ import annotations
@@ -13,20 +13,21 @@ from pathlib import Path
 import pytest
 
 from gear import ablations, paths
-from gear.metrics.intervals import fmt_interval, paired_interval
 from gear.config import ParamsError, load_params
+from gear.report.paper import PAPER_TABLES
+from gear.report.verdicts import fmt_interval, paired_interval
 from tiny import ROOT, copy_workflow
 
 
-def test_imagenet_preset_grid_is_the_seeds_tables():
+def test_imagenet_preset_grid_is_the_papers_tables():
     p = load_params(ROOT / "presets" / "imagenet256.yaml")
     rows = ablations.grid(p)
-    assert len(rows) == sum(len(t) for t in ablations.SEED_TABLES.values()) - len(ablations.SEED_TABLES) + 1
-    for axis, seed_rows in ablations.SEED_TABLES.items():
+    assert len(rows) == sum(len(t) for t in PAPER_TABLES.values()) - len(PAPER_TABLES) + 1
+    for axis, paper_rows in PAPER_TABLES.items():
         ours = ablations.table(p, axis)
-        assert len(ours) == len(seed_rows) and sum(r.default for r in ours) == 1, axis
+        assert len(ours) == len(paper_rows) and sum(r.default for r in ours) == 1, axis
         if axis not in ("align_layer", "tune_ar_size"):  # matched by position at other depths/sizes
-            theirs = {str(v) for v, label, *_ in seed_rows if not label.endswith("*")}
+            theirs = {str(v) for v, label, *_ in paper_rows if not label.endswith("*")}
             assert {str(r.value) for r in ours if not r.default} == theirs, axis
 
 
@@ -159,7 +160,7 @@ def _section(md: str, title: str) -> str:
 
 
 def test_report_from_a_partial_grid(tmp_path, monkeypatch):
-    from gear.stages import ablation_report
+    from gear.report import ablations as ablation_report
 
     p = load_params(ROOT / "params.yaml", ["study.seeds=[0,1,2]"])
     monkeypatch.chdir(tmp_path)
@@ -176,7 +177,7 @@ def test_report_from_a_partial_grid(tmp_path, monkeypatch):
     tau_md = _section(md, "Soft temperature tau")
     line = next(l for l in tau_md.splitlines() if "| tau-0.5 |" in l)
     assert fmt_interval(paired_interval(base, tau)) in line
-    assert "| holds |" in line  # the seed: tau 0.5 gFID 9.15 below its default's 10.63; here below too
+    assert "| holds |" in line  # the paper: tau 0.5 gFID 9.15 below its default's 10.63; here below too
     assert "| 0.5 | tau-0.5 | ok | 3 |" in line and "| 9.15 | 1.698 |" in line
     assert "| 0.1* | default | ok | 3 |" in tau_md
     assert "partial: 1 of 3 seeds" in next(l for l in tau_md.splitlines() if "| tau-0.05 |" in l)
@@ -208,7 +209,7 @@ for kind, path in json.load(open("files.json")).items():
 
 def test_report_from_real_dvc_experiments(tmp_path):
     """Two real `dvc exp run`s of a stand-in stage that writes the main DAG's metric files."""
-    from gear.stages import ablation_report
+    from gear.report import ablations as ablation_report
 
     p = load_params(ROOT / "params.yaml")
     files = {k: str(v) for k, v in ablations.outputs(p, ablations.DEFAULT, 0).items()}

@@ -25,8 +25,9 @@ from gear.metrics.features import FeatureModel, fid_statistics, frechet_distance
 from gear.models.ar import GPT, GPTConfig
 from gear.models.demo_teacher import DemoViT
 from gear.models.tokenizer import Tokenizer, TokenizerConfig
+from gear.report import main as report
 from gear.runtime import setup
-from gear.stages import evaluate, report
+from gear.stages import evaluate
 
 PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 SETS = ["teachers.demo_dim=32", "teachers.demo_depth=1", "teachers.demo_heads=2",

@@ -17,10 +17,12 @@ from gear import paths
 from gear.cli import main
 from gear.config import load_params
 from gear.io import ArtifactError, write_json
-from gear.metrics.intervals import (fmt_interval, log_ratio_interval, mean_interval, paired_interval,
-                                    reading)
-from gear.results import CODEBOOK, tsv
-from gear.stages import report
+from gear.report import main as report
+from gear.report.figures import smooth, speedup
+from gear.report.inputs import CODEBOOK
+from gear.report.readers import tsv
+from gear.report.verdicts import (fmt_interval, log_ratio_interval, mean_interval, paired_interval,
+                                  reading)
 
 PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 
@@ -43,7 +45,7 @@ def test_paired_t_interval_matches_scipy():
 def test_interval_edge_cases():
     one = paired_interval([1.0], [3.0])
     assert one.mean == 2.0 and math.isnan(one.lo) and not one.defined
-    assert reading(one, True) == "within noise" and "no interval" in fmt_interval(one)
+    assert reading(one, True) == "not concluded (1 seed)" and "no interval" in fmt_interval(one)
     same = mean_interval([2.0, 2.0, 2.0])
     assert (same.lo, same.hi) == (2.0, 2.0)
     noisy = paired_interval([1.0, 2.0, 3.0], [1.5, 1.0, 3.4])  # differences +0.5, -1, +0.4: straddle 0
@@ -64,12 +66,12 @@ def test_log_ratio_interval_is_a_t_interval_on_logs():
 
 def test_speedup_is_symmetric_around_one():
     s = np.arange(0, 101, 10)
-    fast = report.speedup((s, np.full(11, 3.0)), (s, np.array([4.0] * 4 + [2.0] * 7)))
+    fast = speedup((s, np.full(11, 3.0)), (s, np.array([4.0] * 4 + [2.0] * 7)))
     # smoothed GEAR: 3.6 at 40, 3.2 at 50, 2.8 at 60 <= 3
     assert fast["gear_reach_step"] == 60 and fast["ratio"] == pytest.approx(100 / 60)
-    slow = report.speedup((s, np.array([4.0] * 4 + [2.0] * 7)), (s, np.full(11, 3.0)))
+    slow = speedup((s, np.array([4.0] * 4 + [2.0] * 7)), (s, np.full(11, 3.0)))
     assert slow["gear_reach_step"] is None and slow["baseline_reach_step"] == 60 and slow["ratio"] == pytest.approx(0.6)
-    assert np.allclose(report.smooth(np.array([1.0, 3.0, 5.0, 7.0]), 2), [1.0, 2.0, 4.0, 6.0])
+    assert np.allclose(smooth(np.array([1.0, 3.0, 5.0, 7.0]), 2), [1.0, 2.0, 4.0, 6.0])
 
 
 # ---- synthetic pipeline outputs -----------------------------------------------------------------
@@ -154,10 +156,10 @@ def test_report_with_one_seed_concludes_nothing(tmp_path, monkeypatch):
     assert "One seed: nothing can be concluded from the differences below." in md
     claims = json.loads((paths.REPORTS_DIR / "claims.json").read_text())
     verdicts = {k: v["verdict"] for k, v in claims.items() if isinstance(v, dict)}
-    assert set(verdicts.values()) == {"within noise"}, verdicts  # no interval, no verdict either way
+    assert set(verdicts.values()) == {"not concluded (1 seed)"}, verdicts  # no interval, no verdict either way
     assert all(v["lo"] is None and v["n_seeds"] == 1 for k, v in claims.items() if isinstance(v, dict))
     gfid = next(line for line in md.splitlines() if line.startswith("| gFID |"))
-    assert "(n=1, no interval)" in gfid and gfid.endswith("| within noise |")
+    assert "(n=1, no interval)" in gfid and gfid.endswith("| not concluded (1 seed) |")
 
 
 def test_report_with_three_seeds_intervals_and_claims(tmp_path, monkeypatch):

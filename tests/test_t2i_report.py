@@ -1,5 +1,5 @@
 """`gear t2i-report` on fabricated T2I outputs (eval JSONs, dvclive curves, sample grids, the judge's
-config) for one seed and for three: the seed's verdicts read on clear, reversed and noisy FDD
+config) for one seed and for three: the paper's verdicts read on clear, reversed and noisy FDD
 differences, the speed-up of a faster-falling curve, a missing or stale input refused in one line
 before anything is written, and reports/ untouched beyond the T2I report's own entries."""
 from __future__ import annotations
@@ -15,9 +15,9 @@ from gear.cli import main
 from gear.config import load_params
 from gear.io import ArtifactError, write_json
 from gear.paths import REPORTS_DIR
-from gear.results import tsv
+from gear.report import t2i as report
+from gear.report.readers import tsv
 from gear.t2i import paths
-from gear.t2i import report
 from tiny import PARAMS, TINY, sets
 
 ACC = {"shape": 0.5, "colour": 0.6, "position": 0.7, "all": 0.3}
@@ -84,7 +84,7 @@ def test_three_seeds_gear_lower_holds(tmp_path, monkeypatch):
     assert (REPORTS_DIR / "index.md").read_text() == "the main report\n"
     assert sorted(x.name for x in (REPORTS_DIR / "t2i_figures").iterdir()) == [
         "curves.png", "fdd.png", "samples_baseline.png", "samples_gear.png"]
-    # verdicts vs the seed's direction, and the numbers behind them
+    # verdicts vs the paper's direction, and the numbers behind them
     assert out["seeds"] == [0, 1, 2] and out["confidence"] == 0.95
     v = out["verdicts"]
     assert v["fdd_without_cfg"] == {"overall": "holds", "per_step": {"3": "holds", "6": "holds"}}
@@ -93,15 +93,15 @@ def test_three_seeds_gear_lower_holds(tmp_path, monkeypatch):
     assert row["difference"]["mean"] == pytest.approx(-10.0) and row["difference"]["hi"] < 0
     assert row["gear"] == pytest.approx([95.0 - 10, 95.1 - 9, 95.2 - 11])
     ntp = out["speedups"]["ntp"]
-    assert ntp["geometric_mean"]["mean"] > 1 and ntp["seed_figure"] == 2.5
+    assert ntp["geometric_mean"]["mean"] > 1 and ntp["paper_figure"] == 2.5
     assert [s["ratio"] for s in ntp["per_seed"]] == pytest.approx([100 / 60] * 3)
     assert out["speedups"]["align"]["geometric_mean"]["lo"] > 1
     acc = next(r for r in out["prompt_accuracy"] if r["attribute"] == "all" and r["cfg"] and r["step"] == 6)
     assert acc["difference"]["mean"] == pytest.approx(0.1) and acc["reading"] == "GEAR better"
-    # the page: the seed's layout and numbers beside ours, sources named, images inline
-    for needle in ("## The seed's T2I claims", "## FDD and precision / recall",
+    # the page: the paper's layout and numbers beside ours, sources named, images inline
+    for needle in ("## The paper's T2I claims", "## FDD and precision / recall",
                    "LlamaGen-REPA-1.0B", "| 390k | GEAR-1.0B | 200.9 | 115.3 | 0.92 | 0.8 |", "JiT-GPIC-1.1B",
-                   "2.5x", "11.1x", "not comparable to the seed's DINOv2 FDD", "`t2i/eval/seed{0,1,2}/{baseline,gear}.json`",
+                   "2.5x", "11.1x", "not comparable to the paper's DINOv2 FDD", "`t2i/eval/seed{0,1,2}/{baseline,gear}.json`",
                    "`t2i/metrics/train/seed{0,1,2}/{baseline,gear}/plots/metrics/{ntp,align}.tsv`", "a blue square on the left",
                    "## Prompt following", "Study seeds: 0, 1, 2"):
         assert needle in md, needle
@@ -126,7 +126,7 @@ def test_one_seed_concludes_nothing_without_judge_or_repa(tmp_path, monkeypatch)
         tsv(paths.train_metrics_dir(arm, 0), "align").unlink()
     report.run(p)
     md, _, out = _out()
-    assert "nothing can be concluded from one seed" in md
+    assert "One seed: nothing can be concluded from the differences below." in md
     assert out["verdicts"]["fdd_without_cfg"]["overall"] == "not concluded (1 seed)"
     assert out["verdicts"]["ntp_speedup"] == "not concluded (1 seed)" and out["speedups"]["align"] is None
     assert out["speedups"]["ntp"]["per_seed"][0]["ratio"] > 1 and out["prompt_accuracy"] == []

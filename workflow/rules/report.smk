@@ -1,7 +1,7 @@
 # reports/: per-seed values, seed means with intervals, the claims table, curves and sample grids.
-# Its inputs are what `gear report` reads (gear/results.py), over study.seeds, as the rules declare them.
+# Its inputs are what `gear report` reads (gear/report/inputs.py), over study.seeds, as the rules declare them.
 
-from gear.results import producer_outputs
+from gear.report.inputs import producer_outputs
 
 REPORT = paths.report_files()
 
