@@ -16,6 +16,7 @@ from gear import ablations, paths
 from gear.config import ParamsError, load_params
 from gear.report.paper import PAPER_TABLES
 from gear.report.verdicts import fmt_interval, paired_interval
+from report_worlds import write_ablation_row
 from tiny import ROOT, copy_workflow
 
 
@@ -146,15 +147,6 @@ def test_queue_commands_one_experiment_per_row():
     assert r.stdout.count("dvc exp run --queue") == len(cmds) and "# skipped teacher-dinov2_vitb14:" in r.stdout
 
 
-def _write_row(params, row, seed, fid, rfid, ntp, root: Path):
-    files = ablations.outputs(params, row, seed)
-    data = {"samples": {"fid": fid}, "tokenizer": {"rfid": rfid, "effective_size": 20.0 + seed, "entropy": 3.0},
-            "train_ar": {"ntp": ntp}}
-    for kind, path in files.items():
-        (root / path).parent.mkdir(parents=True, exist_ok=True)
-        (root / path).write_text(json.dumps(data[kind]))
-
-
 def _section(md: str, title: str) -> str:
     return md.split(f"## {title}\n")[1].split("\n## ")[0]
 
@@ -168,9 +160,9 @@ def test_report_from_a_partial_grid(tmp_path, monkeypatch):
     (tmp_path / "reports" / "index.md").write_text("main report\n")
     base, tau = [30.0, 34.0, 31.0], [25.0, 30.5, 26.0]
     for s in range(3):
-        _write_row(p, ablations.DEFAULT, s, base[s], 5.0, 6.0, tmp_path)
-        _write_row(p, ablations.find(p, "tau-0.5"), s, tau[s], 5.5 + s, 6.1, tmp_path)
-    _write_row(p, ablations.find(p, "tau-0.05"), 0, 40.0, 5.0, 6.0, tmp_path)  # one seed of three
+        write_ablation_row(p, ablations.DEFAULT, s, base[s], 5.0, 6.0, tmp_path)
+        write_ablation_row(p, ablations.find(p, "tau-0.5"), s, tau[s], 5.5 + s, 6.1, tmp_path)
+    write_ablation_row(p, ablations.find(p, "tau-0.05"), 0, 40.0, 5.0, 6.0, tmp_path)  # one seed of three
     ablation_report.run(p)
     md = (tmp_path / "reports" / "ablations.md").read_text()
     assert (tmp_path / "reports" / "index.md").read_text() == "main report\n"  # the main report untouched

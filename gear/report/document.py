@@ -32,6 +32,15 @@ def fmt(v) -> str:
     return str(v)
 
 
+def table(rows: list[dict], sources: list[Path]) -> Table:
+    return Table(pl.DataFrame(rows), sources)
+
+
+def per_seed(values) -> str:
+    """Per-seed values, `a / b / c`."""
+    return " / ".join(fmt(float(v)) for v in values)
+
+
 def _sources(sources: list[Path]) -> str:
     return "Source: " + (", ".join(f"`{p}`" for p in sources) or "no outputs yet")
 

@@ -25,7 +25,7 @@ import polars as pl
 from gear import paths
 from gear.io import atomic_entries, write_json
 from gear.report.claims import claims
-from gear.report.document import Plot, Table, fmt, to_html, to_markdown
+from gear.report.document import Plot, Table, per_seed, table, to_html, to_markdown
 from gear.report.figures import COLORS, SMOOTH, figure, plot_band, save, speedup, speedup_row
 from gear.report.inputs import (AR_CURVES, CODEBOOK, Results, ar_curve_names, load_results, seed_folders,
                                 shared_folders)
@@ -61,31 +61,19 @@ def all_speedups(r: Results, params) -> dict:
 # comparison rows
 
 
-def _per_seed(values) -> str:
-    return " / ".join(fmt(float(v)) for v in values)
-
-
 def compare(label: str, arm: str, base: list, other: list, lower_is_better, confidence: float) -> dict:
     """One table row: per-seed values, mean ± std of each arm, paired difference and its reading
     (lower_is_better None: a metric without a better direction, read '-' or 'differs')."""
     base, other = ([np.nan if v is None else float(v) for v in vals] for vals in (base, other))  # None: not computable
     d = paired_interval(base, other, confidence)
     read = reading(d, lower_is_better, words=(f"{arm.upper()} better", f"{arm.upper()} worse"))
-    return {"metric": label, "baseline per seed": _per_seed(base), f"{arm} per seed": _per_seed(other),
+    return {"metric": label, "baseline per seed": per_seed(base), f"{arm} per seed": per_seed(other),
             "baseline mean ± std": fmt_mean_std(base), f"{arm} mean ± std": fmt_mean_std(other),
             f"{arm} - baseline [{confidence:.0%} CI]": fmt_interval(d), "reading": read}
 
 
-def comparison_table(rows: list[dict], sources: list[Path]) -> Table:
-    return Table(pl.DataFrame(rows), sources)
-
-
 # ----------------------------------------------------------------------------------------------
 # sections
-
-
-def _table(rows: list[dict], sources: list[Path]) -> Table:
-    return Table(pl.DataFrame(rows), sources)
 
 
 def header(r: Results, params) -> list:
@@ -107,15 +95,15 @@ def header(r: Results, params) -> list:
 
 
 def claims_section(r: Results, params, speedups: dict) -> tuple[list, dict, list]:
-    table = claims(r, params, {k: [s["ratio"] for s in v] for k, v in speedups.items()})
+    found = claims(r, params, {k: [s["ratio"] for s in v] for k, v in speedups.items()})
     n = len(r.seeds)
     ours = f"ours ({n} seed{'s' if n > 1 else ''})"
-    rows = [{"claim": f"{c.id}: {c.claim}", "paper's figure": c.paper, ours: c.ours, "verdict": c.verdict} for c in table]
+    rows = [{"claim": f"{c.id}: {c.claim}", "paper's figure": c.paper, ours: c.ours, "verdict": c.verdict} for c in found]
     src = [paths.eval_tokenizer_json("baseline"), Path("eval/tokenizer/seed*/"), Path("eval/samples/seed*/"),
            Path("metrics/train_ar/seed*/")]
     return (["## The paper's claims",
              f"{LEGEND} The paper's figures are at ImageNet scale (GEAR.md section 7); ours are at this params "
-             "file's scale.", _table(rows, src)], {c.id: c.to_dict() for c in table}, table)
+             "file's scale.", table(rows, src)], {c.id: c.to_dict() for c in found}, found)
 
 
 def generation_section(r: Results, params) -> list:
@@ -128,7 +116,7 @@ def generation_section(r: Results, params) -> list:
         e = r.samples[(r.seeds[0], "gear", s)]
         blocks += [f"Size {s}: gFID, IS, precision, recall (k = {params.metrics.pr_k}) of {e['num_samples']} "
                    f"class-conditional samples per run against the real statistics ({e['feature_space']} space).",
-                   comparison_table(rows, src)]
+                   table(rows, src)]
     return blocks
 
 
@@ -142,7 +130,7 @@ def tokenizer_section(r: Results, params) -> list:
     for v in r.variants:
         rows = [compare(label, v, r.per_seed(lambda seed: r.tok[(seed, "baseline")][key]),
                         r.per_seed(lambda seed: r.tok[(seed, v)][key]), lower, conf) for label, key, lower in TOKENIZER]
-        blocks += [f"Arm {v} vs baseline:", comparison_table(rows, [paths.eval_tokenizer_json("baseline"), *[
+        blocks += [f"Arm {v} vs baseline:", table(rows, [paths.eval_tokenizer_json("baseline"), *[
             paths.eval_tokenizer_json(v, seed) for seed in r.seeds]])]
     return blocks
 
@@ -166,11 +154,11 @@ def curves_section(r: Results, params, folder: Path, speedups: dict) -> list:
             iv = log_ratio_interval([p["ratio"] for p in per], conf)
             rows.append({**speedup_row(AR_CURVES[name], per, iv, conf),
                          "reading": reading(iv, False, zero=1.0, words=("GEAR faster", "GEAR slower"))})
-        blocks += [f"Steps to reach, size {s} (module docstring of gear/report/figures.py):", _table(rows, src)]
+        blocks += [f"Steps to reach, size {s} (module docstring of gear/report/figures.py):", table(rows, src)]
         finals = [compare(label, "gear", *(r.per_seed(lambda seed: r.finals[(seed, f"train_ar/{a}/{s}")].get(key))
                                            for a in paths.AR_ARMS), lower, conf)
                   for label, key, lower in AR_FINAL if key != "align" or "align" in names]
-        blocks.append(comparison_table(finals, [paths.train_ar_metrics_dir(a, s, seed) / "metrics.json"
+        blocks.append(table(finals, [paths.train_ar_metrics_dir(a, s, seed) / "metrics.json"
                                                 for seed in r.seeds for a in paths.AR_ARMS]))
     return blocks
 
@@ -214,7 +202,7 @@ def layers_section(r: Results, params, folder: Path) -> list:
                 get = lambda a: r.per_seed(lambda seed: r.samples[(seed, a, s)][key][str(l)])  # noqa: E731
                 rows.append(compare(f"{key[3:].upper()} layer {l}", "gear", get("baseline"), get("gear"), False, conf))
         file = save(fig, folder, FIG, f"ar_layers_{s}.png")
-        blocks += [comparison_table(rows, src),
+        blocks += [table(rows, src),
                    Plot(file, f"Per-layer similarity of the AR (EMA, size {s}) with the teacher, teacher-forced on val: "
                               f"seed mean, band: min to max over {len(r.seeds)} seeds.", src)]
     return blocks
@@ -249,14 +237,14 @@ def _seed_mean(values: list) -> float | None:
     return finite_or_none(float(np.mean(v))) if len(v) == len(values) else None
 
 
-def headline(r: Results, table: list) -> dict:
+def headline(r: Results, found: list) -> dict:
     """The few numbers `dvc exp show` compares across experiments: seed means per generation run
     (arm_size) and per tokenizer arm, and each claim's verdict. Short stable keys, strict JSON."""
     gen = {f"{a}_{s}": {k: _seed_mean(r.per_seed(lambda seed: r.samples[(seed, a, s)].get(key))) for k, key in HEADLINE_GEN}
            for s in r.sizes for a in paths.AR_ARMS}
     tok = {v: {k: _seed_mean(r.per_seed(lambda seed: r.tok[(seed, v)].get(key))) for k, key in HEADLINE_TOK}
            for v in ["baseline", *r.variants]}
-    return {"gen": gen, "tok": tok, "claims": {re.sub(r"\W+", "_", c.id).strip("_"): c.verdict for c in table}}
+    return {"gen": gen, "tok": tok, "claims": {re.sub(r"\W+", "_", c.id).strip("_"): c.verdict for c in found}}
 
 
 def run(params) -> None:
@@ -265,12 +253,12 @@ def run(params) -> None:
     with atomic_entries(paths.REPORTS_DIR, [FIG, "index.md", "index.html", "claims.json", HEADLINE.name]) as out:
         (out / FIG).mkdir()
         blocks = header(r, params)
-        claim_blocks, claim_json, table = claims_section(r, params, speedups)
+        claim_blocks, claim_json, found = claims_section(r, params, speedups)
         blocks += claim_blocks + generation_section(r, params) + tokenizer_section(r, params)
         blocks += curves_section(r, params, out, speedups) + codebook_section(r, params, out)
         blocks += layers_section(r, params, out) + samples_section(r, out) + final_section(r, params)
         (out / "index.md").write_text(to_markdown(blocks))
         (out / "index.html").write_text(to_html(blocks, out, title="GEAR report"))
         write_json(out / "claims.json", {"seeds": r.seeds, "confidence": params.study.confidence, **claim_json})
-        write_json(out / HEADLINE.name, headline(r, table))
+        write_json(out / HEADLINE.name, headline(r, found))
     print(f"report: {paths.REPORTS_DIR / 'index.md'}, index.html, claims.json and headline.json ({len(r.seeds)} seeds)")

@@ -25,11 +25,10 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import polars as pl
 
 from gear.io import atomic_entries, write_json
 from gear.paths import REPORTS_DIR
-from gear.report.document import Plot, Table, fmt, to_html, to_markdown
+from gear.report.document import Plot, Table, fmt, per_seed, table, to_html, to_markdown
 from gear.report.figures import COLORS, SMOOTH, figure, plot_band, save, speedup, speedup_row
 from gear.report.paper import (PAPER_T2I_SOURCE, PAPER_T2I_SPEEDUP, PAPER_T2I_STEPS, paper_t2i_delta,
                                paper_t2i_table)
@@ -59,13 +58,9 @@ def _curve_sources(r: T2IResults, names) -> list[Path]:
     return [tsv(paths.train_metrics_dir(braced(paths.ARMS), braced(r.seeds)), braced(names))]
 
 
-def _per_seed(values) -> str:
-    return " / ".join(fmt(float(v)) for v in values)
-
-
 def _cell(values) -> str:
     """mean ± std, then the per-seed values (one seed: the value alone)."""
-    return fmt_mean_std(values) + (f" ({_per_seed(values)})" if len(values) > 1 else "")
+    return fmt_mean_std(values) + (f" ({per_seed(values)})" if len(values) > 1 else "")
 
 
 # FDD and precision / recall: (json key, label, snapshot key, with CFG, lower is better)
@@ -182,14 +177,14 @@ def claims_section(r: T2IResults, params, gen: list[dict], speed: dict) -> tuple
                      ours: f"{fmt_interval(s['_iv'], 3)}x (geometric mean)" if s else "not logged",
                      "verdict": verdicts[f"{name}_speedup"]})
     src = _eval_sources(r) + _curve_sources(r, [c for c in SPEEDUP_CURVES if c in curve_names(params)])
-    return ["## The paper's T2I claims", Table(pl.DataFrame(rows), src)], verdicts
+    return ["## The paper's T2I claims", table(rows, src)], verdicts
 
 
 def generation_section(r: T2IResults, params, gen: list[dict], folder: Path) -> list:
     conf, src = params.study.confidence, _eval_sources(r)
     ci = f"GEAR - baseline [{conf:.0%} CI]"
     by = {(g["step"], g["metric"]): g for g in gen}
-    main, pr, per_seed = [], [], []
+    main, pr, seed_rows = [], [], []
     for step in params.t2i.ar.eval_steps:
         row = {"step": step}
         for a in paths.ARMS:  # the paper's columns, per arm
@@ -205,15 +200,15 @@ def generation_section(r: T2IResults, params, gen: list[dict], folder: Path) -> 
             line[f"{key}: {ci}"], line[f"{key}: reading"] = fmt_interval(g["_iv"]), g["reading"]
         pr.append(line)
         for i, seed in enumerate(r.seeds):
-            per_seed.append({"step": step, "seed": seed, **{f"{ARM_LABEL[a]} {label}": by[(step, key)][a][i]
+            seed_rows.append({"step": step, "seed": seed, **{f"{ARM_LABEL[a]} {label}": by[(step, key)][a][i]
                                                             for key, label, *_ in GENERATION for a in paths.ARMS}})
     return ["## FDD and precision / recall",
             f"Per eval step, lower FDD is better; precision and recall (k = {params.metrics.pr_k} nearest-neighbour "
             "radii) of the samples with CFG. The paper's direction: GEAR's FDD lower at every step.",
-            Table(pl.DataFrame(main), src),
+            table(main, src),
             "Precision and recall with CFG, GEAR - baseline (the paper's: equal or higher for GEAR at every step):",
-            Table(pl.DataFrame(pr), src),
-            "Per seed:", Table(pl.DataFrame(per_seed), src),
+            table(pr, src),
+            "Per seed:", table(seed_rows, src),
             _fdd_plot(r, params, gen, folder, src),
             "The paper's table (FDD in DINOv2 space, 1B-parameter ARs on 100M GPIC pairs, CFG 1.75):",
             Table(paper_t2i_table(), [PAPER_T2I_SOURCE])]
@@ -252,7 +247,7 @@ def accuracy_section(r: T2IResults, params, acc: list[dict]) -> list:
              "baseline": _cell(x["baseline"]), "GEAR": _cell(x["gear"]),
              f"GEAR - baseline [{conf:.0%} CI]": fmt_interval(x["_iv"]), "reading": x["reading"]} for x in acc]
     src = [paths.JUDGE_DIR / "config.json", *_eval_sources(r)]
-    return blocks + [Table(pl.DataFrame(rows), src)]
+    return blocks + [table(rows, src)]
 
 
 def training_section(r: T2IResults, params, speed: dict, folder: Path) -> list:
@@ -279,7 +274,7 @@ def training_section(r: T2IResults, params, speed: dict, folder: Path) -> list:
               "verdict reads the direction (above 1), not the paper's factor."]
     if speed.get("align") is None:
         blocks.append("No REPA curve: t2i.ar.align_weight = 0.")
-    return blocks + [Table(pl.DataFrame(rows), src),
+    return blocks + [table(rows, src),
                      Plot(file, f"Training curves: seed mean of the curves smoothed over {SMOOTH} points, band: "
                                 f"{conf:.0%} t interval of the mean over {len(r.seeds)} seed(s).", src)]
 
