@@ -33,7 +33,7 @@ from gear.report.figures import COLORS, SMOOTH, figure, plot_band, save, speedup
 from gear.report.paper import (PAPER_T2I_SOURCE, PAPER_T2I_SPEEDUP, PAPER_T2I_STEPS, paper_t2i_delta,
                                paper_t2i_table)
 from gear.report.readers import braced, finite, tsv
-from gear.report.t2i_inputs import (ATTRIBUTES, CURVES, T2IResults, curve_names, inputs,  # noqa: F401 (the rules')
+from gear.report.t2i_inputs import (ATTRIBUTES, CURVES, T2IResults, curve_names, inputs,  # noqa: F401 (re-exported)
                                     load, producer_outputs)
 from gear.report.verdicts import (LEGEND, NOT_MEASURED, combine, fmt_interval, fmt_mean_std,
                                   interval_json, log_ratio_interval, mean_interval, one_seed_note,
@@ -77,7 +77,7 @@ def _paired(vals: dict, conf: float, lower_is_better: bool) -> dict:
 
 
 def generation_rows(r: T2IResults, params) -> list[dict]:
-    """One row per (eval step, metric), with its verdict for FDD (the seed: lower at every step)."""
+    """One row per (eval step, metric), with its verdict for FDD (the paper: lower at every step)."""
     conf, rows = params.study.confidence, []
     for step in params.t2i.ar.eval_steps:
         for key, label, snap_key, with_cfg, lower in GENERATION:
