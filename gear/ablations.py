@@ -54,26 +54,6 @@ AXES = (
 )
 AXIS = {a.name: a for a in AXES}
 
-# The seed's tables (GEAR.md section 9): per axis, (value, label, gFID, rFID), defaults marked *.
-# Values match ours where the axis names the same thing; the alignment-layer and AR-size rows
-# are matched by position when the grid uses other depths or sizes (embedded: tiny ARs).
-SEED_TABLES = {
-    "training": [("ste", "w/ STE", 104.93, 59.72), ("no_gan", "w/o GAN", 16.35, 5.857),
-                 ("gear", "GEAR*", 10.63, 1.640)],
-    "quantizer": [("vq", "VQVAE*", 10.63, 1.640), ("lfq", "LFQ", 14.78, 2.129), ("ibq", "IBQ", 12.97, 1.716)],
-    "tau": [(0.5, "0.50", 9.15, 1.698), (0.1, "0.10*", 10.63, 1.640), (0.05, "0.05", 10.75, 1.638),
-            (0.01, "0.01", 11.42, 1.628)],
-    "align_weight": [(0.25, "0.25", 12.01, 1.653), (0.5, "0.50*", 10.63, 1.640), (0.75, "0.75", 10.82, 1.647),
-                     (1.0, "1.00", 10.89, 1.715)],
-    "align_layer": [(6, "6th", 16.96, 1.714), (8, "8th*", 16.84, 1.721), (10, "10th", 17.99, 1.714)],
-    "teacher": [("dinov2_vitb14", "DINOv2*", 16.84, 1.721), ("dinov3_vitb16", "DINOv3", 18.97, 1.696),
-                ("siglip2_vitb16", "SigLIPv2", 19.23, 1.803), ("vjepa2_vitl16", "V-JEPA 2.1", 19.53, 1.879)],
-    "tune_ar_size": [("B", "B (111M)", 21.52, 1.658), ("L", "L (343M)*", 10.63, 1.640),
-                     ("XL", "XL (775M)", 7.69, 1.624)],
-    "init": [("scratch", "w/o init", 13.44, 2.256), ("warmup", "w/ init*", 10.63, 1.640)],
-}
-
-
 def _get(params, key: str):
     for part in key.split("."):
         params = getattr(params, part)
@@ -222,26 +202,6 @@ def reuses_ste_variant(params, row: Row) -> bool:
     """The `training-ste` row is the run `tune --variant ste` (tune.ablations) already makes: same
     params but e2e_mode, which the variant sets itself. The DAG copies that run instead of repeating it."""
     return row.axis == "training" and row.value == "ste" and "ste" in params.tune.ablations and params.tune.gan
-
-
-def seed_row(params, axis_name: str, row: Row):
-    """The seed's (value, label, gFID, rFID) for one of our rows, or None.
-
-    By value where the seed's table names the same value; the default row is the seed's default;
-    on the ordered axes (alignment layer, AR size) at other depths or sizes, by offset from the
-    default in the grid's order (one deeper than the default <-> the seed's one deeper)."""
-    seed = SEED_TABLES[axis_name]
-    value = default_value(params, AXIS[axis_name]) if row.default else row.value
-    for entry in seed:
-        if entry[0] == value:
-            return entry
-    if row.default:
-        return next(e for e in seed if e[1].endswith("*"))
-    if axis_name not in ("align_layer", "tune_ar_size"):
-        return None
-    ours = table(params, axis_name)
-    i = ours.index(row) - ours.index(DEFAULT) + next(i for i, e in enumerate(seed) if e[1].endswith("*"))
-    return seed[i] if 0 <= i < len(seed) else None
 
 
 def demo_needed(params) -> bool:

@@ -40,8 +40,8 @@ STAGES: dict[str, tuple[str, str, list[tuple[str, dict]]]] = {
     "evaluate": ("gear.stages.evaluate", "metrics JSON for a tokenizer, a samples file, or the real statistics", [
         ("what", dict(choices=["real", "tokenizer", "samples"])),
         ("--arm", dict(default=None)), ("--size", dict(default=None)), SEED, ROW]),
-    "report": ("gear.stages.report", "write reports/index.md and reports/index.html from the metrics", []),
-    "ablation-report": ("gear.stages.ablation_report", "write reports/ablations.{md,html,json}: the seed's ablation tables", [
+    "report": ("gear.report.main", "write reports/index.{md,html}, claims.json and headline.json from the metrics", []),
+    "ablation-report": ("gear.report.ablations", "write reports/ablations.{md,html,json}: the paper's ablation tables", [
         ("--from-dvc", dict(nargs="?", const="", default=None, metavar="JSON",
                             help="read `dvc exp show --json` (run now, or a saved file) instead of ablations/"))]),
     "ablation-queue": ("gear.stages.ablation_queue", "queue the ablation grid as DVC experiments abl-<row>", [
@@ -58,7 +58,7 @@ STAGES: dict[str, tuple[str, str, list[tuple[str, dict]]]] = {
         ("--arm", dict(required=True, help="baseline | gear")), SEED]),
     "t2i-evaluate": ("gear.t2i.evaluate", "FDD, precision / recall and prompt accuracy of the samples, or the real features", [
         ("what", dict(choices=["real", "samples"])), ("--arm", dict(default=None)), SEED]),
-    "t2i-report": ("gear.t2i.report", "write reports/t2i.{md,html,json}: the seed's T2I table beside ours", []),
+    "t2i-report": ("gear.report.t2i", "write reports/t2i.{md,html,json}: the paper's T2I table beside ours", []),
 }
 
 

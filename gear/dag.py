@@ -154,9 +154,8 @@ STAGES: dict[str, Stage] = _s(
     Stage("report", "report", ("study", "teacher", "quantizer", "tau", "align_weight", "align_weight_ar", "tune.steps",
                                "tune.ablations", "ar.sizes", "ar.steps", "tokenizer.codebook_size", "metrics.pr_k"),
           (Out("reports/figures"), Out("reports/index.md", "file"), Out("reports/index.html", "file"),
-           Out("reports/claims.json", "file", "metrics", cache=False)),
-          code=("gear/stages/report.py", "gear/results.py", "gear/claims.py", "gear/metrics/intervals.py",
-                "gear/document.py"), heavy=False, launch=False, room="report"),
+           Out("reports/claims.json", "file", cache=False), Out("reports/headline.json", "file", "metrics", cache=False)),
+          code=("gear/report",), heavy=False, launch=False, room="report"),
 )
 
 # The text-to-image room (gear/t2i/): its own target and DVC file; the frozen tokenizers are the
@@ -209,7 +208,8 @@ STAGES.update(_s(
     Stage("t2i_report", "t2i-report", ("study", "t2i.ar.eval_steps", "t2i.ar.align_weight", "t2i.ar.align_layer",
                                        "t2i.ar.steps", "t2i.sample.cfg_scale", "t2i.feature_space", "metrics.pr_k"),
           (Out("reports/t2i_figures"), Out("reports/t2i.md", "file"), Out("reports/t2i.html", "file"),
-           Out("reports/t2i.json", "file", "metrics", cache=False)), heavy=False, launch=False, room="t2i"),
+           Out("reports/t2i.json", "file", "metrics", cache=False)), code=("gear/report",), heavy=False, launch=False,
+          room="t2i"),
 ))
 
 

@@ -168,8 +168,9 @@ def eval_samples_json(arm: str, size: str, seed: int) -> Path:
 
 
 def report_files() -> dict[str, Path]:
-    """What `gear report` writes: the page in two formats, its figures, the claims as DVC metrics."""
-    return {name: REPORTS_DIR / name for name in ("index.md", "index.html", "figures", "claims.json")}
+    """What `gear report` writes: the page in two formats, its figures, the claims, and the headline
+    numbers DVC shows as metrics."""
+    return {name: REPORTS_DIR / name for name in ("index.md", "index.html", "figures", "claims.json", "headline.json")}
 
 
 def ablation_report_files() -> dict[str, Path]:

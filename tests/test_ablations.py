@@ -1,4 +1,4 @@
-"""The ablation grid (gear/ablations.py): the seed's rows, one-line errors, row params and paths,
+"""The ablation grid (gear/ablations.py): the paper's rows, one-line errors, row params and paths,
 what the Snakemake target shares (a dry run of the real DAG), the DVC queue's commands, and the
 report from a partial grid, from files and from a real `dvc exp show --json`."""
 from __future__ import annotations
@@ -13,20 +13,22 @@ from pathlib import Path
 import pytest
 
 from gear import ablations, paths
-from gear.metrics.intervals import fmt_interval, paired_interval
 from gear.config import ParamsError, load_params
+from gear.report.paper import PAPER_TABLES
+from gear.report.verdicts import fmt_interval, paired_interval
+from report_worlds import write_ablation_row
 from tiny import ROOT, copy_workflow
 
 
-def test_imagenet_preset_grid_is_the_seeds_tables():
+def test_imagenet_preset_grid_is_the_papers_tables():
     p = load_params(ROOT / "presets" / "imagenet256.yaml")
     rows = ablations.grid(p)
-    assert len(rows) == sum(len(t) for t in ablations.SEED_TABLES.values()) - len(ablations.SEED_TABLES) + 1
-    for axis, seed_rows in ablations.SEED_TABLES.items():
+    assert len(rows) == sum(len(t) for t in PAPER_TABLES.values()) - len(PAPER_TABLES) + 1
+    for axis, paper_rows in PAPER_TABLES.items():
         ours = ablations.table(p, axis)
-        assert len(ours) == len(seed_rows) and sum(r.default for r in ours) == 1, axis
+        assert len(ours) == len(paper_rows) and sum(r.default for r in ours) == 1, axis
         if axis not in ("align_layer", "tune_ar_size"):  # matched by position at other depths/sizes
-            theirs = {str(v) for v, label, *_ in seed_rows if not label.endswith("*")}
+            theirs = {str(v) for v, label, *_ in paper_rows if not label.endswith("*")}
             assert {str(r.value) for r in ours if not r.default} == theirs, axis
 
 
@@ -145,21 +147,12 @@ def test_queue_commands_one_experiment_per_row():
     assert r.stdout.count("dvc exp run --queue") == len(cmds) and "# skipped teacher-dinov2_vitb14:" in r.stdout
 
 
-def _write_row(params, row, seed, fid, rfid, ntp, root: Path):
-    files = ablations.outputs(params, row, seed)
-    data = {"samples": {"fid": fid}, "tokenizer": {"rfid": rfid, "effective_size": 20.0 + seed, "entropy": 3.0},
-            "train_ar": {"ntp": ntp}}
-    for kind, path in files.items():
-        (root / path).parent.mkdir(parents=True, exist_ok=True)
-        (root / path).write_text(json.dumps(data[kind]))
-
-
 def _section(md: str, title: str) -> str:
     return md.split(f"## {title}\n")[1].split("\n## ")[0]
 
 
 def test_report_from_a_partial_grid(tmp_path, monkeypatch):
-    from gear.stages import ablation_report
+    from gear.report import ablations as ablation_report
 
     p = load_params(ROOT / "params.yaml", ["study.seeds=[0,1,2]"])
     monkeypatch.chdir(tmp_path)
@@ -167,16 +160,16 @@ def test_report_from_a_partial_grid(tmp_path, monkeypatch):
     (tmp_path / "reports" / "index.md").write_text("main report\n")
     base, tau = [30.0, 34.0, 31.0], [25.0, 30.5, 26.0]
     for s in range(3):
-        _write_row(p, ablations.DEFAULT, s, base[s], 5.0, 6.0, tmp_path)
-        _write_row(p, ablations.find(p, "tau-0.5"), s, tau[s], 5.5 + s, 6.1, tmp_path)
-    _write_row(p, ablations.find(p, "tau-0.05"), 0, 40.0, 5.0, 6.0, tmp_path)  # one seed of three
+        write_ablation_row(p, ablations.DEFAULT, s, base[s], 5.0, 6.0, tmp_path)
+        write_ablation_row(p, ablations.find(p, "tau-0.5"), s, tau[s], 5.5 + s, 6.1, tmp_path)
+    write_ablation_row(p, ablations.find(p, "tau-0.05"), 0, 40.0, 5.0, 6.0, tmp_path)  # one seed of three
     ablation_report.run(p)
     md = (tmp_path / "reports" / "ablations.md").read_text()
     assert (tmp_path / "reports" / "index.md").read_text() == "main report\n"  # the main report untouched
     tau_md = _section(md, "Soft temperature tau")
     line = next(l for l in tau_md.splitlines() if "| tau-0.5 |" in l)
     assert fmt_interval(paired_interval(base, tau)) in line
-    assert "| holds |" in line  # the seed: tau 0.5 gFID 9.15 below its default's 10.63; here below too
+    assert "| holds |" in line  # the paper: tau 0.5 gFID 9.15 below its default's 10.63; here below too
     assert "| 0.5 | tau-0.5 | ok | 3 |" in line and "| 9.15 | 1.698 |" in line
     assert "| 0.1* | default | ok | 3 |" in tau_md
     assert "partial: 1 of 3 seeds" in next(l for l in tau_md.splitlines() if "| tau-0.05 |" in l)
@@ -208,7 +201,7 @@ for kind, path in json.load(open("files.json")).items():
 
 def test_report_from_real_dvc_experiments(tmp_path):
     """Two real `dvc exp run`s of a stand-in stage that writes the main DAG's metric files."""
-    from gear.stages import ablation_report
+    from gear.report import ablations as ablation_report
 
     p = load_params(ROOT / "params.yaml")
     files = {k: str(v) for k, v in ablations.outputs(p, ablations.DEFAULT, 0).items()}

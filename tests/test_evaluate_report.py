@@ -25,8 +25,10 @@ from gear.metrics.features import FeatureModel, fid_statistics, frechet_distance
 from gear.models.ar import GPT, GPTConfig
 from gear.models.demo_teacher import DemoViT
 from gear.models.tokenizer import Tokenizer, TokenizerConfig
+from gear.report import main as report
+from gear.report.document import fmt
 from gear.runtime import setup
-from gear.stages import evaluate, report
+from gear.stages import evaluate
 
 PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 SETS = ["teachers.demo_dim=32", "teachers.demo_depth=1", "teachers.demo_heads=2",
@@ -161,14 +163,14 @@ def test_evaluate_and_report_end_to_end(ws, capsys):
     assert all(0 <= v <= 1 for v in s["ar_cka"].values()) and s["is_mean"] >= 1 and s["fid"] > 0
 
     # the report over these JSONs and synthetic training metrics (one seed)
-    from test_report import write_training_metrics
+    from report_worlds import write_training_metrics
     write_training_metrics(params(), [SEED])
     assert main(["report", *CLI]) == 0
     md, page = (paths.REPORTS_DIR / "index.md").read_text(), (paths.REPORTS_DIR / "index.html").read_text()
     assert {"curves_tiny.png", "codebook_tune.png", "ar_layers_tiny.png", "samples_baseline_tiny.png",
             "samples_gear_tiny.png"} == {f.name for f in (paths.REPORTS_DIR / "figures").iterdir()}
     row = next(line for line in md.splitlines() if line.startswith("| gFID |"))
-    assert row.split(" | ")[1:3] == [report.fmt(g), report.fmt(s["fid"])]  # baseline, then gear, per seed
+    assert row.split(" | ")[1:3] == [fmt(g), fmt(s["fid"])]  # baseline, then gear, per seed
     assert "One seed: nothing can be concluded" in md and page.count("<table>") >= 8
 
     # bad arguments and stale or missing inputs: one line, exit 2, before compute

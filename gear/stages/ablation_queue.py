@@ -17,7 +17,7 @@ import shlex
 import subprocess
 
 from gear import ablations as ab
-from gear.stages.ablation_report import experiment_name
+from gear.report.ablations import experiment_name
 
 
 def _value(v) -> str:

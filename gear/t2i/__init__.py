@@ -11,7 +11,7 @@ image-caption pairs; only the tokenizer differs between arms. Stages, in DAG ord
     t2i-train     the caption-conditioned AR (NTP + REPA)            gear/t2i/train.py
     t2i-sample    every EMA snapshot, with and without CFG           gear/t2i/sample.py
     t2i-evaluate  FDD, precision / recall, prompt accuracy           gear/t2i/evaluate.py
-    t2i-report    reports/t2i.{md,html,json}                         gear/t2i/report.py
+    t2i-report    reports/t2i.{md,html,json}                         gear/report/t2i.py
 
 Paths: gear/t2i/paths.py. Params: the `t2i` section of params.yaml (gear/config.py).
 """

@@ -87,7 +87,7 @@ def state_dir(params, arm: str, seed: int) -> Path:
 
 def report_producers(params) -> list[Path]:
     """The declared outputs (files and folders) `gear t2i-report` reads from, over study.seeds:
-    what the Snakemake rule lists as its inputs (gear/t2i/report.py checks the files inside)."""
+    what the Snakemake rule lists as its inputs (gear/report/t2i_inputs.py checks the files inside)."""
     out = [JUDGE_DIR, REAL_DIR]  # the real features: every FDD of the report is measured against them
     for seed in params.study.seeds:
         for arm in ARMS:

@@ -1,43 +1,41 @@
 """`gear report`: reports/index.md, a self-contained reports/index.html, reports/claims.json (the
-claims table as DVC metrics) and the PNG plots in reports/figures/.
+claims table), reports/headline.json (the few numbers DVC shows per experiment) and the PNG plots
+in reports/figures/.
 
 Every arm-vs-arm number is shown per seed, as mean ± std per arm, and as the paired difference
-(arm - baseline) with its t interval at study.confidence (gear/metrics/intervals.py); an interval
+(arm - baseline) with its t interval at study.confidence (gear/report/verdicts.py); an interval
 that contains 0 reads "within noise". With one seed the report says that nothing can be
-concluded from the differences. Sections: the seed's claims (gear/claims.py), generation,
+concluded from the differences. Sections: the paper's claims (gear/report/claims.py), generation,
 tokenizers, AR training curves (seed mean with its interval band) and steps-to-baseline
 speed-ups, codebook during tuning, AR layers vs teacher, sample grids, final values of every
 training stage. Every table and plot names the files its numbers come from; every input is
 checked before any work; its files in reports/ are replaced atomically (the ablation report's stay).
 
-Speed-up (per seed): both curves smoothed by a trailing mean over SMOOTH logged points. If GEAR's
-smoothed curve reaches the baseline's smoothed final value at step g, speed-up = baseline's last
-step / g (>= 1 when it gets there first). If it never does, the baseline's curve reaches GEAR's
-final value at step b and speed-up = b / GEAR's last step (< 1). Seeds combine as a geometric
-mean with a t interval on the log ratios.
+Speed-ups: gear/report/figures.py.
 """
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
 import numpy as np
 import polars as pl
-from matplotlib.figure import Figure  # the object API renders with Agg: no pyplot, no global state
-from scipy import stats
 
 from gear import paths
-from gear.claims import claims
-from gear.document import Plot, Table, fmt, to_html, to_markdown
 from gear.io import atomic_entries, write_json
-from gear.metrics.intervals import (fmt_interval, fmt_mean_std, log_ratio_interval,
-                                    paired_interval, reading)
-from gear.results import AR_CURVES, CODEBOOK, Results, ar_curve_names, load_results, seed_folders, shared_folders, tsv
+from gear.report.claims import claims
+from gear.report.document import Plot, Table, per_seed, table, to_html, to_markdown
+from gear.report.figures import COLORS, SMOOTH, figure, plot_band, save, speedup, speedup_row
+from gear.report.inputs import (AR_CURVES, CODEBOOK, Results, ar_curve_names, load_results, seed_folders,
+                                shared_folders)
+from gear.report.readers import tsv
+from gear.report.verdicts import (LEGEND, finite_or_none, fmt_interval, fmt_mean_std, log_ratio_interval,
+                                  one_seed_note, paired_interval, reading)
 
-SMOOTH = 5                        # logged points in the trailing mean of the loss curves
 FINAL_KEYS = ("val_", "ntp", "align", "unigram_entropy")  # metrics.json keys (prefixes) in the last table
-COLORS = {"baseline": "tab:blue", "gear": "tab:red", "ste": "tab:green"}
 FIG = "figures"
+HEADLINE = paths.REPORTS_DIR / "headline.json"
 
 # (label, eval key, lower is better) of the compared metrics
 GENERATION = [("gFID", "fid", True), ("IS", "is_mean", False), ("precision", "precision", False),
@@ -48,43 +46,9 @@ TOKENIZER = [("rFID", "rfid", True), ("rFID vs val", "rfid_val", True), ("PSNR",
              ("CKNNA pre", "cknna_pre", None), ("CKA post", "cka_post", None), ("CKNNA post", "cknna_post", None)]
 AR_FINAL = [("final NTP (train window)", "ntp", True), ("final alignment loss", "align", True),
             ("val NTP (EMA)", "val_ntp", True)]
-
-
-# ----------------------------------------------------------------------------------------------
-# curves
-
-
-def smooth(values: np.ndarray, window: int = SMOOTH) -> np.ndarray:
-    """Trailing mean over the last `window` points (fewer at the start)."""
-    c = np.concatenate([[0.0], np.cumsum(values)])
-    i = np.arange(1, len(values) + 1)
-    lo = np.maximum(i - window, 0)
-    return (c[i] - c[lo]) / (i - lo)
-
-
-def speedup(base: tuple[np.ndarray, np.ndarray], gear: tuple[np.ndarray, np.ndarray]) -> dict:
-    """Steps-to-reach ratio of one seed (module docstring), symmetric around 1."""
-    sb, sg = smooth(base[1]), smooth(gear[1])
-    first = lambda steps: int(steps[steps > 0][0]) if np.any(steps > 0) else 1  # noqa: E731
-    hit = np.flatnonzero(sg <= sb[-1])
-    if len(hit):
-        step = max(int(gear[0][hit[0]]), first(gear[0]))
-        return {"baseline_final": float(sb[-1]), "gear_final": float(sg[-1]), "gear_reach_step": step,
-                "baseline_reach_step": None, "ratio": int(base[0][-1]) / step}
-    step = max(int(base[0][np.flatnonzero(sb <= sg[-1])[0]]), first(base[0]))
-    return {"baseline_final": float(sb[-1]), "gear_final": float(sg[-1]), "gear_reach_step": None,
-            "baseline_reach_step": step, "ratio": step / int(gear[0][-1])}
-
-
-def seed_band(curves: list[tuple[np.ndarray, np.ndarray]], confidence: float):
-    """(steps, mean, lo, hi) of smoothed curves over seeds: the mean's t interval (no band for one)."""
-    n = min(len(c[0]) for c in curves)
-    v = np.stack([smooth(c[1])[:n] for c in curves])
-    mean = v.mean(0)
-    if len(curves) < 2:
-        return curves[0][0][:n], mean, mean, mean
-    half = stats.t.ppf((1 + confidence) / 2, len(curves) - 1) * v.std(0, ddof=1) / np.sqrt(len(curves))
-    return curves[0][0][:n], mean, mean - half, mean + half
+# headline.json: (short key, eval key) per generation run and per tokenizer arm
+HEADLINE_GEN = [("gfid", "fid"), ("is", "is_mean"), ("prec", "precision"), ("rec", "recall")]
+HEADLINE_TOK = [("rfid", "rfid"), ("psnr", "psnr"), ("entropy", "entropy"), ("eff_size", "effective_size")]
 
 
 def all_speedups(r: Results, params) -> dict:
@@ -97,45 +61,19 @@ def all_speedups(r: Results, params) -> dict:
 # comparison rows
 
 
-def _per_seed(values) -> str:
-    return " / ".join(fmt(float(v)) for v in values)
-
-
 def compare(label: str, arm: str, base: list, other: list, lower_is_better, confidence: float) -> dict:
     """One table row: per-seed values, mean ± std of each arm, paired difference and its reading
     (lower_is_better None: a metric without a better direction, read '-' or 'differs')."""
     base, other = ([np.nan if v is None else float(v) for v in vals] for vals in (base, other))  # None: not computable
     d = paired_interval(base, other, confidence)
-    if lower_is_better is None:
-        read = "-" if d.contains(0.0) else "differs"
-    else:
-        read = reading(d, lower_is_better).replace("GEAR", arm.upper())
-    return {"metric": label, "baseline per seed": _per_seed(base), f"{arm} per seed": _per_seed(other),
+    read = reading(d, lower_is_better, words=(f"{arm.upper()} better", f"{arm.upper()} worse"))
+    return {"metric": label, "baseline per seed": per_seed(base), f"{arm} per seed": per_seed(other),
             "baseline mean ± std": fmt_mean_std(base), f"{arm} mean ± std": fmt_mean_std(other),
             f"{arm} - baseline [{confidence:.0%} CI]": fmt_interval(d), "reading": read}
 
 
-def comparison_table(rows: list[dict], sources: list[Path]) -> Table:
-    return Table(pl.DataFrame(rows), sources)
-
-
 # ----------------------------------------------------------------------------------------------
 # sections
-
-
-def _figure(n: int) -> tuple[Figure, list]:
-    fig = Figure(figsize=(5 * n, 3.5))
-    return fig, list(fig.subplots(1, n, squeeze=False)[0])
-
-
-def _save(fig: Figure, folder: Path, name: str) -> str:
-    fig.tight_layout()
-    fig.savefig(folder / FIG / name, dpi=100, metadata={"Software": None})
-    return f"{FIG}/{name}"
-
-
-def _table(rows: list[dict], sources: list[Path]) -> Table:
-    return Table(pl.DataFrame(rows), sources)
 
 
 def header(r: Results, params) -> list:
@@ -152,24 +90,20 @@ def header(r: Results, params) -> list:
               f"arm - baseline, with two-sided Student t intervals at {params.study.confidence:.0%} "
               "(n - 1 degrees of freedom); an interval that contains 0 is written as within noise."]
     if len(r.seeds) == 1:
-        blocks.append("**One seed: nothing can be concluded from the differences below.** They are single runs, "
-                      "with no estimate of the run-to-run noise; set `study.seeds` to three or more seeds "
-                      "(e.g. `presets/cpu-study.yaml`).")
+        blocks.append(one_seed_note("(e.g. `presets/cpu-study.yaml`)"))
     return blocks
 
 
-def claims_section(r: Results, params, speedups: dict) -> tuple[list, dict]:
-    table = claims(r, params, {k: [s["ratio"] for s in v] for k, v in speedups.items()})
+def claims_section(r: Results, params, speedups: dict) -> tuple[list, dict, list]:
+    found = claims(r, params, {k: [s["ratio"] for s in v] for k, v in speedups.items()})
     n = len(r.seeds)
     ours = f"ours ({n} seed{'s' if n > 1 else ''})"
-    rows = [{"claim": f"{c.id}: {c.claim}", "seed's figure": c.seed, ours: c.ours, "verdict": c.verdict} for c in table]
+    rows = [{"claim": f"{c.id}: {c.claim}", "paper's figure": c.paper, ours: c.ours, "verdict": c.verdict} for c in found]
     src = [paths.eval_tokenizer_json("baseline"), Path("eval/tokenizer/seed*/"), Path("eval/samples/seed*/"),
            Path("metrics/train_ar/seed*/")]
-    return (["## The seed's claims",
-             "Verdict: holds (the interval lies on the claimed side), contradicted (on the other side), within "
-             "noise (it straddles the boundary; always so with one seed). The seed's figures are at ImageNet "
-             "scale (GEAR.md section 7); ours are at this params file's scale.", _table(rows, src)],
-            {c.id: c.to_dict() for c in table})
+    return (["## The paper's claims",
+             f"{LEGEND} The paper's figures are at ImageNet scale (GEAR.md section 7); ours are at this params "
+             "file's scale.", table(rows, src)], {c.id: c.to_dict() for c in found}, found)
 
 
 def generation_section(r: Results, params) -> list:
@@ -182,7 +116,7 @@ def generation_section(r: Results, params) -> list:
         e = r.samples[(r.seeds[0], "gear", s)]
         blocks += [f"Size {s}: gFID, IS, precision, recall (k = {params.metrics.pr_k}) of {e['num_samples']} "
                    f"class-conditional samples per run against the real statistics ({e['feature_space']} space).",
-                   comparison_table(rows, src)]
+                   table(rows, src)]
     return blocks
 
 
@@ -196,7 +130,7 @@ def tokenizer_section(r: Results, params) -> list:
     for v in r.variants:
         rows = [compare(label, v, r.per_seed(lambda seed: r.tok[(seed, "baseline")][key]),
                         r.per_seed(lambda seed: r.tok[(seed, v)][key]), lower, conf) for label, key, lower in TOKENIZER]
-        blocks += [f"Arm {v} vs baseline:", comparison_table(rows, [paths.eval_tokenizer_json("baseline"), *[
+        blocks += [f"Arm {v} vs baseline:", table(rows, [paths.eval_tokenizer_json("baseline"), *[
             paths.eval_tokenizer_json(v, seed) for seed in r.seeds]])]
     return blocks
 
@@ -204,38 +138,33 @@ def tokenizer_section(r: Results, params) -> list:
 def curves_section(r: Results, params, folder: Path, speedups: dict) -> list:
     conf, names, blocks = params.study.confidence, ar_curve_names(params), ["## AR training: baseline vs GEAR"]
     for s in r.sizes:
-        fig, axes = _figure(len(names))
+        fig, axes = figure(len(names))
         src = [tsv(paths.train_ar_metrics_dir(a, s, seed), n) for seed in r.seeds for a in paths.AR_ARMS for n in names]
         for ax, name in zip(axes, names):
             for a in paths.AR_ARMS:
-                steps, mean, lo, hi = seed_band([r.ar_curves[(seed, a, s, name)] for seed in r.seeds], conf)
-                ax.plot(steps, mean, color=COLORS[a], label=a)
-                ax.fill_between(steps, lo, hi, color=COLORS[a], alpha=0.2, lw=0)
+                plot_band(ax, [r.ar_curves[(seed, a, s, name)] for seed in r.seeds], conf, COLORS[a], a)
             ax.set(title=f"{AR_CURVES[name]} ({s})", xlabel="step")
             ax.legend()
-        file = _save(fig, folder, f"curves_{s}.png")
+        file = save(fig, folder, FIG, f"curves_{s}.png")
         blocks.append(Plot(file, f"AR training curves, size {s}: seed mean of the curves smoothed over {SMOOTH} "
                                  f"points, band: {conf:.0%} t interval of the mean over {len(r.seeds)} seeds.", src))
         rows = []
         for name in names:
             per = speedups[(s, name)]
             iv = log_ratio_interval([p["ratio"] for p in per], conf)
-            rows.append({"curve": AR_CURVES[name], "per seed": " / ".join(f"{p['ratio']:.3g}x" for p in per),
-                         "GEAR reaches baseline final at": " / ".join(fmt(p["gear_reach_step"]) for p in per),
-                         "baseline reaches GEAR final at": " / ".join(fmt(p["baseline_reach_step"]) for p in per),
-                         f"speed-up, geometric mean [{conf:.0%} CI]": fmt_interval(iv, 3),
-                         "reading": "within noise" if iv.contains(1.0) else ("GEAR faster" if iv.lo > 1 else "GEAR slower")})
-        blocks += [f"Steps to reach, size {s} (module docstring of gear/stages/report.py):", _table(rows, src)]
+            rows.append({**speedup_row(AR_CURVES[name], per, iv, conf),
+                         "reading": reading(iv, False, zero=1.0, words=("GEAR faster", "GEAR slower"))})
+        blocks += [f"Steps to reach, size {s} (module docstring of gear/report/figures.py):", table(rows, src)]
         finals = [compare(label, "gear", *(r.per_seed(lambda seed: r.finals[(seed, f"train_ar/{a}/{s}")].get(key))
                                            for a in paths.AR_ARMS), lower, conf)
                   for label, key, lower in AR_FINAL if key != "align" or "align" in names]
-        blocks.append(comparison_table(finals, [paths.train_ar_metrics_dir(a, s, seed) / "metrics.json"
+        blocks.append(table(finals, [paths.train_ar_metrics_dir(a, s, seed) / "metrics.json"
                                                 for seed in r.seeds for a in paths.AR_ARMS]))
     return blocks
 
 
 def codebook_section(r: Results, params, folder: Path) -> list:
-    fig, axes = _figure(len(CODEBOOK))
+    fig, axes = figure(len(CODEBOOK))
     src = [tsv(paths.tune_metrics_dir(v, seed), n) for seed in r.seeds for v in r.variants for n in CODEBOOK]
     for ax, (name, label) in zip(axes, CODEBOOK.items()):
         for v in r.variants:
@@ -247,7 +176,7 @@ def codebook_section(r: Results, params, folder: Path) -> list:
                 ax.fill_between(curves[0][0][:n], vals.min(0), vals.max(0), color=COLORS.get(v), alpha=0.2, lw=0)
         ax.set(title=label, xlabel="tuning step")
         ax.legend()
-    file = _save(fig, folder, "codebook_tune.png")
+    file = save(fig, folder, FIG, "codebook_tune.png")
     return ["## Codebook during end-to-end tuning",
             Plot(file, "Codebook usage, entropy and effective size over the tuning steps (statistics of the training "
                        f"batches in each log window): seed mean, band: min to max over {len(r.seeds)} seeds.", src)]
@@ -258,7 +187,7 @@ def layers_section(r: Results, params, folder: Path) -> list:
     for s in r.sizes:
         src = [paths.eval_samples_json(a, s, seed) for seed in r.seeds for a in paths.AR_ARMS]
         layers = r.samples[(r.seeds[0], "gear", s)]["ar_layers"]
-        fig, axes = _figure(2)
+        fig, axes = figure(2)
         rows = []
         for ax, key in zip(axes, ("ar_cka", "ar_cknna")):
             for a in paths.AR_ARMS:
@@ -272,8 +201,8 @@ def layers_section(r: Results, params, folder: Path) -> list:
             for l in layers:
                 get = lambda a: r.per_seed(lambda seed: r.samples[(seed, a, s)][key][str(l)])  # noqa: E731
                 rows.append(compare(f"{key[3:].upper()} layer {l}", "gear", get("baseline"), get("gear"), False, conf))
-        file = _save(fig, folder, f"ar_layers_{s}.png")
-        blocks += [comparison_table(rows, src),
+        file = save(fig, folder, FIG, f"ar_layers_{s}.png")
+        blocks += [table(rows, src),
                    Plot(file, f"Per-layer similarity of the AR (EMA, size {s}) with the teacher, teacher-forced on val: "
                               f"seed mean, band: min to max over {len(r.seeds)} seeds.", src)]
     return blocks
@@ -293,7 +222,7 @@ def final_section(r: Results, params) -> list:
     rows, src = [], []
     folders = [(None, *f) for f in shared_folders(params)]
     folders += [(seed, *f) for seed in r.seeds for f in seed_folders(params, seed)]
-    for seed, label, folder in folders:
+    for seed, label, folder, _ in folders:
         src.append(folder / "metrics.json")
         for key, value in sorted(r.finals[(seed, label)].items()):
             if key.startswith(FINAL_KEYS) and isinstance(value, (int, float)):
@@ -303,17 +232,33 @@ def final_section(r: Results, params) -> list:
     return ["## Final values of the training stages", Table(df, src)]
 
 
+def _seed_mean(values: list) -> float | None:
+    v = [float(x) for x in values if isinstance(x, (int, float))]
+    return finite_or_none(float(np.mean(v))) if len(v) == len(values) else None
+
+
+def headline(r: Results, found: list) -> dict:
+    """The few numbers `dvc exp show` compares across experiments: seed means per generation run
+    (arm_size) and per tokenizer arm, and each claim's verdict. Short stable keys, strict JSON."""
+    gen = {f"{a}_{s}": {k: _seed_mean(r.per_seed(lambda seed: r.samples[(seed, a, s)].get(key))) for k, key in HEADLINE_GEN}
+           for s in r.sizes for a in paths.AR_ARMS}
+    tok = {v: {k: _seed_mean(r.per_seed(lambda seed: r.tok[(seed, v)].get(key))) for k, key in HEADLINE_TOK}
+           for v in ["baseline", *r.variants]}
+    return {"gen": gen, "tok": tok, "claims": {re.sub(r"\W+", "_", c.id).strip("_"): c.verdict for c in found}}
+
+
 def run(params) -> None:
     r = load_results(params)  # every input checked (one-line error) before any work
     speedups = all_speedups(r, params)
-    with atomic_entries(paths.REPORTS_DIR, [FIG, "index.md", "index.html", "claims.json"]) as out:
+    with atomic_entries(paths.REPORTS_DIR, [FIG, "index.md", "index.html", "claims.json", HEADLINE.name]) as out:
         (out / FIG).mkdir()
         blocks = header(r, params)
-        claim_blocks, claim_json = claims_section(r, params, speedups)
+        claim_blocks, claim_json, found = claims_section(r, params, speedups)
         blocks += claim_blocks + generation_section(r, params) + tokenizer_section(r, params)
         blocks += curves_section(r, params, out, speedups) + codebook_section(r, params, out)
         blocks += layers_section(r, params, out) + samples_section(r, out) + final_section(r, params)
         (out / "index.md").write_text(to_markdown(blocks))
-        (out / "index.html").write_text(to_html(blocks, out))
+        (out / "index.html").write_text(to_html(blocks, out, title="GEAR report"))
         write_json(out / "claims.json", {"seeds": r.seeds, "confidence": params.study.confidence, **claim_json})
-    print(f"report: {paths.REPORTS_DIR / 'index.md'}, index.html and claims.json ({len(r.seeds)} seeds)")
+        write_json(out / HEADLINE.name, headline(r, found))
+    print(f"report: {paths.REPORTS_DIR / 'index.md'}, index.html, claims.json and headline.json ({len(r.seeds)} seeds)")

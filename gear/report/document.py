@@ -1,4 +1,4 @@
-"""The report's document model: a list of blocks (headings and paragraphs as strings, tables,
+"""The reports' document model: a list of blocks (headings and paragraphs as strings, tables,
 plots) rendered to markdown and to one self-contained HTML page (images inline as base64)."""
 from __future__ import annotations
 
@@ -32,6 +32,15 @@ def fmt(v) -> str:
     return str(v)
 
 
+def table(rows: list[dict], sources: list[Path]) -> Table:
+    return Table(pl.DataFrame(rows), sources)
+
+
+def per_seed(values) -> str:
+    """Per-seed values, `a / b / c`."""
+    return " / ".join(fmt(float(v)) for v in values)
+
+
 def _sources(sources: list[Path]) -> str:
     return "Source: " + (", ".join(f"`{p}`" for p in sources) or "no outputs yet")
 
@@ -57,7 +66,8 @@ def _inline_md(text: str) -> str:
     return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
 
 
-def to_html(blocks: list, folder: Path) -> str:
+def to_html(blocks: list, folder: Path, title: str = "GEAR report") -> str:
+    """The page; `folder` holds the plots' PNGs (inlined)."""
     body = []
     for b in blocks:
         if isinstance(b, Table):
@@ -78,5 +88,6 @@ def to_html(blocks: list, folder: Path) -> str:
     style = ("body{font-family:sans-serif;max-width:1100px;margin:auto;padding:1em}"
              "table{border-collapse:collapse}td,th{border:1px solid #bbb;padding:3px 8px;text-align:right}"
              "img{max-width:100%}.src{font-size:85%;color:#555}")
-    return ("<!DOCTYPE html><html><head><meta charset=utf-8><title>GEAR report</title>"
+    return ("<!DOCTYPE html><html><head><meta charset=utf-8>"
+            f"<title>{html.escape(title)}</title>"
             f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")

@@ -1,4 +1,4 @@
-"""Seed statistics for arm-vs-arm comparisons: paired differences with t confidence intervals.
+"""Seed statistics and the one verdict vocabulary of every report table.
 
 Every comparison pairs the two arms seed by seed (same study seed: same AR init, data order and
 sampling generators), takes the differences d_s = GEAR_s - baseline_s and reports their mean with
@@ -7,8 +7,11 @@ freedom). A t interval, not a bootstrap: with the 2-5 seeds a CPU study affords,
 resamples so few values that its interval is too narrow. With one seed there is no interval
 (nan bounds) and no difference can be told from noise.
 
-Readings: an interval that contains 0 is "within noise"; otherwise the sign says which arm is
-better, given whether lower or higher is better for the metric.
+Verdicts (a claim of the paper read on our interval, `verdict`): "holds" when the interval lies on
+the claimed side of the boundary, "contradicted" when it lies on the other side, "within noise"
+when it contains the boundary, and ONE_SEED when there is no interval (fewer than 2 seeds).
+Readings (a comparison without a claim, `reading`): "GEAR better" / "GEAR worse", with the same
+"within noise" and ONE_SEED. Every report uses these words and no others.
 """
 from __future__ import annotations
 
@@ -18,7 +21,11 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-WITHIN_NOISE = "within noise"
+HOLDS, WITHIN_NOISE, CONTRADICTED = "holds", "within noise", "contradicted"
+ONE_SEED = "not concluded (1 seed)"   # no interval: fewer than 2 seeds
+NOT_MEASURED = "n/a"                  # the quantity is not measured here (a reason may follow)
+LEGEND = (f"Verdicts: {HOLDS} (the interval lies on the claimed side), {CONTRADICTED} (on the other side), "
+          f"{WITHIN_NOISE} (it contains the boundary); with one seed there is no interval: {ONE_SEED}.")
 
 
 @dataclass(frozen=True)
@@ -74,12 +81,51 @@ def log_ratio_interval(ratios, confidence: float = 0.95) -> Interval:
     return Interval(math.exp(iv.mean), math.exp(iv.lo), math.exp(iv.hi), iv.n, iv.std)
 
 
-def reading(diff: Interval, lower_is_better: bool, zero: float = 0.0) -> str:
-    """"GEAR better", "GEAR worse" or "within noise" for a paired difference (GEAR - baseline)."""
-    if diff.contains(zero):
+def verdict(iv: Interval, bound: float, claimed_below: bool) -> str:
+    """A claim that the quantity lies below (or above) `bound`, read on its interval."""
+    if iv.n < 2:
+        return ONE_SEED
+    if iv.contains(bound):
         return WITHIN_NOISE
+    return HOLDS if (iv.hi < bound) == claimed_below else CONTRADICTED
+
+
+def combine(verdicts: list[str]) -> str:
+    """A claim made of parts (or at every step): contradicted if any part is, holds if all do."""
+    for word in (ONE_SEED, CONTRADICTED):
+        if word in verdicts:
+            return word
+    return HOLDS if all(v == HOLDS for v in verdicts) else WITHIN_NOISE
+
+
+def reading(diff: Interval, lower_is_better: bool | None, zero: float = 0.0,
+            words: tuple[str, str] = ("GEAR better", "GEAR worse")) -> str:
+    """words[0] / words[1] (better / worse), "within noise" or ONE_SEED for a paired difference
+    (GEAR - baseline); lower_is_better None: a metric without a better direction, "-" or "differs"."""
+    if diff.n < 2:
+        return ONE_SEED
+    if diff.contains(zero):
+        return "-" if lower_is_better is None else WITHIN_NOISE
+    if lower_is_better is None:
+        return "differs"
     better = diff.hi < zero if lower_is_better else diff.lo > zero
-    return "GEAR better" if better else "GEAR worse"
+    return words[0] if better else words[1]
+
+
+def one_seed_note(advice: str = "") -> str:
+    """The paragraph every report opens with when study.seeds holds one seed."""
+    return ("**One seed: nothing can be concluded from the differences below.** They are single runs, with no "
+            "estimate of the run-to-run noise; set `study.seeds` to three or more seeds" + (f" {advice}" if advice else "")
+            + ".")
+
+
+def interval_json(iv: Interval) -> dict:
+    """JSON-safe (no NaN: DVC reads strict JSON)."""
+    return {"mean": finite_or_none(iv.mean), "lo": finite_or_none(iv.lo), "hi": finite_or_none(iv.hi), "n_seeds": iv.n}
+
+
+def finite_or_none(x) -> float | None:
+    return float(x) if x is not None and math.isfinite(x) else None
 
 
 def fmt_interval(iv: Interval, digits: int = 4) -> str:

@@ -1,17 +1,18 @@
 """`gear ablation-report`: reports/ablations.md, reports/ablations.html and reports/ablations.json,
-the seed's ablation tables (GEAR.md section 9) regenerated from this pipeline's own outputs.
+the paper's ablation tables (GEAR.md section 9, gear/report/paper.py) regenerated from this
+pipeline's own outputs.
 
     gear ablation-report                 # after `snakemake ablations`: reads ablations/<row>/...
     gear ablation-report --from-dvc      # after `gear ablation-queue` + `dvc queue start`: reads
                                          # `dvc exp show --json`, experiments abl-<row>
     gear ablation-report --from-dvc F    # the same from a saved `dvc exp show --json > F`
 
-One table per axis in the seed's layout: each row's gFID and rFID (with effective codebook size,
-usage entropy and the eval AR's final NTP), the seed's label, gFID and rFID beside it, the default
-row marked *. Per row: the seed mean ± std over study.seeds, the paired difference to the default
-row (same seed: same data order and generators) with its t interval at study.confidence, and
-whether the seed's direction for that row (its gFID above or below its default's) holds, is
-within noise, or is contradicted here. With one seed nothing is concluded. A row with no outputs
+One table per axis in the paper's layout: each row's gFID and rFID (with effective codebook size,
+usage entropy and the eval AR's final NTP), the paper's label, gFID and rFID beside it, the default
+row marked *. Per row: the mean ± std over study.seeds, the paired difference to the default
+row (same seed: same data order and generators) with its t interval at study.confidence, and the
+verdict on the paper's direction for that row (its gFID above or below its default's) in the
+words of gear/report/verdicts.py. A row with no outputs
 (not run yet, or failed) is listed as missing; a row that cannot run here (a hub teacher offline)
 as skipped, with the reason. The files are written atomically; nothing else in reports/ changes.
 """
@@ -25,9 +26,12 @@ import polars as pl
 
 from gear import ablations as ab
 from gear import paths
-from gear.document import Table, to_html, to_markdown
-from gear.io import ArtifactError, atomic_path, read_json, write_json
-from gear.metrics.intervals import WITHIN_NOISE, fmt_interval, fmt_mean_std, paired_interval, reading
+from gear.io import ArtifactError, atomic_path, write_json
+from gear.report.document import Table, to_html, to_markdown
+from gear.report.paper import paper_row
+from gear.report.readers import read_object
+from gear.report.verdicts import (LEGEND, NOT_MEASURED, ONE_SEED, fmt_interval, fmt_mean_std, one_seed_note,
+                                  paired_interval, reading, verdict)
 
 # (column, file kind in ablations.outputs, key, lower is better or None: no difference shown)
 METRICS = [("gFID", "samples", "fid", True), ("rFID", "tokenizer", "rfid", True),
@@ -50,6 +54,13 @@ def _pick(files: dict[str, dict]) -> dict:
             if isinstance(files[kind].get(key), (int, float))}
 
 
+def _command(params, row: ab.Row, seed: int, kind: str) -> str:
+    """The command that writes a row's file of this kind (ab.outputs)."""
+    what = {"samples": f"evaluate samples --arm gear --size {ab.eval_size(params)}",
+            "tokenizer": "evaluate tokenizer --arm gear", "train_ar": f"train-ar --arm gear --size {ab.eval_size(params)}"}
+    return f"gear {what[kind]} --seed {seed}" + (f" --ablation {row.name}" if not row.default else "")
+
+
 def from_pipeline(params) -> tuple[dict, dict, dict]:
     """(values, problems, sources[row]) read from the files the DAG wrote (a missing file: missing)."""
     values, problems, sources = {}, {}, {}
@@ -63,7 +74,8 @@ def from_pipeline(params) -> tuple[dict, dict, dict]:
                 problems.setdefault(row.name, f"missing: {absent[0]}" + (f" (+{len(absent) - 1})" if len(absent) > 1 else ""))
                 continue
             sources.setdefault(row.name, []).extend(files.values())
-            values.setdefault(row.name, {})[seed] = _pick({k: read_json(p) for k, p in files.items()})
+            values.setdefault(row.name, {})[seed] = _pick({k: read_object(p, _command(params, row, seed, k))
+                                                           for k, p in files.items()})
     return values, problems, sources
 
 
@@ -145,16 +157,11 @@ def read_dvc_show(source: str) -> list:
 
 
 def _direction(params, axis: str, row: ab.Row, diff) -> str:
-    """Does the seed's gFID direction for this row (vs its default) hold here?"""
-    mine, base = ab.seed_row(params, axis, row), ab.seed_row(params, axis, ab.DEFAULT)
+    """The verdict on the paper's gFID direction for this row (vs its default), read here."""
+    mine, base = paper_row(params, axis, row), paper_row(params, axis, ab.DEFAULT)
     if row.default or mine is None or diff is None or mine == base:
-        return "n/a"
-    if not diff.defined:
-        return "not concluded (1 seed)"
-    seed_delta = mine[2] - base[2]
-    if diff.contains(0.0):
-        return WITHIN_NOISE
-    return "holds" if (diff.mean > 0) == (seed_delta > 0) else "contradicted"
+        return NOT_MEASURED
+    return verdict(diff, 0.0, claimed_below=mine[2] < base[2])
 
 
 def axis_table(params, axis: str, values: dict, problems: dict) -> pl.DataFrame:
@@ -183,37 +190,33 @@ def axis_table(params, axis: str, values: dict, problems: dict) -> pl.DataFrame:
                                                  f"{fmt_interval(diff)} {_reading(diff, lower)}")
                 if label == "gFID":
                     diff_gfid = diff
-        theirs = ab.seed_row(params, axis, row)
-        line["seed's row"] = theirs[1] if theirs else "n/a"
-        line["seed's gFID"] = theirs[2] if theirs else None
-        line["seed's rFID"] = theirs[3] if theirs else None
-        line["seed's gFID direction"] = _direction(params, axis, row, diff_gfid)
+        theirs = paper_row(params, axis, row)
+        line["paper's row"] = theirs[1] if theirs else NOT_MEASURED
+        line["paper's gFID"] = theirs[2] if theirs else None
+        line["paper's rFID"] = theirs[3] if theirs else None
+        line["paper's gFID direction"] = _direction(params, axis, row, diff_gfid)
         out.append(line)
     return pl.DataFrame(out)
 
 
 def _reading(diff, lower: bool) -> str:
-    if not diff.defined:
-        return ""
-    r = reading(diff, lower)
-    return {"GEAR better": "(better)", "GEAR worse": "(worse)"}.get(r, f"({r})")
+    r = reading(diff, lower, words=("better", "worse"))
+    return "" if r == ONE_SEED else f"({r})"  # the interval cell already says n=1
 
 
 def blocks(params, values: dict, problems: dict, sources: dict[str, list[Path]], origin: str) -> list:
     n = len(params.study.seeds)
     out = ["# GEAR ablations",
-           f"The seed's ablation tables (GEAR.md section 9), one axis varied at a time with every other knob at its "
+           f"The paper's ablation tables (GEAR.md section 9), one axis varied at a time with every other knob at its "
            f"default (marked *; the default row is the main DAG's GEAR arm). Numbers from {origin}. Each row: "
            f"tokenizer tuned end-to-end ({params.tune.steps} steps), frozen, a fresh `{ab.eval_size(params)}` AR "
            f"trained on its tokens ({params.ar.steps} steps), sampled and evaluated. Seeds: "
            f"{', '.join(map(str, params.study.seeds))}; values are mean ± std over seeds; Δ is the paired "
            f"difference row - default with a two-sided t interval at {params.study.confidence:.0%}. "
-           "\"seed's gFID direction\": whether the seed's sign of (row - default) gFID holds here, is within "
-           "noise, or is contradicted. The seed's numbers are ImageNet-256 at full scale: compare directions, "
-           "not values."]
+           f"\"paper's gFID direction\": the paper's sign of (row - default) gFID read here. {LEGEND} The paper's "
+           "numbers are ImageNet-256 at full scale: compare directions, not values."]
     if n == 1:
-        out.append("**One seed: nothing can be concluded from the differences below.** Set `study.seeds` to "
-                   "three or more seeds for intervals.")
+        out.append(one_seed_note())
     for axis in ab.AXES:
         used = [p for row in ab.table(params, axis.name) for p in sources.get(row.name, [])]
         out += [f"## {axis.title}", Table(axis_table(params, axis.name, values, problems), used)]
@@ -235,7 +238,7 @@ def run(params, from_dvc: str | None = None) -> None:
     with atomic_path(FILES["md"]) as tmp:
         tmp.write_text(to_markdown(doc))
     with atomic_path(FILES["html"]) as tmp:
-        tmp.write_text(to_html(doc, paths.REPORTS_DIR).replace("<title>GEAR report", "<title>GEAR ablations"))
+        tmp.write_text(to_html(doc, paths.REPORTS_DIR, title="GEAR ablations"))
     write_json(FILES["json"], {"seeds": list(params.study.seeds), "values": {r: {str(s): v for s, v in d.items()}
                                                                              for r, d in values.items()},
                                "problems": problems})
