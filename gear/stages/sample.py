@@ -31,7 +31,7 @@ from gear.config import ParamsError
 from gear.io import ArtifactError, atomic_dir, write_json
 from gear.metrics import reference
 from gear.models.sampling import generate
-from gear.npz import load_array, members, save_npz  # noqa: F401  (save_npz: tests write sample files with it)
+from gear.npz import load_array, members, save_npz  # noqa: F401  (save_npz: gear/t2i writes with it)
 from gear.runtime import setup, teardown
 from gear.stages.tokenize import check_arm, frozen_tokenizer
 from gear.stages.train_ar import load_ar
@@ -48,20 +48,29 @@ def batch_seed(seed: int, batch: int) -> int:
     return int(np.random.SeedSequence([seed, batch]).generate_state(1)[0])
 
 
+def _names(path: Path) -> list[str]:
+    try:
+        return members(path)
+    except ValueError as e:
+        raise ArtifactError(str(e)) from None
+
+
+def _npz_array(path: Path, name: str) -> np.ndarray:
+    """Array `name` of a .npz, memory-mapped when stored uncompressed (np.savez, save_npz):
+    each rank then reads only the rows it uses."""
+    names = _names(path)
+    if name not in names:
+        raise ArtifactError(f"{path} holds no {name!r} array (has {', '.join(names)})")
+    return load_array(path, name)
+
+
 def read_samples(directory: Path) -> np.ndarray:
     """The images of a samples folder (what `gear evaluate samples` reads): `arr_0`, or `images`
     in files written before the ADM layout."""
     path = directory / "samples.npz"
     if not path.is_file():
         raise ArtifactError(f"samples file {path} not found; run `gear sample` first")
-    try:
-        names = members(path)
-    except ValueError as e:
-        raise ArtifactError(str(e)) from None
-    name = next((n for n in ("arr_0", "images") if n in names), None)
-    if name is None:
-        raise ArtifactError(f"{path} holds no 'arr_0' (or 'images') array (has {', '.join(names)})")
-    images = load_array(path, name)
+    images = _npz_array(path, "images" if "images" in _names(path) else "arr_0")
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
         raise ArtifactError(f"{path}: images must be uint8 (N, H, W, 3), got {images.dtype} {images.shape}")
     return images
