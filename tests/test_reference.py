@@ -15,6 +15,12 @@ from gear.metrics import reference
 from gear.metrics.features import SPATIAL, FeatureModel
 from gear.metrics.fidelity import make_extractor
 from gear.metrics.reference import Reference, inception_score, read_reference, reference_metrics
+from gear.cli import main
+from gear import paths
+from gear.io import read_json
+from gear.stages import evaluate
+from gear.stages.sample import read_samples
+from test_evaluate_report import CLI, world, ws  # noqa: F401  (world: the tiny evaluation fixture)
 from tiny import gear_cli
 
 
@@ -194,3 +200,26 @@ def test_reference_check_reads_no_image(tmp_path):
     assert ref.num_images == 10000
     with pytest.raises(ValueError):
         ref.images()  # the data is not there: np.memmap refuses a file too short
+
+
+def test_evaluate_samples_against_a_reference(ws, monkeypatch):
+    """The stage's wiring: samples and arr_0 through the feature model, scored against the file;
+    eval/real is not read (this world has none). A 6-d feature space stands in for Inception."""
+    ext = make_extractor("custom", fn=_features_fn, name="meanstd")
+    monkeypatch.setattr(reference, "POOL_DIM", 6)
+    monkeypatch.setattr(evaluate, "feature_extractor", lambda params, device: ext)
+    rng = np.random.default_rng(0)
+    ref = Reference(path=ws / "ref.npz", mu=rng.normal(size=6), sigma=_spd(6, rng), num_images=24)
+    arr_0 = _images(24, 3, res=32)
+    np.savez(ref.path, mu=ref.mu, sigma=ref.sigma, arr_0=arr_0)
+    args = ["evaluate", "samples", "--arm", "gear", "--size", "tiny", *CLI, "--set=metrics.batch_size=10",
+            "--set=metrics.feature_space=inception", f"--set=metrics.reference={ref.path}"]
+    assert not paths.real_stats_dir().exists() and main(args) == 0
+    got = read_json(paths.eval_samples_json("gear", "tiny", 0))
+    fm = FeatureModel(ext, "cpu", 32)
+    want = reference_metrics(fm.extract(read_samples(paths.samples_dir("gear", "tiny", 0)), 10), fm.extract(arr_0, 10),
+                             ref, "features", "logits", pr_k=3)
+    assert {k: got[k] for k in ("fid", "precision", "recall", "is_mean", "is_std", "is_splits")} == \
+        pytest.approx({k: want[k] for k in ("fid", "precision", "recall", "is_mean", "is_std", "is_splits")}, rel=1e-9)
+    assert (got["real_split"], got["num_real"], got["num_samples"], got["reference"]) == ("reference", 24, 32, str(ref.path))
+    assert got["sfid"] is None and got["fid"] > 0

@@ -99,7 +99,7 @@ def check(params) -> Optional[Reference]:
         raise ParamsError(f"metrics.reference = {m.reference!r}: an ADM reference batch holds Inception "
                           f"statistics; it needs metrics.feature_space inception, not {m.feature_space}")
     try:
-        ref = read_reference(m.reference, params.data.resolution)
+        ref = read_reference(m.reference, params.data.resolution, POOL_DIM)
     except (OSError, ValueError) as e:
         raise ArtifactError(f"metrics.reference: {e}") from None
     if ref.num_images <= m.pr_k:
