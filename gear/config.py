@@ -169,6 +169,7 @@ class Sample:
 class Metrics:
     feature_space: Literal["demo", "inception", "dinov2"] = "demo"
     inception_weights: Optional[str] = None
+    reference: Optional[str] = None  # ADM reference batch .npz (inception space; gear/metrics/reference.py)
     real_split: Literal["train", "val"] = "train"
     max_real: int = 4000
     pr_k: int = 3

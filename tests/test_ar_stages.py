@@ -258,7 +258,7 @@ def test_sample_writes_deterministic_npz_and_grids(ws):
     first = tree_bytes(out)
     C = len(read_manifest(params)["classes"])
     with np.load(out / "samples.npz") as z:
-        images, labels, indices = z["images"], z["labels"], z["indices"]
+        images, labels, indices = z["arr_0"], z["arr_1"], z["indices"]  # ADM's sample-batch keys
     N = 2 * C
     assert images.shape == (N, 16, 16, 3) and images.dtype == np.uint8
     assert np.array_equal(labels, np.repeat(np.arange(C), 2))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import zipfile
 
 import numpy as np
 import pytest
@@ -26,19 +27,19 @@ from gear.teachers import DemoTeacher
 from test_evaluate_report import CLI, _smooth_images, _tree, world  # noqa: F401  (world: the tiny fixture)
 from tiny import env
 
-# 24 a batch: 9 real batches (200 of 320 train), 4 val batches (80), 2 sample batches (32): uneven shares
-ARGS = [["evaluate", *a, *CLI, "--set=metrics.batch_size=24"]
-        for a in (["real"], ["tokenizer", "--arm", "gear"], ["samples", "--arm", "gear", "--size", "tiny"])]
-# One torchrun launch runs the three stages (each launch costs ~15 s of imports on 2 cores): the
+# Sampling: 16 classes x 2 in batches of 6 (6 batches, the last of 2). Evaluation, 24 a batch: 9 real
+# batches (200 of 320 train), 4 val batches (80), 2 sample batches (32): uneven shares.
+SAMPLE = ["sample", "--arm", "gear", "--size", "tiny", *CLI, "--set=sample.per_class=2", "--set=sample.batch_size=6"]
+ARGS = [SAMPLE] + [["evaluate", *a, *CLI, "--set=metrics.batch_size=24"]
+                   for a in (["real"], ["tokenizer", "--arm", "gear"], ["samples", "--arm", "gear", "--size", "tiny"])]
+# One torchrun launch runs the four stages (each launch costs ~15 s of imports on 2 cores): the
 # process group is kept across them and closed at the end.
 DRIVER = """
 import sys
 import torch.distributed as dist
 from gear.cli import main
-from gear.io import ArtifactError
-from gear.stages import evaluate
-from gear.stages.sample import save_npz
-evaluate.teardown = lambda rt: None
+from gear.stages import evaluate, sample
+evaluate.teardown = sample.teardown = lambda rt: None
 for args in {args!r}:
     if main(args) != 0:
         sys.exit(1)
@@ -55,16 +56,25 @@ def test_two_processes_write_what_one_process_writes(world, tmp_path, monkeypatc
     r = subprocess.run([*torchrun, str(tmp_path / "driver.py")], cwd=two, env=env(), capture_output=True,
                        text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
-    for what in ("real", "tokenizer", "samples"):
-        assert r.stdout.count(f"evaluate {what}") == 1  # rank 0 alone reports (and writes)
+    for what in ("sample[gear/tiny]", "evaluate real", "evaluate tokenizer", "evaluate samples"):
+        assert r.stdout.count(what) == 1  # rank 0 alone reports (and writes)
 
     monkeypatch.chdir(one)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as each torchrun worker (OMP_NUM_THREADS=1): the same kernels, the same bits
     try:
-        assert [main(args) for args in ARGS] == [0, 0, 0]
+        assert [main(args) for args in ARGS] == [0, 0, 0, 0]
     finally:
         torch.set_num_threads(threads)
+    # Samples: each batch has its own generator (seed, batch number), so 2 ranks draw the images of
+    # 1 process, in the same order, and no image twice
+    npz = "samples/seed0/gear/tiny/samples.npz"
+    assert (two / npz).read_bytes() == (one / npz).read_bytes()
+    images, labels = _adm_read(two / npz, "arr_0"), _adm_read(two / npz, "arr_1")
+    assert images.dtype == np.uint8 and images.shape == (32, 32, 32, 3)  # NHWC at data.resolution
+    assert np.array_equal(labels, np.repeat(np.arange(16), 2))          # sample.per_class per class
+    assert len(np.unique(images.reshape(32, -1), axis=0)) == 32
+    assert np.array_equal(read_samples(two / "samples/seed0/gear/tiny"), images)
     trees = {1: _tree(one / "eval"), 2: _tree(two / "eval")}
     names = sorted(trees[1])
     assert names == sorted(trees[2])
@@ -72,6 +82,17 @@ def test_two_processes_write_what_one_process_writes(world, tmp_path, monkeypatc
     assert sum(n.startswith("real/") and n.endswith(".pt") for n in names) == 3  # features, logits, FID statistics
     for name in names:  # cache files and JSONs, byte for byte
         assert trees[2][name] == trees[1][name], name
+
+
+def _adm_read(path, name: str) -> np.ndarray:
+    """An array as ADM's evaluator streams it (evaluations/evaluator.py, open_npz_array): the zip
+    member, its .npy header, then the raw bytes."""
+    with zipfile.ZipFile(path) as zf, zf.open(f"{name}.npy") as f:
+        version = np.lib.format.read_magic(f)
+        read = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}[version]
+        shape, fortran, dtype = read(f)
+        assert not fortran and not dtype.hasobject
+        return np.frombuffer(f.read(), dtype=dtype).reshape(shape)
 
 
 # --- the feature-level path against torch-fidelity -----------------------------------------------
@@ -174,6 +195,12 @@ def test_samples_are_memory_mapped(tmp_path):
         assert isinstance(got, np.memmap) and np.array_equal(got, images)
     np.savez_compressed(tmp_path / "samples.npz", images=images)
     assert np.array_equal(read_samples(tmp_path), images)
+    for keys in ({"arr_0": images}, {"images": images}):  # ADM's key; `images` in older files
+        save_npz(tmp_path / "samples.npz", **keys, labels=np.arange(7))
+        assert np.array_equal(read_samples(tmp_path), images)
     np.savez(tmp_path / "samples.npz", pictures=images)
-    with pytest.raises(ArtifactError, match="no 'images' array"):
+    with pytest.raises(ArtifactError, match="no 'arr_0'"):
+        read_samples(tmp_path)
+    (tmp_path / "samples.npz").write_text("not a zip")
+    with pytest.raises(ArtifactError, match="not an .npz"):
         read_samples(tmp_path)

@@ -28,6 +28,7 @@ from torch_fidelity.utils import create_feature_extractor
 from gear.metrics.fidelity import Extractor, Images, cache_files, meta_path, probe_logits, write_meta
 
 Features = dict[str, torch.Tensor]  # layer name -> (N, D) float features on the CPU
+SPATIAL = "spatial"  # ADM's sFID features (Inception only): Mixed_6d 1x1 branch, 7 channels, (H, W, C) order
 
 
 class FeatureModel:
@@ -36,10 +37,12 @@ class FeatureModel:
     logits=False leaves the IS layer out (FID, precision / recall only). A custom space has IS only
     when its fn returns logits, probed on a blank batch of image_size (px, or (H, W)): the same
     answer on every rank.
+    spatial=True (Inception only) adds ADM's sFID features under SPATIAL: TF's mixed_6/conv is
+    torch-fidelity's Mixed_6d.branch1x1 (conv, batch norm, ReLU), read by a forward hook.
     """
 
     def __init__(self, ext: Extractor, device: torch.device | str, image_size: int | tuple[int, int],
-                 logits: bool = True):
+                 logits: bool = True, spatial: bool = False):
         self.ext, self.device = ext, torch.device(device)
         self.isc_layer = ext.isc_layer if logits else None
         if self.isc_layer is not None and ext.space == "custom":
@@ -50,6 +53,15 @@ class FeatureModel:
         # cuda=False, then .to(): this rank's device, not whichever CUDA device is current
         self.module = create_feature_extractor(ext.name, self.layers, cuda=False, verbose=False,
                                                **ext.options).to(self.device)
+        self._spatial = None
+        if spatial:
+            if ext.space != "inception":
+                raise ValueError(f"spatial (sFID) features need the inception space, not {ext.space!r}")
+            self.module.Mixed_6d.branch1x1.register_forward_hook(self._keep_spatial)
+
+    def _keep_spatial(self, module, inputs, out: torch.Tensor) -> None:
+        # (N, 192, 17, 17) -> first 7 channels, flattened as TF's NHWC tensor is
+        self._spatial = out[:, :7].permute(0, 2, 3, 1).flatten(1).float()
 
     @torch.no_grad()
     def __call__(self, images: Images) -> Features:
@@ -65,7 +77,10 @@ class FeatureModel:
         # contiguous NCHW, as torch-fidelity's DataLoader collates it: the memory format picks the
         # convolution kernels, and another one may change the last bits of the features
         out = self.module(x.contiguous().to(self.device))
-        return {k: v.cpu() for k, v in self.module.convert_features_tuple_to_dict(out).items()}
+        feats = {k: v.cpu() for k, v in self.module.convert_features_tuple_to_dict(out).items()}
+        if self._spatial is not None:
+            feats[SPATIAL], self._spatial = self._spatial.cpu(), None
+        return feats
 
     def extract(self, images: Images, batch_size: int) -> Features:
         """Features of an in-memory image set, batch_size images at a time (as calculate_metrics)."""

@@ -16,7 +16,9 @@ Numbers from different spaces are never comparable: every JSON names its space a
              linear CKA / CKNNA of the pre- and post-quantization latents with teacher patches.
   samples    eval/samples/seed<N>/<A>/<S>.json: gFID, IS, precision, recall of
              samples/seed<N>/<A>/<S>/samples.npz
-             against the cached real statistics, and linear CKA / CKNNA of every AR block output
+             against the cached real statistics, or, with metrics.reference (Inception only), against
+             ADM's reference batch as ADM's evaluator scores (gear/metrics/reference.py: its mu /
+             sigma, the features of its arr_0 images, IS over splits of 5000, sFID), and linear CKA / CKNNA of every AR block output
              (EMA weights, teacher-forced on val tokens of the frozen tokenizer <A>) with teacher
              patches: the hidden state at position k (it has seen tokens < k) against patch k.
 Patch similarities use metrics.max_patches patches drawn uniformly with a fixed seed. The study
@@ -47,6 +49,7 @@ from gear.io import ArtifactError, atomic_dir, read_json, sha256_file, write_jso
 from gear.metrics.codebook import CodebookAccumulator, histogram_stats, soft_assignment_stats
 from gear.metrics.features import (FeatureModel, check_real_cache, concat, fid_statistics, frechet_distance,
                                    generation_metrics, read_real_cache, write_real_cache)
+from gear.metrics import reference
 from gear.metrics.fidelity import DINOV2_ARCH, Extractor, make_extractor
 from gear.metrics.patches import PatchSample, patches
 from gear.metrics.recon import psnr, ssim
@@ -330,20 +333,29 @@ def ar_layer_similarity(params, ar, tok, teacher, rt: Runtime, desc: str) -> dic
             "ar_cknna": {str(l): s["cknna"] for l, s in sims.items()}}
 
 
+def _features(fm: FeatureModel, images: np.ndarray, batch_size: int, rt: Runtime) -> list:
+    """(batch number, features) of this rank's batches k::world of an in-memory (or mapped) image set."""
+    starts = range(0, len(images), batch_size)
+    return [(k, fm(images[s:s + batch_size])) for k, s in enumerate(starts) if k % rt.world == rt.rank]
+
+
 def evaluate_samples(params, arm: str, size: str, seed: int) -> dict | None:
     from gear.stages.sample import read_samples  # each file's reader lives with its writer
     from gear.stages.train_ar import load_ar
 
     m = params.metrics
-    summary = real_summary(params)
+    ref = reference.check(params)  # ADM's reference batch, or (None) our own real statistics
+    summary = real_summary(params) if ref is None else None
     images = read_samples(paths.samples_dir(arm, size, seed))
     need = max(ISC_SPLITS, m.pr_k + 1)
     if len(images) < need:
         raise ArtifactError(f"{paths.samples_dir(arm, size, seed)}/samples.npz holds {len(images)} images; IS and "
                             f"precision / recall need at least {need}")
     rt = setup(params)
-    fm = FeatureModel(feature_extractor(params, rt.device), rt.device, images.shape[1:3])
-    check_real(summary, fm.ext)
+    fm = FeatureModel(feature_extractor(params, rt.device), rt.device, images.shape[1:3],
+                      spatial=ref is not None and ref.mu_s is not None)
+    if ref is None:
+        check_real(summary, fm.ext)
     tok = load_tokenizer(paths.frozen_dir(arm, seed), device=rt.device)
     ar, ar_cfg = load_ar(paths.ar_dir(arm, size, seed), rt.device)
     ar.eval()
@@ -354,24 +366,33 @@ def evaluate_samples(params, arm: str, size: str, seed: int) -> dict | None:
     teacher = load_teacher(params, rt.device)
 
     layers = ar_layer_similarity(params, ar, tok, teacher, rt, f"evaluate samples[{arm}/{size}]")
-    starts = range(0, len(images), m.batch_size)
-    mine = [(k, fm(images[s:s + m.batch_size])) for k, s in enumerate(starts) if k % rt.world == rt.rank]
-    parts, result = gather_to_main(mine, rt), None
+    parts = gather_to_main(_features(fm, images, m.batch_size, rt), rt)
+    ref_parts = None if ref is None else gather_to_main(_features(fm, ref.images(), m.batch_size, rt), rt)
+    result = None
     if rt.is_main:
-        real = read_real_cache(paths.real_stats_dir(), summary["cache_key"], fm.ext)
-        gen = generation_metrics(concat(in_order(parts)), real, fm, pr_k=m.pr_k, isc_splits=ISC_SPLITS)
+        feats = concat(in_order(parts))
+        if ref is None:
+            real = read_real_cache(paths.real_stats_dir(), summary["cache_key"], fm.ext)
+            gen = generation_metrics(feats, real, fm, pr_k=m.pr_k, isc_splits=ISC_SPLITS)
+            against = {"feature_space": summary["feature_space"], "real_split": summary["real_split"],
+                       "num_real": gen["num_real"]}
+        else:
+            gen = reference.reference_metrics(feats, concat(in_order(ref_parts)), ref, fm.ext.fid_layer,
+                                              fm.isc_layer, m.pr_k)
+            against = {"feature_space": m.feature_space, "real_split": "reference", "num_real": ref.num_images,
+                       "reference": str(ref.path), "sfid": gen.get("sfid"), "is_splits": gen["is_splits"]}
         result = _finite({
             "arm": arm, "size": size, "seed": seed, "samples": str(paths.samples_dir(arm, size, seed) / "samples.npz"),
             "ar": str(paths.ar_dir(arm, size, seed)), "tokenizer": str(paths.frozen_dir(arm, seed)),
-            "feature_space": summary["feature_space"], "extractor": gen["extractor"],
-            "real_split": summary["real_split"], "num_samples": gen["num_samples"], "num_real": gen["num_real"],
+            "extractor": fm.ext.name, "num_samples": len(images), **against,
             "fid": gen["fid"], "is_mean": gen.get("is_mean"), "is_std": gen.get("is_std"),
             "precision": gen["precision"], "recall": gen["recall"], "pr_k": m.pr_k,
             "teacher": params.teacher, "cknna_k": m.cknna_k, **layers,
             "params_digest": params.digest("metrics")})
         write_json(paths.eval_samples_json(arm, size, seed), result)
         cka = ", ".join(f"{v:.3f}" for v in layers["ar_cka"].values())
-        print(f"evaluate samples[{arm}/{size}]: gFID {gen['fid']:.3f} ({summary['feature_space']}, {len(images)} "
-              f"samples), precision {gen['precision']:.3f}, recall {gen['recall']:.3f}; CKA per layer {cka}")
+        print(f"evaluate samples[{arm}/{size}]: gFID {gen['fid']:.3f} ({result['feature_space']}, against "
+              f"{ref.path if ref else 'eval/real'}, {len(images)} samples), precision {gen['precision']:.3f}, "
+              f"recall {gen['recall']:.3f}; CKA per layer {cka}")
     finish(rt)
     return result

@@ -8,16 +8,16 @@ top-k, top-p (gear/models/sampling.py); bf16 when compute.precision is bf16. Tok
 by the frozen tokenizer of the arm (checked to be the one the AR was trained on).
 
 Outputs (atomic) in samples/A/S/:
-  samples.npz   images uint8 (N, H, W, 3), labels int64 (N,), indices int64 (N, L); written with
-                fixed zip timestamps, so the same samples give the same bytes
+  samples.npz   arr_0 images uint8 (N, H, W, 3), arr_1 labels int64 (N,), indices int64 (N, L):
+                ADM's sample-batch layout, so its evaluator (guided-diffusion evaluations/
+                evaluator.py) scores the very same images; written with fixed zip timestamps, so
+                the same samples give the same bytes
   grid.png      one row per class (up to 32 classes, evenly spaced), up to 8 samples each
   class_<c>.png the first (up to) 32 samples of class c, 8 per row
   config.json   what produced the samples (AR weights, sampling knobs, seed)
 """
 from __future__ import annotations
 
-import struct
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +30,9 @@ from gear import paths
 from gear.artifacts import load_tokenizer, read_config
 from gear.config import ParamsError
 from gear.io import ArtifactError, atomic_dir, write_json
+from gear.metrics import reference
 from gear.models.sampling import generate
+from gear.npz import load_array, members, save_npz  # noqa: F401  (save_npz: gear/t2i writes with it)
 from gear.runtime import setup, teardown
 from gear.stages.tokenize import check_arm, frozen_tokenizer
 from gear.stages.train_ar import load_ar
@@ -47,42 +49,29 @@ def batch_seed(seed: int, batch: int) -> int:
     return int(np.random.SeedSequence([seed, batch]).generate_state(1)[0])
 
 
-def save_npz(path: Path, **arrays: np.ndarray) -> None:
-    """Like np.savez (uncompressed, np.load reads it), with fixed timestamps: reproducible bytes."""
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
-        for name, arr in arrays.items():
-            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-            with zf.open(info, "w", force_zip64=True) as f:
-                np.lib.format.write_array(f, np.ascontiguousarray(arr), allow_pickle=False)
+def _names(path: Path) -> list[str]:
+    try:
+        return members(path)
+    except ValueError as e:
+        raise ArtifactError(str(e)) from None
 
 
 def _npz_array(path: Path, name: str) -> np.ndarray:
     """Array `name` of a .npz, memory-mapped when stored uncompressed (np.savez, save_npz):
     each rank then reads only the rows it uses."""
-    with zipfile.ZipFile(path) as zf:
-        if f"{name}.npy" not in zf.namelist():
-            raise ArtifactError(f"{path} holds no {name!r} array (has {', '.join(n[:-4] for n in zf.namelist())})")
-        info = zf.getinfo(f"{name}.npy")
-    if info.compress_type != zipfile.ZIP_STORED:
-        with np.load(path) as f:
-            return f[name]
-    with open(path, "rb") as f:
-        f.seek(info.header_offset + 26)  # zip local file header: name and extra field lengths
-        name_len, extra_len = struct.unpack("<HH", f.read(4))
-        f.seek(info.header_offset + 30 + name_len + extra_len)
-        version = np.lib.format.read_magic(f)
-        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        shape, fortran, dtype = read_header(f)
-        offset = f.tell()
-    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran else "C")
+    names = _names(path)
+    if name not in names:
+        raise ArtifactError(f"{path} holds no {name!r} array (has {', '.join(names)})")
+    return load_array(path, name)
 
 
 def read_samples(directory: Path) -> np.ndarray:
-    """The images of a samples folder (what `gear evaluate samples` reads)."""
+    """The images of a samples folder (what `gear evaluate samples` reads): `arr_0`, or `images`
+    in files written before the ADM layout."""
     path = directory / "samples.npz"
     if not path.is_file():
         raise ArtifactError(f"samples file {path} not found; run `gear sample` first")
-    images = _npz_array(path, "images")
+    images = _npz_array(path, "images" if "images" in _names(path) else "arr_0")
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
         raise ArtifactError(f"{path}: images must be uint8 (N, H, W, 3), got {images.dtype} {images.shape}")
     return images
@@ -101,6 +90,7 @@ def run(params, arm: str, size: str, seed: int | None = None) -> None:
     check_arm(arm)
     seed = resolve_seed(params, seed)
     params = seeded(params, seed)  # the sampling generators
+    reference.check(params)  # a wrong reference batch must not cost a sampling run
     s = params.sample
     ar_dir, weights = paths.ar_dir(arm, size, seed), "ar" if s.use_ema else "ar_raw"
     ar_cfg = read_config(ar_dir, "AR")  # missing AR or tokenizer: one-line error before any compute
@@ -138,7 +128,7 @@ def run(params, arm: str, size: str, seed: int | None = None) -> None:
         indices = np.concatenate([item[2] for item in done]).astype(np.int64)
         labels_np = labels.numpy().astype(np.int64)
         with atomic_dir(paths.samples_dir(arm, size, seed)) as out:
-            save_npz(out / "samples.npz", images=images, labels=labels_np, indices=indices)
+            save_npz(out / "samples.npz", arr_0=images, arr_1=labels_np, indices=indices)  # ADM's keys
             write_grids(out, images, labels_np, C)
             write_json(out / "config.json", {
                 "arm": arm, "size": size, "ar_dir": str(ar_dir), "weights": weights, "count": len(images),
