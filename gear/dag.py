@@ -88,6 +88,7 @@ TRAIN = SEEDED_RUN + ("compute.log_every", "compute.save_every", "compute.state_
 TEACHER = ("teacher", "teachers", "data.resolution")  # what loading the alignment teacher reads
 AR_RECIPE = ("align_weight_ar", "align_layer", "ar", "compute.fsdp", "compute.compile", "compute.grad_checkpointing")
 METRICS = ("metrics",)
+REFERENCE = ("metrics.reference", "metrics.feature_space", "metrics.pr_k", "data.resolution")  # checked before sampling
 
 STAGES: dict[str, Stage] = _s(
     Stage("shard", "shard", ("data", "compute.workers"), (Out("{shard_dir}"),), code=("gear/data/shard.py", "gear/data/embedded.py"),
@@ -124,11 +125,11 @@ STAGES: dict[str, Stage] = _s(
           (Out(f"models/ar/{SEED}/gear/{{size}}"), *live(f"metrics/train_ar/{SEED}/gear/{{size}}")),
           (Dep("tokenize", (("variant", "gear"),)), Dep("freeze", (("variant", "gear"),)), Dep("teacher")), ("seed", "size"), root="tuned"),
     Stage("sample_baseline", "sample --arm baseline --size {size} --seed {seed}", ("sample", "quantizer", "tokenizer")
-          + SEEDED_RUN,
+          + REFERENCE + SEEDED_RUN,
           (Out(f"samples/{SEED}/baseline/{{size}}"),), (Dep("train_ar_baseline"), Dep("freeze_baseline")),
           ("seed", "size"), root="tuned"),
     Stage("sample_gear", "sample --arm gear --size {size} --seed {seed}", ("sample", "quantizer", "tokenizer")
-          + SEEDED_RUN,
+          + REFERENCE + SEEDED_RUN,
           (Out(f"samples/{SEED}/gear/{{size}}"),), (Dep("train_ar_gear"), Dep("freeze", (("variant", "gear"),))),
           ("seed", "size"), root="tuned"),
     Stage("evaluate_real", "evaluate real", METRICS + TEACHER + DATA_IN + RUN, (Out("eval/real"),),
