@@ -29,15 +29,20 @@ class ArtifactError(RuntimeError):
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
+class DiskFullError(ArtifactError):
+    """No space left (or quota) while writing an output."""
+
+
 @contextlib.contextmanager
 def reraise_disk_full(path: str | Path) -> Iterator[None]:
-    """A full disk (or quota) inside the block becomes one ArtifactError line naming `path`."""
+    """A full disk (or quota) inside the block becomes one ArtifactError line naming `path`; nested
+    writers (a file inside an atomic folder) name the outermost output, the one a person knows."""
     try:
         yield
-    except OSError as e:
-        if e.errno not in DISK_FULL:
+    except (OSError, DiskFullError) as e:
+        if isinstance(e, OSError) and e.errno not in DISK_FULL:
             raise
-        raise ArtifactError(f"disk full while writing {path} ({os.strerror(e.errno)}); the previous "
+        raise DiskFullError(f"disk full while writing {path} (no space left on device); the previous "
                             f"version is kept: free space and run again") from None
 
 

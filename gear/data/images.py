@@ -63,7 +63,9 @@ def decode(im: Image.Image) -> Decoded:
         img = img.convert("RGBA")  # palette entry or tRNS colour -> alpha, as a viewer composites it
     if icc:
         img = _to_srgb(img, icc)
-    return Decoded(to_rgb(img), rotated, bool(icc))
+    out = to_rgb(img)
+    out.load()  # the pixels, read while the file is open (to_rgb returns an RGB file's image as is)
+    return Decoded(out, rotated, bool(icc))
 
 
 def _to_srgb(img: Image.Image, icc: bytes) -> Image.Image:
