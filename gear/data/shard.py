@@ -335,7 +335,7 @@ def _write_split(split: str, jobs: list[Job], encoded: Iterator, folder: Path, p
     shards = writer.close()
     if not shards:
         raise DataError(f"zero readable images in split {split} ({len(skipped)} files skipped, e.g. "
-                        f"{skipped[0]['path'] if skipped else 'none'})")
+                        f"{shown(skipped[0]['path']) if skipped else 'none'})")
     if split == "train" and d.source == "imagefolder":
         empty = [c for c, n in per_class.items() if n == 0]
         if empty:  # every file of the class was skipped: same problem as an empty folder
