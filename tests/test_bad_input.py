@@ -200,6 +200,8 @@ IMAGE_CASES = {
     "trns_grey16_png": (trns("I;16", 1000), "kept", WHITE),
     "multi_frame_first_frame": (animated_gif, "kept", (255, 0, 0)),
     "icc_profile_unreadable": (garbage_icc, "skipped", "embedded ICC profile unusable"),
+    "icc_profile_of_another_space": (uniform("CMYK", (0, 0, 0, 0), "tif", icc_profile=ImageCms.ImageCmsProfile(
+        ImageCms.createProfile("sRGB")).tobytes()), "skipped", "embedded ICC profile for 'RGB' pixels on a CMYK image"),
     "mode_I_out_of_range": (uniform("I", np.full((RES, RES), -5, np.int32), "tif"), "skipped", "no known 8-bit scale"),
     "mode_F_nan": (uniform("F", np.full((RES, RES), np.nan, np.float32), "tif"), "skipped", "NaN or Inf"),
     # broken files: counted skips with the reason
@@ -745,10 +747,14 @@ def test_icc_profile_is_converted_to_srgb(tmp_path):
     img = Image.new("RGBA", (4, 4), P3_COLOUR + (0,))
     img.info["icc_profile"] = icc_profile(P3_COLORANTS)
     assert (np.asarray(decode(img).image) == 255).all()
-    # an sRGB-tagged image keeps its colours
-    srgb = Image.new("RGB", (4, 4), P3_COLOUR)
-    srgb.info["icc_profile"] = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
-    assert np.abs(np.asarray(decode(srgb).image).astype(int) - P3_COLOUR).max() <= 1
+    # an sRGB-tagged image keeps its colours, in every mode that can carry a profile
+    grey16 = Image.fromarray(np.full((4, 4), 100 * 257, np.uint16))
+    for img, want in ((Image.new("RGB", (4, 4), P3_COLOUR), P3_COLOUR),
+                      (Image.new("RGB", (4, 4), P3_COLOUR).quantize(4), P3_COLOUR),  # palette
+                      (Image.new("L", (4, 4), 100), (100,) * 3), (grey16, (100,) * 3)):
+        img.info["icc_profile"] = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+        seen = decode(img)
+        assert seen.colour_converted and np.abs(np.asarray(seen.image).astype(int) - want).max() <= 1, img.mode
 
 
 def test_shards_carry_decoded_pixels_and_the_manifest_counts_them(tmp_path, monkeypatch):

@@ -37,7 +37,7 @@ BACKGROUND = (255, 255, 255)   # what transparent pixels become
 INT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 ALPHA_MODES = ("RGBA", "RGBa", "LA", "PA")
 TRNS_MODES = ("1", "L", "P", "RGB")  # modes whose tRNS / palette transparency PIL's convert applies
-ICC_MODES = {"RGB": "RGB", "L": "L", "CMYK": "CMYK", "RGBA": "RGB", "LA": "L"}  # mode -> colour part
+PROFILE_MODES = {"RGB": "RGB", "GRAY": "L", "CMYK": "CMYK"}  # ICC colour space -> PIL mode
 ORIENTATION = 0x0112           # EXIF tag; 1 = as stored
 _SRGB = ImageCms.createProfile("sRGB")
 
@@ -69,19 +69,35 @@ def decode(im: Image.Image) -> Decoded:
 
 
 def _to_srgb(img: Image.Image, icc: bytes) -> Image.Image:
-    """`img` converted from its embedded profile to sRGB (alpha kept as is)."""
-    colour = ICC_MODES.get(img.mode)
-    if colour is None:
-        raise ImageModeError(f"embedded ICC profile on a {img.mode} image: no sRGB conversion for this mode")
-    alpha = img.getchannel("A") if colour != img.mode else None
+    """`img` converted from its embedded profile to sRGB (alpha kept as is). The colour part goes
+    to the profile's space first when that only widens it (grey or palette under an RGB profile);
+    a profile that cannot describe the pixels (an RGB image under a grey or CMYK profile) is a
+    refusal, as is one LittleCMS cannot read."""
+    alpha = img.getchannel("A") if img.mode in ALPHA_MODES else None
+    colour = _colour_part(img)
     try:
         src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
-        out = ImageCms.profileToProfile(img.convert(colour) if alpha else img, src, _SRGB, outputMode="RGB")
+        space = src.profile.xcolor_space.strip()
+        need = PROFILE_MODES.get(space)
+        if need is None or not (colour.mode == need or (colour.mode == "L" and need == "RGB")):
+            raise ImageModeError(f"embedded ICC profile for {space!r} pixels on a {img.mode} image")
+        out = ImageCms.profileToProfile(colour.convert(need), src, _SRGB, outputMode="RGB")
     except (ImageCms.PyCMSError, OSError, ValueError) as e:
+        if isinstance(e, ImageModeError):
+            raise
         raise ImageModeError(f"embedded ICC profile unusable ({' '.join(str(e).split())})") from None
     if alpha is not None:
         out.putalpha(alpha)
     return out
+
+
+def _colour_part(img: Image.Image) -> Image.Image:
+    """The 8-bit colour channels of `img`, alpha dropped: L for grey modes, CMYK as is, else RGB."""
+    if img.mode in INT_MODES or img.mode == "F":
+        return to_rgb(img).convert("L")  # rescaled like any 16-bit / float grey image
+    if img.mode in ("1", "L", "LA"):
+        return img.convert("L")
+    return img if img.mode == "CMYK" else img.convert("RGB")
 
 
 def _from_levels(arr: np.ndarray, top: float, transparent: np.ndarray | None = None) -> Image.Image:
