@@ -157,6 +157,19 @@ def exclusive(output: str | Path, command: str) -> Iterator[None]:
         os.close(fd)
 
 
+@contextlib.contextmanager
+def reading(path: str | Path, what: str) -> Iterator[None]:
+    """Any failure to parse `path` inside the block (a truncated zip, a short array, bad JSON...)
+    becomes one ArtifactError line naming it; the block must only read."""
+    try:
+        yield
+    except ArtifactError:
+        raise
+    except Exception as e:
+        first = next((line for line in str(e).splitlines() if line.strip()), "")
+        raise ArtifactError(f"{what} {path} is unreadable or truncated ({type(e).__name__}: {first[:160]})") from None
+
+
 def load_torch(path: str | Path, what: str, allowed: list | None = None, mmap: bool = False):
     """torch.load(weights_only=True) of a file this pipeline reads back, every failure one
     ArtifactError line: missing, empty, truncated, a pickle that is not plain tensors (refused

@@ -962,3 +962,19 @@ def test_lpips_without_weights_fails_before_any_work(stage, weights, shards, tmp
     from gear.config import load_params
     from gear.models.perceptual import check_perceptual
     check_perceptual(load_params(PARAMS, [*TINY, "tokenizer.perceptual=lpips", "tokenizer.perceptual_weight=0"]).tokenizer)
+
+
+@pytest.mark.parametrize("kind", ("truncated", "empty", "not_a_zip", "array_cut_short"))
+def test_damaged_samples_file_is_one_line(kind, tmp_path):
+    from gear.stages.sample import read_samples, save_npz
+
+    path = tmp_path / "samples.npz"
+    save_npz(path, images=np.zeros((12, 4, 4, 3), np.uint8), labels=np.zeros(12, np.int64))
+    assert read_samples(tmp_path).shape == (12, 4, 4, 3)
+    data = path.read_bytes()
+    cut = {"truncated": data[: len(data) // 3], "empty": b"", "not_a_zip": b"not a zip\n" * 50,
+           "array_cut_short": data[:200]}[kind]
+    path.write_bytes(cut)
+    with pytest.raises(ArtifactError, match=f"^samples file {path} is unreadable or truncated") as e:
+        np.asarray(read_samples(tmp_path)).sum()
+    assert "\n" not in str(e.value)

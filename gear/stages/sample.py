@@ -28,7 +28,7 @@ from tqdm import tqdm
 from gear import paths
 from gear.artifacts import load_tokenizer, read_config
 from gear.config import ParamsError
-from gear.io import ArtifactError, atomic_dir, write_json
+from gear.io import ArtifactError, atomic_dir, reading, write_json
 from gear.models.sampling import generate
 from gear.runtime import setup, teardown
 from gear.stages.tokenize import check_arm, frozen_tokenizer
@@ -57,7 +57,12 @@ def save_npz(path: Path, **arrays: np.ndarray) -> None:
 
 def _npz_array(path: Path, name: str) -> np.ndarray:
     """Array `name` of a .npz, memory-mapped when stored uncompressed (np.savez, save_npz):
-    each rank then reads only the rows it uses."""
+    each rank then reads only the rows it uses. A damaged file is one ArtifactError line."""
+    with reading(path, "samples file"):
+        return _npz_member(path, name)
+
+
+def _npz_member(path: Path, name: str) -> np.ndarray:
     with zipfile.ZipFile(path) as zf:
         if f"{name}.npy" not in zf.namelist():
             raise ArtifactError(f"{path} holds no {name!r} array (has {', '.join(n[:-4] for n in zf.namelist())})")
