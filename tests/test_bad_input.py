@@ -838,6 +838,16 @@ def test_disk_full_keeps_the_old_file(tmp_path, monkeypatch):
     assert path.read_bytes() == old and sorted(tmp_path.iterdir()) == [path]
 
 
+def test_disk_full_while_sharding_keeps_the_old_set(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert gear(["shard"]) == 0
+    before = snapshot(tmp_path)
+    monkeypatch.setattr("gear.data.shard._add_member", no_space)
+    assert gear(["shard"]) == 2
+    one_error_line(capsys, "shard", "disk full while writing data/shards")
+    assert snapshot(tmp_path) == before
+
+
 def test_disk_full_during_the_state_save(tmp_path, monkeypatch):
     from types import SimpleNamespace
     from gear.train.state import Checkpointer
