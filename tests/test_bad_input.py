@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import errno
 import io
 import json
 import os
@@ -27,11 +28,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageCms
 
 from gear import cli
 from gear.config import Params
-from gear.data.images import to_rgb
+from gear.data.images import decode, to_rgb
+from gear.io import ArtifactError, atomic_path, exclusive, save_tensors
 from gear.models.llamagen import load_tokenizer_state
 from gear.models.tokenizer import Tokenizer, TokenizerConfig
 from tiny import PARAMS, ROOT, TINY, sets
@@ -159,6 +161,26 @@ def truncated_png(folder: Path) -> Path:
     return folder / "cut.png"
 
 
+def trns(mode: str, value, fmt: str = "png"):
+    """A PNG whose every pixel is its single transparent colour (tRNS): a viewer shows the page."""
+    def write(folder: Path) -> Path:
+        img = Image.fromarray(np.full((RES, RES), value, np.uint16)) if mode == "I;16" else Image.new(mode, (RES, RES), value)
+        img.save(folder / "trns.png", transparency=value)
+        return folder / "trns.png"
+    return write
+
+
+def animated_gif(folder: Path) -> Path:
+    red, blue = Image.new("RGB", (RES, RES), (255, 0, 0)), Image.new("RGB", (RES, RES), (0, 0, 255))
+    red.save(folder / "anim.gif", save_all=True, append_images=[blue], duration=100, loop=0)
+    return folder / "anim.gif"
+
+
+def garbage_icc(folder: Path) -> Path:
+    Image.new("RGB", (RES, RES), (50, 60, 70)).save(folder / "icc.png", icc_profile=b"not a profile" * 20)
+    return folder / "icc.png"
+
+
 WHITE = (255, 255, 255)
 IMAGE_CASES = {
     # PIL modes: converted by gear/data/images.py, kept, with the exact 8-bit value
@@ -172,6 +194,14 @@ IMAGE_CASES = {
     "mode_CMYK": (uniform("CMYK", (255, 0, 0, 0), "tif"), "kept", (0, 255, 255)),
     "mode_L": (uniform("L", 100, "png"), "kept", (100, 100, 100)),
     "mode_1": (uniform("1", 1, "png"), "kept", WHITE),
+    # transparency in every form, as a viewer composites it (over white)
+    "trns_rgb_png": (trns("RGB", (10, 20, 30)), "kept", WHITE),      # convert("RGB") gives (10, 20, 30)
+    "trns_grey_png": (trns("L", 7), "kept", WHITE),
+    "trns_grey16_png": (trns("I;16", 1000), "kept", WHITE),
+    "multi_frame_first_frame": (animated_gif, "kept", (255, 0, 0)),
+    "icc_profile_unreadable": (garbage_icc, "skipped", "embedded ICC profile unusable"),
+    "icc_profile_of_another_space": (uniform("CMYK", (0, 0, 0, 0), "tif", icc_profile=ImageCms.ImageCmsProfile(
+        ImageCms.createProfile("sRGB")).tobytes()), "skipped", "embedded ICC profile for 'RGB' pixels on a CMYK image"),
     "mode_I_out_of_range": (uniform("I", np.full((RES, RES), -5, np.int32), "tif"), "skipped", "no known 8-bit scale"),
     "mode_F_nan": (uniform("F", np.full((RES, RES), np.nan, np.float32), "tif"), "skipped", "NaN or Inf"),
     # broken files: counted skips with the reason
@@ -269,6 +299,21 @@ def only_symlinks_class(root: Path):
     (root / "c_links" / "x.png").symlink_to("/nonexistent.png")
 
 
+def class_link(target):
+    """A class folder that is a symlink: target(root) -> what it points at."""
+    def build(root: Path):
+        good_folder(root)
+        (root / "c_link").symlink_to(target(root))
+    return build
+
+
+def class_not_utf8(root: Path):
+    good_folder(root)
+    folder = Path(os.fsdecode(os.fsencode(root) + b"/c_\xff"))
+    folder.mkdir()
+    noise(folder / "x.png")
+
+
 FOLDER_CASES = {
     "empty_class": (empty_class, [], "class folder 'c_empty' holds no files"),
     "class_with_only_unreadable_files": (all_unreadable_class, [], "class 'c_broken' has no readable train image"),
@@ -276,6 +321,14 @@ FOLDER_CASES = {
     "no_class_folders": (no_classes, [], "no class folders"),
     "unknown_val_class": (unknown_val_class, ["data.val_root={val}"], "class folders not in data.train_root: zebra"),
     "missing_root": (lambda root: None, [], "folder not found"),
+    # class symlinks: never dropped (every later label would shift), never read twice
+    "class_symlink_broken": (class_link(lambda root: "/nonexistent/class"), [], "class folder 'c_link' is a broken symlink"),
+    "class_symlink_loop": (class_link(lambda root: root / "c_link"), [], "class folder 'c_link' is a looping symlink"),
+    "class_symlink_to_root": (class_link(lambda root: root), [], "class folder 'c_link' links back to"),
+    "class_symlink_to_ancestor": (class_link(lambda root: root.parent), [], "class folder 'c_link' links back to"),
+    "class_symlink_to_other_class": (class_link(lambda root: root / "a"), [],
+                                     "class folder 'c_link' is the same folder as (or nested with) class folder 'a'"),
+    "class_name_not_utf8": (class_not_utf8, [], "class folder 'c_\\udcff' is not valid UTF-8 (raw bytes b'c_\\xff')"),
 }
 
 
@@ -527,7 +580,7 @@ def test_code_pickle_refused_by_every_loader(tmp_path):
     gpt = GPT(GPTConfig(vocab_size=8, grid=2, n_layer=1, dim=16, n_head=1, num_classes=2, class_qk="zero"))
     with pytest.raises(ArtifactError, match="refused unread"):
         load_gpt(gpt, evil)
-    with pytest.raises(pickle.UnpicklingError):
+    with pytest.raises(ArtifactError, match="is unreadable"):
         _load_stats(evil)
     assert not (tmp_path / "MARKER").exists()
 
@@ -611,3 +664,327 @@ def test_shards(case, shards, tmp_path, monkeypatch, capsys):
     assert gear(["teacher"], f"data.shard_dir={copy}", *extra) == code
     one_error_line(capsys, "teacher", needle)
     assert snapshot(tmp_path) == before and not (tmp_path / "models").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# decoded as a viewer shows it: EXIF orientation, ICC profiles (gear/data/images.py)
+
+P3_COLORANTS = ((0.5151, 0.2412, -0.0011), (0.2920, 0.6922, 0.0419), (0.1571, 0.0666, 0.7841))  # D50
+SRGB_COLORANTS = ((0.4361, 0.2225, 0.0139), (0.3851, 0.7169, 0.0971), (0.1431, 0.0606, 0.7141))
+
+
+def icc_profile(colorants, gamma: float = 2.2, name: str = "Display P3 (test)") -> bytes:
+    """A minimal ICC v2 RGB display profile (matrix + one gamma curve), built byte by byte: PIL can
+    only create sRGB, and a phone's Display-P3 profile is exactly this kind."""
+    def s15(x): return struct.pack(">i", round(x * 65536))
+    def xyz(v): return b"XYZ " + bytes(4) + b"".join(s15(c) for c in v)
+    desc = name.encode() + b"\0"
+    curve = b"curv" + bytes(4) + struct.pack(">IH", 1, round(gamma * 256)) + bytes(2)
+    tags = {b"desc": b"desc" + bytes(4) + struct.pack(">I", len(desc)) + desc + bytes(79),
+            b"wtpt": xyz((0.9642, 1.0, 0.8249)), b"rXYZ": xyz(colorants[0]), b"gXYZ": xyz(colorants[1]),
+            b"bXYZ": xyz(colorants[2]), b"rTRC": curve, b"gTRC": curve, b"bTRC": curve}
+    offset, table, data = 128 + 4 + 12 * len(tags), b"", b""
+    for sig, body in tags.items():
+        body += bytes(-len(body) % 4)
+        table += sig + struct.pack(">II", offset + len(data), len(body))
+        data += body
+    header = (struct.pack(">I", offset + len(data)) + b"none" + bytes([2, 0x10, 0, 0]) + b"mntrRGB XYZ "
+              + bytes(12) + b"acsp" + bytes(32) + s15(0.9642) + s15(1.0) + s15(0.8249))
+    return header + bytes(128 - len(header)) + struct.pack(">I", len(tags)) + table + data
+
+
+def p3_to_srgb(rgb) -> np.ndarray:
+    """The sRGB rendering of a P3 (gamma 2.2) colour, computed independently of LittleCMS."""
+    lin = (np.asarray(rgb) / 255.0) ** 2.2
+    srgb = np.linalg.solve(np.array(SRGB_COLORANTS).T, np.array(P3_COLORANTS).T @ lin).clip(0, 1)
+    return 255 * np.where(srgb <= 0.0031308, 12.92 * srgb, 1.055 * srgb ** (1 / 2.4) - 0.055)
+
+
+P3_COLOUR = (200, 100, 50)
+
+
+def quadrants() -> np.ndarray:
+    """16 x 32 image (H x W): red, green / blue, white quadrants."""
+    a = np.zeros((16, 32, 3), np.uint8)
+    a[:8, :16], a[:8, 16:], a[8:, :16], a[8:, 16:] = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)
+    return a
+
+
+def oriented_jpeg(path: Path, orientation: int) -> Path:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(quadrants()).save(path, "JPEG", quality=95, subsampling=0, exif=exif.tobytes())
+    return path
+
+
+def p3_jpeg(path: Path) -> Path:
+    Image.new("RGB", (RES, RES), P3_COLOUR).save(path, "JPEG", quality=95, subsampling=0,
+                                                 icc_profile=icc_profile(P3_COLORANTS))
+    return path
+
+
+@pytest.mark.parametrize("orientation, turns", [(6, -1), (3, 2), (1, 0)])  # np.rot90 turns (-1: clockwise)
+def test_exif_orientation_is_applied(orientation, turns, tmp_path):
+    with Image.open(oriented_jpeg(tmp_path / "photo.jpg", orientation)) as im:
+        seen = decode(im)
+    want = np.rot90(quadrants(), turns)
+    got = np.asarray(seen.image).astype(int)
+    assert got.shape == want.shape and np.abs(got - want).mean() < 6
+    assert seen.rotated == (orientation != 1) and not seen.colour_converted
+
+
+def test_icc_profile_is_converted_to_srgb(tmp_path):
+    want = p3_to_srgb(P3_COLOUR)  # about (216, 93, 24): a P3 orange is more saturated in sRGB
+    with Image.open(p3_jpeg(tmp_path / "p3.jpg")) as im:
+        assert im.info["icc_profile"]
+        seen = decode(im)
+        raw = np.asarray(im.convert("RGB")).reshape(-1, 3).mean(0)
+    got = np.asarray(seen.image).reshape(-1, 3).mean(0)
+    assert np.abs(got - want).max() < 3, (got, want)
+    assert np.abs(raw - want).max() > 15  # what ignoring the profile gave
+    assert seen.colour_converted and not seen.rotated
+    # alpha is carried through the conversion, then composited over white
+    img = Image.new("RGBA", (4, 4), P3_COLOUR + (0,))
+    img.info["icc_profile"] = icc_profile(P3_COLORANTS)
+    assert (np.asarray(decode(img).image) == 255).all()
+    # an sRGB-tagged image keeps its colours, in every mode that can carry a profile
+    grey16 = Image.fromarray(np.full((4, 4), 100 * 257, np.uint16))
+    for img, want in ((Image.new("RGB", (4, 4), P3_COLOUR), P3_COLOUR),
+                      (Image.new("RGB", (4, 4), P3_COLOUR).quantize(4), P3_COLOUR),  # palette
+                      (Image.new("L", (4, 4), 100), (100,) * 3), (grey16, (100,) * 3)):
+        img.info["icc_profile"] = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+        seen = decode(img)
+        assert seen.colour_converted and np.abs(np.asarray(seen.image).astype(int) - want).max() <= 1, img.mode
+
+
+def test_shards_carry_decoded_pixels_and_the_manifest_counts_them(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    root = good_folder(tmp_path / "images")
+    oriented_jpeg(root / "a" / "portrait.jpg", 6)
+    oriented_jpeg(root / "b" / "upside_down.jpg", 3)
+    p3_jpeg(root / "b" / "p3.jpg")
+    assert gear(["shard"], "data.source=imagefolder", f"data.train_root={root}", "data.val_fraction=0.3") == 0
+    man = json.loads(Path("data/shards/manifest.json").read_text())
+    assert man["decoded"] == {"rotated": 2, "colour_converted": 1} and man["skipped"] == []
+    images = shard_images(Path("data/shards"))
+    assert len(images) == 9
+    assert any(np.abs(im.reshape(-1, 3).mean(0) - p3_to_srgb(P3_COLOUR)).max() < 3 for im in images)
+    # both turned photos, as seen (turned, then center-cropped to 16 x 16); the stored, sideways
+    # crops would be red|green over blue|white
+    seen = [np.rot90(quadrants(), -1)[8:24], np.rot90(quadrants(), 2)[:, 8:24]]
+    for want in seen:
+        assert any(np.abs(im.astype(int) - want).mean() < 12 for im in images)
+
+
+# ---------------------------------------------------------------------------------------------
+# names: not UTF-8, or holding a newline
+
+def test_names_that_are_not_utf8_or_hold_a_newline(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    root = good_folder(tmp_path / "images")
+    a = os.fsencode(root / "a")
+    kept = Path(os.fsdecode(a + b"/ok_\xff.png"))          # kept by its bytes, hashed for the hold-out
+    noise(kept, seed=99)
+    broken = Path(os.fsdecode(a + b"/bad\nname_\xfe.png"))  # skipped: its warning stays on one line
+    broken.write_bytes(b"garbage")
+    assert gear(["shard"], "data.source=imagefolder", f"data.train_root={root}", "data.val_fraction=0.3") == 0
+    man = json.loads(Path("data/shards/manifest.json").read_text())
+    assert man["splits"]["train"]["count"] + man["splits"]["val"]["count"] == 7
+    assert [s["path"] for s in man["skipped"]] == [str(broken)]  # the exact name, back from JSON
+    assert "\n" not in man["skipped"][0]["reason"]
+    err = capsys.readouterr().err.splitlines()
+    lines = [l for l in err if "name_" in l]
+    assert len(lines) == 1 and lines[0].startswith("warning: skipped ") and "bad\\nname_\\udcfe.png" in lines[0]
+    assert not any(l.startswith("name_") for l in err)
+    # the same tree gives the same split again (the hold-out hashes the raw bytes, not a lossy text)
+    first = {p.name: p.read_bytes() for p in Path("data/shards").glob("*.tar")}
+    assert gear(["shard"], "data.source=imagefolder", f"data.train_root={root}", "data.val_fraction=0.3") == 0
+    assert {p.name: p.read_bytes() for p in Path("data/shards").glob("*.tar")} == first
+
+
+# ---------------------------------------------------------------------------------------------
+# one writer per output: a second `gear shard` while one runs
+
+def test_second_shard_run_is_refused_while_one_runs(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert gear(["shard"]) == 0
+    before = snapshot(tmp_path)
+    with exclusive(Path("data/shards"), "gear shard"):  # what the running one holds
+        assert gear(["shard"]) == 2
+        one_error_line(capsys, "shard", f"data/shards is being written by a running `gear shard` (pid {os.getpid()})")
+    assert snapshot(tmp_path) == before  # nothing of either run's temp folder or lock is left
+    assert gear(["shard"]) == 0  # the lock went with its holder
+    assert snapshot(tmp_path).keys() == before.keys()
+
+
+# ---------------------------------------------------------------------------------------------
+# disk full: one line naming the path, the old file intact
+
+def no_space(*args, **kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_disk_full_keeps_the_old_file(tmp_path, monkeypatch):
+    path = tmp_path / "model.safetensors"
+    save_tensors(path, {"w": torch.ones(3)})
+    old = path.read_bytes()
+    monkeypatch.setattr("gear.io.save_file", no_space)
+    with pytest.raises(ArtifactError, match=f"^disk full while writing {path} "):
+        save_tensors(path, {"w": torch.zeros(3)})
+    with pytest.raises(ArtifactError, match="disk full"):  # the fsync / rename can hit it too
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(b"new")
+            monkeypatch.setattr("gear.io.os.fsync", no_space)
+    assert path.read_bytes() == old and sorted(tmp_path.iterdir()) == [path]
+
+
+def test_disk_full_while_sharding_keeps_the_old_set(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert gear(["shard"]) == 0
+    before = snapshot(tmp_path)
+    monkeypatch.setattr("gear.data.shard._add_member", no_space)
+    assert gear(["shard"]) == 2
+    one_error_line(capsys, "shard", "disk full while writing data/shards")
+    assert snapshot(tmp_path) == before
+
+
+def test_disk_full_during_the_state_save(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+    from gear.train.state import Checkpointer
+
+    rt = SimpleNamespace(distributed=False, is_main=True, world=1, rank=0)
+    ckpt = Checkpointer(tmp_path, rt, compat={"a": 1})
+    ckpt.save({"step": 3})
+    monkeypatch.setattr("gear.train.state.torch.save", no_space)
+    with pytest.raises(ArtifactError, match=f"^disk full while writing {ckpt.path} "):
+        ckpt.save({"step": 4})
+    monkeypatch.undo()
+    assert ckpt.load()["step"] == 3 and sorted(tmp_path.iterdir()) == [ckpt.path]
+
+
+def test_disk_full_at_the_final_write_keeps_model_and_metrics(shards, tmp_path, monkeypatch, capsys):
+    """A failed run over an earlier output keeps the old model *and* its metrics: the live curve is
+    staged under compute.state_dir and published only after the model (train/logger.py)."""
+    monkeypatch.chdir(tmp_path)
+    assert gear(["teacher"], f"data.shard_dir={shards}") == 0
+    outputs = lambda: {k: v for k, v in snapshot(tmp_path).items() if k.startswith(("models", "metrics"))}
+    before = outputs()
+    assert any(k.startswith("metrics/teacher/") for k in before)
+    capsys.readouterr()
+    monkeypatch.setattr("gear.io.save_file", no_space)
+    assert gear(["teacher"], f"data.shard_dir={shards}") == 2
+    one_error_line(capsys, "teacher", "disk full while writing models/teacher")
+    assert outputs() == before
+
+
+# ---------------------------------------------------------------------------------------------
+# files read back: cached real statistics, LPIPS weights, go through the checked loader
+
+def real_cache(folder: Path):
+    from gear.metrics.features import _save, fid_statistics
+    from gear.metrics.fidelity import Extractor, cache_files, meta_path, write_meta
+
+    ext = Extractor("custom", "testfeat", "features", None)
+    feats = torch.randn(20, 8, dtype=torch.float64)
+    feat_file, stat_file = cache_files(folder, "k", ext, ["features"])
+    _save(feats, feat_file)
+    _save(fid_statistics(feats), stat_file)
+    write_meta(meta_path(str(folder), "k", ext), 20, ext, ["features"])
+    return ext, feat_file, stat_file
+
+
+def damage(kind: str, path: Path, marker: Path) -> None:
+    if kind == "truncated":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "code_pickle":
+        write_exploit(path, marker)
+    elif kind == "plain_pickle":
+        path.write_bytes(pickle.dumps({"mu": 0}))
+    elif kind == "wrong_content":
+        torch.save({"mu": torch.zeros(3)}, path)
+
+
+DAMAGE = ("truncated", "empty", "code_pickle", "plain_pickle", "wrong_content")
+
+
+@pytest.mark.parametrize("which", ("features", "stats"))
+@pytest.mark.parametrize("kind", DAMAGE)
+def test_damaged_real_cache_is_one_line_before_evaluation(kind, which, tmp_path, monkeypatch):
+    from gear.metrics.features import read_real_cache
+    from gear.stages import evaluate
+
+    ext, feat_file, stat_file = real_cache(tmp_path)
+    real = read_real_cache(tmp_path, "k", ext)
+    assert real.num_real == 20 and real.stats["sigma"].shape == (8, 8)
+    target = feat_file if which == "features" else stat_file
+    damage(kind, target, tmp_path / "MARKER")
+    # the check every rank runs before any compute (evaluate.check_real) is the read itself
+    monkeypatch.setattr(evaluate.paths, "real_stats_dir", lambda: tmp_path)
+    with pytest.raises(ArtifactError) as e:
+        evaluate.check_real({"cache_key": "k"}, ext)
+    assert str(target) in str(e.value) and "rerun `gear evaluate real`" in str(e.value) and "\n" not in str(e.value)
+    assert not (tmp_path / "MARKER").exists()
+
+
+def test_evaluate_checks_the_real_cache_before_computing():
+    """Static guard: each evaluation gets its real set from check_real, ahead of its first batch."""
+    import inspect
+    from gear.stages import evaluate
+
+    for fn in (evaluate.evaluate_tokenizer, evaluate.evaluate_samples):
+        src = inspect.getsource(fn)
+        assert "real = check_real(" in src and "read_real_cache" not in src
+        assert src.index("real = check_real(") < src.index("my_batches(" if "my_batches(" in src else "ar_layer_similarity(")
+
+
+@pytest.mark.parametrize("kind", ("truncated", "empty", "code_pickle", "plain_pickle"))
+def test_damaged_lpips_weights_are_one_line(kind, tmp_path):
+    from gear.models.perceptual import LPIPS
+
+    torch.save({"features.0.weight": torch.zeros(64, 3, 3, 3)}, tmp_path / "vgg16.pth")
+    torch.save({}, tmp_path / "lpips_vgg.pth")
+    damage(kind, tmp_path / "vgg16.pth", tmp_path / "MARKER")
+    with pytest.raises(ArtifactError, match=f"LPIPS VGG16 weights {tmp_path / 'vgg16.pth'} is (unreadable|empty)") as e:
+        LPIPS(tmp_path)
+    assert "\n" not in str(e.value) and not (tmp_path / "MARKER").exists()
+
+
+@pytest.mark.parametrize("stage", (["tokenizer-init"], ["tune", "--variant", "gear"]))
+@pytest.mark.parametrize("weights", (None, "absent", "no_heads"))
+def test_lpips_without_weights_fails_before_any_work(stage, weights, shards, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    extra = ["tokenizer.perceptual=lpips"]
+    if weights == "absent":
+        extra.append(f"tokenizer.lpips_weights={tmp_path / 'absent'}")
+    elif weights == "no_heads":
+        (tmp_path / "w").mkdir()
+        torch.save({}, tmp_path / "w" / "vgg16.pth")
+        extra.append(f"tokenizer.lpips_weights={tmp_path / 'w'}")
+    before = snapshot(tmp_path)
+    assert gear(stage, f"data.shard_dir={shards}", *extra) == 2
+    needle = {None: "tokenizer.perceptual = lpips needs tokenizer.lpips_weights", "absent": "not found",
+              "no_heads": "no LPIPS heads"}[weights]
+    one_error_line(capsys, stage[0], needle)
+    assert snapshot(tmp_path) == before
+    # weight 0: the loss is never built, so nothing is needed
+    from gear.config import load_params
+    from gear.models.perceptual import check_perceptual
+    check_perceptual(load_params(PARAMS, [*TINY, "tokenizer.perceptual=lpips", "tokenizer.perceptual_weight=0"]).tokenizer)
+
+
+@pytest.mark.parametrize("kind", ("truncated", "empty", "not_a_zip", "array_cut_short"))
+def test_damaged_samples_file_is_one_line(kind, tmp_path):
+    from gear.stages.sample import read_samples, save_npz
+
+    path = tmp_path / "samples.npz"
+    save_npz(path, images=np.zeros((12, 4, 4, 3), np.uint8), labels=np.zeros(12, np.int64))
+    assert read_samples(tmp_path).shape == (12, 4, 4, 3)
+    data = path.read_bytes()
+    cut = {"truncated": data[: len(data) // 3], "empty": b"", "not_a_zip": b"not a zip\n" * 50,
+           "array_cut_short": data[:200]}[kind]
+    path.write_bytes(cut)
+    with pytest.raises(ArtifactError, match=f"^samples file {path} is unreadable or truncated") as e:
+        np.asarray(read_samples(tmp_path)).sum()
+    assert "\n" not in str(e.value)

@@ -93,8 +93,8 @@ def test_sigterm_saves_and_exits_for_requeue(base, tmp_path):
     state = d / ".gear_state/tokenizer_init/state.pt"
     proc = subprocess.Popen(gear_cmd(["tokenizer-init"], *extra), cwd=d, env=env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    # wait until training runs (dvclive folder appears at the first log), then SIGTERM
-    while not (d / "metrics/tokenizer_init/metrics.json").exists():
+    # wait until training runs (the staged dvclive folder appears at the first log), then SIGTERM
+    while not (d / ".gear_state/tokenizer_init/dvclive/metrics.json").exists():
         assert proc.poll() is None
         time.sleep(0.01)
     proc.send_signal(signal.SIGTERM)
@@ -103,6 +103,7 @@ def test_sigterm_saves_and_exits_for_requeue(base, tmp_path):
     assert "state saved" in proc.stderr.read().decode()
     saved = torch.load(state, weights_only=True)
     assert 0 < saved["step"] < STEPS
+    assert not (d / "metrics/tokenizer_init").exists()  # metrics are published with the model, not before
     gear_proc(d, ["tokenizer-init"], *extra)  # the requeued job resumes and finishes
     assert (d / "models/tokenizer_init/tokenizer.safetensors").exists()
 

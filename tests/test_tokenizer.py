@@ -8,6 +8,7 @@ import torch.nn.functional as F
 import torchvision
 
 from gear.config import params_from_dict
+from gear.io import ArtifactError
 from gear.models.discriminator import PatchDiscriminator, hinge_d_loss, hinge_g_loss
 from gear.models.llamagen import convert_state_dict, load_tokenizer_state
 from gear.models.perceptual import LPIPS, FeaturePerceptual, make_perceptual
@@ -369,12 +370,12 @@ def test_lpips_loads_local_weights_only(lpips_dir, tmp_path):
     lp.train()
     assert not lp.training
 
-    with pytest.raises(FileNotFoundError, match="not found"):
+    with pytest.raises(ArtifactError, match="not found"):
         LPIPS(tmp_path / "nowhere")
     (tmp_path / "vgg16.pth").write_bytes((lpips_dir / "vgg16.pth").read_bytes())
-    with pytest.raises(FileNotFoundError, match="LPIPS heads"):
+    with pytest.raises(ArtifactError, match="LPIPS heads"):
         LPIPS(tmp_path)
-    with pytest.raises(ValueError, match="lpips_weights"):
+    with pytest.raises(ArtifactError, match="lpips_weights"):
         make_perceptual("lpips")
 
 

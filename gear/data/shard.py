@@ -7,17 +7,27 @@ Output, in params.data.shard_dir:
   manifest.json   classes, resolution, counts per split and class, sha256 and bytes per shard, skipped
       files with the reason (unreadable, truncated, not an image, dangling or looping symlink,
       decompression bomb, smaller than data.min_size), `upscaled`: the images whose short side
-      was below data.resolution (kept, resized up), and the params.data digest
+      was below data.resolution (kept, resized up), for an ImageFolder `decoded`: how many
+      images were rotated (EXIF orientation) and colour-converted (ICC profile to sRGB), and
+      the params.data digest
 
-Every PIL mode is converted by gear/data/images.py (16-bit rescaled, alpha over white). A class
-folder with no files, or whose files are all unreadable, is refused: dropping it would shift the
-class index of every later class.
+Every file is decoded by gear/data/images.py as a viewer shows it (EXIF orientation, ICC profile,
+every transparency form over white, 16-bit rescaled; first frame of a multi-frame file).
+Class folders are exactly what the tree holds: a folder with no files, or whose files are all
+unreadable, a class symlink that is broken, loops, or points at the root, an ancestor or another
+class, and a class name that is not UTF-8 are refused in one line (dropping or duplicating a class
+would shift the class index of every later class; a class name becomes a label in every report).
+File names that are not UTF-8 are kept by their bytes (Python's surrogateescape; the val hold-out
+hashes the raw bytes), and every warning shows a name that holds a newline or undecodable bytes
+escaped (repr), on one line.
 
 Images are processed by a multiprocessing pool (imap keeps the order) and streamed into the
 tars, so memory stays constant. Same input and params -> byte-identical shards: sample order is
 a fixed-seed shuffle (so any prefix of a split is class-balanced), tar headers carry fixed
 mtime/owner, and PNG/JPEG encoding is deterministic. Everything is written into a temporary
-folder next to shard_dir and renamed into place at the end, so a crash never leaves half a set.
+folder of this run's own next to shard_dir and renamed into place at the end, so a crash never
+leaves half a set; a second `gear shard` on the same shard_dir while one runs is refused in one
+line naming the running one's pid (io.exclusive).
 """
 from __future__ import annotations
 
@@ -34,6 +44,7 @@ import signal
 import stat
 import sys
 import tarfile
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Iterator
@@ -45,13 +56,20 @@ from tqdm import tqdm
 from gear.guard import as_dict
 from gear import paths
 from gear.data import embedded
-from gear.data.images import to_rgb
+from gear.data.images import decode
+from gear.io import exclusive, reraise_disk_full
 
 ORDER_SEED = 7  # fixed shuffle of the sample order within each split
 
 
 class DataError(RuntimeError):
     """Missing, empty or unreadable data; the message is one line a person can act on."""
+
+
+def shown(text: str) -> str:
+    """`text` as one printable line: unchanged when it is, else its repr (a newline or an
+    undecodable byte in a file name must not split or break a warning)."""
+    return text if text.isprintable() else repr(text)
 
 
 # A job is (kind, source, label): ("crop", box, label) for the embedded set,
@@ -74,11 +92,12 @@ def center_crop(img: Image.Image, resolution: int) -> Image.Image:
 
 
 def _encode(job: Job, resolution: int, image_format: str,
-            min_size: int = 0) -> tuple[bytes | None, str, tuple[int, int] | None]:
-    """(encoded image bytes, "", source size) of one job, or (None, reason, size) when the source
-    cannot be read or is smaller than min_size. Size is None for embedded crops."""
+            min_size: int = 0) -> tuple[bytes | None, str, tuple[int, int] | None, tuple[bool, bool]]:
+    """(encoded image bytes, "", source size, (rotated, colour-converted)) of one job, or (None,
+    reason, size, ...) when the source cannot be read or is smaller than min_size. Size is None for
+    embedded crops."""
     kind, src, label = job
-    size = None
+    size, flags = None, (False, False)
     try:
         if kind == "crop":
             img = embedded.render(label, src, resolution)
@@ -88,16 +107,18 @@ def _encode(job: Job, resolution: int, image_format: str,
                 with Image.open(src) as im:
                     size = im.size
                     if min(size) < min_size:
-                        return None, f"image {size[0]}x{size[1]} is smaller than data.min_size = {min_size}", size
-                    img = center_crop(to_rgb(im), resolution)
+                        return None, f"image {size[0]}x{size[1]} is smaller than data.min_size = {min_size}", size, flags
+                    seen = decode(im)
+                    size, flags = seen.image.size, (seen.rotated, seen.colour_converted)
+                    img = center_crop(seen.image, resolution)
     except Exception as e:  # any failure to decode means: skip this file and list it
-        return None, f"{type(e).__name__}: {e}", size
+        return None, shown(f"{type(e).__name__}: {e}"), size, flags
     buf = io.BytesIO()
     if image_format == "png":
         img.save(buf, format="PNG", compress_level=1)  # as small as level 6 on 32 px, faster
     else:
         img.save(buf, format="JPEG", quality=95, subsampling=0)
-    return buf.getvalue(), "", size
+    return buf.getvalue(), "", size, flags
 
 
 def _pool_map(fn, jobs: list[Job], workers: int) -> Iterator[tuple[bytes | None, str]]:
@@ -119,12 +140,40 @@ def _default_sigterm() -> None:
 
 
 def _class_folders(root: Path, key: str) -> list[str]:
+    """The class folder names under root, sorted; refuses a class the tree does not hold exactly
+    once (a broken or looping symlink, one to the root, an ancestor or another class) and a name
+    that is not UTF-8, in one line each."""
     if not root.is_dir():
         raise DataError(f"{key} {root}: folder not found")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not classes:
+    top, seen = root.resolve(), {}
+    for p in sorted(root.iterdir()):
+        if p.name.startswith(".") or not (p.is_dir() or p.is_symlink()):
+            continue  # loose files at the root are not classes
+        where = f"{key} {root}: class folder {p.name!r}"
+        try:
+            real = p.resolve(strict=True)
+        except (OSError, RuntimeError) as e:  # missing target, or a loop (RuntimeError before 3.13)
+            kind = "looping" if "loop" in str(e).lower() or getattr(e, "errno", 0) == errno.ELOOP else "broken"
+            raise DataError(f"{where} is a {kind} symlink (-> {shown(os.readlink(p))}); fix or remove it "
+                            f"(a dropped class would shift every later class index)") from None
+        if not real.is_dir():
+            continue  # a symlink to a file: not a class, like any loose file
+        if real == top or top.is_relative_to(real):
+            raise DataError(f"{where} links back to {real}, the root or a folder above it (its images would "
+                            f"be read again as copies); remove the link")
+        for other, other_real in seen.items():
+            if real.is_relative_to(other_real) or other_real.is_relative_to(real):
+                raise DataError(f"{where} is the same folder as (or nested with) class folder {other!r} "
+                                f"({real}): each image must belong to one class; remove the link")
+        try:
+            p.name.encode("utf-8")
+        except UnicodeEncodeError:
+            raise DataError(f"{where} is not valid UTF-8 (raw bytes {os.fsencode(p.name)!r}); a class name "
+                            f"becomes a label in the manifest and reports: rename the folder") from None
+        seen[p.name] = real
+    if not seen:
         raise DataError(f"{key} {root}: no class folders (expected <root>/<class>/<image>)")
-    return classes
+    return sorted(seen)
 
 
 def _not_a_file(path: Path) -> str | None:
@@ -157,7 +206,7 @@ def _files(root: Path, classes: list[str], key: str, split: str,
         for p in sorted(folder.rglob("*")):
             reason = _not_a_file(p)
             if reason:
-                skipped.append({"split": split, "path": str(p), "reason": reason})
+                skipped.append({"split": split, "path": str(p), "reason": shown(reason)})
             elif p.is_file():
                 out.append((p, label))
         if len(out) == n and not allow_empty:
@@ -174,7 +223,8 @@ def _hold_out(files: list[tuple[Path, int]], root: Path, fraction: float):
     for label in sorted({lab for _, lab in files}):
         group = [f for f in files if f[1] == label]
         n_val = min(len(group) - 1, max(1, round(fraction * len(group)))) if len(group) > 1 else 0
-        by_hash = sorted(group, key=lambda f: hashlib.sha256(str(f[0].relative_to(root)).encode()).hexdigest())
+        # the name's raw bytes (os.fsencode): a name that is not UTF-8 hashes like any other
+        by_hash = sorted(group, key=lambda f: hashlib.sha256(os.fsencode(f[0].relative_to(root))).hexdigest())
         held = {f[0] for f in by_hash[:n_val]}
         train += [f for f in group if f[0] not in held]
         val += [f for f in group if f[0] in held]
@@ -270,11 +320,15 @@ def _write_split(split: str, jobs: list[Job], encoded: Iterator, folder: Path, p
     d = params.data
     writer = TarShards(folder, split, d.samples_per_shard)
     per_class, skipped, upscaled = {c: 0 for c in classes}, [], []
-    for job, (data, reason, size) in tqdm(zip(jobs, encoded), total=len(jobs), desc=f"shard {split}", unit="img"):
+    decoded = {"rotated": 0, "colour_converted": 0}
+    for job, (data, reason, size, (rotated, converted)) in tqdm(zip(jobs, encoded), total=len(jobs),
+                                                                desc=f"shard {split}", unit="img"):
         if data is None:
             skipped.append({"split": split, "path": str(job[1]), "reason": reason})
-            tqdm.write(f"warning: skipped {job[1]}: {reason}", file=sys.stderr)
+            tqdm.write(f"warning: skipped {shown(str(job[1]))}: {reason}", file=sys.stderr)
             continue
+        decoded["rotated"] += rotated
+        decoded["colour_converted"] += converted
         if size is not None and min(size) < d.resolution:
             upscaled.append({"split": split, "path": str(job[1]), "size": list(size)})
         writer.add({d.image_format: data, "cls": str(job[2]).encode()})
@@ -282,7 +336,7 @@ def _write_split(split: str, jobs: list[Job], encoded: Iterator, folder: Path, p
     shards = writer.close()
     if not shards:
         raise DataError(f"zero readable images in split {split} ({len(skipped)} files skipped, e.g. "
-                        f"{skipped[0]['path'] if skipped else 'none'})")
+                        f"{shown(skipped[0]['path']) if skipped else 'none'})")
     if split == "train" and d.source == "imagefolder":
         empty = [c for c, n in per_class.items() if n == 0]
         if empty:  # every file of the class was skipped: same problem as an empty folder
@@ -291,7 +345,7 @@ def _write_split(split: str, jobs: list[Job], encoded: Iterator, folder: Path, p
     if upscaled:
         tqdm.write(f"warning: {len(upscaled)} {split} images are smaller than data.resolution = {d.resolution} "
                    f"and were upscaled (listed under 'upscaled' in manifest.json)", file=sys.stderr)
-    return {"count": writer.count, "per_class": per_class, "shards": shards}, skipped, upscaled
+    return {"count": writer.count, "per_class": per_class, "shards": shards}, skipped, upscaled, decoded
 
 
 def run(params) -> None:
@@ -300,14 +354,30 @@ def run(params) -> None:
     out = paths.shard_dir(params)
     classes, splits, listed = _jobs(params)  # all input checks happen here, before any heavy work
     for entry in listed:
-        print(f"warning: skipped {entry['path']}: {entry['reason']}", file=sys.stderr)
+        print(f"warning: skipped {shown(entry['path'])}: {entry['reason']}", file=sys.stderr)
     if d.source == "embedded":
         embedded.photos()  # load once in the parent; forked workers inherit the cache
 
-    tmp = out.parent / f".{out.name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
     new_parent = not out.parent.exists()
-    tmp.mkdir(parents=True)
+    try:
+        with exclusive(out, "gear shard"), reraise_disk_full(out):
+            manifest = _write(params, out, classes, splits, listed)
+    except BaseException:
+        if new_parent:  # a failed run leaves the tree as it found it (unless another run uses it)
+            with contextlib.suppress(OSError):
+                out.parent.rmdir()
+        raise
+    n_skip = len(manifest["skipped"])
+    print(f"shard: {manifest['splits']['train']['count']} train / {manifest['splits']['val']['count']} val "
+          f"samples, {len(classes)} classes -> {out}" + (f" ({n_skip} files skipped, listed in manifest.json)" if n_skip else ""))
+
+
+def _write(params, out: Path, classes: list[str], splits: dict[str, list[Job]], listed: list[dict]) -> dict:
+    """Encode every split into a temporary folder of this run's own, then swap it in for `out`."""
+    d = params.data
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    os.chmod(tmp, 0o755)  # mkdtemp makes 0700; the shard folder is an ordinary folder
     try:
         encode = functools.partial(_encode, resolution=d.resolution, image_format=d.image_format,
                                    min_size=d.min_size)
@@ -323,19 +393,21 @@ def run(params) -> None:
             "params_data_digest": params.digest("data"),
             "params_data": as_dict(params.data),
         }
+        decoded = {"rotated": 0, "colour_converted": 0}
         for split, jobs in splits.items():
             # closed here even when _write_split raises: a pool torn down later by the garbage
             # collector, at an arbitrary point of the program, can deadlock in its join
             with contextlib.closing(_pool_map(encode, jobs, params.compute.workers)) as encoded:
-                info, skipped, upscaled = _write_split(split, jobs, encoded, tmp, params, classes)
+                info, skipped, upscaled, counts = _write_split(split, jobs, encoded, tmp, params, classes)
             manifest["splits"][split] = info
             manifest["skipped"] += skipped
             manifest["upscaled"] += upscaled
+            decoded = {k: decoded[k] + counts[k] for k in decoded}
+        if d.source == "imagefolder":  # the embedded set has neither (and its manifest stays as it was)
+            manifest["decoded"] = decoded
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
-        if new_parent:  # a failed run leaves the tree as it found it
-            out.parent.rmdir()
         raise
 
     # Swap in the new set: stale shards of an older run go away with the old folder.
@@ -345,6 +417,4 @@ def run(params) -> None:
         out.rename(old)
     tmp.rename(out)
     shutil.rmtree(old, ignore_errors=True)
-    n_skip = len(manifest["skipped"])
-    print(f"shard: {manifest['splits']['train']['count']} train / {manifest['splits']['val']['count']} val "
-          f"samples, {len(classes)} classes -> {out}" + (f" ({n_skip} files skipped, listed in manifest.json)" if n_skip else ""))
+    return manifest

@@ -25,6 +25,7 @@ from torch_fidelity.metric_isc import KEY_METRIC_ISC_MEAN, KEY_METRIC_ISC_STD, i
 from torch_fidelity.metric_prc import KEY_METRIC_PRECISION, KEY_METRIC_RECALL, prc_features_to_metric
 from torch_fidelity.utils import create_feature_extractor
 
+from gear.io import ArtifactError, load_torch, read_json
 from gear.metrics.fidelity import Extractor, Images, cache_files, meta_path, probe_logits, write_meta
 
 Features = dict[str, torch.Tensor]  # layer name -> (N, D) float features on the CPU
@@ -157,33 +158,38 @@ def write_real_cache(cache_dir: str | Path, cache_key: str, fm: FeatureModel, fe
     return {"feature_space": fm.ext.space, "extractor": fm.ext.name, "num_real": num_real, **isc}
 
 
-def check_real_cache(cache_dir: str | Path, cache_key: str, ext: Extractor) -> list[Path]:
-    """The files read_real_cache reads; ValueError naming the first one missing."""
-    needed = [meta_path(str(cache_dir), cache_key, ext), *cache_files(Path(cache_dir), cache_key, ext, [ext.fid_layer])]
-    missing = [p for p in needed if not p.is_file()]
-    if missing:
-        raise ValueError(f"incomplete real-set cache: {missing[0]} not found")
-    return needed
+def read_real_cache(cache_dir: str | Path, cache_key: str, ext: Extractor) -> RealSet:
+    """The cached real set, every file read and checked: a missing, empty, truncated or foreign
+    file, or one that disagrees with the others, is one ArtifactError line. Cheap enough for every
+    rank to call before any compute (the features are memory-mapped), so a damaged cache fails
+    before the evaluation, not after it."""
+    meta = meta_path(str(cache_dir), cache_key, ext)
+    feat_file, stat_file = cache_files(Path(cache_dir), cache_key, ext, [ext.fid_layer])
+    num_real = read_json(meta, "real-set cache summary").get("num_real")
+    features = load_torch(feat_file, "cached real features", mmap=True)
+    if not isinstance(features, torch.Tensor) or features.ndim != 2:
+        raise ArtifactError(f"cached real features {feat_file} hold {type(features).__name__}, not a 2-D tensor")
+    if len(features) != num_real:
+        raise ArtifactError(f"stale cache {feat_file}: {len(features)} features but {meta} says {num_real} images")
+    return RealSet(features, _load_stats(stat_file, features.shape[1]), num_real)
 
 
-def _load_stats(path: Path) -> dict:
+check_real_cache = read_real_cache  # the check is the read
+
+
+def _load_stats(path: Path, dim: int | None = None) -> dict:
     """FID statistics {'mu', 'sigma'}: float64 numpy arrays, pickled as torch-fidelity stores
     them. weights_only with numpy's array reconstruction allowed, so the file still runs no code."""
     from numpy._core.multiarray import _reconstruct
 
     allowed = [_reconstruct, np.ndarray, np.dtype, np.dtypes.Float64DType, np.dtypes.Float32DType]
-    with torch.serialization.safe_globals(allowed):
-        return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def read_real_cache(cache_dir: str | Path, cache_key: str, ext: Extractor) -> RealSet:
-    meta, feat_file, stat_file = check_real_cache(cache_dir, cache_key, ext)
-    num_real = json.loads(meta.read_text())["num_real"]
-    features = torch.load(feat_file, map_location="cpu", weights_only=True)
-    stats = _load_stats(stat_file)
-    if len(features) != num_real:
-        raise ValueError(f"stale cache {feat_file}: {len(features)} features but {meta} says {num_real} images")
-    return RealSet(features, stats, num_real)
+    stats = load_torch(path, "cached real statistics", allowed=allowed)
+    mu, sigma = (stats.get(k) if isinstance(stats, dict) else None for k in ("mu", "sigma"))
+    d = dim or (mu.shape[0] if isinstance(mu, np.ndarray) and mu.ndim == 1 else -1)
+    if not (isinstance(mu, np.ndarray) and isinstance(sigma, np.ndarray) and mu.shape == (d,) and sigma.shape == (d, d)):
+        raise ArtifactError(f"cached real statistics {path} are not {{'mu': ({d},), 'sigma': ({d}, {d})}} arrays "
+                            f"of the cached features")
+    return stats
 
 
 def generation_metrics(feats: Features, real: RealSet, fm: FeatureModel, pr_k: int = 3, isc_splits: int = 10) -> dict:

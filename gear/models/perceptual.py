@@ -1,7 +1,9 @@
 """Perceptual losses for tokenizer training: LPIPS-VGG (local weights only) or a frozen feature distance.
 
 Both modules' forward(x, target) returns the scalar mean over images (the training loss);
-`LPIPS.distance` gives the per-image values (B,) for metrics.
+`LPIPS.distance` gives the per-image values (B,) for metrics. `check_perceptual` is the cheap check
+a stage runs first: `tokenizer.perceptual: lpips` without its weight files fails in one line
+before any work; a weight file that is truncated, empty or a pickle fails in one line when loaded.
 """
 from __future__ import annotations
 
@@ -13,6 +15,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from gear.io import ArtifactError, load_torch
+
 VGG_FILES = ("vgg16.pth", "vgg16-397923af.pth")  # torchvision ImageNet VGG16 state dict
 LIN_FILES = ("lpips_vgg.pth", "vgg.pth")         # LPIPS v0.1 linear heads (lin{i}.model.1.weight)
 VGG_TAPS = (3, 8, 15, 22, 29)                    # relu1_2, relu2_2, relu3_3, relu4_3, relu5_3
@@ -23,7 +27,33 @@ def _find(folder: Path, names: tuple[str, ...], what: str) -> Path:
     for name in names:
         if (folder / name).is_file():
             return folder / name
-    raise FileNotFoundError(f"LPIPS weights: no {what} in {folder} (expected one of {', '.join(names)})")
+    raise ArtifactError(f"LPIPS weights: no {what} in {folder} (expected one of {', '.join(names)})")
+
+
+def lpips_files(weights_dir: str | Path | None) -> tuple[Path, Path]:
+    """(VGG16 file, LPIPS heads file) in weights_dir; one ArtifactError line when either is missing."""
+    if weights_dir is None:
+        raise ArtifactError("tokenizer.perceptual = lpips needs tokenizer.lpips_weights: a local folder with "
+                            f"{VGG_FILES[0]} and {LIN_FILES[0]} (nothing is downloaded)")
+    folder = Path(weights_dir)
+    if not folder.is_dir():
+        raise ArtifactError(f"LPIPS weights folder {folder} not found (set tokenizer.lpips_weights)")
+    return _find(folder, VGG_FILES, "VGG16 weights"), _find(folder, LIN_FILES, "LPIPS heads")
+
+
+def check_perceptual(tokenizer_params) -> None:
+    """Cheap check of params.tokenizer's perceptual loss, for the start of every stage that builds
+    it (and for params validation): lpips needs its weight files (unless its weight is 0: then
+    the loss is never built, see train/tokenizer_objective.build_perceptual)."""
+    if tokenizer_params.perceptual == "lpips" and tokenizer_params.perceptual_weight != 0:
+        lpips_files(tokenizer_params.lpips_weights)
+
+
+def _state_dict(path: Path, what: str) -> dict:
+    sd = load_torch(path, what)
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise ArtifactError(f"{what} {path} hold a {type(sd).__name__}, not a state dict of tensors")
+    return sd
 
 
 class LPIPS(nn.Module):
@@ -35,10 +65,7 @@ class LPIPS(nn.Module):
 
     def __init__(self, weights_dir: str | Path):
         super().__init__()
-        folder = Path(weights_dir)
-        if not folder.is_dir():
-            raise FileNotFoundError(f"LPIPS weights folder {folder} not found (set tokenizer.lpips_weights)")
-        vgg_path, lin_path = _find(folder, VGG_FILES, "VGG16 weights"), _find(folder, LIN_FILES, "LPIPS heads")
+        vgg_path, lin_path = lpips_files(weights_dir)
         import torchvision  # here, not at module level: ~3.5 s of start-up every stage would pay
 
         self.vgg = torchvision.models.vgg16(weights=None).features[: VGG_TAPS[-1] + 1]
@@ -47,14 +74,14 @@ class LPIPS(nn.Module):
         self.register_buffer("shift", torch.tensor([-0.030, -0.088, -0.188]).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("scale", torch.tensor([0.458, 0.448, 0.450]).view(1, 3, 1, 1), persistent=False)
 
-        vgg_sd = torch.load(vgg_path, map_location="cpu", weights_only=True)
+        vgg_sd = _state_dict(vgg_path, "LPIPS VGG16 weights")
         vgg_sd = {k[len("features."):]: v for k, v in vgg_sd.items() if k.startswith("features.")}
         vgg_sd = {k: v for k, v in vgg_sd.items() if int(k.split(".")[0]) <= VGG_TAPS[-1]}
         self._load(self.vgg, vgg_sd, vgg_path)
-        lin_sd = torch.load(lin_path, map_location="cpu", weights_only=True)
+        lin_sd = _state_dict(lin_path, "LPIPS heads")
         expected = [f"lin{i}.model.1.weight" for i in range(len(VGG_CHANNELS))]
         if any(k not in lin_sd for k in expected):
-            raise RuntimeError(f"LPIPS heads file {lin_path} lacks keys {[k for k in expected if k not in lin_sd]}")
+            raise ArtifactError(f"LPIPS heads file {lin_path} lacks keys {[k for k in expected if k not in lin_sd]}")
         self._load(self.lins, {f"{i}.weight": lin_sd[k] for i, k in enumerate(expected)}, lin_path)
         self.requires_grad_(False)
         self.eval()
@@ -64,7 +91,7 @@ class LPIPS(nn.Module):
         try:
             module.load_state_dict(sd, strict=True)
         except RuntimeError as e:
-            raise RuntimeError(f"LPIPS weights {path} do not fit: {' '.join(str(e).split())[:300]}") from None
+            raise ArtifactError(f"LPIPS weights {path} do not fit: {' '.join(str(e).split())[:300]}") from None
 
     def train(self, mode: bool = True) -> "LPIPS":
         return super().train(False)  # always eval: frozen metric network
@@ -117,9 +144,7 @@ def make_perceptual(kind: str, weights_path: str | Path | None = None,
                     feature_fn: Callable[[Tensor], Tensor] | None = None) -> nn.Module | None:
     """'lpips' (weights_path: the LPIPS weights folder), 'teacher' (needs feature_fn) or 'none' (None)."""
     if kind == "lpips":
-        if weights_path is None:
-            raise ValueError("perceptual = lpips needs tokenizer.lpips_weights (a local folder; nothing is downloaded)")
-        return LPIPS(weights_path)
+        return LPIPS(weights_path)  # lpips_files: one line when weights_path is None or incomplete
     if kind == "teacher":
         if feature_fn is None:
             raise ValueError("perceptual = teacher needs a frozen feature function (the teacher's patch features)")

@@ -47,7 +47,7 @@ from gear.config import ParamsError
 from gear.data.loader import TrainStream, read_batches, read_manifest, split_size
 from gear.io import ArtifactError, atomic_dir, read_json, sha256_file, write_json
 from gear.metrics.codebook import CodebookAccumulator, histogram_stats, soft_assignment_stats
-from gear.metrics.features import (FeatureModel, check_real_cache, concat, fid_statistics, frechet_distance,
+from gear.metrics.features import (FeatureModel, RealSet, concat, fid_statistics, frechet_distance,
                                    generation_metrics, read_real_cache, write_real_cache)
 from gear.metrics import reference
 from gear.metrics.fidelity import DINOV2_ARCH, Extractor, make_extractor
@@ -211,11 +211,11 @@ def real_summary(params) -> dict:
     return summary
 
 
-def check_real(summary: dict, ext: Extractor) -> None:
-    """The cached real features and statistics are all there (every rank checks, before compute)."""
+def check_real(summary: dict, ext: Extractor) -> RealSet:
+    """The cached real features and statistics, read and checked (every rank, before compute)."""
     try:
-        check_real_cache(paths.real_stats_dir(), summary["cache_key"], ext)
-    except ValueError as e:
+        return read_real_cache(paths.real_stats_dir(), summary["cache_key"], ext)
+    except (ValueError, ArtifactError) as e:
         raise ArtifactError(f"{e}; rerun `gear evaluate real`") from None
 
 
@@ -251,7 +251,7 @@ def evaluate_tokenizer(params, arm: str, seed: int | None) -> dict | None:
     tok = load_tokenizer(directory, device=rt.device)
     teacher = load_teacher(params, rt.device)
     fm = FeatureModel(feature_extractor(params, rt.device), rt.device, params.data.resolution, logits=False)
-    check_real(summary, fm.ext)
+    real = check_real(summary, fm.ext)
     grid = tok.grid_size(params.data.resolution)
     _check_val(params, grid)
 
@@ -271,7 +271,6 @@ def evaluate_tokenizer(params, arm: str, seed: int | None) -> dict | None:
     result = None
     if rt.is_main:
         batches = in_order(parts)
-        real = read_real_cache(paths.real_stats_dir(), summary["cache_key"], fm.ext)
         layer = fm.ext.fid_layer
         gen = fid_statistics(concat([b["recon"] for b in batches])[layer])
         val = fid_statistics(concat([b["original"] for b in batches])[layer])
@@ -354,8 +353,7 @@ def evaluate_samples(params, arm: str, size: str, seed: int) -> dict | None:
     rt = setup(params)
     fm = FeatureModel(feature_extractor(params, rt.device), rt.device, images.shape[1:3],
                       spatial=ref is not None and ref.mu_s is not None)
-    if ref is None:
-        check_real(summary, fm.ext)
+    real = check_real(summary, fm.ext) if ref is None else None
     tok = load_tokenizer(paths.frozen_dir(arm, seed), device=rt.device)
     ar, ar_cfg = load_ar(paths.ar_dir(arm, size, seed), rt.device)
     ar.eval()
@@ -372,7 +370,6 @@ def evaluate_samples(params, arm: str, size: str, seed: int) -> dict | None:
     if rt.is_main:
         feats = concat(in_order(parts))
         if ref is None:
-            real = read_real_cache(paths.real_stats_dir(), summary["cache_key"], fm.ext)
             gen = generation_metrics(feats, real, fm, pr_k=m.pr_k, isc_splits=ISC_SPLITS)
             against = {"feature_space": summary["feature_space"], "real_split": summary["real_split"],
                        "num_real": gen["num_real"]}

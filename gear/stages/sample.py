@@ -29,7 +29,7 @@ from gear.guard import as_dict
 from gear import paths
 from gear.artifacts import load_tokenizer, read_config
 from gear.config import ParamsError
-from gear.io import ArtifactError, atomic_dir, write_json
+from gear.io import ArtifactError, atomic_dir, reading, write_json
 from gear.metrics import reference
 from gear.models.sampling import generate
 from gear.npz import load_array, members, save_npz  # noqa: F401  (save_npz: gear/t2i writes with it)
@@ -58,11 +58,12 @@ def _names(path: Path) -> list[str]:
 
 def _npz_array(path: Path, name: str) -> np.ndarray:
     """Array `name` of a .npz, memory-mapped when stored uncompressed (np.savez, save_npz):
-    each rank then reads only the rows it uses."""
-    names = _names(path)
-    if name not in names:
-        raise ArtifactError(f"{path} holds no {name!r} array (has {', '.join(names)})")
-    return load_array(path, name)
+    each rank then reads only the rows it uses. A damaged file is one ArtifactError line."""
+    with reading(path, "samples file"):
+        names = _names(path)
+        if name not in names:
+            raise ArtifactError(f"{path} holds no {name!r} array (has {', '.join(names)})")
+        return load_array(path, name)
 
 
 def read_samples(directory: Path) -> np.ndarray:

@@ -82,7 +82,8 @@ def run(params) -> None:
             with atomic_dir(paths.teacher_dir()) as out:
                 write_json(out / "config.json", {"teacher": params.teacher, "trained": False,
                                                  "note": "hub teacher: loaded from the hub or teachers.weights"})
-        log = MetricsLog(paths.metrics_dir(STAGE), rt)  # the stage's declared metrics exist either way
+        log = MetricsLog(paths.metrics_dir(STAGE), rt,  # the stage's declared metrics exist either way
+                        staging=paths.state_dir(params, STAGE) / "dvclive")
         log.log(0, trained=0.0)
         log.close()
         teardown(rt)
@@ -109,7 +110,8 @@ def run(params) -> None:
         opt.load_state_dict(state["opt"])
         stream.load_state_dict(state["data"])
         step, window = state["step"], state["window"].to(rt.device)
-    log = MetricsLog(paths.metrics_dir(STAGE), rt, state["metrics"] if state else None)
+    log = MetricsLog(paths.metrics_dir(STAGE), rt, state["metrics"] if state else None,
+                    staging=ckpt.path.parent / "dvclive")
     stop = StopRequest()
 
     model.train()

@@ -16,6 +16,7 @@ from gear import paths
 from gear.artifacts import write_model, write_tokenizer
 from gear.data.loader import TrainStream, read_manifest
 from gear.io import atomic_dir
+from gear.models.perceptual import check_perceptual
 from gear.runtime import seed_everything, setup, teardown
 from gear.train.ema import EMA
 from gear.train.logger import MetricsLog, WindowMean
@@ -30,6 +31,7 @@ STAGE = "tokenizer_init"
 
 @restores_stop_signals
 def run(params) -> None:
+    check_perceptual(params.tokenizer)  # lpips without its weights: one line before any work
     read_manifest(params)  # clear error before any compute if shards are missing
     rt = setup(params)
     seed_everything(params.compute.seed + rt.rank)
@@ -54,7 +56,8 @@ def run(params) -> None:
         tok.load_state_dict(state["tokenizer"]); disc.load_state_dict(state["disc"])
         ema.load_state_dict(state["ema"]); opt_g.load_state_dict(state["opt_g"]); opt_d.load_state_dict(state["opt_d"])
         stream.load_state_dict(state["data"]); start = state["step"]
-    log = MetricsLog(paths.metrics_dir(STAGE), rt, state["metrics"] if state else None)
+    log = MetricsLog(paths.metrics_dir(STAGE), rt, state["metrics"] if state else None,
+                    staging=ckpt.path.parent / "dvclive")
     usage = CodebookWindow(tok.codebook_size, rt.device)
     window = WindowMean()  # logged losses are means over the log window, not one batch
     if state is not None:

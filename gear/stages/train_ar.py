@@ -184,7 +184,8 @@ def run(params, arm: str, size: str, seed: int | None = None) -> None:
         dp.load_optim_state_dict(trained, opt, state["opt"])
         stream.load_state_dict(state["data"])
         start = state["step"]
-    log = MetricsLog(paths.train_ar_metrics_dir(arm, size, seed), rt, state["metrics"] if state else None)
+    log = MetricsLog(paths.train_ar_metrics_dir(arm, size, seed), rt, state["metrics"] if state else None,
+                    staging=ckpt.path.parent / "dvclive")
     stop = StopRequest()
 
     params_all = [*ar.parameters(), *proj.parameters()]

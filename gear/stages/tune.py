@@ -20,6 +20,7 @@ from gear.config import ParamsError
 from gear.data.loader import TrainStream, read_manifest
 from gear.io import atomic_dir
 from gear.metrics.codebook import soft_assignment_stats
+from gear.models.perceptual import check_perceptual
 from gear.runtime import seed_everything, setup, teardown
 from gear.study import resolve_seed, seeded
 from gear.teachers import load_teacher
@@ -45,6 +46,7 @@ def variant_mode(params, variant: str) -> str:
 
 @restores_stop_signals
 def run(params, variant: str = "gear", seed: int | None = None) -> None:
+    check_perceptual(params.tokenizer)  # lpips without its weights: one line before any work
     mode = variant_mode(params, variant)
     seed = resolve_seed(params, seed)
     params = seeded(params, seed)  # the AR guide's init, data order, dropout
@@ -91,7 +93,8 @@ def run(params, variant: str = "gear", seed: int | None = None) -> None:
                           ("data", stream)):
             obj.load_state_dict(state[name])
         start = state["step"]
-    log = MetricsLog(paths.tune_metrics_dir(variant, seed), rt, state["metrics"] if state else None)
+    log = MetricsLog(paths.tune_metrics_dir(variant, seed), rt, state["metrics"] if state else None,
+                    staging=ckpt.path.parent / "dvclive")
     usage = CodebookWindow(tok.codebook_size, rt.device)
     window = WindowMean()  # logged losses are means over the log window, not one batch
     if state is not None:

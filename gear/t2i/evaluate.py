@@ -22,7 +22,7 @@ import torch
 
 from gear.config import ParamsError
 from gear.data.loader import eval_batches
-from gear.io import ArtifactError, atomic_dir, read_json, write_json
+from gear.io import ArtifactError, atomic_dir, load_torch, read_json, write_json
 from gear.metrics.features import FeatureModel, fid_statistics, frechet_distance, precision_recall
 from gear.runtime import setup, teardown
 from gear.stages.evaluate import feature_extractor, space_fingerprint
@@ -87,9 +87,10 @@ def read_real(params) -> tuple[dict, torch.Tensor]:
             raise ArtifactError(f"{paths.REAL_DIR} was computed with {key}={summary.get(key)!r} but params give "
                                 f"{value!r}; rerun `gear t2i-evaluate real`")
     path = paths.REAL_DIR / FEATURES
-    if not path.is_file():
-        raise ArtifactError(f"T2I real features {path} not found; rerun `gear t2i-evaluate real`")
-    return summary, torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return summary, load_torch(path, "T2I real features")
+    except ArtifactError as e:
+        raise ArtifactError(f"{e}; rerun `gear t2i-evaluate real`") from None
 
 
 def _finite(x: float | None) -> float | None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import random
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -191,6 +192,11 @@ def _write_unavailable(reason: str, digest: str) -> None:
         write_json(out / "config.json", {"available": False, "reason": reason, "pairs_sha256": digest})
 
 
+def _staging(params) -> Path:
+    """Where the live metrics go until they are published with the judge (train/logger.py)."""
+    return Path(params.compute.state_dir) / paths.ROOT / "judge" / "dvclive"
+
+
 def run(params) -> None:
     j = params.t2i.judge
     manifest = read_pairs_manifest()  # clear errors before any compute
@@ -201,7 +207,7 @@ def run(params) -> None:
         if rt.is_main:
             _write_unavailable(f"the {manifest.get('source', '?')} pairs carry no shape / colour / position "
                                f"attributes (only the embedded source does)", digest)
-        log = MetricsLog(METRICS_DIR, rt)  # the stage's declared metrics exist either way
+        log = MetricsLog(METRICS_DIR, rt, staging=_staging(params))  # the declared metrics exist either way
         log.log(0, trained=0.0)
         log.close()
         teardown(rt)
@@ -224,7 +230,7 @@ def run(params) -> None:
                             lr=j.lr, betas=(0.9, 0.999))
     stream = TrainStream(params, "train", j.batch_size, augment=True, pattern=_pattern(),
                          decode=AttributeDecoder(vocab))
-    log = MetricsLog(METRICS_DIR, rt)
+    log = MetricsLog(METRICS_DIR, rt, staging=_staging(params))
     window = torch.zeros(3)  # loss sum, all-heads-right count, samples
 
     judge.train()
@@ -250,13 +256,13 @@ def run(params) -> None:
 
     val, n_val = evaluate(params, judge)
     log.log(j.steps, **{f"val_acc_{k}": v for k, v in val.items()})
-    log.close()
     with atomic_dir(paths.JUDGE_DIR) as out:
         save_tensors(out / "judge.safetensors", judge.state_dict())
         write_json(out / "config.json", {
             "available": True, "attributes": vocab, "arch": judge.config, "steps": j.steps,
             "batch_size": j.batch_size, "lr": j.lr, "seed": params.compute.seed, "val_accuracy": val,
             "val_count": n_val, "pairs_sha256": digest})
+    log.close()  # metrics published with the model, never before it
     print(f"gear t2i-judge: val accuracy all {val['all']:.4f} (shape {val['shape']:.4f}, colour {val['colour']:.4f}, "
           f"position {val['position']:.4f}) after {j.steps} steps -> {paths.JUDGE_DIR}")
     barrier(rt)

@@ -25,7 +25,7 @@ from gear.guard import as_dict
 from gear import paths as main_paths
 from gear.artifacts import load_tokenizer
 from gear.config import ParamsError
-from gear.io import ArtifactError, atomic_dir, write_json
+from gear.io import ArtifactError, atomic_dir, reading, write_json
 from gear.models.t2i_sampling import generate_t2i
 from gear.runtime import gather_to_main, setup, teardown
 from gear.stages.sample import save_npz
@@ -50,8 +50,9 @@ def read_prompts(params) -> tuple[list[dict], torch.Tensor, torch.Tensor]:
     for p in (lines_path, npz_path):
         if not p.is_file():
             raise ArtifactError(f"held-out prompts {p} not found; run `gear t2i-encode` first")
-    prompts = [json.loads(line) for line in lines_path.read_text().splitlines() if line.strip()]
-    with np.load(npz_path) as f:
+    with reading(lines_path, "held-out prompts"):
+        prompts = [json.loads(line) for line in lines_path.read_text().splitlines() if line.strip()]
+    with reading(npz_path, "held-out prompt embeddings"), np.load(npz_path) as f:
         emb, mask = f["emb"], f["mask"]
     if len(emb) != len(prompts):
         raise ArtifactError(f"{npz_path} holds {len(emb)} prompts but {lines_path} lists {len(prompts)}; rerun `gear t2i-encode`")

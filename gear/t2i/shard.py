@@ -36,6 +36,7 @@ import functools
 import hashlib
 import io
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -44,7 +45,7 @@ import numpy as np
 from tqdm import tqdm
 
 from gear.guard import as_dict
-from gear.data.shard import ORDER_SEED, DataError, TarShards, _encode, _not_a_file, _pool_map
+from gear.data.shard import ORDER_SEED, DataError, TarShards, _encode, _not_a_file, _pool_map, shown
 from gear.t2i import paths, scenes
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
@@ -67,7 +68,7 @@ def clean_caption(text: str) -> str:
 
 def in_val(relpath: str, fraction: float) -> bool:
     """Fixed split of a folder / jsonl image by the hash of its relative path (POSIX form)."""
-    return int(hashlib.sha256(relpath.encode()).hexdigest()[:8], 16) / 2**32 < fraction
+    return int(hashlib.sha256(os.fsencode(relpath)).hexdigest()[:8], 16) / 2**32 < fraction  # raw bytes: any name
 
 
 # ----------------------------------------------------------------------------------------------
@@ -191,7 +192,7 @@ def _process(job: tuple, resolution: int, image_format: str) -> tuple[bytes | No
     if kind == "scene":
         img, caption, attrs = scenes.scene(a, b, resolution)
         return _encode_image(img, image_format), "", caption, attrs
-    data, reason, _ = _encode(("file", a, 0), resolution, image_format)
+    data, reason, *_ = _encode(("file", a, 0), resolution, image_format)
     return data, reason, b, None
 
 
@@ -204,7 +205,7 @@ def _write_split(split: str, jobs: list[tuple], results, folder: Path, params) -
                                                     unit="img"):
         if data is None:
             skipped.append({"split": split, "path": str(job[1]), "reason": reason})
-            tqdm.write(f"warning: skipped {job[1]}: {reason}", file=sys.stderr)
+            tqdm.write(f"warning: skipped {shown(str(job[1]))}: {reason}", file=sys.stderr)
             continue
         members = {fmt: data, "txt": caption.encode("utf-8")}
         if attrs is not None:
@@ -234,7 +235,7 @@ def run(params) -> None:
     out = paths.SHARD_DIR
     splits, skipped = _jobs(params)  # all input checks happen here, before any image is decoded
     for entry in skipped:
-        print(f"warning: skipped {entry['path']}: {entry['reason']}", file=sys.stderr)
+        print(f"warning: skipped {shown(entry['path'])}: {shown(entry['reason'])}", file=sys.stderr)
 
     tmp = out.parent / f".{out.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)

@@ -1,30 +1,43 @@
 """Metrics that DVC reads, written with dvclive on rank 0.
 
+dvclive writes live into a staging folder under the stage's resumable state dir (never the
+declared metrics folder), and `close()` publishes it over the declared folder in one atomic swap,
+right after the stage has written its model: a run that is killed or fails keeps the old model
+*and* the old metrics, never a new curve beside an old model.
+
 The full history also lives in the training state (`state_dict`), because DVC and Snakemake delete
 a stage's declared metrics folder before re-running it: on resume the history is replayed into a
-fresh dvclive folder, so a killed-and-resumed run ends with exactly the files of an uninterrupted
+fresh staging folder, so a killed-and-resumed run ends with exactly the files of an uninterrupted
 one.
 """
 from __future__ import annotations
 
 import math
 import os
+import shutil
 from pathlib import Path
 
 import torch
+
+from gear.io import atomic_dir
 
 os.environ.setdefault("DVCLIVE_LOGLEVEL", "ERROR")
 
 
 class MetricsLog:
-    def __init__(self, directory: str | Path, rt, history: list[dict] | None = None):
+    """`directory`: the declared metrics folder; `staging`: where dvclive writes until close()
+    (a folder under the stage's compute.state_dir)."""
+
+    def __init__(self, directory: str | Path, rt, history: list[dict] | None = None, *, staging: str | Path):
         self.rt = rt
+        self.directory, self.staging = Path(directory), Path(staging)
         self.history: list[dict] = []
         self.live = None
         if rt.is_main:
             from dvclive import Live
 
-            self.live = Live(str(directory), resume=False, report=None, save_dvc_exp=False, dvcyaml=None)
+            shutil.rmtree(self.staging, ignore_errors=True)  # a failed run's curve: the history replays it
+            self.live = Live(str(self.staging), resume=False, report=None, save_dvc_exp=False, dvcyaml=None)
         for row in history or []:
             self.log(row["step"], **{k: v for k, v in row.items() if k != "step"})
 
@@ -48,8 +61,13 @@ class MetricsLog:
         return list(self.history)
 
     def close(self) -> None:
+        """End the log and publish it: the staged folder replaces the declared one whole. Call it
+        right after the stage's model is written."""
         if self.live is not None:
             self.live.end()
+            with atomic_dir(self.directory) as tmp:
+                shutil.copytree(self.staging, tmp, dirs_exist_ok=True)
+            shutil.rmtree(self.staging, ignore_errors=True)
 
 
 class WindowMean:

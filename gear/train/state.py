@@ -111,8 +111,8 @@ class Checkpointer:
         if self.rt.is_main:
             full = {**state, "rng": gathered, "compat": self.compat, "world": self.rt.world,
                     "format": STATE_FORMAT}
-            with atomic_path(self.path) as tmp:
-                torch.save(full, tmp)
+            with atomic_path(self.path) as tmp, open(tmp, "wb") as f:
+                torch.save(full, f)  # a file object: a full disk is OSError(ENOSPC), not torch's RuntimeError
         if self.rt.distributed:
             dist.barrier()
 
