@@ -113,7 +113,7 @@ def run_stage(stage: str, params, params_file: str, extra: dict, row: str | None
     stage_params, layout = dag.layout_for(params, row)
     provenance.check_inputs(job, params, params_file)
     main = int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))) == 0
-    lock = provenance.OutputLock(job, params, params_file) if main else contextlib.nullcontext()
+    lock = provenance.output_lock(job, params, params_file) if main else contextlib.nullcontext()
     audit = os.environ.get("GEAR_AUDIT_READS")  # a file: record what the stage reads instead of refusing
     view = ParamsView(stage_params, None if audit else dag.declared(job.stage), job.stage, free=dag.FREE)
     with lock, paths.using(layout):

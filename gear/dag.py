@@ -36,8 +36,10 @@ class Out:
 
 
 def live(folder: str) -> tuple[Out, Out]:
-    """A training stage's dvclive folder: metrics.json (DVC metrics) and its plots folder."""
-    return (Out(f"{folder}/metrics.json", "file", "metrics"), Out(f"{folder}/plots/metrics", "dir", "plots"))
+    """A training stage's dvclive folder: metrics.json and its plots folder (DVC plots: `dvc plots
+    diff` compares experiments' curves). DVC's metrics are the headline files alone (reports/
+    headline.json), so `dvc exp show` stays one screen wide."""
+    return (Out(f"{folder}/metrics.json", "file"), Out(f"{folder}/plots/metrics", "dir", "plots"))
 
 
 @dataclass(frozen=True)
@@ -76,22 +78,24 @@ def _s(*stages: Stage) -> dict[str, Stage]:
 
 
 SEED = "seed{seed}"
-# Keys a stage may read without declaring them: they pick the job, not its result (a study seed,
-# an AR size or a tuned arm is validated against these lists; the value itself is in the job's
-# wildcards and paths), so adding a seed, a size or an arm reruns nothing of the others.
-FREE = frozenset({"study.seeds", "ar.sizes", "tune.ablations"})
+# Keys a stage may read without their value entering its record: they pick the job or how it runs,
+# never what it writes. The seed, size and arm lists (the value is in the job's wildcards and
+# paths: adding a seed reruns nothing of the others); where state, shards and logs go, how often
+# the state is saved (resume equals no-kill, tested) and how many loader processes decode.
+FREE = frozenset({"study.seeds", "ar.sizes", "tune.ablations", "data.shard_dir", "compute.state_dir",
+                  "compute.save_every", "compute.workers"})
 # the shards' manifest is checked against the whole data section (gear/data/loader.py)
-DATA_IN = ("data", "compute.workers")
+DATA_IN = ("data",)
 RUN = ("compute.device", "compute.precision")
 SEEDED_RUN = RUN + ("compute.seed",)  # stages that draw random numbers (init, data order, noise)
-TRAIN = SEEDED_RUN + ("compute.log_every", "compute.save_every", "compute.state_dir")
+TRAIN = SEEDED_RUN + ("compute.log_every",)
 TEACHER = ("teacher", "teachers", "data.resolution")  # what loading the alignment teacher reads
 AR_RECIPE = ("align_weight_ar", "align_layer", "ar", "compute.fsdp", "compute.compile", "compute.grad_checkpointing")
 METRICS = ("metrics",)
 REFERENCE = ("metrics.reference", "metrics.feature_space", "metrics.pr_k", "data.resolution")  # checked before sampling
 
 STAGES: dict[str, Stage] = _s(
-    Stage("shard", "shard", ("data", "compute.workers"), (Out("{shard_dir}"),), code=("gear/data/shard.py", "gear/data/embedded.py"),
+    Stage("shard", "shard", ("data",), (Out("{shard_dir}"),), code=("gear/data/shard.py", "gear/data/embedded.py"),
           heavy=False, launch=False),
     Stage("teacher", "teacher", TEACHER + DATA_IN + TRAIN + ("metrics.feature_space", "metrics.batch_size"),
           (Out("models/teacher"), *live("metrics/teacher")), (Dep("shard"),), root="teacher"),
@@ -105,11 +109,11 @@ STAGES: dict[str, Stage] = _s(
           (Out(f"models/tune/{SEED}/{{variant}}"), *live(f"metrics/tune/{SEED}/{{variant}}")),
           (Dep("shard"), Dep("teacher"), Dep("tokenizer_init")), ("seed", "variant"), root="tuned"),
     Stage("freeze_baseline", "freeze --arm baseline", ("quantizer", "tokenizer", "metrics.batch_size") + DATA_IN + RUN,
-          (Out("models/frozen/baseline"), Out("metrics/freeze/baseline.json", "file", "metrics")),
+          (Out("models/frozen/baseline"), Out("metrics/freeze/baseline.json", "file")),
           (Dep("tokenizer_init"), Dep("shard")), heavy=False, launch=False),
     Stage("freeze", "freeze --arm {variant} --seed {seed}", ("quantizer", "tokenizer", "metrics.batch_size")
           + DATA_IN + RUN,
-          (Out(f"models/frozen/{SEED}/{{variant}}"), Out(f"metrics/freeze/{SEED}/{{variant}}.json", "file", "metrics")),
+          (Out(f"models/frozen/{SEED}/{{variant}}"), Out(f"metrics/freeze/{SEED}/{{variant}}.json", "file")),
           (Dep("tune"), Dep("shard")), ("seed", "variant"), root="tuned", heavy=False, launch=False),
     Stage("tokenize_baseline", "tokenize --arm baseline", ("quantizer", "tokenizer") + DATA_IN + RUN,
           (Out("data/tokens/baseline"),), (Dep("freeze_baseline"), Dep("shard")), heavy=False, launch=False),
@@ -136,20 +140,20 @@ STAGES: dict[str, Stage] = _s(
           (Dep("shard"), Dep("teacher"))),
     Stage("evaluate_tokenizer_baseline", "evaluate tokenizer --arm baseline",
           METRICS + ("quantizer", "tokenizer", "tau") + TEACHER + DATA_IN + RUN,
-          (Out("eval/tokenizer/baseline.json", "file", "metrics"),),
+          (Out("eval/tokenizer/baseline.json", "file"),),
           (Dep("freeze_baseline"), Dep("shard"), Dep("teacher"), Dep("evaluate_real"))),
     Stage("evaluate_tokenizer", "evaluate tokenizer --arm {variant} --seed {seed}",
           METRICS + ("quantizer", "tokenizer", "tau") + TEACHER + DATA_IN + RUN,
-          (Out(f"eval/tokenizer/{SEED}/{{variant}}.json", "file", "metrics"),),
+          (Out(f"eval/tokenizer/{SEED}/{{variant}}.json", "file"),),
           (Dep("freeze"), Dep("shard"), Dep("teacher"), Dep("evaluate_real")), ("seed", "variant"), root="tuned"),
     Stage("evaluate_samples_baseline", "evaluate samples --arm baseline --size {size} --seed {seed}",
           METRICS + ("align_layer", "ar.align_layers") + TEACHER + DATA_IN + RUN,
-          (Out(f"eval/samples/{SEED}/baseline/{{size}}.json", "file", "metrics"),),
+          (Out(f"eval/samples/{SEED}/baseline/{{size}}.json", "file"),),
           (Dep("sample_baseline"), Dep("train_ar_baseline"), Dep("freeze_baseline"), Dep("teacher"),
            Dep("evaluate_real"), Dep("shard")), ("seed", "size"), root="tuned"),
     Stage("evaluate_samples_gear", "evaluate samples --arm gear --size {size} --seed {seed}",
           METRICS + ("align_layer", "ar.align_layers") + TEACHER + DATA_IN + RUN,
-          (Out(f"eval/samples/{SEED}/gear/{{size}}.json", "file", "metrics"),),
+          (Out(f"eval/samples/{SEED}/gear/{{size}}.json", "file"),),
           (Dep("sample_gear"), Dep("train_ar_gear"), Dep("freeze", (("variant", "gear"),)), Dep("teacher"),
            Dep("evaluate_real"), Dep("shard")), ("seed", "size"), root="tuned"),
     Stage("report", "report", ("study", "teacher", "quantizer", "tau", "align_weight", "align_weight_ar", "tune.steps",
@@ -161,7 +165,7 @@ STAGES: dict[str, Stage] = _s(
 
 # The text-to-image room (gear/t2i/): its own target and DVC file; the frozen tokenizers are the
 # class-conditional DAG's.
-T2I_TEACHER = TEACHER + ("compute.workers",)
+T2I_TEACHER = TEACHER
 
 
 def _t2i_arm(arm: str) -> tuple:
@@ -179,22 +183,21 @@ def _t2i_arm(arm: str) -> tuple:
     evaluate = Stage(f"t2i_evaluate_{arm}", f"t2i-evaluate samples --arm {arm} --seed {{seed}}",
                      METRICS + ("t2i.feature_space", "t2i.sample", "t2i.text.encoder", "data.resolution")
                      + T2I_TEACHER + RUN,
-                     (Out(f"t2i/eval/{SEED}/{arm}.json", "file", "metrics"),),
+                     (Out(f"t2i/eval/{SEED}/{arm}.json", "file"),),
                      (Dep(f"t2i_sample_{arm}"), Dep(f"t2i_train_{arm}"), Dep("t2i_judge"), Dep("t2i_evaluate_real"),
                       Dep("t2i_encode"), Dep("teacher")), ("seed",), room="t2i")
     return train, sample, evaluate
 
 
-T2I_TOKENIZE = ("quantizer", "tokenizer", "t2i.text", "t2i.data.samples_per_shard", "data.resolution",
-                "compute.workers") + RUN
+T2I_TOKENIZE = ("quantizer", "tokenizer", "t2i.text", "t2i.data.samples_per_shard", "data.resolution") + RUN
 
 STAGES.update(_s(
-    Stage("t2i_shard", "t2i-shard", ("data.resolution", "data.image_format", "t2i.data", "compute.workers"), (Out("t2i/data/shards"),),
+    Stage("t2i_shard", "t2i-shard", ("data.resolution", "data.image_format", "t2i.data"), (Out("t2i/data/shards"),),
           code=("gear/t2i/shard.py", "gear/t2i/scenes.py"), heavy=False, launch=False, room="t2i"),
-    Stage("t2i_encode", "t2i-encode", ("t2i.text", "t2i.data.samples_per_shard", "compute.precision", "compute.device",
-                                       "compute.workers"), (Out("t2i/data/captions"),),
+    Stage("t2i_encode", "t2i-encode", ("t2i.text", "t2i.data.samples_per_shard", "compute.precision", "compute.device"),
+          (Out("t2i/data/captions"),),
           (Dep("t2i_shard"),), launch=False, room="t2i"),
-    Stage("t2i_judge", "t2i-judge", ("t2i.judge", "data.resolution", "compute.workers", "compute.log_every") + SEEDED_RUN,
+    Stage("t2i_judge", "t2i-judge", ("t2i.judge", "data.resolution", "compute.log_every") + SEEDED_RUN,
           (Out("t2i/models/judge"), *live("t2i/metrics/judge")), (Dep("t2i_shard"),), heavy=False, launch=False,
           room="t2i"),
     Stage("t2i_tokenize_baseline", "t2i-tokenize --arm baseline", T2I_TOKENIZE,
@@ -209,7 +212,7 @@ STAGES.update(_s(
     Stage("t2i_report", "t2i-report", ("study", "t2i.ar.eval_steps", "t2i.ar.align_weight", "t2i.ar.align_layer",
                                        "t2i.ar.steps", "t2i.sample.cfg_scale", "t2i.feature_space", "metrics.pr_k"),
           (Out("reports/t2i_figures"), Out("reports/t2i.md", "file"), Out("reports/t2i.html", "file"),
-           Out("reports/t2i.json", "file", "metrics", cache=False)), code=("gear/report",), heavy=False, launch=False,
+           Out("reports/t2i.json", "file", cache=False)), code=("gear/report",), heavy=False, launch=False,
           room="t2i"),
 ))
 

@@ -124,14 +124,14 @@ def _atomic_entries(folder: Path, names: list[str]) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def exclusive(output: str | Path, command: str) -> Iterator[None]:
+def exclusive(output: str | Path, command: str, lock: str | Path | None = None) -> Iterator[None]:
     """One writer at a time for `output`: an exclusive lock on the hidden file .<name>.lock beside
-    it, holding the writer's pid. A second writer is refused at once in one line naming the first.
-    The lock file goes away with the lock (the inode check makes a run that opened it just before
-    it was removed try again on the new file rather than share the lock)."""
+    it (or `lock`), holding the writer's pid. A second writer is refused at once in one line naming
+    the first. The lock file goes away with the lock (the inode check makes a run that opened it
+    just before it was removed try again on the new file rather than share the lock)."""
     output = Path(output)
-    lock = output.parent / f".{output.name}.lock"
-    output.parent.mkdir(parents=True, exist_ok=True)
+    lock = Path(lock) if lock is not None else output.parent / f".{output.name}.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
     while True:
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
         try:

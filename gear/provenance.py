@@ -19,7 +19,6 @@ by modification time, everything downstream) even when it holds no metadata for 
 """
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -47,10 +46,17 @@ def values(job: Job, params) -> dict:
     """The declared params of a job as it runs them (its row's params; a seeded job's compute.seed
     is its study seed)."""
     rp, _ = dag.layout_for(params, job.row)
-    out = {k: _plain(_get_raw(rp, k)) for k in dag._leaves(job.decl.keys)}
+    out = {k: _without_free(k, _plain(_get_raw(rp, k))) for k in dag._leaves(job.decl.keys)}
     if job.decl.seeded and "compute.seed" in out:
         out["compute.seed"] = job.wildcards["seed"]
     return out
+
+
+def _without_free(key: str, value):
+    """A section's value without the keys that never change what a stage writes (dag.FREE)."""
+    if not isinstance(value, dict):
+        return value
+    return {k: _without_free(f"{key}.{k}", v) for k, v in value.items() if f"{key}.{k}" not in dag.FREE}
 
 
 def _get_raw(params, key: str):
@@ -147,36 +153,15 @@ def check_jobs(jobs: list[Job], params, params_file: str, who: str) -> None:
 # ---- one writer per output ---------------------------------------------------------------------
 
 
-class OutputLock:
-    """An exclusive lock on a job's outputs for the run's lifetime: a second `gear` run of the same
-    job (another terminal, a requeued job whose first copy still runs) stops in one line naming the
-    running one, instead of interleaving its files."""
+def output_lock(job: Job, params, params_file: str):
+    """An exclusive lock on a job's outputs for the run's lifetime (gear.io.exclusive, under .gear/locks/
+    so that a stage's own lock on its folder stays free): a second `gear` run of the same job (another
+    terminal, a requeued job whose first copy still runs) stops in one line naming the running one,
+    instead of interleaving its files."""
+    from gear.io import exclusive
 
-    def __init__(self, job: Job, params, params_file: str):
-        name = str(dag.primary(job, params)).replace("/", "__")
-        self.path = STATE / "locks" / f"{name}.lock"
-        self.what = job.command(params_file)
-        self.fd: int | None = None
-
-    def __enter__(self):
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
-            os.close(fd)
-            raise ArtifactError(f"`{self.what}` is already running ({holder}); its outputs have one writer: "
-                                "wait for it or stop it") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"pid {os.getpid()}".encode())
-        self.fd = fd
-        return self
-
-    def __exit__(self, *exc):
-        if self.fd is not None:
-            os.close(self.fd)  # releases the lock
-        return False
+    out = dag.primary(job, params)
+    return exclusive(out, job.command(params_file), lock=STATE / "locks" / (str(out).replace("/", "__") + ".lock"))
 
 
 # ---- Snakemake: rerun jobs whose outputs another tool made with other params -------------------

@@ -122,8 +122,8 @@ def test_snakemake_target_shares_the_warmup_and_teacher(ablation_dag):
     [(wc, inputs)] = by_rule["ablation_tune_copy_ste"]
     assert wc["row"] == "training-ste" and inputs == [str(paths.tune_dir("ste", 0))]
     assert {wc["variant"] for wc, _ in by_rule["tune"]} == {"gear", "ste"}
-    # one fresh eval AR per row and seed; hub teachers offline are not in the DAG
-    assert {wc["row"] for wc, _ in by_rule["ablation_train_ar"]} == runnable
+    # one fresh eval AR per row and seed; hub teachers are not in the DAG while ablations.hub_teachers is false
+    assert {wc["row"] for wc, _ in by_rule["ablation_train_ar_gear"]} == runnable
     assert not any(r.startswith("teacher-") for r in runnable)
     assert {"dinov2_vitb14", "vjepa2_vitl16"} <= set(p.ablations.teacher)
 
@@ -175,7 +175,7 @@ def test_report_from_a_partial_grid(tmp_path, monkeypatch):
     assert "partial: 1 of 3 seeds" in next(l for l in tau_md.splitlines() if "| tau-0.05 |" in l)
     assert "| tau-0.01 | missing: ablations/tau-0.01/" in tau_md
     teacher_md = _section(md, "Teacher encoder")
-    assert "| teacher-dinov2_vitb14 | skipped: " in teacher_md and "offline" in teacher_md.lower()
+    assert "| teacher-dinov2_vitb14 | skipped: " in teacher_md and "ablations.hub_teachers" in teacher_md
     saved = json.loads((tmp_path / "reports" / "ablations.json").read_text())
     assert saved["values"]["tau-0.5"]["1"]["fid"] == 30.5 and "tau-0.01" in saved["problems"]
     assert (tmp_path / "reports" / "ablations.html").read_text().startswith("<!DOCTYPE html>")

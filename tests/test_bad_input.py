@@ -828,7 +828,7 @@ def test_disk_full_keeps_the_old_file(tmp_path, monkeypatch):
     path = tmp_path / "model.safetensors"
     save_tensors(path, {"w": torch.ones(3)})
     old = path.read_bytes()
-    monkeypatch.setattr("gear.io.save_file", no_space)
+    monkeypatch.setattr("safetensors.torch.save_file", no_space)
     with pytest.raises(ArtifactError, match=f"^disk full while writing {path} "):
         save_tensors(path, {"w": torch.zeros(3)})
     with pytest.raises(ArtifactError, match="disk full"):  # the fsync / rename can hit it too
@@ -871,7 +871,7 @@ def test_disk_full_at_the_final_write_keeps_model_and_metrics(shards, tmp_path, 
     before = outputs()
     assert any(k.startswith("metrics/teacher/") for k in before)
     capsys.readouterr()
-    monkeypatch.setattr("gear.io.save_file", no_space)
+    monkeypatch.setattr("safetensors.torch.save_file", no_space)
     assert gear(["teacher"], f"data.shard_dir={shards}") == 2
     one_error_line(capsys, "teacher", "disk full while writing models/teacher")
     assert outputs() == before

@@ -22,7 +22,7 @@ import yaml
 from gear import dag, provenance
 from gear.config import load_params
 from gear.guard import ParamsView, UndeclaredParam
-from tiny import copy_workflow
+from tiny import copy_workflow, fake_run, retouch
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -98,40 +98,6 @@ def _params(d: Path, **changes) -> None:
             node = node[part]
         node[leaf] = value
     (d / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-
-
-def _all_jobs(p):
-    return dag.main_jobs(p) + [dag.Job.of("report")]
-
-
-def retouch(d: Path) -> None:
-    """Output times in DAG order, as a run leaves them (`dvc commit` relinks files in its own order)."""
-    p = load_params(d / "params.yaml")
-    t = 1_000_000_000
-    for job in _all_jobs(p):
-        for out in dag.outputs(job, p):
-            t += 10
-            for f in [d / out, *((d / out).rglob("*") if (d / out).is_dir() else [])]:
-                os.utime(f, (t, t))
-
-
-def fake_run(d: Path, params_file: str = "params.yaml", jobs=None) -> None:
-    """Every job's outputs as dummies, in DAG order, with the record the real stage writes."""
-    cwd = os.getcwd()
-    os.chdir(d)
-    try:
-        p = load_params(params_file)
-        for job in jobs or _all_jobs(p):
-            for out, decl in zip(dag.outputs(job, p), job.decl.outs):
-                if decl.kind == "file":
-                    out.parent.mkdir(parents=True, exist_ok=True)
-                    out.write_text("{}\n")
-                else:
-                    out.mkdir(parents=True, exist_ok=True)
-                    (out / "x").write_text("x\n")
-            provenance.write(job, p)
-    finally:
-        os.chdir(cwd)
 
 
 def dvc_changed(d: Path) -> set[str]:
@@ -232,9 +198,9 @@ def test_a_second_writer_of_the_same_output_is_refused(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     p = load_params(ROOT / "params.yaml")
     job = dag.Job.of("teacher")
-    with provenance.OutputLock(job, p, "params.yaml"):
-        with pytest.raises(Exception, match=r"`gear teacher` is already running \(pid \d+\)"):
-            with provenance.OutputLock(job, p, "params.yaml"):
+    with provenance.output_lock(job, p, "params.yaml"):
+        with pytest.raises(Exception, match=r"models/teacher is being written by a running `gear teacher` \(pid \d+\)"):
+            with provenance.output_lock(job, p, "params.yaml"):
                 pass
-    with provenance.OutputLock(job, p, "params.yaml"):  # released: free again
+    with provenance.output_lock(job, p, "params.yaml"):  # released: free again
         pass

@@ -11,6 +11,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from gear import dag, provenance
+from gear.config import load_params
+
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = ROOT / "params.yaml"
 
@@ -111,5 +114,42 @@ def build_ar_world(root: Path, raw: dict, arm: str, seed: int = 0) -> None:
         write_tokenizer(paths.frozen_dir(arm, seed), Tokenizer(TokenizerConfig.from_params(params)), {"arm": arm})
         (root / "params.yaml").write_text(yaml.safe_dump(raw))
         tokenize.run(params, arm, seed=seed)
+    finally:
+        os.chdir(cwd)
+
+
+# ---- trees as a run leaves them, without running anything ---------------------------------------
+
+def _all_jobs(p):
+    """The main DAG's jobs and the report, in DAG order."""
+    return dag.main_jobs(p) + [dag.Job.of("report")]
+
+
+def retouch(d: Path) -> None:
+    """Output times in DAG order, as a run leaves them (`dvc commit` relinks files in its own order)."""
+    p = load_params(d / "params.yaml")
+    t = 1_000_000_000
+    for job in _all_jobs(p):
+        for out in dag.outputs(job, p):
+            t += 10
+            for f in [d / out, *((d / out).rglob("*") if (d / out).is_dir() else [])]:
+                os.utime(f, (t, t))
+
+
+def fake_run(d: Path, params_file: str = "params.yaml", jobs=None) -> None:
+    """Every job's outputs as dummies, in DAG order, with the record the real stage writes."""
+    cwd = os.getcwd()
+    os.chdir(d)
+    try:
+        p = load_params(params_file)
+        for job in jobs or _all_jobs(p):
+            for out, decl in zip(dag.outputs(job, p), job.decl.outs):
+                if decl.kind == "file":
+                    out.parent.mkdir(parents=True, exist_ok=True)
+                    out.write_text("{}\n")
+                else:
+                    out.mkdir(parents=True, exist_ok=True)
+                    (out / "x").write_text("x\n")
+            provenance.write(job, p)
     finally:
         os.chdir(cwd)
