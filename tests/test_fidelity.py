@@ -309,3 +309,19 @@ def test_imagenet_preset_has_the_releases_values():
     assert (p.ar.resid_dropout, p.ar.ffn_dropout, p.ar.token_dropout) == (0.1, 0.1, 0.1)
     assert (p.t2i.ar.resid_dropout, p.t2i.ar.ffn_dropout) == (0.1, 0.1)
     assert (list(p.t2i.ar.betas), p.t2i.ar.weight_decay) == ([0.9, 0.999], 0.0)
+
+
+# ---- the conformance tool (opt-in): without a checkout, one line ---------------------------------
+
+def test_conformance_without_a_checkout_says_why_in_one_line(tmp_path):
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "conformance.py"), "--reference", str(tmp_path)],
+                       env=env(), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.count("\n") == 1 and r.stderr.startswith("conformance: ")
+    assert "is not a checkout of the GEAR release" in r.stderr
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from conformance import load_reference
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    assert "no checkout of the release given" in load_reference(None)
