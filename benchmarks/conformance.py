@@ -18,6 +18,8 @@ randomised and loaded into ours strictly through our public-checkpoint loaders):
   disc  src/losses: NLayerDiscriminator and hinge_d_loss, the D step as the release runs it
         (D(real), D(fake)) against ours: loss, every weight gradient, BatchNorm running stats;
         and the generator's GAN term -mean(D(fake))
+  entropy  models/vq_model.py compute_entropy_loss against ours on 2 gloo processes (value and the
+        rank-averaged gradient), and ours against one process on the whole batch
 A row passes when its largest absolute difference is within --tol (indices: equal).
 """
 from __future__ import annotations
@@ -164,6 +166,61 @@ def part_disc(ref_disc, ref_losses) -> list[tuple[str, float]]:
             ("disc BatchNorm running stats", stats), ("generator GAN term", diff(logs["gan_g"], r_g))]
 
 
+def _entropy_rank(rank: int, world: int, root: str, port: int, out: str) -> None:
+    """One of `world` gloo processes: the release's compute_entropy_loss and ours on this rank's
+    half of the tokens (logits x @ W, W shared); gradients averaged over ranks as DDP does."""
+    import json
+
+    import torch
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    ref_vq = _import_file(Path(root) / FILES[0], "_ref_vq_model")
+    from gear.models.quantizers import entropy_penalty
+
+    torch.manual_seed(0)
+    x, W = torch.randn(world * 64, 8), torch.randn(8, 128)
+    mine = x.chunk(world)[rank]
+    rows = {}
+    for side in ("release", "ours"):
+        w = W.clone().requires_grad_(True)
+        logits = mine @ w
+        term = (ref_vq.compute_entropy_loss(logits.clone(), temperature=0.3) if side == "release"
+                else entropy_penalty(logits / 0.3))
+        term.backward()
+        value, grad = term.detach().clone(), w.grad.clone()
+        dist.all_reduce(value); dist.all_reduce(grad)
+        rows[side] = (value / world, grad / world)
+    if rank == 0:
+        full = W.clone().requires_grad_(True)
+        term = entropy_penalty(x @ full / 0.3, over_ranks=False)  # one process, the whole batch
+        term.backward()
+        d = lambda a, b: (a - b).abs().max().item()
+        json.dump({"entropy term, 2 ranks: value": d(rows["ours"][0], rows["release"][0]),
+                   "entropy term, 2 ranks: gradient": d(rows["ours"][1], rows["release"][1]),
+                   "entropy term, 2 ranks vs 1 process: gradient": d(rows["ours"][1], full.grad)},
+                  open(out, "w"))
+    dist.destroy_process_group()
+
+
+def part_entropy_ranks(root: Path) -> list[tuple[str, float]]:
+    import json
+    import socket
+    import tempfile
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with tempfile.TemporaryDirectory() as tmp:
+        out = str(Path(tmp) / "entropy.json")
+        mp.spawn(_entropy_rank, args=(2, str(root), port, out), nprocs=2)
+        return list(json.loads(Path(out).read_text()).items())
+
+
 class _Out:
     """The fields of a tokenizer output that TokenizerObjective.generator_loss reads."""
 
@@ -188,7 +245,9 @@ def main(argv=None) -> int:
     ref_vq, ref_gpt, ref_disc, ref_losses = ref
     torch.set_num_threads(max(1, min(4, torch.get_num_threads())))
     rows = []
-    for part in (lambda: part_vq(ref_vq), lambda: part_gpt(ref_gpt), lambda: part_disc(ref_disc, ref_losses)):
+    root = Path(args.reference).expanduser().resolve()
+    for part in (lambda: part_vq(ref_vq), lambda: part_gpt(ref_gpt), lambda: part_disc(ref_disc, ref_losses),
+                 lambda: part_entropy_ranks(root)):
         torch.manual_seed(args.seed)
         rows += part()
     width = max(len(name) for name, _ in rows)
