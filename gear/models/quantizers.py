@@ -17,7 +17,7 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
+import torch.distributed as distributed  # not `dist`: the quantizers' distance tensors are named so
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
@@ -41,12 +41,12 @@ def _mean_over_ranks(avg: Tensor) -> Tensor:
     gradient is then world x the global term's gradient through its own tokens, and DDP's mean
     over ranks gives exactly the full-batch gradient (tests/test_fidelity.py). The collective runs
     outside autograd, so the graph holds no distributed op."""
-    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+    if not (distributed.is_available() and distributed.is_initialized() and distributed.get_world_size() > 1):
         return avg
     with torch.no_grad():
         total = avg.detach().clone()
-        dist.all_reduce(total)
-        total /= dist.get_world_size()
+        distributed.all_reduce(total)
+        total /= distributed.get_world_size()
     return avg + (total - avg).detach()
 
 
