@@ -20,7 +20,7 @@ move, with --threads 1) and per wall-second, medians over the repeats:
       torch.optim.AdamW as GEAR's src/train_ar.py builds it).
   sampling images/s: class-conditional, CFG 1.5 (batch doubled), KV cache, temperature 1.
 Both sides run the same network: same width, depth, heads, SwiGLU width, vocab, classes, class
-and token dropout 0.1; the reference's residual / FFN dropout (ours has none) is set to 0.
+and token dropout 0.1; residual / FFN dropout 0 on both sides (the reference's default is 0.1, ours 0).
 The repeats are interleaved (ref, ours, GEMM; the order flips each repeat) so that drift in the
 machine's load hits both sides alike. The ratio is ours / reference.
 

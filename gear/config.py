@@ -115,6 +115,8 @@ class AR:
     custom_heads: int = 3
     class_dropout: float = 0.1
     token_dropout: float = 0.1
+    resid_dropout: float = 0.0      # after attention's output projection (LlamaGen / the release: 0.1)
+    ffn_dropout: float = 0.0        # after the SwiGLU (LlamaGen / the release: 0.1)
     projector_hidden: int = 256
     steps: int = 800
     batch_size: int = 64
@@ -246,6 +248,8 @@ class T2IAR:
     align_weight: float = 0.5
     caption_dropout: float = 0.1
     token_dropout: float = 0.1
+    resid_dropout: float = 0.0
+    ffn_dropout: float = 0.0
     projector_hidden: int = 256
     steps: int = 600
     batch_size: int = 32
@@ -539,6 +543,8 @@ def validate(p: Params) -> Params:
     _check(p.ar.grad_accum >= 1, "ar.grad_accum", p.ar.grad_accum, "must be >= 1")
     _check(0 <= p.ar.class_dropout < 1, "ar.class_dropout", p.ar.class_dropout, "must be in [0, 1)")
     _check(0 <= p.ar.token_dropout < 1, "ar.token_dropout", p.ar.token_dropout, "must be in [0, 1)")
+    _check(0 <= p.ar.resid_dropout < 1, "ar.resid_dropout", p.ar.resid_dropout, "must be in [0, 1)")
+    _check(0 <= p.ar.ffn_dropout < 1, "ar.ffn_dropout", p.ar.ffn_dropout, "must be in [0, 1)")
     _check(p.ar.custom_dim % p.ar.custom_heads == 0, "ar.custom_heads", p.ar.custom_heads,
            f"must divide ar.custom_dim {p.ar.custom_dim}")
     _check(p.tune.steps > 0, "tune.steps", p.tune.steps, "must be > 0")
@@ -597,7 +603,7 @@ def _validate_t2i(p: Params) -> None:
     depth = ar_depth(a.size, p)
     _check(1 <= a.align_layer <= depth, "t2i.ar.align_layer", a.align_layer, f"must be within 1..{depth} (depth of AR size {a.size})")
     _check(a.align_weight >= 0, "t2i.ar.align_weight", a.align_weight, "must be >= 0")
-    for key in ("caption_dropout", "token_dropout"):
+    for key in ("caption_dropout", "token_dropout", "resid_dropout", "ffn_dropout"):
         _check(0 <= getattr(a, key) < 1, f"t2i.ar.{key}", getattr(a, key), "must be in [0, 1)")
     for key in ("projector_hidden", "steps", "batch_size"):
         _check(getattr(a, key) > 0, f"t2i.ar.{key}", getattr(a, key), "must be > 0")

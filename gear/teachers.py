@@ -3,7 +3,8 @@
     teacher = load_teacher(params, device)
     y = teacher.features(images, grid)   # images float in [-1, 1] (B, 3, H, W) -> (B, grid*grid, dim) float32
 
-Each teacher resizes its input to grid * patch pixels, applies its own normalization, runs with
+Each teacher normalizes its input, resizes it to grid * patch pixels (plain bicubic after the
+normalization, no antialias and no clamp: the release's target preprocessing), runs with
 position embeddings interpolated to that grid (timm `dynamic_img_size`; open_clip resamples its
 embedding once, at build time, to the params' grid), and returns the final-norm patch tokens in
 row-major order with CLS / register tokens dropped. Always eval mode, no grad, frozen; bf16
@@ -119,11 +120,18 @@ class Teacher(nn.Module):
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
-    def _prepare(self, images: torch.Tensor, side: int) -> torch.Tensor:
+    def _prepare(self, images: torch.Tensor, side: int, release: bool = True) -> torch.Tensor:
+        """[-1, 1] images -> normalized input of side x side. release: normalize, then plain
+        bicubic (the release's alignment targets). Otherwise (the pooled FID-space feature):
+        bicubic antialiased when shrinking, clamped to [0, 1], then normalized."""
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"teacher {self.name}: expected images (B, 3, H, W), got {tuple(images.shape)}")
         x = (images.float().to(self.mean.device) + 1) / 2
-        if x.shape[-2:] != (side, side):
+        resize = x.shape[-2:] != (side, side)
+        if release:
+            x = (x - self.mean) / self.std
+            return F.interpolate(x, size=(side, side), mode="bicubic", align_corners=False) if resize else x
+        if resize:
             down = side < min(x.shape[-2:])
             x = F.interpolate(x, size=(side, side), mode="bicubic", align_corners=False, antialias=down).clamp(0, 1)
         return (x - self.mean) / self.std
@@ -149,7 +157,7 @@ class Teacher(nn.Module):
     @torch.no_grad()
     def pooled(self, images: torch.Tensor) -> torch.Tensor:
         """Global image embedding at the teacher's own resolution (FID feature space): (B, P)."""
-        return self._run(self._prepare(images, self.pool_size))[1]
+        return self._run(self._prepare(images, self.pool_size, release=False))[1]
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         raise RuntimeError(f"teacher {self.name} has no classifier head; logits need the demo teacher")

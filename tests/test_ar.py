@@ -199,7 +199,10 @@ def test_class_dropout_only_in_train_mode():
 
 def test_rope_is_relative_in_2d():
     cos, sin = rope_tables(GRID, 8, 10000.0)
-    assert torch.equal(cos[0], torch.ones(8)) and torch.equal(sin[0], torch.zeros(8))  # class slot
+    assert not cos[0].any() and not sin[0].any()       # class slot: zero q and k (LlamaGen)
+    keep_cos, keep_sin = rope_tables(GRID, 8, 10000.0, "keep")   # old configs: unrotated
+    assert torch.equal(keep_cos[0], torch.ones(8)) and torch.equal(keep_sin[0], torch.zeros(8))
+    assert torch.equal(keep_cos[1:], cos[1:]) and torch.equal(keep_sin, sin)
     assert torch.equal(sin[1], torch.zeros(8))               # position 1 holds token 0 = (row 0, col 0)
     row_pairs, col_pairs = sin[1 + GRID, :2], sin[1 + GRID, 2:4]     # token GRID = (row 1, col 0)
     assert (row_pairs != 0).all() and (col_pairs == 0).all()

@@ -372,11 +372,12 @@ ZERO_OK = {
     "tokenizer.commit_weight", "tokenizer.codebook_weight", "tokenizer.entropy_weight", "tokenizer.recon_weight",
     "tokenizer.perceptual_weight", "tokenizer.gan_weight", "tokenizer.gan_start", "tokenizer.warmup_steps",
     "tokenizer.weight_decay", "tokenizer.grad_clip", "tokenizer.ema_decay", "tokenizer.betas",
-    "ar.class_dropout", "ar.token_dropout", "ar.weight_decay", "ar.grad_clip", "ar.ema_decay", "ar.warmup_steps",
+    "ar.class_dropout", "ar.token_dropout", "ar.resid_dropout", "ar.ffn_dropout", "ar.weight_decay", "ar.grad_clip", "ar.ema_decay", "ar.warmup_steps",
     "ar.betas", "tune.gan_start", "tune.weight_decay", "tune.grad_clip", "tune.ema_decay", "tune.betas",
     "sample.top_k", "sample.cfg_interval", "compute.workers", "compute.seed", "study.seeds",
     "study.recon_margin_db", "resources.train_gpus",
-    "t2i.ar.align_weight", "t2i.ar.caption_dropout", "t2i.ar.token_dropout", "t2i.ar.warmup_steps",
+    "t2i.ar.align_weight", "t2i.ar.caption_dropout", "t2i.ar.token_dropout", "t2i.ar.resid_dropout",
+    "t2i.ar.ffn_dropout", "t2i.ar.warmup_steps",
     "t2i.ar.weight_decay", "t2i.ar.grad_clip", "t2i.ar.ema_decay", "t2i.ar.betas", "t2i.sample.top_k",
 }
 

@@ -93,10 +93,11 @@ def test_timm_dinov2_shape_path_and_local_weights(tmp_path):
     for grid in (4, 8):
         y = t.features(x, grid)
         assert y.shape == (2, grid * grid, 384) and y.dtype == torch.float32
-    # the same numbers by hand: [-1, 1] -> [0, 1] -> bicubic to 56 px -> ImageNet norm -> drop CLS
-    x01 = F.interpolate((x + 1) / 2, size=(56, 56), mode="bicubic", align_corners=False).clamp(0, 1)
+    # the same numbers by hand (the release's order): [-1, 1] -> [0, 1] -> ImageNet norm -> plain
+    # bicubic to 56 px (no clamp) -> drop CLS
     mean, std = torch.tensor(model.pretrained_cfg["mean"]), torch.tensor(model.pretrained_cfg["std"])
-    ref = model.forward_features((x01 - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1))[:, 1:]
+    xn = ((x + 1) / 2 - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
+    ref = model.forward_features(F.interpolate(xn, size=(56, 56), mode="bicubic", align_corners=False))[:, 1:]
     assert torch.allclose(t.features(x, 4), ref, atol=1e-5)
     assert t.pooled(x).shape == (2, 384)
     with pytest.raises(RuntimeError, match="no classifier head"):

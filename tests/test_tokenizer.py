@@ -12,7 +12,7 @@ from gear.io import ArtifactError
 from gear.models.discriminator import PatchDiscriminator, hinge_d_loss, hinge_g_loss
 from gear.models.llamagen import convert_state_dict, load_tokenizer_state
 from gear.models.perceptual import LPIPS, FeaturePerceptual, make_perceptual
-from gear.models.quantizers import bits_to_index, entropy_penalty, index_to_bits, make_quantizer
+from gear.models.quantizers import ENTROPY_EPS, bits_to_index, entropy_penalty, index_to_bits, make_quantizer
 from gear.models.tokenizer import Tokenizer, TokenizerConfig
 
 QUANTIZERS = ("vq", "lfq", "ibq")
@@ -151,7 +151,8 @@ def test_lfq_codes_are_signs_and_bits_round_trip():
 
 def test_entropy_penalty_limits():
     K = 16
-    assert entropy_penalty(torch.zeros(10, K)).abs().item() < 1e-6  # uniform everywhere: H - H = 0
+    # uniform everywhere: H - H = 0 but for the log epsilon: log K + log(1/K + eps) = log(1 + K eps)
+    assert entropy_penalty(torch.zeros(10, K)).item() == pytest.approx(math.log1p(K * ENTROPY_EPS), abs=1e-6)
     confident = 50.0 * torch.eye(K)                                   # each token sure, all codes used
     assert abs(entropy_penalty(confident).item() + math.log(K)) < 1e-3
 

@@ -9,12 +9,17 @@ tokens themselves. The hidden state at position k (after block l) is aligned to 
 
 2D RoPE: each head's dims form head_dim/2 rotation pairs; the first half of the pairs rotate by
 the row of the token held at that position, the second half by its column. Position k >= 1 holds
-token k-1, so it rotates by token k-1's (row, col); the class position is not rotated (cos 1,
-sin 0). Keys therefore carry where each token lies on the grid.
-With class_qk = "zero" the class position's table is all zeros instead, as in LlamaGen (its
-precompute_freqs_cis_2d pads the condition rows with zeros): the class token's query and key
-are zero vectors, so every position scores 0 against it. Released LlamaGen / GEAR weights were
-trained that way and need it to give their logits (gear/models/llamagen_gpt.py).
+token k-1, so it rotates by token k-1's (row, col). Keys therefore carry where each token lies on
+the grid. The class position's table is all zeros, as in LlamaGen (its precompute_freqs_cis_2d
+pads the condition rows with zeros): the class token's query and key are zero vectors, so every
+position scores 0 against it (its value still reaches every position). GPTConfig.class_qk =
+"zero" is that rule and the default; "keep" (the class position unrotated, cos 1, sin 0) is read
+only from configs written before the rule was made unconditional, so their weights give the
+logits they were trained with.
+
+Dropout as LlamaGen: token dropout on the input embeddings, residual dropout on the attention
+output projection, FFN dropout on the SwiGLU output (GPTConfig.resid_dropout / ffn_dropout; the
+release trains with 0.1 each), class dropout for CFG. All are off in eval mode.
 """
 from __future__ import annotations
 
@@ -43,7 +48,9 @@ class GPTConfig:
     ffn_multiple: int = 256
     rope_base: float = 10000.0
     norm_eps: float = 1e-5
-    class_qk: str = "keep"   # "zero": LlamaGen's zero RoPE row at the class position (module doc)
+    class_qk: str = "zero"   # LlamaGen's zero RoPE row at the class position; "keep": old configs (module doc)
+    resid_dropout: float = 0.0   # after the attention output projection (LlamaGen resid_dropout_p)
+    ffn_dropout: float = 0.0     # after the SwiGLU down projection (LlamaGen ffn_dropout_p)
 
     def __post_init__(self):
         for name in ("vocab_size", "grid", "n_layer", "dim", "n_head", "num_classes", "ffn_multiple"):
@@ -52,7 +59,7 @@ class GPTConfig:
         if self.dim % self.n_head or (self.dim // self.n_head) % 4:
             raise ValueError(f"GPTConfig: dim {self.dim} / n_head {self.n_head} must give a head dim "
                              "divisible by 4 (2D RoPE rotates pairs along two axes)")
-        for name in ("class_dropout", "token_dropout"):
+        for name in ("class_dropout", "token_dropout", "resid_dropout", "ffn_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"GPTConfig.{name} must be in [0, 1), got {getattr(self, name)}")
         if self.class_qk not in ("keep", "zero"):
@@ -86,7 +93,8 @@ class GPTConfig:
         unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise ValueError(f"GPTConfig.from_dict: unknown keys {sorted(unknown)}")
-        return cls(**d)
+        # a config without class_qk predates the field: its model kept the class position's q/k
+        return cls(**{"class_qk": "keep", **d})
 
 
 class ARout(NamedTuple):
@@ -94,9 +102,10 @@ class ARout(NamedTuple):
     hidden: dict[int, torch.Tensor]      # 1-indexed block -> (B, n, D) block output
 
 
-def rope_tables(grid: int, head_dim: int, base: float, class_qk: str = "keep") -> tuple[torch.Tensor, torch.Tensor]:
+def rope_tables(grid: int, head_dim: int, base: float, class_qk: str = "zero") -> tuple[torch.Tensor, torch.Tensor]:
     """cos/sin of shape (L, head_dim) for the rotate-half convention (pair i = dims i, i + hd/2).
-    class_qk "zero": cos = sin = 0 at the class position (LlamaGen), which zeroes its q and k."""
+    class_qk "zero": cos = sin = 0 at the class position (LlamaGen), which zeroes its q and k;
+    "keep": cos 1, sin 0 there (no rotation)."""
     quarter = head_dim // 4
     freqs = 1.0 / base ** (torch.arange(quarter, dtype=torch.float64) / quarter)
     tok = torch.arange(grid * grid - 1)               # tokens 0..L-2 sit at positions 1..L-1
@@ -121,6 +130,7 @@ class Attention(nn.Module):
         self.n_head, self.head_dim = cfg.n_head, cfg.head_dim
         self.qkv = nn.Linear(cfg.dim, 3 * cfg.dim, bias=False)
         self.proj = nn.Linear(cfg.dim, cfg.dim, bias=False)
+        self.resid_drop = nn.Dropout(cfg.resid_dropout)
 
     def forward(self, x, cos, sin, cache=None, pos: int = 0, mask=None):
         """mask: None (causal) or a boolean (B, 1, n, keys) "may attend" mask that already holds
@@ -157,7 +167,7 @@ class Attention(nn.Module):
             v_cache[:, :, pos:pos + n] = v
             y = F.scaled_dot_product_attention(q, k_cache[:, :, :pos + n], v_cache[:, :, :pos + n],
                                                is_causal=n > 1)
-        return self.proj(y.transpose(1, 2).reshape(B, n, D))
+        return self.resid_drop(self.proj(y.transpose(1, 2).reshape(B, n, D)))
 
 
 class SwiGLU(nn.Module):
@@ -165,10 +175,11 @@ class SwiGLU(nn.Module):
         super().__init__()
         self.gate_up = nn.Linear(cfg.dim, 2 * cfg.ffn_hidden, bias=False)   # w1 and w3 in one GEMM
         self.down = nn.Linear(cfg.ffn_hidden, cfg.dim, bias=False)
+        self.drop = nn.Dropout(cfg.ffn_dropout)
 
     def forward(self, x):
         gate, up = self.gate_up(x).chunk(2, dim=-1)
-        return self.down(F.silu(gate) * up)
+        return self.drop(self.down(F.silu(gate) * up))
 
 
 class Block(nn.Module):

@@ -22,9 +22,10 @@ Two differences are not names:
     the q and k rows of wqkv are permuted inside each head: our dim i <- its dim 2i and our dim
     i + hd/2 <- its dim 2i+1. The same permutation of q and k leaves q.k, hence attention, exact.
   - The class position. LlamaGen's RoPE table is zero there, which zeroes the class token's q
-    and k; our GPT does the same only with GPTConfig(class_qk="zero"). Without it every query
-    would score the class key and the logits would differ, so both directions refuse such a
-    config instead of converting silently.
+    and k; every GPT we build does the same (GPTConfig.class_qk = "zero", the default). A config
+    written before that rule says "keep" (the class position unrotated): every query would score
+    the class key and the logits would differ, so both directions refuse such a config instead
+    of converting silently.
 Not weights, dropped: KV-cache buffers (present if a model was saved after setup_caches).
 Tensors outside the GPT (e.g. a REPA projector saved beside it) are dropped and counted.
 Grouped-query attention (n_kv_head < n_head, unused by the c2i models) is refused.

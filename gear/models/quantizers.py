@@ -17,6 +17,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as distributed  # not `dist`: the quantizers' distance tensors are named so
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
@@ -30,18 +31,42 @@ class QuantOut:
     dist: Tensor             # (B, h, w, K) float32, differentiable
 
 
-def entropy_penalty(logits: Tensor) -> Tensor:
+# log epsilon on the mean assignment: the release's (and MAGVIT-v2's) value, not 1e-8
+ENTROPY_EPS = 1e-5
+
+
+def _mean_over_ranks(avg: Tensor) -> Tensor:
+    """The code distribution averaged over all processes (itself when not distributed). Forward:
+    the global mean. Backward: the straight-through local path, as the release does: each rank's
+    gradient is then world x the global term's gradient through its own tokens, and DDP's mean
+    over ranks gives exactly the full-batch gradient (tests/test_fidelity.py). The collective runs
+    outside autograd, so the graph holds no distributed op."""
+    if not (distributed.is_available() and distributed.is_initialized() and distributed.get_world_size() > 1):
+        return avg
+    with torch.no_grad():
+        total = avg.detach().clone()
+        distributed.all_reduce(total)
+        total /= distributed.get_world_size()
+    return avg + (total - avg).detach()
+
+
+def entropy_penalty(logits: Tensor, over_ranks: bool = True) -> Tensor:
     """MAGVIT-v2 entropy term: mean per-token entropy minus entropy of the mean assignment.
 
-    Low per-token entropy makes assignments confident; high batch entropy spreads them over the
-    codebook. `logits` is (..., K); the caller applies the temperature. (softmax and log_softmax
-    both, not exp(log_softmax): at temperature 0.01 most exponents underflow to denormals, and a
-    plain exp over them measured ~6x slower than the two fused kernels together.)"""
+    Low per-token entropy makes assignments confident; high codebook entropy spreads them over the
+    codebook. `logits` is (..., K); the caller applies the temperature. The mean assignment is
+    taken over every process's tokens when `over_ranks` (the release: the term then does not
+    depend on the GPU count); every process must then call this together, so callers pass
+    over_ranks=self.training (evaluation may run on one rank). (softmax and log_softmax both, not
+    exp(log_softmax): at temperature 0.01 most exponents underflow to denormals, and a plain exp
+    over them measured ~6x slower than the two fused kernels together.)"""
     logits = logits.reshape(-1, logits.shape[-1])
     probs = logits.softmax(-1)
     sample_entropy = -(probs * logits.log_softmax(-1)).sum(-1).mean()
     avg = probs.mean(0)
-    codebook_entropy = -(avg * torch.log(avg + 1e-8)).sum()
+    if over_ranks:
+        avg = _mean_over_ranks(avg)
+    codebook_entropy = -(avg * torch.log(avg + ENTROPY_EPS)).sum()
     return sample_entropy - codebook_entropy
 
 
@@ -87,7 +112,7 @@ class VectorQuantizer(nn.Module):
             losses = {
                 "codebook": self.codebook_weight * F.mse_loss(e_sel, z.detach()),
                 "commit": self.commit_weight * F.mse_loss(z, e_sel.detach()),
-                "entropy": (self.entropy_weight * entropy_penalty(-dist / self.entropy_temperature)
+                "entropy": (self.entropy_weight * entropy_penalty(-dist / self.entropy_temperature, self.training)
                             if self.entropy_weight > 0 else dist.new_zeros(())),
             }
             # value = e_sel exactly (z - z.detach() is exactly 0), gradient = identity to z
@@ -138,7 +163,7 @@ class LookupFreeQuantizer(nn.Module):
             losses = {
                 "codebook": dist.new_zeros(()),
                 "commit": self.commit_weight * F.mse_loss(z, code),
-                "entropy": (self.entropy_weight * entropy_penalty(-dist / self.entropy_temperature)
+                "entropy": (self.entropy_weight * entropy_penalty(-dist / self.entropy_temperature, self.training)
                             if self.entropy_weight > 0 else dist.new_zeros(())),
             }
             z_q = code + (z - z.detach())
@@ -179,7 +204,7 @@ class IndexBackpropQuantizer(nn.Module):
             losses = {
                 "codebook": self.codebook_weight * (F.mse_loss(e_sel, z.detach()) + F.mse_loss(z_q, z)),
                 "commit": self.commit_weight * F.mse_loss(z, e_sel.detach()),
-                "entropy": (self.entropy_weight * entropy_penalty(logits / self.entropy_temperature)
+                "entropy": (self.entropy_weight * entropy_penalty(logits / self.entropy_temperature, self.training)
                             if self.entropy_weight > 0 else dist.new_zeros(())),
             }
         return QuantOut(_channels_first(z_q), indices, losses, dist)

@@ -46,6 +46,8 @@ class T2IConfig:
     text_len: int          # caption prefix positions P
     caption_dropout: float = 0.1
     token_dropout: float = 0.1
+    resid_dropout: float = 0.0     # as the class-conditional GPT (Block reads them): LlamaGen's places
+    ffn_dropout: float = 0.0
     ffn_multiple: int = 256
     rope_base: float = 10000.0
     norm_eps: float = 1e-5
@@ -56,7 +58,7 @@ class T2IConfig:
                 raise ValueError(f"T2IConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.dim % self.n_head or (self.dim // self.n_head) % 4:
             raise ValueError(f"T2IConfig: dim {self.dim} / n_head {self.n_head} must give a head dim divisible by 4")
-        for name in ("caption_dropout", "token_dropout"):
+        for name in ("caption_dropout", "token_dropout", "resid_dropout", "ffn_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"T2IConfig.{name} must be in [0, 1), got {getattr(self, name)}")
 
@@ -121,7 +123,7 @@ class T2IGPT(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.norm = nn.RMSNorm(cfg.dim, eps=cfg.norm_eps)
         self.head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
-        cos, sin = rope_tables(cfg.grid, cfg.head_dim, cfg.rope_base)   # row 0: unrotated (the class slot)
+        cos, sin = rope_tables(cfg.grid, cfg.head_dim, cfg.rope_base, "keep")   # row 0: unrotated (the class slot)
         pad = cfg.text_len - 1                                            # the other caption rows: unrotated too
         self.register_buffer("rope_cos", torch.cat([cos[:1].expand(pad, -1), cos]), persistent=False)
         self.register_buffer("rope_sin", torch.cat([sin[:1].expand(pad, -1), sin]), persistent=False)

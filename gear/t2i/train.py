@@ -135,7 +135,8 @@ def run(params, arm: str, seed: int | None = None) -> None:
 
     seed_everything(params.compute.seed)  # the same initial weights on every process
     cfg = T2IConfig.from_size(a.size, params, vocab_size=man["codebook_size"], grid=grid, text_dim=man["text_dim"],
-                              text_len=man["text_len"], caption_dropout=a.caption_dropout, token_dropout=a.token_dropout)
+                              text_len=man["text_len"], caption_dropout=a.caption_dropout, token_dropout=a.token_dropout,
+                              resid_dropout=a.resid_dropout, ffn_dropout=a.ffn_dropout)
     ar = T2IGPT(cfg).to(rt.device)
     proj = Projector(cfg.dim, teacher.dim, hidden=a.projector_hidden).to(rt.device)
     ema = EMA(ar, a.ema_decay)

@@ -12,13 +12,14 @@ from gear.models.ar import GPT, GPTConfig, Projector, ntp_loss, repa_loss
 
 def build_ar(params, size: str, vocab_size: int, grid: int, num_classes: int, teacher_dim: int,
              init: str | None = None, init_key: str | None = None) -> tuple[GPT, Projector]:
-    """AR + projector of `size`. init: a released GPT checkpoint (LlamaGen / GEAR-release layout,
-    or ours) loaded into the AR; the AR then zeroes the class position's q/k as LlamaGen does
-    (GPTConfig.class_qk), which those weights need. The projector always starts fresh."""
+    """AR + projector of `size` (the tuning guide and train-ar's AR alike), with ar.*'s dropouts.
+    init: a released GPT checkpoint (LlamaGen / GEAR-release layout, or ours) loaded into the AR.
+    Every AR zeroes the class position's q/k as LlamaGen does (GPTConfig.class_qk), fresh or
+    loaded. The projector always starts fresh."""
     a = params.ar
     cfg = GPTConfig.from_size(size, vocab_size=vocab_size, grid=grid, num_classes=num_classes, params=params,
                               class_dropout=a.class_dropout, token_dropout=a.token_dropout,
-                              class_qk="zero" if init else "keep")
+                              resid_dropout=a.resid_dropout, ffn_dropout=a.ffn_dropout, class_qk="zero")
     ar = GPT(cfg)
     if init:
         from gear.models.llamagen_gpt import load_gpt

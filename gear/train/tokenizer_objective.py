@@ -55,9 +55,11 @@ class TokenizerObjective:
         return loss, logs
 
     def discriminator_loss(self, x: Tensor, recon: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        # one forward over [real; fake] so a DDP-wrapped discriminator sees one forward per backward
-        logits = self.disc(torch.cat([x, recon.detach().float()]))
-        real, fake = logits.chunk(2)
+        # two forwards, as the release: the discriminator's BatchNorm normalises real and fake
+        # images each with their own batch statistics (one forward over [real; fake] would mix
+        # them). The generator's term above is a forward of the fakes alone, as there.
+        real = self.disc(x)
+        fake = self.disc(recon.detach().float())
         d = hinge_d_loss(real, fake)
         return d, {"gan_d": d.detach(), "logit_real": real.mean().detach(), "logit_fake": fake.mean().detach()}
 

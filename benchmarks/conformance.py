@@ -1,0 +1,265 @@
+"""Conformance with the public release: our components and the release's own, run on identical
+weights and inputs, and the largest differences printed (issue 29, README "Fidelity").
+
+The release is a checkout of Tencent-Hunyuan/GEAR given by --reference PATH or $GEAR_REFERENCE.
+Nothing of it lives in this repository: its files are imported from that path at run time, by
+file where they import only torch. Without a checkout the script says why in one line (exit 2).
+Opt-in, not in CI.
+
+Usage:
+  GEAR_REFERENCE=/path/to/GEAR python benchmarks/conformance.py [--seed N] [--tol 1e-5]
+
+Parts (float32 on the CPU, small shapes; each side builds its model, the release's weights are
+randomised and loaded into ours strictly through our public-checkpoint loaders):
+  vq    models/vq_model.py VQModel in train mode (the losses exist only there) against our
+        Tokenizer: reconstruction, distances, indices, codebook / commitment / entropy terms
+  gpt   models/llamagen.py Transformer (dropout off: eval mode) against our GPT: logits and the
+        tap hidden state, from token indices and from a code distribution (GEAR's soft input)
+  disc  src/losses: NLayerDiscriminator and hinge_d_loss, the D step as the release runs it
+        (D(real), D(fake)) against ours: loss, every weight gradient, BatchNorm running stats;
+        and the generator's GAN term -mean(D(fake))
+  entropy  models/vq_model.py compute_entropy_loss against ours on 2 gloo processes (value and the
+        rank-averaged gradient), and ours against one process on the whole batch
+A row passes when its largest absolute difference is within --tol (indices: equal).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import os
+import sys
+import warnings
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+FILES = ("models/vq_model.py", "models/llamagen.py", "src/losses/discriminator.py", "src/losses/losses.py")
+
+
+def _import_file(path: Path, name: str):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def load_reference(path: str | None):
+    """(vq_model, llamagen, discriminator, losses) modules of the release, or a one-line reason."""
+    if not path:
+        return "no checkout of the release given (--reference PATH or GEAR_REFERENCE)"
+    root = Path(path).expanduser().resolve()
+    missing = [f for f in FILES if not (root / f).is_file()]
+    if missing:
+        return f"{root} is not a checkout of the GEAR release (no {', '.join(missing)})"
+    try:
+        vq = _import_file(root / FILES[0], "_ref_vq_model")
+        gpt = _import_file(root / FILES[1], "_ref_llamagen")
+        # src/losses is a package (relative imports; LPIPS needs torchvision): import it as one
+        sys.path.insert(0, str(root))
+        try:
+            warnings.filterwarnings("ignore", category=FutureWarning)  # its torch.cuda.amp decorators
+            losses = importlib.import_module("src.losses.losses")
+            disc = importlib.import_module("src.losses.discriminator")
+        finally:
+            sys.path.remove(str(root))
+    except ImportError as e:
+        return f"the release at {root} does not import here ({e})"
+    return vq, gpt, disc, losses
+
+
+def diff(a, b) -> float:
+    import torch
+    return (torch.as_tensor(a).double() - torch.as_tensor(b).double()).abs().max().item()
+
+
+# ---- the parts: each returns rows (quantity, max |difference|) ---------------------------------
+
+def part_vq(ref_vq) -> list[tuple[str, float]]:
+    import torch
+
+    from gear.models.llamagen import load_tokenizer_state
+    from gear.models.tokenizer import Tokenizer, TokenizerConfig
+
+    K, code_dim, mult, z = 64, 8, [1, 2], 32
+    ref = ref_vq.VQModel(ref_vq.ModelArgs(codebook_size=K, codebook_embed_dim=code_dim, codebook_l2_norm=True,
+                                          commit_loss_beta=0.25, entropy_loss_ratio=0.05, encoder_ch_mult=mult,
+                                          decoder_ch_mult=mult, z_channels=z))
+    with torch.no_grad():
+        ref.quantize.embedding.weight.normal_()  # spread codes: many in use, a generic argmin
+    ours = Tokenizer(TokenizerConfig(quantizer="vq", ch=128, ch_mult=mult, enc_res_blocks=2, dec_res_blocks=3,
+                                     z_channels=z, attn_lowest=True, norm_groups=32, codebook_size=K,
+                                     code_dim=code_dim, l2_norm=True, commit_weight=0.25, codebook_weight=1.0,
+                                     entropy_weight=0.05, entropy_temperature=0.01))
+    load_tokenizer_state(ours, ref.state_dict())
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    ref.train(); ours.train()
+    r_dec, _, (r_vq, r_commit, r_ent, _), (_, _, r_idx), r_d = ref(x, return_distance=True)
+    out = ours(x)
+    q = out.q
+    return [("vq reconstruction", diff(out.recon, r_dec)),
+            ("vq distances", diff(q.dist.reshape(-1, K), r_d)),
+            ("vq indices (count unequal)", float((q.indices.flatten() != r_idx.flatten()).sum())),
+            ("vq codebook loss", diff(q.losses["codebook"], r_vq)),
+            ("vq commitment loss", diff(q.losses["commit"], r_commit)),
+            ("vq entropy term", diff(q.losses["entropy"], r_ent[0]))]
+
+
+def part_gpt(ref_gpt) -> list[tuple[str, float]]:
+    import torch
+
+    from gear.models.ar import GPT, GPTConfig
+    from gear.models.llamagen_gpt import from_llamagen
+
+    cfg = GPTConfig(vocab_size=64, grid=4, n_layer=3, dim=64, n_head=4, num_classes=10, class_dropout=0.1,
+                    token_dropout=0.0)
+    ref = ref_gpt.Transformer(ref_gpt.ModelArgs(
+        dim=cfg.dim, n_layer=cfg.n_layer, n_head=cfg.n_head, vocab_size=cfg.vocab_size, block_size=cfg.seq_len,
+        num_classes=cfg.num_classes, cls_token_num=1, class_dropout_prob=cfg.class_dropout, token_dropout_p=0.0,
+        resid_dropout_p=0.0, ffn_dropout_p=0.0, multiple_of=cfg.ffn_multiple))
+    with torch.no_grad():
+        for p in ref.parameters():  # the release zero-inits its head: random weights everywhere instead
+            p.normal_(0.0, 0.1).add_(1.0 if p.dim() == 1 else 0.0)
+    ours = GPT(cfg)
+    ours.load_state_dict(from_llamagen(ref.state_dict(), cfg))
+    ref.eval(); ours.eval()
+    B, L, tap = 2, cfg.seq_len, 2
+    x, labels = torch.randint(0, cfg.vocab_size, (B, L)), torch.randint(0, cfg.num_classes, (B,))
+    p = torch.softmax(torch.randn(B, L, cfg.vocab_size) / 0.1, -1)
+    with torch.no_grad():
+        r_logits, r_hidden = ref(x[:, :-1], labels, return_hidden_at=tap)
+        o = ours(x, labels, return_layers=(tap,))
+        _, r_soft = ref(p[:, :-1], labels, return_hidden_at=tap, early_exit=True)
+        o_soft = ours(p, labels, stop_at_layer=tap)
+    return [("gpt logits (indices)", diff(o.logits, r_logits)),
+            (f"gpt block-{tap} hidden (indices)", diff(o.hidden[tap], r_hidden)),
+            (f"gpt block-{tap} hidden (code distribution, early exit)", diff(o_soft.hidden[tap], r_soft))]
+
+
+def part_disc(ref_disc, ref_losses) -> list[tuple[str, float]]:
+    import torch
+
+    from gear.config import params_from_dict
+    from gear.models.discriminator import PatchDiscriminator
+    from gear.train.tokenizer_objective import TokenizerObjective
+
+    ref = ref_disc.NLayerDiscriminator(input_nc=3, ndf=16, n_layers=3)
+    ref.apply(ref_disc.weights_init)
+    ours = PatchDiscriminator(ch=16, n_layers=3)
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    real, fake = torch.rand(4, 3, 32, 32) * 2 - 1, torch.rand(4, 3, 32, 32) * 1.6 - 0.9
+    # the release's discriminator step (ReconstructionLossVQ._forward_discriminator, factor 1)
+    r_loss = ref_losses.hinge_d_loss(ref(real.detach().requires_grad_(True)), ref(fake.detach()))
+    r_loss.backward()
+    params = params_from_dict({"tokenizer": {"perceptual": "none", "gan_weight": 0.1, "gan_start": 0}})
+    objective = TokenizerObjective(params, None, ours, gan_start=0)
+    o_loss, _ = objective.discriminator_loss(real, fake)
+    o_loss.backward()
+    grads = max(diff(a.grad, b.grad) for a, b in zip(ours.parameters(), ref.parameters()))
+    stats = max(diff(a, b) for a, b in zip(ours.buffers(), ref.buffers()))
+    # the generator's GAN term: -mean(D(fake)), a forward of the fakes alone
+    with torch.no_grad():
+        r_g = -ref(fake).mean()
+    _, logs = objective.generator_loss(real, _Out(fake), step=0)
+    return [("disc hinge loss", diff(o_loss, r_loss)), ("disc weight gradients", grads),
+            ("disc BatchNorm running stats", stats), ("generator GAN term", diff(logs["gan_g"], r_g))]
+
+
+def _entropy_rank(rank: int, world: int, root: str, port: int, out: str) -> None:
+    """One of `world` gloo processes: the release's compute_entropy_loss and ours on this rank's
+    half of the tokens (logits x @ W, W shared); gradients averaged over ranks as DDP does."""
+    import json
+
+    import torch
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    ref_vq = _import_file(Path(root) / FILES[0], "_ref_vq_model")
+    from gear.models.quantizers import entropy_penalty
+
+    torch.manual_seed(0)
+    x, W = torch.randn(world * 64, 8), torch.randn(8, 128)
+    mine = x.chunk(world)[rank]
+    rows = {}
+    for side in ("release", "ours"):
+        w = W.clone().requires_grad_(True)
+        logits = mine @ w
+        term = (ref_vq.compute_entropy_loss(logits.clone(), temperature=0.3) if side == "release"
+                else entropy_penalty(logits / 0.3))
+        term.backward()
+        value, grad = term.detach().clone(), w.grad.clone()
+        dist.all_reduce(value); dist.all_reduce(grad)
+        rows[side] = (value / world, grad / world)
+    if rank == 0:
+        full = W.clone().requires_grad_(True)
+        term = entropy_penalty(x @ full / 0.3, over_ranks=False)  # one process, the whole batch
+        term.backward()
+        d = lambda a, b: (a - b).abs().max().item()
+        json.dump({"entropy term, 2 ranks: value": d(rows["ours"][0], rows["release"][0]),
+                   "entropy term, 2 ranks: gradient": d(rows["ours"][1], rows["release"][1]),
+                   "entropy term, 2 ranks vs 1 process: gradient": d(rows["ours"][1], full.grad)},
+                  open(out, "w"))
+    dist.destroy_process_group()
+
+
+def part_entropy_ranks(root: Path) -> list[tuple[str, float]]:
+    import json
+    import socket
+    import tempfile
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with tempfile.TemporaryDirectory() as tmp:
+        out = str(Path(tmp) / "entropy.json")
+        mp.spawn(_entropy_rank, args=(2, str(root), port, out), nprocs=2)
+        return list(json.loads(Path(out).read_text()).items())
+
+
+class _Out:
+    """The fields of a tokenizer output that TokenizerObjective.generator_loss reads."""
+
+    def __init__(self, recon):
+        self.recon = recon
+        self.q = type("Q", (), {"losses": {}})()
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--reference", default=os.environ.get("GEAR_REFERENCE"),
+                    help="checkout of the GEAR release (default: $GEAR_REFERENCE)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--tol", type=float, default=1e-5, help="float32 noise: largest |difference| that passes")
+    args = ap.parse_args(argv)
+    ref = load_reference(args.reference)
+    if isinstance(ref, str):
+        print(f"conformance: {ref}", file=sys.stderr)
+        return 2
+    import torch
+
+    ref_vq, ref_gpt, ref_disc, ref_losses = ref
+    torch.set_num_threads(max(1, min(4, torch.get_num_threads())))
+    rows = []
+    root = Path(args.reference).expanduser().resolve()
+    for part in (lambda: part_vq(ref_vq), lambda: part_gpt(ref_gpt), lambda: part_disc(ref_disc, ref_losses),
+                 lambda: part_entropy_ranks(root)):
+        torch.manual_seed(args.seed)
+        rows += part()
+    width = max(len(name) for name, _ in rows)
+    print(f"{'quantity':<{width}}  max |ours - release|  within {args.tol:g}")
+    bad = 0
+    for name, d in rows:
+        ok = d == 0 if "count" in name else d <= args.tol
+        bad += not ok
+        print(f"{name:<{width}}  {d:20.3e}  {'yes' if ok else 'NO'}")
+    print(f"{len(rows) - bad} of {len(rows)} within tolerance")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
