@@ -70,9 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="override a param, e.g. --set tau=0.5 --set ar.lr=3e-4 (repeatable)")
         for flag, kwargs in extra:
             p.add_argument(flag, **kwargs)
-    p = sub.add_parser("params", help="validate params and print them resolved")
+    p = sub.add_parser("params", help="validate params and print them resolved (a preset: merged over params.yaml)")
     p.add_argument("--params", default="params.yaml")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--out", default=None, metavar="FILE",
+                   help="write them to FILE instead, atomically (--out params.yaml: how DVC runs a preset)")
     return parser
 
 
@@ -86,6 +88,23 @@ def enter_ablation(params, row: str, extra: dict):
     return enter(params, row)
 
 
+def write_params(params, args) -> int:
+    """`gear params`: the merged params on stdout, or as a complete file (--out; everything was
+    read before, so --out params.yaml replaces the defaults safely)."""
+    import yaml
+
+    from gear.config import params_yaml
+    from gear.io import atomic_path
+
+    if args.out is None:
+        print(yaml.safe_dump(params.to_dict(), sort_keys=False), end="")
+        return 0
+    with atomic_path(args.out) as tmp:
+        tmp.write_text(params_yaml(params, args.params, args.overrides, args.out))
+    print(f"gear params: wrote {args.out} ({args.params} merged over params.yaml)", file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from gear.data.shard import DataError
@@ -95,10 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         params = load_params(args.params, args.overrides)
         if args.stage == "params":
-            import yaml
-
-            print(yaml.safe_dump(params.to_dict(), sort_keys=False), end="")
-            return 0
+            return write_params(params, args)
         module = importlib.import_module(STAGES[args.stage][0])
         extra = {k: v for k, v in vars(args).items() if k not in ("stage", "params", "overrides")}
         row = extra.pop("ablation", None)
