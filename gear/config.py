@@ -293,6 +293,8 @@ def _yaml(text: str, what: str) -> Any:
         where = f" at line {mark.line + 1}" if mark else ""
         problem = getattr(e, "problem", None) or type(e).__name__
         raise ParamsError(f"{what} is not valid YAML{where}: {problem}") from None
+    except (ValueError, RecursionError) as e:  # an int of 4,300+ digits; lists nested 1,000 deep
+        raise ParamsError(f"{what} cannot be read: {str(e).split(':')[0] or type(e).__name__}") from None
 
 
 def _read(path: Path) -> tuple[dict, str]:
@@ -353,6 +355,7 @@ def _parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Each key=value laid on `raw` in turn (a section value merges into the section, as in a file)."""
     for text in overrides:
         path, value = _parse_override(text)
         node = raw
@@ -360,7 +363,8 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ParamsError(f"override {text!r}: {part} is not a section")
-        node[path[-1]] = value
+        old = node.get(path[-1])
+        node[path[-1]] = _merge(old, value) if isinstance(old, dict) and isinstance(value, dict) else value
     return raw
 
 

@@ -396,6 +396,8 @@ PARAMS_FILE_CASES = {
     "utf16_no_bom": ("tau: 0.5\n".encode("utf-16-le"), [], "holds NUL bytes"),
     "latin1": ("# r\xe9glages\ntau: 0.5\n".encode("latin-1"), [], "is not UTF-8 text (byte 3)"),
     "invalid_yaml": ("tau: [0.5\n", [], "is not valid YAML at line 2"),
+    "int_of_5000_digits": ("compute:\n  seed: 1" + "0" * 5000 + "\n", [], "cannot be read: Exceeds the limit"),
+    "nested_5000_deep": ("tau: " + "[" * 5000 + "]" * 5000 + "\n", [], "cannot be read: maximum recursion depth"),
     # --set values
     "set_invalid_yaml": (None, ["ar.sizes=[tiny"], "override 'ar.sizes=[tiny': the value is not valid YAML"),
     "set_no_value": (None, ["ar.sizes"], "expected key=value"),

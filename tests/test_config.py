@@ -57,6 +57,8 @@ def test_lfq_needs_power_of_two_codebook():
 def test_overrides_reach_nested_keys(tmp_path):
     p = load_params(ROOT / "params.yaml", ["tau=0.5", "ar.lr=3e-4", "ar.sizes=[tiny,small]"])
     assert p.tau == 0.5 and p.ar.lr == 3e-4 and p.ar.sizes == ["tiny", "small"]
+    p = load_params(ROOT / "params.yaml", ["tokenizer={steps: 5, lr: 0.5}"])  # a section merges, as in a file
+    assert (p.tokenizer.steps, p.tokenizer.lr, p.tokenizer.ch) == (5, 0.5, load_params().tokenizer.ch)
 
 
 def test_digest_changes_with_params():
