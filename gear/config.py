@@ -391,11 +391,14 @@ def load_params(path: str | Path | None = None, overrides: list[str] | None = No
 def params_yaml(params: Params, source: str | Path, overrides: list[str], out: str | Path) -> str:
     """`params` as a complete params file for `out` (what DVC reads), headed by the command that
     wrote it and a MERGED_FROM line naming the overlay (load_params refuses to stack another on it)."""
+    def one_line(text: str) -> str:  # a newline in a --set value must not end the comment
+        return text.replace("\r", "\\r").replace("\n", "\\n")
+
     command = shlex.join(["gear", "params", "--params", str(source),
                           *(a for o in overrides for a in ("--set", o)), "--out", str(out)])
-    origin = os.path.relpath(Path(source).resolve(), Path(out).resolve().parent)
-    header = (f"# Written by `{command}`:\n"
-              f"# params.yaml's defaults with {source} laid over them, validated. Edit the overlay and\n"
-              f"# rerun that command rather than this file; `git checkout params.yaml` restores the defaults.\n"
-              f"{MERGED_FROM}{origin}\n")
+    restore = "; `git checkout params.yaml` restores the defaults" if Path(out).resolve() == DEFAULTS else ""
+    header = (f"# Written by `{one_line(command)}`:\n"
+              f"# params.yaml's defaults with the overlay and --set values laid over them, validated. Edit\n"
+              f"# the overlay and rerun that command rather than editing this file{restore}.\n"
+              f"{MERGED_FROM}{one_line(os.path.relpath(Path(source).resolve(), Path(out).resolve().parent))}\n")
     return header + yaml.safe_dump(params.to_dict(), sort_keys=False)
