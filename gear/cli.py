@@ -77,9 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--params", default="params.yaml")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--check", action="store_true", help="only say whether the files are up to date (exit 1 if not)")
-    p = sub.add_parser("params", help="validate params and print them resolved")
+    p = sub.add_parser("params", help="validate params and print them resolved (a preset: merged over params.yaml)")
     p.add_argument("--params", default="params.yaml")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--out", default=None, metavar="FILE",
+                   help="write them to FILE instead, atomically (--out params.yaml: how DVC runs a preset)")
     return parser
 
 
@@ -125,6 +127,23 @@ def run_stage(stage: str, params, params_file: str, extra: dict, row: str | None
             f.write(json.dumps({"stage": job.stage, "reads": sorted(view.reads)}) + "\n")
 
 
+def write_params(params, args) -> int:
+    """`gear params`: the merged params on stdout, or as a complete file (--out; everything was
+    read before, so --out params.yaml replaces the defaults safely)."""
+    import yaml
+
+    from gear.config import params_yaml
+    from gear.io import atomic_path
+
+    if args.out is None:
+        print(yaml.safe_dump(params.to_dict(), sort_keys=False), end="")
+        return 0
+    with atomic_path(args.out) as tmp:
+        tmp.write_text(params_yaml(params, args.params, args.overrides, args.out))
+    print(f"gear params: wrote {args.out} ({args.params} merged over params.yaml)", file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from gear.data.shard import DataError
@@ -134,10 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         params = load_params(args.params, args.overrides)
         if args.stage == "params":
-            import yaml
-
-            print(yaml.safe_dump(params.to_dict(), sort_keys=False), end="")
-            return 0
+            return write_params(params, args)
         if args.stage == "dag":
             from gear.dag import write_dvc_files
 

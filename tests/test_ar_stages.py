@@ -40,6 +40,7 @@ RAW = {
     "sample": {"per_class": 2, "batch_size": 8},
     # fp32: exact on any CPU, and bf16 autocast is ~10x slower than fp32 on CPUs without AVX512-BF16
     "compute": {"device": "cpu", "precision": "fp32", "workers": 0, "log_every": 5, "save_every": 1000},
+    "ablations": {"align_layer": [1, 2]},  # params.yaml's [1, 2, 3] does not fit a 2-block AR
 }
 
 

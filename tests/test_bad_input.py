@@ -389,14 +389,16 @@ def value_for(tp, x) -> str:
     return {list[int]: f"[{text}]", list[float]: f"[{text}, {text}]"}.get(tp, text)
 
 
-PARAM_CASES = [(key, tp, bad) for key, tp in NUMERIC for bad in ("neg", "zero", "nan", "inf", "type")]
+# huge: YAML reads 2**70 written out as an int; every int key has an upper bound (2**31 - 1 at most)
+PARAM_CASES = [(key, tp, bad) for key, tp in NUMERIC for bad in ("neg", "zero", "nan", "inf", "type", "huge")
+               if bad != "huge" or tp in (int, list[int])]
 
 
 @pytest.mark.parametrize("key, tp, bad", PARAM_CASES, ids=[f"{k}-{b}" for k, _, b in PARAM_CASES])
 def test_param(key, tp, bad, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     value = {"neg": value_for(tp, -1), "zero": value_for(tp, 0), "nan": value_for(tp, float("nan")),
-             "inf": value_for(tp, float("inf")), "type": value_for(tp, "abc")}[bad]
+             "inf": value_for(tp, float("inf")), "type": value_for(tp, "abc"), "huge": value_for(tp, 2**70)}[bad]
     rc = cli.main(["params", "--params", str(PARAMS), "--set", f"{key}={value}"])
     if bad == "zero" and key in ZERO_OK:
         assert rc == 0
@@ -408,12 +410,77 @@ def test_param(key, tp, bad, tmp_path, monkeypatch, capsys):
 
 
 def test_params_table_row_values():
-    """The issue's rows, verbatim: tau .inf and compute.workers -1 are refused."""
+    """The issues' rows, verbatim: tau .inf and compute.workers -1 are refused; so are a seed numpy
+    and torch cannot take, a resolution no image has and more loader processes than any node."""
     from gear.config import ParamsError, load_params
-    with pytest.raises(ParamsError, match=r"tau = inf: must be a finite number"):
-        load_params(PARAMS, ["tau=.inf"])
-    with pytest.raises(ParamsError, match=r"compute.workers = -1: must be >= 0"):
-        load_params(PARAMS, ["compute.workers=-1"])
+    for override, message in [
+        ("tau=.inf", "tau = inf: must be a finite number"),
+        ("compute.workers=-1", "compute.workers = -1: must be >= 0"),
+        ("compute.workers=257", "compute.workers = 257: must be <= 256"),
+        (f"compute.seed={2**70}", f"compute.seed = {2**70}: must be <= {2**32 - 1}"),
+        (f"study.seeds=[0, {2**32}]", f"study.seeds[1] = {2**32}: must be <= {2**32 - 1}"),
+        (f"data.resolution={2**40}", f"data.resolution = {2**40}: must be <= 4096"),
+        (f"tau={10**400}", "tau = inf: must be a finite number"),  # an int too large for a float
+    ]:
+        with pytest.raises(ParamsError) as e:
+            load_params(PARAMS, [override])
+        assert str(e.value).startswith(message), (override, str(e.value))
+    assert load_params(PARAMS, [f"compute.seed={2**32 - 1}", "compute.workers=256"]).compute.seed == 2**32 - 1
+
+
+# A params file (an overlay of params.yaml) or a --set value that is not what it should be.
+PARAMS_FILE_CASES = {
+    # a key given twice, at any depth: YAML keeps the last one silently
+    "duplicate_top_key": ("tau: 0.1\ndata:\n  resolution: 32\ntau: 0.2\n", [],
+                          "key tau is given twice (lines 1 and 4)"),
+    "duplicate_section": ("tokenizer:\n  steps: 9\n  lr: 0.01\ntokenizer:\n  steps: 5\n", [],
+                          "key tokenizer is given twice (lines 1 and 4)"),
+    "duplicate_nested_key": ("t2i:\n  ar:\n    steps: 6\n    lr: 0.1\n    steps: 9\n", [],
+                             "key t2i.ar.steps is given twice (lines 3 and 5)"),
+    "duplicate_in_set": (None, ["tokenizer={steps: 5, steps: 6}"], "key steps is given twice"),
+    # no mapping of keys
+    "empty_file": ("", [], "is empty"),
+    "comments_only": ("# all defaults, surely\n\n   \n", [], "is empty"),
+    "a_list": ("- tau: 0.5\n", [], "must be a mapping of keys, got a list"),
+    "a_scalar": ("tau\n", [], "must be a mapping of keys, got a str"),
+    "empty_section": ("tokenizer:\ntau: 0.5\n", [], "tokenizer: must be a mapping of keys, got None"),
+    # not UTF-8 text
+    "binary": (bytes(range(256)) * 4, [], "is not UTF-8 text"),
+    "utf16_bom": ("tau: 0.5\n".encode("utf-16"), [], "is not UTF-8 text (byte 0)"),
+    "utf16_no_bom": ("tau: 0.5\n".encode("utf-16-le"), [], "holds NUL bytes"),
+    "latin1": ("# r\xe9glages\ntau: 0.5\n".encode("latin-1"), [], "is not UTF-8 text (byte 3)"),
+    "invalid_yaml": ("tau: [0.5\n", [], "is not valid YAML at line 2"),
+    "int_of_5000_digits": ("compute:\n  seed: 1" + "0" * 5000 + "\n", [], "cannot be read: Exceeds the limit"),
+    "nested_5000_deep": ("tau: " + "[" * 5000 + "]" * 5000 + "\n", [], "cannot be read: maximum recursion depth"),
+    # --set values
+    "set_invalid_yaml": (None, ["ar.sizes=[tiny"], "override 'ar.sizes=[tiny': the value is not valid YAML"),
+    "set_no_value": (None, ["ar.sizes"], "expected key=value"),
+    "set_empty_key": (None, ["ar..lr=0.1"], "expected key=value"),
+    "set_newline_in_key": (None, ["ta\nu=0.5"], "unknown key ta\\nu"),
+}
+
+
+@pytest.mark.parametrize("case", PARAMS_FILE_CASES)
+def test_params_file(case, tmp_path, monkeypatch, capsys):
+    content, overrides, needle = PARAMS_FILE_CASES[case]
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "overlay.yaml"
+    if content is not None:
+        path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    args = ["--params", str(path if content is not None else PARAMS)]
+    assert cli.main(["shard", *args, *(a for o in overrides for a in ("--set", o))]) == 2
+    one_error_line(capsys, "shard", needle)
+    assert sorted(p.name for p in tmp_path.iterdir()) == (["overlay.yaml"] if content is not None else [])
+
+
+def test_params_file_utf8_bom_and_yaml_merge_keys_are_fine(tmp_path):
+    from gear.config import load_params
+    (tmp_path / "a.yaml").write_bytes("\ufefftau: 0.5\n".encode())
+    assert load_params(tmp_path / "a.yaml").tau == 0.5
+    (tmp_path / "b.yaml").write_text("t2i:\n  sample: &s {top_k: 5}\n  judge: {steps: 3}\n"
+                                     "tune:\n  <<: {steps: 4, lr_ar: 0.5}\n  steps: 7\n")
+    p = load_params(tmp_path / "b.yaml")
+    assert (p.t2i.sample.top_k, p.tune.steps, p.tune.lr_ar) == (5, 7, 0.5)  # a merge key is no duplicate
 
 
 # ---------------------------------------------------------------------------------------------

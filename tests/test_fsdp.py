@@ -43,6 +43,7 @@ RAW = {
            "steps": STEPS, "batch_size": 8, "grad_accum": 2, "warmup_steps": 2, "lr": 3e-3, "ema_decay": 0.9,
            "class_dropout": 0.0, "token_dropout": 0.0},
     "compute": {"device": "cpu", "precision": "fp32", "workers": 0, "log_every": 1, "save_every": 3},
+    "ablations": {"align_layer": [1, 2]},  # params.yaml's [1, 2, 3] does not fit a 2-block AR
 }
 SEED = "seed0"  # the one study seed (default study.seeds)
 OUT, METRICS = Path("models/ar", SEED, ARM, SIZE), Path("metrics/train_ar", SEED, ARM, SIZE)

@@ -233,6 +233,7 @@ def test_train_ar_imports_a_released_checkpoint_unchanged(tmp_path, monkeypatch)
                "projector_hidden": 16, "steps": 4, "batch_size": 8, "warmup_steps": 1},
         "sample": {"per_class": 1, "batch_size": 16},
         "compute": {"device": "cpu", "precision": "fp32", "workers": 0},
+        "ablations": {"align_layer": [1, 2]},  # params.yaml's [1, 2, 3] does not fit a 2-block AR
     }
     build_ar_world(tmp_path, raw, "baseline")
     monkeypatch.chdir(tmp_path)
