@@ -113,11 +113,13 @@ def run_stage(stage: str, params, params_file: str, extra: dict, row: str | None
         module.run(params, **extra)
         return
     stage_params, layout = dag.layout_for(params, row)
+    audit = os.environ.get("GEAR_AUDIT_READS")  # a file: record what the stage reads instead of refusing
+    view = ParamsView(stage_params, None if audit else dag.declared(job.stage), job.stage, free=dag.FREE)
+    if hasattr(module, "precheck"):  # the stage's own cheap checks of params and named files first
+        module.precheck(view, **extra)
     provenance.check_inputs(job, params, params_file)
     main = int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))) == 0
     lock = provenance.output_lock(job, params, params_file) if main else contextlib.nullcontext()
-    audit = os.environ.get("GEAR_AUDIT_READS")  # a file: record what the stage reads instead of refusing
-    view = ParamsView(stage_params, None if audit else dag.declared(job.stage), job.stage, free=dag.FREE)
     with lock, paths.using(layout):
         module.run(view, **extra)
         if main:
@@ -135,6 +137,9 @@ def write_params(params, args) -> int:
     from gear.config import params_yaml
     from gear.io import atomic_path
 
+    from gear.models.perceptual import check_perceptual
+
+    check_perceptual(params.tokenizer)  # lpips without its weight files: refused here too, not only at run time
     if args.out is None:
         print(yaml.safe_dump(params.to_dict(), sort_keys=False), end="")
         return 0

@@ -62,6 +62,12 @@ ISC_SPLITS = 10          # torch-fidelity / ADM default
 DEMO_EXTRACTOR = "demo-teacher"
 
 
+def precheck(params, what: str, **_) -> None:
+    """Before the inputs are checked (gear/cli.py): a wrong reference batch is one line at once."""
+    if what == "samples":
+        reference.check(params)
+
+
 def run(params, what: str, arm: str | None = None, size: str | None = None, seed: int | None = None) -> None:
     if what == "real":
         if arm is not None or size is not None or seed is not None:

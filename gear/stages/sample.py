@@ -87,6 +87,11 @@ def write_grids(out: Path, images: np.ndarray, labels: np.ndarray, num_classes: 
         image_grid([imgs[i:i + GRID_COLS] for i in range(0, len(imgs), GRID_COLS)]).save(out / f"class_{c}.png")
 
 
+def precheck(params, **_) -> None:
+    """Before the inputs are checked (gear/cli.py): a wrong reference batch costs no sampling run."""
+    reference.check(params)
+
+
 def run(params, arm: str, size: str, seed: int | None = None) -> None:
     check_arm(arm)
     seed = resolve_seed(params, seed)

@@ -29,6 +29,11 @@ from gear.train.tokenizer_objective import (CodebookWindow, TokenizerObjective, 
 STAGE = "tokenizer_init"
 
 
+def precheck(params, **_) -> None:
+    """Before the inputs are checked (gear/cli.py): lpips without its weights is one line at once."""
+    check_perceptual(params.tokenizer)
+
+
 @restores_stop_signals
 def run(params) -> None:
     check_perceptual(params.tokenizer)  # lpips without its weights: one line before any work

@@ -44,6 +44,11 @@ def variant_mode(params, variant: str) -> str:
     return variant
 
 
+def precheck(params, **_) -> None:
+    """Before the inputs are checked (gear/cli.py): lpips without its weights is one line at once."""
+    check_perceptual(params.tokenizer)
+
+
 @restores_stop_signals
 def run(params, variant: str = "gear", seed: int | None = None) -> None:
     check_perceptual(params.tokenizer)  # lpips without its weights: one line before any work
