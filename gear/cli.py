@@ -116,7 +116,7 @@ def run_stage(stage: str, params, params_file: str, extra: dict, row: str | None
     audit = os.environ.get("GEAR_AUDIT_READS")  # a file: record what the stage reads instead of refusing
     view = ParamsView(stage_params, None if audit else dag.declared(job.stage), job.stage, free=dag.FREE)
     if hasattr(module, "precheck"):  # the stage's own cheap checks of params and named files first
-        module.precheck(view, **extra)
+        module.precheck(stage_params, **extra)  # (checks only: what they read makes no output)
     provenance.check_inputs(job, params, params_file)
     main = int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))) == 0
     lock = provenance.output_lock(job, params, params_file) if main else contextlib.nullcontext()

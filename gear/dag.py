@@ -46,6 +46,7 @@ def live(folder: str) -> tuple[Out, Out]:
 class Dep:
     stage: str
     fix: tuple = ()        # ((wildcard, value), ...) set on the producer; others carry over by name
+    read_if: str | None = None  # name of a NEEDS predicate: the stage reads this input only when it holds
 
     def wildcards(self, wc: dict) -> dict:
         fixed = dict(self.fix)
@@ -79,33 +80,34 @@ def _s(*stages: Stage) -> dict[str, Stage]:
 
 SEED = "seed{seed}"
 # Keys a stage may read without their value entering its record: they pick the job or how it runs,
-# never what it writes. The seed, size and arm lists (the value is in the job's wildcards and
+# never the model it writes. The seed, size and arm lists (the value is in the job's wildcards and
 # paths: adding a seed reruns nothing of the others); where state, shards and logs go, how often
-# the state is saved (resume equals no-kill, tested) and how many loader processes decode.
+# the state is saved (resume equals no-kill, tested) and the metrics logged, how many loader
+# processes decode.
 FREE = frozenset({"study.seeds", "ar.sizes", "tune.ablations", "data.shard_dir", "compute.state_dir",
-                  "compute.save_every", "compute.workers"})
+                  "compute.save_every", "compute.log_every", "compute.workers"})
 # the shards' manifest is checked against the whole data section (gear/data/loader.py)
 DATA_IN = ("data",)
 RUN = ("compute.device", "compute.precision")
 SEEDED_RUN = RUN + ("compute.seed",)  # stages that draw random numbers (init, data order, noise)
-TRAIN = SEEDED_RUN + ("compute.log_every",)
+TRAIN = SEEDED_RUN
 TEACHER = ("teacher", "teachers", "data.resolution")  # what loading the alignment teacher reads
 AR_RECIPE = ("align_weight_ar", "align_layer", "ar", "compute.fsdp", "compute.compile", "compute.grad_checkpointing")
 METRICS = ("metrics",)
-REFERENCE = ("metrics.reference", "metrics.feature_space", "metrics.pr_k", "data.resolution")  # checked before sampling
 
 STAGES: dict[str, Stage] = _s(
     Stage("shard", "shard", ("data",), (Out("{shard_dir}"),), code=("gear/data/shard.py", "gear/data/embedded.py"),
           heavy=False, launch=False),
-    Stage("teacher", "teacher", TEACHER + DATA_IN + TRAIN + ("metrics.feature_space", "metrics.batch_size"),
+    Stage("teacher", "teacher", TEACHER + DATA_IN + TRAIN + ("metrics.feature_space",),
           (Out("models/teacher"), *live("metrics/teacher")), (Dep("shard"),), root="teacher"),
     Stage("tokenizer_init", "tokenizer-init", ("quantizer", "tokenizer", "metrics.batch_size") + TEACHER + DATA_IN + TRAIN,
-          (Out("models/tokenizer_init"), *live("metrics/tokenizer_init")), (Dep("shard"), Dep("teacher")),
-          root="warmup"),
+          (Out("models/tokenizer_init"), *live("metrics/tokenizer_init")),
+          (Dep("shard"), Dep("teacher", read_if="teacher_perceptual")), root="warmup"),
     Stage("tune", "tune --variant {variant} --seed {seed}",
           ("tau", "align_weight", "align_weight_ar", "align_layer", "e2e_mode", "quantizer", "tokenizer", "tune",
            "ar.class_dropout", "ar.token_dropout", "ar.projector_hidden", "ar.custom_layers", "ar.custom_dim",
-           "ar.custom_heads", "metrics.batch_size", "compute.grad_checkpointing") + TEACHER + DATA_IN + TRAIN,
+           "ar.custom_heads", "ar.resid_dropout", "ar.ffn_dropout", "metrics.batch_size", "compute.grad_checkpointing")
+          + TEACHER + DATA_IN + TRAIN,
           (Out(f"models/tune/{SEED}/{{variant}}"), *live(f"metrics/tune/{SEED}/{{variant}}")),
           (Dep("shard"), Dep("teacher"), Dep("tokenizer_init")), ("seed", "variant"), root="tuned"),
     Stage("freeze_baseline", "freeze --arm baseline", ("quantizer", "tokenizer", "metrics.batch_size") + DATA_IN + RUN,
@@ -129,11 +131,11 @@ STAGES: dict[str, Stage] = _s(
           (Out(f"models/ar/{SEED}/gear/{{size}}"), *live(f"metrics/train_ar/{SEED}/gear/{{size}}")),
           (Dep("tokenize", (("variant", "gear"),)), Dep("freeze", (("variant", "gear"),)), Dep("teacher")), ("seed", "size"), root="tuned"),
     Stage("sample_baseline", "sample --arm baseline --size {size} --seed {seed}", ("sample", "quantizer", "tokenizer")
-          + REFERENCE + SEEDED_RUN,
+          + SEEDED_RUN,
           (Out(f"samples/{SEED}/baseline/{{size}}"),), (Dep("train_ar_baseline"), Dep("freeze_baseline")),
           ("seed", "size"), root="tuned"),
     Stage("sample_gear", "sample --arm gear --size {size} --seed {seed}", ("sample", "quantizer", "tokenizer")
-          + REFERENCE + SEEDED_RUN,
+          + SEEDED_RUN,
           (Out(f"samples/{SEED}/gear/{{size}}"),), (Dep("train_ar_gear"), Dep("freeze", (("variant", "gear"),))),
           ("seed", "size"), root="tuned"),
     Stage("evaluate_real", "evaluate real", METRICS + TEACHER + DATA_IN + RUN, (Out("eval/real"),),
@@ -150,12 +152,12 @@ STAGES: dict[str, Stage] = _s(
           METRICS + ("align_layer", "ar.align_layers") + TEACHER + DATA_IN + RUN,
           (Out(f"eval/samples/{SEED}/baseline/{{size}}.json", "file"),),
           (Dep("sample_baseline"), Dep("train_ar_baseline"), Dep("freeze_baseline"), Dep("teacher"),
-           Dep("evaluate_real"), Dep("shard")), ("seed", "size"), root="tuned"),
+           Dep("evaluate_real", read_if="own_real_stats"), Dep("shard")), ("seed", "size"), root="tuned"),
     Stage("evaluate_samples_gear", "evaluate samples --arm gear --size {size} --seed {seed}",
           METRICS + ("align_layer", "ar.align_layers") + TEACHER + DATA_IN + RUN,
           (Out(f"eval/samples/{SEED}/gear/{{size}}.json", "file"),),
           (Dep("sample_gear"), Dep("train_ar_gear"), Dep("freeze", (("variant", "gear"),)), Dep("teacher"),
-           Dep("evaluate_real"), Dep("shard")), ("seed", "size"), root="tuned"),
+           Dep("evaluate_real", read_if="own_real_stats"), Dep("shard")), ("seed", "size"), root="tuned"),
     Stage("report", "report", ("study", "teacher", "quantizer", "tau", "align_weight", "align_weight_ar", "tune.steps",
                                "tune.ablations", "ar.sizes", "ar.steps", "tokenizer.codebook_size", "metrics.pr_k"),
           (Out("reports/figures"), Out("reports/index.md", "file"), Out("reports/index.html", "file"),
@@ -197,7 +199,7 @@ STAGES.update(_s(
     Stage("t2i_encode", "t2i-encode", ("t2i.text", "t2i.data.samples_per_shard", "compute.precision", "compute.device"),
           (Out("t2i/data/captions"),),
           (Dep("t2i_shard"),), launch=False, room="t2i"),
-    Stage("t2i_judge", "t2i-judge", ("t2i.judge", "data.resolution", "compute.log_every") + SEEDED_RUN,
+    Stage("t2i_judge", "t2i-judge", ("t2i.judge", "data.resolution") + SEEDED_RUN,
           (Out("t2i/models/judge"), *live("t2i/metrics/judge")), (Dep("t2i_shard"),), heavy=False, launch=False,
           room="t2i"),
     Stage("t2i_tokenize_baseline", "t2i-tokenize --arm baseline", T2I_TOKENIZE,
@@ -216,6 +218,12 @@ STAGES.update(_s(
           room="t2i"),
 ))
 
+
+# When a stage reads an input only under some params. Both tools still order the DAG by every
+# declared input (the teacher runs before the warm-up whatever its losses); the check before a
+# stage runs looks at the inputs it will read.
+NEEDS = {"teacher_perceptual": lambda p: p.tokenizer.perceptual == "teacher" and p.tokenizer.perceptual_weight > 0,
+         "own_real_stats": lambda p: p.metrics.reference is None}  # else ADM's reference batch
 
 # dvc.yaml's matrix axes (a seed in each seeded stage's name and command, never in its params:
 # adding a seed runs only that seed's stages)
@@ -282,6 +290,16 @@ def outputs(job: Job, params) -> list[Path]:
     rp, layout = layout_for(params, job.row)
     root = {"teacher": layout.teacher, "warmup": layout.warmup, "tuned": layout.tuned}.get(job.decl.root, Path("."))
     return [root / render(o.path, rp, job.wildcards) for o in job.decl.outs]
+
+
+def read_deps(job: Job, params) -> list[Job]:
+    """The inputs the job will read under these params (its declared inputs, less those read
+    only under params that do not hold): what the stage runner checks before the stage runs."""
+    if job.stage in ("report", "t2i_report"):
+        return deps(job, params)
+    rp, _ = layout_for(params, job.row)
+    keep = [d.read_if is None or NEEDS[d.read_if](rp) for d in job.decl.deps]
+    return [j for j, k in zip(deps(job, params), keep) if k]
 
 
 def primary(job: Job, params) -> Path:

@@ -139,7 +139,7 @@ def stale(job: Job, params, params_file: str = "params.yaml", memo: dict | None 
 
 def check_inputs(job: Job, params, params_file: str = "params.yaml") -> None:
     """Every input of `job` is what the current params call for, or one ArtifactError line."""
-    check_jobs(dag.deps(job, params), params, params_file, f"gear {job.decl.cli.split()[0]}")
+    check_jobs(dag.read_deps(job, params), params, params_file, f"gear {job.decl.cli.split()[0]}")
 
 
 def check_jobs(jobs: list[Job], params, params_file: str, who: str) -> None:

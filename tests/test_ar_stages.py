@@ -95,6 +95,7 @@ def history(metrics_dir: Path) -> dict[str, list[tuple[str, str]]]:
 def test_tokenize_shards_are_consistent_and_byte_identical(ws):
     params = make_params()
     first = tree_bytes(paths.tokens_dir(ARM))
+    first.pop("provenance.json")  # the runner's record (gear/cli.py); this calls the stage itself
     tokenize.run(params, ARM)
     assert tree_bytes(paths.tokens_dir(ARM)) == first
     man = tokenize.read_tokens_manifest(params, ARM, SEED)
@@ -134,12 +135,13 @@ def test_stale_tokens_are_an_error(ws):
 @pytest.mark.parametrize("stage, missing, message", [
     (["tokenize", "--arm", ARM], "models/frozen/baseline", "gear freeze --arm baseline"),
     (["train-ar", "--arm", ARM, "--size", SIZE], "data/tokens/baseline", "gear tokenize --arm baseline"),
-    (["sample", "--arm", ARM, "--size", SIZE], None, "AR folder models/ar/seed0/baseline/custom not found"),
+    (["sample", "--arm", ARM, "--size", SIZE], None, "input models/ar/seed0/baseline/custom not found; make it: "
+                                                     "`gear train-ar --arm baseline --size custom --seed 0`"),
     # a tuned arm is per seed: its hints name the seed
-    (["tokenize", "--arm", "gear"], None, "models/frozen/seed0/gear/tokenizer.safetensors not found; "
-                                          "run `gear freeze --arm gear --seed 0` first"),
-    (["train-ar", "--arm", "gear", "--size", SIZE], None, "data/tokens/seed0/gear/manifest.json not found; "
-                                                          "run `gear tokenize --arm gear --seed 0` first"),
+    (["tokenize", "--arm", "gear"], None, "input models/frozen/seed0/gear not found; "
+                                          "make it: `gear freeze --arm gear --seed 0`"),
+    (["train-ar", "--arm", "gear", "--size", SIZE], None, "input data/tokens/seed0/gear not found; "
+                                                          "make it: `gear tokenize --arm gear --seed 0`"),
     (["tokenize", "--arm", "ste"], None, "--arm 'ste': must be one of baseline, gear"),
     (["train-ar", "--arm", ARM, "--size", "B"], None, "--size 'B': not in ar.sizes"),
 ])

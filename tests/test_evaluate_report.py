@@ -22,6 +22,7 @@ from gear.data.embedded import SOURCES
 from gear.data.loader import eval_batches
 from gear.io import ArtifactError, save_tensors, sha256_file, write_json
 from gear.metrics.features import FeatureModel, fid_statistics, frechet_distance, read_real_cache
+from gear import dag
 from gear.models.ar import GPT, GPTConfig
 from gear.models.demo_teacher import DemoViT
 from gear.models.tokenizer import Tokenizer, TokenizerConfig
@@ -29,6 +30,7 @@ from gear.report import main as report
 from gear.report.document import fmt
 from gear.runtime import setup
 from gear.stages import evaluate
+from tiny import stamp
 
 PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 SETS = ["teachers.demo_dim=32", "teachers.demo_depth=1", "teachers.demo_heads=2",
@@ -85,7 +87,16 @@ def world(tmp_path_factory) -> Path:
             write_json(paths.ar_dir(arm, "tiny", SEED) / "config.json",
                        {"arm": arm, "size": "tiny", "gpt": cfg.to_dict(), "tokenizer_sha256": sha})
             write_samples(arm, "tiny", _smooth_images(NUM_SAMPLES, seed=i))
+        stamp_world(p)
     return root
+
+
+def stamp_world(p) -> None:
+    """The records the stages these hand-made files stand in for would write (gear/provenance.py)."""
+    jobs = [dag.Job.of("shard"), dag.Job.of("teacher"), dag.Job.of("freeze_baseline")]
+    jobs += [dag.Job.of("freeze", {"seed": SEED, "variant": v}) for v in dag.tune_variants(p)]
+    jobs += [dag.Job.of(f"{s}_{a}", {"seed": SEED, "size": "tiny"}) for a in paths.AR_ARMS for s in ("train_ar", "sample")]
+    stamp(p, *jobs)
 
 
 @pytest.fixture

@@ -116,12 +116,14 @@ def test_adding_a_seed_reruns_only_that_seed_dvc(tmp_path):
     changed = set(json.loads(out.stdout or "{}"))
     assert changed == _expected_new(load_params(tmp_path / "params.yaml")), changed
 
-    # and the tau experiment still touches tune only among the already-run stages
+    # and the tau experiment touches, among the already-run stages, those that read tau: the tuning,
+    # the tokenizer evaluations (soft-assignment entropy at tau) and the report (its header)
     raw = yaml.safe_load((tmp_path / "params.yaml").read_text())
     raw["study"]["seeds"], raw["tau"] = [0], 0.5
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     out = subprocess.run(["dvc", "status", "--json"], cwd=tmp_path, env=ENV, capture_output=True, text=True, check=True)
-    assert set(json.loads(out.stdout)) == {"tune@0-gear", "tune@0-ste"}
+    assert set(json.loads(out.stdout)) == {"tune@0-gear", "tune@0-ste", "evaluate_tokenizer@0-gear",
+                                           "evaluate_tokenizer@0-ste", "evaluate_tokenizer_baseline", "report"}
 
 
 SMK_OUTPUTS = r"""  # (depth, outputs) of every job of the forced DAG

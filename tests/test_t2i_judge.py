@@ -83,7 +83,7 @@ def tsv(name: str) -> list[float]:
 
 def test_stage_writes_judge_config_and_metrics(trained, monkeypatch):
     monkeypatch.chdir(trained)
-    assert sorted(p.name for p in paths.JUDGE_DIR.iterdir()) == ["config.json", "judge.safetensors"]
+    assert sorted(p.name for p in paths.JUDGE_DIR.iterdir()) == ["config.json", "judge.safetensors", "provenance.json"]
     cfg = config()
     manifest = json.loads(paths.manifest().read_text())
     assert cfg["available"] is True and cfg["steps"] == STEPS
@@ -148,7 +148,7 @@ def test_pairs_without_attributes_have_no_judge(room):
     manifest = json.loads(paths.manifest().read_text())
     paths.manifest().write_text(json.dumps({**manifest, "source": "folder", "attributes": None}))
     assert gear_cli(["t2i-judge"]) == 0
-    assert [p.name for p in paths.JUDGE_DIR.iterdir()] == ["config.json"]
+    assert sorted(p.name for p in paths.JUDGE_DIR.iterdir()) == ["config.json", "provenance.json"]
     cfg = config()
     assert cfg["available"] is False and "attributes" in cfg["reason"]
     assert load_judge() is None
@@ -158,7 +158,7 @@ def test_pairs_without_attributes_have_no_judge(room):
 def test_missing_stale_or_corrupt_judge_is_one_line_error(trained, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert gear_cli(["t2i-judge"]) == 2  # no pairs: refused before any compute
-    assert "run `gear t2i-shard` first" in capsys.readouterr().err
+    assert "input t2i/data/shards not found; make it: `gear t2i-shard" in capsys.readouterr().err
     with pytest.raises(ArtifactError, match="not found"):
         load_judge()
     shutil.copytree(trained / "t2i", tmp_path / "t2i")

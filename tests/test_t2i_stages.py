@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from gear import paths as main_paths
+from gear import dag
 from gear.artifacts import write_tokenizer
 from gear.config import load_params
 from gear.io import save_tensors, write_json
@@ -21,7 +22,7 @@ from gear.models.demo_teacher import DemoViT
 from gear.models.tokenizer import Tokenizer, TokenizerConfig
 from gear.t2i import paths, train
 from test_ar_stages import history, tree_bytes  # the same byte and curve comparisons
-from tiny import PARAMS, TINY, gear_cli
+from tiny import PARAMS, TINY, gear_cli, stamp
 
 SEED = 0
 
@@ -46,6 +47,8 @@ def base(tmp_path_factory) -> Path:
         for arm, seed in (("baseline", None), ("gear", SEED)):
             torch.manual_seed(1 if seed is None else 2)
             write_tokenizer(main_paths.frozen_dir(arm, seed), Tokenizer(TokenizerConfig.from_params(p)), {"arm": arm})
+        stamp(p, dag.Job.of("shard"), dag.Job.of("teacher"), dag.Job.of("freeze_baseline"),
+              dag.Job.of("freeze", {"seed": SEED, "variant": "gear"}))
         for stage in (["t2i-shard"], ["t2i-encode"], ["t2i-judge"], ["t2i-tokenize", "--arm", "baseline"],
                       ["t2i-tokenize", "--arm", "gear"], ["t2i-evaluate", "real"]):
             assert gear_cli(stage) == 0, stage

@@ -114,8 +114,19 @@ def build_ar_world(root: Path, raw: dict, arm: str, seed: int = 0) -> None:
         write_tokenizer(paths.frozen_dir(arm, seed), Tokenizer(TokenizerConfig.from_params(params)), {"arm": arm})
         (root / "params.yaml").write_text(yaml.safe_dump(raw))
         tokenize.run(params, arm, seed=seed)
+        # what the stages these stand in for would have recorded (gear/provenance.py)
+        frozen = dag.Job.of("freeze_baseline") if arm == "baseline" else dag.Job.of("freeze", {"seed": seed, "variant": arm})
+        tokens = (dag.Job.of("tokenize_baseline") if arm == "baseline"
+                  else dag.Job.of("tokenize", {"seed": seed, "variant": arm}))
+        stamp(params, dag.Job.of("shard"), dag.Job.of("teacher"), frozen, tokens)
     finally:
         os.chdir(cwd)
+
+
+def stamp(params, *jobs) -> None:
+    """Record hand-made artifacts as the jobs they stand in for would (cwd: the tree's root)."""
+    for job in jobs:
+        provenance.write(job, params)
 
 
 # ---- trees as a run leaves them, without running anything ---------------------------------------
