@@ -108,16 +108,21 @@ def read(job: Job, params) -> dict | None:
     return None
 
 
-def _first_difference(have: dict, want: dict) -> str:
+def _first_difference(have: dict, want: dict, prefix: str = "") -> str:
+    """`key = recorded, params give current` for the first leaf that differs (sections descended)."""
     for k in sorted(set(have) | set(want)):
-        if have.get(k) != want.get(k):
-            return f"{k} = {have.get(k)!r}, params give {want.get(k)!r}"
+        a, b = have.get(k), want.get(k)
+        if a != b:
+            if isinstance(a, dict) and isinstance(b, dict):
+                return _first_difference(a, b, f"{prefix}{k}.")
+            return f"{prefix}{k} = {a!r}, params give {b!r}"
     return "its inputs"
 
 
 def stale(job: Job, params, params_file: str = "params.yaml", memo: dict | None = None) -> str | None:
-    """Why the output of `job` is not what the current params call for (the first stale artifact
-    up the DAG, and the command that remakes it), or None when it is."""
+    """Why the output of `job` is not what the current params call for, or None when it is. Of
+    several stale artifacts the one furthest up the DAG is named (remaking it comes first), with
+    the key that differs and the command that remakes it."""
     memo = {} if memo is None else memo
     out, rec = dag.primary(job, params), read(job, params)
     remake = f"remake it: `{job.command(params_file)}`"
@@ -127,13 +132,13 @@ def stale(job: Job, params, params_file: str = "params.yaml", memo: dict | None 
         return f"{out} has no provenance record (made by an older gear or by hand); {remake}"
     if rec.get("lineage") == lineage(job, params, memo):
         return None
-    want = values(job, params)
-    if rec.get("params") != want:
-        return f"{out} was made with {_first_difference(rec.get('params') or {}, want)}; {remake}"
-    for d in dag.deps(job, params):
+    for d in dag.read_deps(job, params):  # the root cause first
         why = stale(d, params, params_file, memo)
         if why:
             return why
+    want = values(job, params)
+    if rec.get("params") != want:
+        return f"{out} was made with {_first_difference(rec.get('params') or {}, want)}; {remake}"
     return f"{out} was made from other versions of its inputs; {remake}"
 
 
