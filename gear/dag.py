@@ -87,9 +87,9 @@ SEED = "seed{seed}"
 # never the model it writes. The seed, size and arm lists (the value is in the job's wildcards and
 # paths: adding a seed reruns nothing of the others); where state, shards and logs go, how often
 # the state is saved (resume equals no-kill, tested) and the metrics logged, how many loader
-# processes decode.
+# processes decode and how many images an evaluation forward takes.
 FREE = frozenset({"study.seeds", "ar.sizes", "tune.ablations", "data.shard_dir", "compute.state_dir",
-                  "compute.save_every", "compute.log_every", "compute.workers"})
+                  "compute.save_every", "compute.log_every", "compute.workers", "metrics.batch_size"})
 # the shards' manifest is checked against the whole data section (gear/data/loader.py)
 DATA_IN = ("data",)
 RUN = ("compute.device", "compute.precision")
@@ -104,21 +104,20 @@ STAGES: dict[str, Stage] = _s(
           heavy=False, launch=False),
     Stage("teacher", "teacher", TEACHER + DATA_IN + TRAIN + ("metrics.feature_space",),
           (Out("models/teacher"), *live("metrics/teacher")), (Dep("shard"),), root="teacher"),
-    Stage("tokenizer_init", "tokenizer-init", ("quantizer", "tokenizer", "metrics.batch_size") + TEACHER + DATA_IN + TRAIN,
+    Stage("tokenizer_init", "tokenizer-init", ("quantizer", "tokenizer") + TEACHER + DATA_IN + TRAIN,
           (Out("models/tokenizer_init"), *live("metrics/tokenizer_init")),
           (Dep("shard"), Dep("teacher", read_if="teacher_perceptual")), root="warmup"),
     Stage("tune", "tune --variant {variant} --seed {seed}",
           ("tau", "align_weight", "align_weight_ar", "align_layer", "e2e_mode", "quantizer", "tokenizer", "tune",
            "ar.class_dropout", "ar.token_dropout", "ar.projector_hidden", "ar.custom_layers", "ar.custom_dim",
-           "ar.custom_heads", "ar.resid_dropout", "ar.ffn_dropout", "metrics.batch_size", "compute.grad_checkpointing")
+           "ar.custom_heads", "ar.resid_dropout", "ar.ffn_dropout", "compute.grad_checkpointing")
           + TEACHER + DATA_IN + TRAIN,
           (Out(f"models/tune/{SEED}/{{variant}}"), *live(f"metrics/tune/{SEED}/{{variant}}")),
           (Dep("shard"), Dep("teacher"), Dep("tokenizer_init")), ("seed", "variant"), root="tuned"),
-    Stage("freeze_baseline", "freeze --arm baseline", ("quantizer", "tokenizer", "metrics.batch_size") + DATA_IN + RUN,
+    Stage("freeze_baseline", "freeze --arm baseline", ("quantizer", "tokenizer") + DATA_IN + RUN,
           (Out("models/frozen/baseline"), Out("metrics/freeze/baseline.json", "file")),
           (Dep("tokenizer_init"), Dep("shard")), heavy=False, launch=False),
-    Stage("freeze", "freeze --arm {variant} --seed {seed}", ("quantizer", "tokenizer", "metrics.batch_size")
-          + DATA_IN + RUN,
+    Stage("freeze", "freeze --arm {variant} --seed {seed}", ("quantizer", "tokenizer") + DATA_IN + RUN,
           (Out(f"models/frozen/{SEED}/{{variant}}"), Out(f"metrics/freeze/{SEED}/{{variant}}.json", "file")),
           (Dep("tune"), Dep("shard")), ("seed", "variant"), root="tuned", heavy=False, launch=False),
     Stage("tokenize_baseline", "tokenize --arm baseline", ("quantizer", "tokenizer") + DATA_IN + RUN,

@@ -132,13 +132,19 @@ def stale(job: Job, params, params_file: str = "params.yaml", memo: dict | None 
         return f"{out} has no provenance record (made by an older gear or by hand); {remake}"
     if rec.get("lineage") == lineage(job, params, memo):
         return None
-    for d in dag.read_deps(job, params):  # the root cause first
+    ups = dag.read_deps(job, params)
+    recorded = [d for d in ups if read(d, params) is not None]
+    for d in recorded:  # the root cause first: an input made with other params
         why = stale(d, params, params_file, memo)
         if why:
             return why
     want = values(job, params)
     if rec.get("params") != want:
         return f"{out} was made with {_first_difference(rec.get('params') or {}, want)}; {remake}"
+    for d in ups:  # else an input that is gone or was made by hand
+        why = stale(d, params, params_file, memo)
+        if why:
+            return why
     return f"{out} was made from other versions of its inputs; {remake}"
 
 

@@ -29,8 +29,9 @@ from tiny import env
 
 # Sampling: 16 classes x 2 in batches of 6 (6 batches, the last of 2). Evaluation, 24 a batch: 9 real
 # batches (200 of 320 train), 4 val batches (80), 2 sample batches (32): uneven shares.
-SAMPLE = ["sample", "--arm", "gear", "--size", "tiny", *CLI, "--set=sample.per_class=2", "--set=sample.batch_size=6"]
-ARGS = [SAMPLE] + [["evaluate", *a, *CLI, "--set=metrics.batch_size=24"]
+SAMPLING = ["--set=sample.per_class=2", "--set=sample.batch_size=6"]  # every later stage runs under them too
+SAMPLE = ["sample", "--arm", "gear", "--size", "tiny", *CLI, *SAMPLING]
+ARGS = [SAMPLE] + [["evaluate", *a, *CLI, *SAMPLING, "--set=metrics.batch_size=24"]
                    for a in (["real"], ["tokenizer", "--arm", "gear"], ["samples", "--arm", "gear", "--size", "tiny"])]
 # One torchrun launch runs the four stages (each launch costs ~15 s of imports on 2 cores): the
 # process group is kept across them and closed at the end.

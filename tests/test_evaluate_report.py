@@ -176,6 +176,8 @@ def test_evaluate_and_report_end_to_end(ws, capsys):
     # the report over these JSONs and synthetic training metrics (one seed)
     from report_worlds import write_training_metrics
     write_training_metrics(params(), [SEED])
+    stamp(params(), dag.Job.of("tokenizer_init"),  # the training stages these metrics stand in for
+          *[dag.Job.of("tune", {"seed": SEED, "variant": v}) for v in dag.tune_variants(params())])
     assert main(["report", *CLI]) == 0
     md, page = (paths.REPORTS_DIR / "index.md").read_text(), (paths.REPORTS_DIR / "index.html").read_text()
     assert {"curves_tiny.png", "codebook_tune.png", "ar_layers_tiny.png", "samples_baseline_tiny.png",
@@ -190,7 +192,7 @@ def test_evaluate_and_report_end_to_end(ws, capsys):
     assert main(["evaluate", "samples", "--arm", "ste", "--size", "tiny", *CLI]) == 2
     for stale in ("metrics.max_real=100", "metrics.feature_space=dinov2"):
         assert main(["evaluate", "tokenizer", "--arm", "gear", *CLI, f"--set={stale}"]) == 2
-        assert "rerun `gear evaluate real`" in capsys.readouterr().err
+        assert "remake it: `gear evaluate real" in capsys.readouterr().err
     weights = "tokenizer.safetensors"  # another tokenizer than the AR was trained on
     shutil.copyfile(paths.frozen_dir("gear", SEED) / weights, paths.frozen_dir("baseline") / weights)
     assert main(["evaluate", "samples", "--arm", "baseline", "--size", "tiny", *CLI]) == 2
