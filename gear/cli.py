@@ -123,7 +123,7 @@ def run_stage(stage: str, params, params_file: str, extra: dict, row: str | None
     with lock, paths.using(layout):
         module.run(view, **extra)
         if main:
-            provenance.write(job, params)
+            provenance.write(job, params, view.reads)  # the keys it read, exactly
     if audit:
         with open(audit, "a") as f:
             f.write(json.dumps({"stage": job.stage, "reads": sorted(view.reads)}) + "\n")

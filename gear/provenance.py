@@ -2,13 +2,13 @@
 
 Every job (gear/dag.py) records in its first output (`<dir>/provenance.json`, or a "provenance"
 entry of a JSON file output):
-  params    the values of exactly the keys its stage declares (the ones it could read)
-  lineage   a digest of those values, its wildcards and the lineage of every input job: equal
-            lineages mean the same params all the way up
-  deps      the lineage of each input as it was when the job ran
-Before a stage does any work it checks its inputs: an input whose lineage is not the one the
-current params call for is refused in one line that names the first stale artifact up the DAG,
-the key that differs, and the command that remakes it. So no order of `dvc repro`, `snakemake`,
+  params    the keys its stage read (gear/guard.py sees every read; a subset of what it declares)
+            with their values
+  deps      the digest of each input's record as it was when the job ran
+Before a stage does any work it checks its inputs, recursively up the DAG: an input is stale
+when a key its stage read has another value now, when it was made from another version of one
+of its own inputs, or when one of those is stale. It is refused in one line that names the
+stale artifact furthest up the DAG, the key that differs, and the command that remakes it. So no order of `dvc repro`, `snakemake`,
 `--config params=...` or preset switches can feed one stage outputs made with other params, and
 `gear report` refuses a tree that mixes them. The record travels with the artifact (DVC caches
 and checks it out with the folder), which is what makes it hold across both tools.
@@ -42,47 +42,48 @@ def _plain(v):
     return dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v
 
 
-def values(job: Job, params) -> dict:
-    """The declared params of a job as it runs them (its row's params; a seeded job's compute.seed
-    is its study seed)."""
-    rp, _ = dag.layout_for(params, job.row)
-    out = {k: _without_free(k, _plain(_get_raw(rp, k))) for k in dag._leaves(job.decl.keys)}
-    if job.decl.seeded and "compute.seed" in out:
-        out["compute.seed"] = job.wildcards["seed"]
-    return out
+def current(job: Job, params, key: str):
+    """The value a params key has for a job now: its row's params; a seeded job's compute.seed is
+    its study seed; a section without the keys that change no output (dag.FREE)."""
+    if key == "compute.seed" and job.decl.seeded:
+        return job.wildcards["seed"]
+    value = dag.layout_for(params, job.row)[0]
+    for part in key.split("."):
+        value = getattr(value, part)
+    return _without_free(key, _plain(value))
+
+
+def values(job: Job, params, keys=None) -> dict:
+    """{key: current value} of `keys` (default: every key the stage declares)."""
+    return {k: current(job, params, k) for k in sorted(dag._leaves(job.decl.keys) if keys is None else keys)}
+
+
+def _plain(v):
+    import dataclasses
+
+    return dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v
 
 
 def _without_free(key: str, value):
-    """A section's value without the keys that never change what a stage writes (dag.FREE)."""
     if not isinstance(value, dict):
         return value
     return {k: _without_free(f"{key}.{k}", v) for k, v in value.items() if f"{key}.{k}" not in dag.FREE}
 
 
-def _get_raw(params, key: str):
-    for part in key.split("."):
-        params = getattr(params, part)
-    return params
+def digest(rec: dict | None) -> str | None:
+    return None if rec is None else _digest(rec)
 
 
-def lineage(job: Job, params, memo: dict | None = None) -> str:
-    memo = {} if memo is None else memo
-    if job not in memo:
-        memo[job] = _digest({"stage": job.stage, "wildcards": job.wildcards, "params": values(job, params),
-                             "deps": [lineage(d, params, memo) for d in dag.deps(job, params)]})
-    return memo[job]
+def record(job: Job, params, reads=None) -> dict:
+    """What made a job's output: the params keys the stage read (all it declares when not known)
+    with their values, and the digest of each input's record as it was read."""
+    return {"stage": job.stage, "wildcards": job.wildcards, "row": job.row, "params": values(job, params, reads),
+            "deps": {str(dag.primary(d, params)): digest(read(d, params)) for d in dag.read_deps(job, params)}}
 
 
-def record(job: Job, params) -> dict:
-    memo: dict = {}
-    return {"stage": job.stage, "wildcards": job.wildcards, "row": job.row, "params": values(job, params),
-            "lineage": lineage(job, params, memo),
-            "deps": {str(dag.primary(d, params)): lineage(d, params, memo) for d in dag.deps(job, params)}}
-
-
-def write(job: Job, params) -> None:
+def write(job: Job, params, reads=None) -> None:
     """Record a finished job in its first output (atomically)."""
-    out, rec = dag.primary(job, params), record(job, params)
+    out, rec = dag.primary(job, params), record(job, params, reads)
     if job.decl.outs[0].kind == "dir":
         with atomic_path(out / RECORD) as tmp:
             tmp.write_text(json.dumps(rec, indent=2, sort_keys=True) + "\n")
@@ -108,6 +109,18 @@ def read(job: Job, params) -> dict | None:
     return None
 
 
+def own_difference(job: Job, params, rec: dict) -> str | None:
+    """`key = recorded, params give current` for the first key the stage read whose value changed."""
+    for key, was in sorted((rec.get("params") or {}).items()):
+        try:
+            now = current(job, params, key)
+        except AttributeError:  # a key this version of the params does not have
+            return f"{key} (no longer a params key)"
+        if now != was:
+            return _first_difference({key: was}, {key: now})
+    return None
+
+
 def _first_difference(have: dict, want: dict, prefix: str = "") -> str:
     """`key = recorded, params give current` for the first leaf that differs (sections descended)."""
     for k in sorted(set(have) | set(want)):
@@ -120,40 +133,40 @@ def _first_difference(have: dict, want: dict, prefix: str = "") -> str:
 
 
 def stale(job: Job, params, params_file: str = "params.yaml", memo: dict | None = None) -> str | None:
-    """Why the output of `job` is not what the current params call for, or None when it is. Of
-    several stale artifacts the one furthest up the DAG is named (remaking it comes first), with
-    the key that differs and the command that remakes it."""
+    """Why the output of `job` is not what the current params call for, or None when it is: it is
+    missing or unrecorded, an input up the DAG is stale (the one furthest up is named: remaking it
+    comes first), a key the stage read has another value now, or an input changed since. Inputs
+    that are gone are not walked: their record lives on in the digests of what was made from them."""
     memo = {} if memo is None else memo
+    if job in memo:
+        return memo[job]
     out, rec = dag.primary(job, params), read(job, params)
     remake = f"remake it: `{job.command(params_file)}`"
+    why = None
     if not out.exists():
-        return f"{out} not found; make it: `{job.command(params_file)}`"
-    if rec is None:
-        return f"{out} has no provenance record (made by an older gear or by hand); {remake}"
-    if rec.get("lineage") == lineage(job, params, memo):
-        return None
-    ups = dag.read_deps(job, params)
-    recorded = [d for d in ups if read(d, params) is not None]
-    for d in recorded:  # the root cause first: an input made with other params
-        why = stale(d, params, params_file, memo)
-        if why:
-            return why
-    want = values(job, params)
-    if rec.get("params") != want:
-        return f"{out} was made with {_first_difference(rec.get('params') or {}, want)}; {remake}"
-    for d in ups:  # else an input that is gone or was made by hand
-        why = stale(d, params, params_file, memo)
-        if why:
-            return why
-    return f"{out} was made from other versions of its inputs; {remake}"
+        why = f"{out} not found; make it: `{job.command(params_file)}`"
+    elif rec is None:
+        why = f"{out} has no provenance record (made by an older gear or by hand); {remake}"
+    else:
+        ups = [d for d in dag.read_deps(job, params) if dag.primary(d, params).exists()]
+        why = next((w for w in (stale(d, params, params_file, memo) for d in ups) if w), None)
+        if why is None and (diff := own_difference(job, params, rec)):
+            why = f"{out} was made with {diff}; {remake}"
+        for d in ups if why is None else ():
+            path = str(dag.primary(d, params))
+            if (rec.get("deps") or {}).get(path, "absent") != digest(read(d, params)):
+                why = f"{out} was made from another {path}; {remake}"
+                break
+    memo[job] = why
+    return why
 
 
 def check_inputs(job: Job, params, params_file: str = "params.yaml") -> None:
     """Every input of `job` is what the current params call for, or one ArtifactError line."""
-    check_jobs(dag.read_deps(job, params), params, params_file, f"gear {job.decl.cli.split()[0]}")
+    check_jobs(dag.read_deps(job, params), params, params_file)
 
 
-def check_jobs(jobs: list[Job], params, params_file: str, who: str) -> None:
+def check_jobs(jobs: list[Job], params, params_file: str) -> None:
     memo: dict = {}
     for d in jobs:
         why = stale(d, params, params_file, memo)
@@ -184,7 +197,7 @@ def stamp(job: Job, params) -> str:
     out = dag.primary(job, params)
     path = STATE / "stamps" / f"{out}.stamp"
     rec = read(job, params) if out.exists() else None
-    fresh = rec is not None and rec.get("params") == values(job, params)
+    fresh = rec is not None and own_difference(job, params, rec) is None
     if out.exists() and not fresh:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(values(job, params), sort_keys=True, default=str))  # now: newer than out

@@ -241,7 +241,7 @@ def test_dvc_paths_match_gear_paths(dvc):
         "teacher": live(paths.metrics_dir("teacher"), str(paths.teacher_dir())),
         "tokenizer_init": live(paths.metrics_dir("tokenizer_init"), str(paths.tokenizer_init_dir())),
         "evaluate_real": dict(outs=[str(paths.real_stats_dir())]),
-        "report": dict(outs=[str(paths.REPORTS_DIR / f) for f in ("figures", "index.md", "index.html", "claims.json")],
+        "report": dict(outs=[str(paths.REPORTS_DIR / f) for f in ("claims.json", "figures", "index.md", "index.html")],
                        metrics=[str(paths.REPORTS_DIR / "headline.json")]),
         "freeze_baseline": dict(outs=[str(paths.frozen_dir("baseline")), str(paths.freeze_stats_json("baseline"))]),
         "tokenize_baseline": dict(outs=[str(paths.tokens_dir("baseline"))]),

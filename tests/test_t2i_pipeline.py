@@ -83,7 +83,7 @@ def test_dvc_paths_match_t2i_paths(dvc):
     metrics: a room that has not run does not make `dvc metrics show` warn (README)."""
     want = {"t2i_shard": [t2i_paths.SHARD_DIR], "t2i_encode": [t2i_paths.CAPTIONS_DIR],
             "t2i_tokenize_baseline": [t2i_paths.tokens_dir("baseline")], "t2i_evaluate_real": [t2i_paths.REAL_DIR],
-            "t2i_report": [t2i_paths.report_files()[n] for n in ("t2i_figures", "t2i.md", "t2i.html", "t2i.json")]}
+            "t2i_report": [t2i_paths.report_files()[n] for n in ("t2i.json", "t2i_figures", "t2i.md", "t2i.html")]}
     live = t2i_paths.judge_metrics_dir()
     want["t2i_judge"] = [t2i_paths.JUDGE_DIR, live / "metrics.json"]
     assert dvc["t2i_judge"]["plots"] == [str(live / "plots" / "metrics")]
