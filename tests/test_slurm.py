@@ -58,7 +58,8 @@ SLURM_FLAGS = ["--slurm-status-command", "squeue", "--slurm-no-account", "--slur
                str(POLL_S), "--latency-wait", "5"]
 # The training job requeued mid-run, and the plugin's --comment for it (squeue %k).
 ARM, SIZE, SEED = "gear", "custom", 0
-REQUEUED_COMMENT = f"rule_train_ar_wildcards_{SEED}_{ARM}_{SIZE}"
+REQUEUED_COMMENT = f"rule_train_ar_{ARM}_wildcards_{SEED}_{SIZE}"
+TRAIN_LOG = Path("logs") / f"train_ar_{ARM}" / str(SEED) / f"{SIZE}.log"  # the rule's log (workflow/rules/common.smk)
 COMPARED = [paths.SHARD_DIR, paths.TOKENIZER_INIT_DIR, paths.FROZEN_DIR, paths.TOKENS_DIR, paths.AR_DIR]
 
 
@@ -156,7 +157,7 @@ def requeue_mid_run(cluster, d: Path, run: Snakemake) -> dict:
     keep its first run's log (written before SLURM starts it again) and its final record."""
     p = load_params(d / "params.yaml")
     state = d / paths.state_dir(p, "train_ar", paths.seed_part(SEED), ARM, SIZE) / "state.pt"
-    log = d / "logs" / "train_ar" / str(SEED) / ARM / f"{SIZE}.log"
+    log = d / TRAIN_LOG
     seen: dict = {}
     while run.proc.poll() is None:
         if "job" not in seen:
@@ -216,8 +217,9 @@ def test_profile_runs_every_job_through_sbatch(cluster, dag):
     logs = sorted((d / "logs" / "slurm").rglob("*.log"))
     rules = {l.relative_to(d / "logs" / "slurm").parts[0].removeprefix("rule_") for l in logs}
     expected = {"shard", "teacher", "tokenizer_init", "tune", "freeze", "freeze_baseline", "tokenize",
-                "tokenize_baseline", "train_ar", "sample", "evaluate_real", "evaluate_tokenizer",
-                "evaluate_tokenizer_baseline", "evaluate_samples", "report"}
+                "tokenize_baseline", "train_ar_baseline", "train_ar_gear", "sample_baseline", "sample_gear",
+                "evaluate_real", "evaluate_tokenizer", "evaluate_tokenizer_baseline", "evaluate_samples_baseline",
+                "evaluate_samples_gear", "report"}
     assert expected <= rules, sorted(rules)
     assert (d / "reports" / "index.md").is_file()
 
@@ -244,7 +246,7 @@ def test_requeued_training_job_resumes_exactly(cluster, dag):
     assert m, first[-2000:]
     step = int(m.group(1))
     assert 0 < step < AR_STEPS, first[-2000:]
-    second = (d / "logs" / "train_ar" / str(SEED) / ARM / f"{SIZE}.log").read_text()
+    second = (d / TRAIN_LOG).read_text()
     assert f"| {step}/{AR_STEPS} " in second and f"| 0/{AR_STEPS} " not in second, second[-2000:]  # resumed
     target = paths.ar_dir(ARM, SIZE, SEED)
     ours, theirs = digests(d, [target]), digests(local, [target])
@@ -263,12 +265,12 @@ def test_two_gpu_training_job_runs_two_ranks_that_follow_one_process(cluster, da
     raw = apply_overrides(yaml.safe_load((d / "params.yaml").read_text()), ["resources.train_gpus=2"])
     (d / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))  # resources: no rule's digest
     # the target first: --forcerun takes every word after it
-    out = snakemake(d, cluster, str(target), "--forcerun", "train_ar")
+    out = snakemake(d, cluster, str(target), "--forcerun", f"train_ar_{ARM}")
     jobs = re.findall(r"with SLURM jobid '?(\d+)", out)
     assert len(jobs) == 1, out[-3000:]  # this one training job, nothing else
     show = scontrol_show(cluster, jobs[0])
     assert "TresPerJob=gres:gpu:2" in show, show
-    log = (d / "logs" / "train_ar" / str(SEED) / ARM / f"{SIZE}.log").read_text()
+    log = (d / TRAIN_LOG).read_text()
     assert "2 processes on cpu" in log, log[-2000:]
     two = load_tensors(d / target / "ar.safetensors"), curve(curve_file)
     assert len(two[1]) == len(one[1]) > 1
