@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.stage == "params":
             return write_params(params, args)
         if args.stage == "dag":
-            from gear.dag import write_dvc_files
+            from gear.dvcfile import write_dvc_files
 
             stale = write_dvc_files(params, check=args.check)
             verb = "out of date" if args.check else "written"

@@ -55,7 +55,7 @@ def current(job: Job, params, key: str):
 
 def values(job: Job, params, keys=None) -> dict:
     """{key: current value} of `keys` (default: every key the stage declares)."""
-    return {k: current(job, params, k) for k in sorted(dag._leaves(job.decl.keys) if keys is None else keys)}
+    return {k: current(job, params, k) for k in sorted(dag.leaves(job.decl.keys) if keys is None else keys)}
 
 
 def _plain(v):

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gear import dag, provenance
+from gear import dag, dvcfile, provenance
 from gear.config import load_params
 from gear.guard import ParamsView, UndeclaredParam
 from tiny import copy_workflow, fake_run, retouch
@@ -32,7 +32,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:dvc")
 
 def test_dvc_files_are_generated_from_the_table(monkeypatch):
     monkeypatch.chdir(ROOT)
-    assert dag.write_dvc_files(load_params(ROOT / "params.yaml"), check=True) == [], \
+    assert dvcfile.write_dvc_files(load_params(ROOT / "params.yaml"), check=True) == [], \
         "dvc.yaml / t2i/dvc.yaml differ from gear/dag.py: run `gear dag`"
 
 

@@ -1,0 +1,111 @@
+"""dvc.yaml and t2i/dvc.yaml, generated from the stage table (gear/dag.py): `gear dag` writes them,
+`gear dag --check` (and tests/test_dag.py) says whether the committed files are up to date."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from gear import dag
+
+
+
+def _dvc_path(template: str) -> str:
+    out = template.replace("{shard_dir}", "${data.shard_dir}")
+    for k in ("seed", "variant", "size", "arm"):
+        out = out.replace("{" + k + "}", "${item." + k + "}")
+    return out
+
+
+def dvc_stage(stage: dag.Stage, params, wdir: str | None = None) -> dict:
+    d: dict = {}
+    axes = {}
+    fixed = dict(stage.axes)
+    for w in stage.wildcards:
+        axes[w] = list(fixed[w]) if w in fixed else dag.AXES_DVC.get(w) or dag.tune_variants(params)
+    if axes:
+        d["matrix"] = axes
+    if wdir:
+        d["wdir"] = wdir
+    args = {w: "${item." + w + "}" for w in stage.wildcards}
+    d["cmd"] = f"gear {stage.cli.format(**args)} --params params.yaml"
+    d["deps"] = [*stage.code, *[_dvc_path(dag.STAGES[x.stage].outs[0].path.format_map(
+        _Fixed(dict(x.fix), args))) for x in stage.deps]]
+    if stage.name == "report":
+        d["deps"] += ["eval", "metrics", "samples"]
+    if stage.name == "t2i_report":
+        d["deps"] += ["t2i/eval", "t2i/metrics/train", "t2i/samples", "t2i/models/judge"]
+    d["params"] = dag.leaves(stage.keys)
+    for kind in ("outs", "metrics", "plots"):
+        items = []
+        for o in stage.outs:
+            if o.dvc != kind:
+                continue
+            path = _dvc_path(o.path.format_map(_Fixed({}, args)))
+            if kind == "plots":
+                items.append({path: {"x": "step"}})
+            elif not o.cache:
+                items.append({path: {"cache": False}})
+            else:
+                items.append(path)
+        if items:
+            d[kind] = items
+    if not d["deps"]:
+        del d["deps"]
+    return d
+
+
+class _Fixed(dict):
+    """str.format_map mapping: fixed values first, then ${item.*} of the consumer's own axes."""
+
+    def __init__(self, fixed: dict, args: dict):
+        super().__init__({**args, **fixed})
+
+    def __missing__(self, key):
+        return "{" + key + "}"
+
+
+def dvc_file(params, room: str) -> dict:
+    stages = [s for s in dag.STAGES.values() if (s.room in ("main", "report")) == (room == "main")]
+    wdir = ".." if room == "t2i" else None
+    out = {"stages": {s.name: dvc_stage(s, params, wdir) for s in stages}}
+    if room == "t2i":
+        out = {"vars": ["../params.yaml"], **out}
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# the generated DVC files
+
+DVC_FILES = {"main": Path("dvc.yaml"), "t2i": Path("t2i/dvc.yaml")}
+DVC_HEADER = {
+    "main": ("GEAR pipeline (DVC): the main DAG. GENERATED from gear/dag.py by `gear dag --write`: edit the\n"
+             "declarations there, never this file (tests/test_dag.py checks it is up to date). Each stage runs\n"
+             "one `gear <stage>`; `params:` lists exactly the keys the stage reads (it cannot read others), so\n"
+             "`dvc exp run -S tau=0.5` reruns tune and what follows. Seeds and AR sizes are matrix axes read\n"
+             "from params.yaml; the tuned arms (gear + tune.ablations) are listed: regenerate after changing them.\n"),
+    "t2i": ("The text-to-image room (DVC): `dvc repro t2i/dvc.yaml`. GENERATED from gear/dag.py by\n"
+            "`gear dag --write`. Every stage runs from the repository root (wdir: ..); the frozen tokenizers are\n"
+            "outputs of ./dvc.yaml's freeze stages, which DVC runs first when they are stale.\n"),
+}
+
+
+def dvc_text(params, room: str) -> str:
+    import yaml
+
+    header = "".join(f"# {line}".rstrip() + "\n" for line in DVC_HEADER[room].splitlines())
+    body = yaml.safe_dump(dvc_file(params, room), sort_keys=False, width=120, default_flow_style=False)
+    return header + "\n" + body
+
+
+def write_dvc_files(params, check: bool = False) -> list[Path]:
+    """Write (or, with check, compare) dvc.yaml and t2i/dvc.yaml; returns the files that differ."""
+    from gear.io import atomic_path
+
+    stale = []
+    for room, path in DVC_FILES.items():
+        text = dvc_text(params, room)
+        if not path.is_file() or path.read_text() != text:
+            stale.append(path)
+            if not check:
+                with atomic_path(path) as tmp:
+                    tmp.write_text(text)
+    return stale
