@@ -6,7 +6,7 @@ and its outputs. Nothing else in the project writes these down.
     jobs(params, "all")                    # every job of a target, with its row (ablations)
 
 - The Snakemake rules are built from this table (workflow/rules/stages.smk), dvc.yaml and
-  t2i/dvc.yaml are generated from it (`gear dag --write`; tests/test_dag.py checks that the
+  t2i/dvc.yaml are generated from it (`gear dag`, gear/dvcfile.py; tests/test_dag.py checks that the
   committed files equal the generated ones).
 - A stage reads only its declared keys (`keys`): the CLI hands it a read-only view that refuses
   any other key (gear/guard.py), so the params a stage records in its outputs (gear/provenance.py),

@@ -77,13 +77,13 @@ def dvc_file(params, room: str) -> dict:
 
 DVC_FILES = {"main": Path("dvc.yaml"), "t2i": Path("t2i/dvc.yaml")}
 DVC_HEADER = {
-    "main": ("GEAR pipeline (DVC): the main DAG. GENERATED from gear/dag.py by `gear dag --write`: edit the\n"
+    "main": ("GEAR pipeline (DVC): the main DAG. GENERATED from gear/dag.py by `gear dag`: edit the\n"
              "declarations there, never this file (tests/test_dag.py checks it is up to date). Each stage runs\n"
              "one `gear <stage>`; `params:` lists exactly the keys the stage reads (it cannot read others), so\n"
              "`dvc exp run -S tau=0.5` reruns tune and what follows. Seeds and AR sizes are matrix axes read\n"
              "from params.yaml; the tuned arms (gear + tune.ablations) are listed: regenerate after changing them.\n"),
     "t2i": ("The text-to-image room (DVC): `dvc repro t2i/dvc.yaml`. GENERATED from gear/dag.py by\n"
-            "`gear dag --write`. Every stage runs from the repository root (wdir: ..); the frozen tokenizers are\n"
+            "`gear dag`. Every stage runs from the repository root (wdir: ..); the frozen tokenizers are\n"
             "outputs of ./dvc.yaml's freeze stages, which DVC runs first when they are stale.\n"),
 }
 
