@@ -189,6 +189,7 @@ def test_evaluate_and_report_end_to_end(ws, capsys):
     capsys.readouterr()
     assert main(["evaluate", "tokenizer", "--arm", "nope", *CLI]) == 2
     assert main(["evaluate", "samples", "--arm", "ste", "--size", "tiny", *CLI]) == 2
+    capsys.readouterr()
     # eval/real made under other params; with another feature space the stamped teacher (its record
     # lists every key it declares) is named first: either way one line and the command that remakes it
     for stale, remake in (("metrics.max_real=100", "gear evaluate real"), ("metrics.feature_space=dinov2", "gear ")):
