@@ -198,6 +198,9 @@ def validate(p: Params) -> Params:
         _check(bool(d.train_root), "data.train_root", d.train_root, "required when data.source = imagefolder")
     _check(d.resolution % t.downsample == 0, "tokenizer.ch_mult", t.ch_mult,
            f"downsampling {t.downsample} must divide data.resolution {d.resolution}")
+    arch_quantizer = {"lfq16": "lfq", "ibq16": "ibq"}.get(t.arch, p.quantizer)  # vq16 carries any
+    _check(p.quantizer == arch_quantizer, "quantizer", p.quantizer,
+           f"must be {arch_quantizer} for tokenizer.arch {t.arch}")
     if p.quantizer == "lfq":
         _check(t.codebook_size & (t.codebook_size - 1) == 0, "tokenizer.codebook_size", t.codebook_size,
                "must be a power of two for quantizer lfq")
