@@ -13,6 +13,13 @@ Parts (float32 on the CPU, small shapes; each side builds its model, the release
 randomised and loaded into ours strictly through our public-checkpoint loaders):
   vq    models/vq_model.py VQModel in train mode (the losses exist only there) against our
         Tokenizer: reconstruction, distances, indices, codebook / commitment / entropy terms
+  lfq, ibq  models/lfq_model.py LFQ_16 (Open-MAGVIT2) and models/ibq_model.py IBQ_16 (VQGAN), small
+        and randomised, saved as the release saves them ({"vq": state_dict}) and loaded from that
+        file into our tokenizer.arch lfq16 / ibq16 strictly; then the same quantities. Their
+        distances are inner products of unbounded latents (|d| ~ 10-100 here), so those rows are
+        relative to the release's largest |d|. LFQ's distance is -2 <z, c> there and |z - c|^2
+        here: they differ by a per-token constant, removed (each token's mean) before comparing;
+        argmin, GEAR's softmax(-d / tau) and the entropy term do not see it
   gpt   models/llamagen.py Transformer (dropout off: eval mode) against our GPT: logits and the
         tap hidden state, from token indices and from a code distribution (GEAR's soft input)
   disc  src/losses: NLayerDiscriminator and hinge_d_loss, the D step as the release runs it
@@ -35,18 +42,21 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-FILES = ("models/vq_model.py", "models/llamagen.py", "src/losses/discriminator.py", "src/losses/losses.py")
+FILES = ("models/vq_model.py", "models/llamagen.py", "src/losses/discriminator.py", "src/losses/losses.py",
+         "models/lfq_model.py", "models/ibq_model.py")
 
 
 def _import_file(path: Path, name: str):
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses under `from __future__ import annotations` look it up
     spec.loader.exec_module(module)
     return module
 
 
 def load_reference(path: str | None):
-    """(vq_model, llamagen, discriminator, losses) modules of the release, or a one-line reason."""
+    """(vq_model, llamagen, discriminator, losses, lfq_model, ibq_model) modules of the release, or
+    a one-line reason (lfq_model / ibq_model also need einops)."""
     if not path:
         return "no checkout of the release given (--reference PATH or GEAR_REFERENCE)"
     root = Path(path).expanduser().resolve()
@@ -64,14 +74,22 @@ def load_reference(path: str | None):
             disc = importlib.import_module("src.losses.discriminator")
         finally:
             sys.path.remove(str(root))
+        lfq = _import_file(root / FILES[4], "_ref_lfq_model")
+        ibq = _import_file(root / FILES[5], "_ref_ibq_model")
     except ImportError as e:
         return f"the release at {root} does not import here ({e})"
-    return vq, gpt, disc, losses
+    return vq, gpt, disc, losses, lfq, ibq
 
 
 def diff(a, b) -> float:
     import torch
     return (torch.as_tensor(a).double() - torch.as_tensor(b).double()).abs().max().item()
+
+
+def rel_diff(a, b) -> float:
+    """max |a - b| over max |b|: for quantities whose scale is the data's."""
+    import torch
+    return diff(a, b) / max(torch.as_tensor(b).double().abs().max().item(), 1e-30)
 
 
 # ---- the parts: each returns rows (quantity, max |difference|) ---------------------------------
@@ -104,6 +122,80 @@ def part_vq(ref_vq) -> list[tuple[str, float]]:
             ("vq codebook loss", diff(q.losses["codebook"], r_vq)),
             ("vq commitment loss", diff(q.losses["commit"], r_commit)),
             ("vq entropy term", diff(q.losses["entropy"], r_ent[0]))]
+
+
+def _randomise(model) -> None:
+    """Every weight off its init (GroupNorm affines are 1 / 0 at init): a generic network."""
+    import torch
+
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+
+
+def _release_file(ref, tmp: Path):
+    """The release's model saved as its trainers save it, loaded into ours from that file."""
+    import torch
+
+    from gear.models.llamagen import load_tokenizer_state
+
+    path = tmp / "release.pt"
+    torch.save({"vq": ref.state_dict(), "steps": 0}, path)
+    return lambda ours: load_tokenizer_state(ours, path)
+
+
+def part_lfq(ref_lfq, tmp: Path) -> list[tuple[str, float]]:
+    import torch
+
+    from gear.models.tokenizer import Tokenizer, TokenizerConfig
+
+    K, mult, blocks = 64, [1, 2], 2
+    ref = ref_lfq.LFQ_16(codebook_size=K, codebook_embed_dim=6, z_channels=6, ch=32, ch_mult=mult,
+                         num_res_blocks=blocks, entropy_loss_ratio=0.05, commit_loss_beta=0.25)
+    _randomise(ref)
+    ours = Tokenizer(TokenizerConfig.release_lfq16(ch=32, ch_mult=mult, enc_res_blocks=blocks, dec_res_blocks=blocks,
+                                                   codebook_size=K, code_dim=6, z_channels=6))
+    _release_file(ref, tmp)(ours)
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    ref.train(); ours.train()
+    r_dec, r_quant, (_, r_commit, r_ent, _), (_, _, r_idx), r_d = ref(x, return_distance=True)
+    out = ours(x)
+    q, d = out.q, out.q.dist.reshape(-1, K)
+    centred = lambda t: t - t.mean(-1, keepdim=True)
+    return [("lfq reconstruction", diff(out.recon, r_dec)),
+            ("lfq distances, per-token centred (relative)", rel_diff(centred(d), centred(r_d))),
+            ("lfq indices (count unequal)", float((q.indices.flatten() != r_idx.flatten()).sum())),
+            ("lfq code values z_q", diff(q.z_q, r_quant)),
+            ("lfq commitment loss", diff(q.losses["commit"], r_commit)),
+            ("lfq entropy term", diff(q.losses["entropy"], r_ent[0]))]
+
+
+def part_ibq(ref_ibq, tmp: Path) -> list[tuple[str, float]]:
+    import torch
+
+    from gear.models.tokenizer import Tokenizer, TokenizerConfig
+
+    K, mult, blocks, dim = 64, [1, 2], 2, 16
+    ref = ref_ibq.IBQ_16(codebook_size=K, codebook_embed_dim=dim, z_channels=dim, ch=32, ch_mult=mult,
+                         num_res_blocks=blocks, attn_resolutions=[8], resolution=16, entropy_loss_ratio=0.05,
+                         commit_loss_beta=0.25)
+    _randomise(ref)
+    ours = Tokenizer(TokenizerConfig.release_ibq16(ch=32, ch_mult=mult, enc_res_blocks=blocks,
+                                                   dec_res_blocks=blocks + 1, codebook_size=K, code_dim=dim,
+                                                   z_channels=dim))
+    _release_file(ref, tmp)(ours)
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    ref.train(); ours.train()
+    r_dec, r_quant, (r_quant_loss, _, r_ent, _), (_, _, r_idx), r_d = ref(x, return_distance=True)
+    out = ours(x)
+    q = out.q
+    return [("ibq reconstruction", diff(out.recon, r_dec)),
+            ("ibq distances (relative)", rel_diff(q.dist.reshape(-1, K), r_d)),
+            ("ibq indices (count unequal)", float((q.indices.flatten() != r_idx.flatten()).sum())),
+            ("ibq code values z_q", diff(q.z_q, r_quant)),
+            ("ibq quant loss (codebook + commitment + double)", diff(q.losses["codebook"] + q.losses["commit"],
+                                                                     r_quant_loss)),
+            ("ibq entropy term", diff(q.losses["entropy"], r_ent[0]))]
 
 
 def part_gpt(ref_gpt) -> list[tuple[str, float]]:
@@ -242,14 +334,18 @@ def main(argv=None) -> int:
         return 2
     import torch
 
-    ref_vq, ref_gpt, ref_disc, ref_losses = ref
+    import tempfile
+
+    ref_vq, ref_gpt, ref_disc, ref_losses, ref_lfq, ref_ibq = ref
     torch.set_num_threads(max(1, min(4, torch.get_num_threads())))
     rows = []
     root = Path(args.reference).expanduser().resolve()
-    for part in (lambda: part_vq(ref_vq), lambda: part_gpt(ref_gpt), lambda: part_disc(ref_disc, ref_losses),
-                 lambda: part_entropy_ranks(root)):
-        torch.manual_seed(args.seed)
-        rows += part()
+    with tempfile.TemporaryDirectory() as tmp:
+        for part in (lambda: part_vq(ref_vq), lambda: part_lfq(ref_lfq, Path(tmp)), lambda: part_ibq(ref_ibq, Path(tmp)),
+                     lambda: part_gpt(ref_gpt), lambda: part_disc(ref_disc, ref_losses),
+                     lambda: part_entropy_ranks(root)):
+            torch.manual_seed(args.seed)
+            rows += part()
     width = max(len(name) for name, _ in rows)
     print(f"{'quantity':<{width}}  max |ours - release|  within {args.tol:g}")
     bad = 0
