@@ -150,9 +150,9 @@ def describe_tokenizer(sd: Mapping[str, Tensor]) -> str:
         else:
             kind = "ibq" if emb[1] == z else "vq"
             quant = f"quantizer={kind} tokenizer.codebook_size={emb[0]}" + ("" if kind == "ibq" else f" tokenizer.code_dim={emb[1]}")
-        return (f"tokenizer.arch={arch} {quant} tokenizer.ch={ch} tokenizer.ch_mult=[{','.join(map(str, mult))}] "
+        return (f"{quant} tokenizer.ch={ch} tokenizer.ch_mult=[{','.join(map(str, mult))}] "
                 f"tokenizer.enc_res_blocks={blocks('encoder', enc)} tokenizer.dec_res_blocks={blocks('decoder', dec)} "
-                f"tokenizer.z_channels={z}")
+                f"tokenizer.z_channels={z} tokenizer.arch={arch}")
     except (KeyError, IndexError, ValueError, ZeroDivisionError):
         return "a config that could not be read from its shapes"
 
