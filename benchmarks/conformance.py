@@ -341,9 +341,9 @@ def main(argv=None) -> int:
     rows = []
     root = Path(args.reference).expanduser().resolve()
     with tempfile.TemporaryDirectory() as tmp:
-        for part in (lambda: part_vq(ref_vq), lambda: part_lfq(ref_lfq, Path(tmp)), lambda: part_ibq(ref_ibq, Path(tmp)),
-                     lambda: part_gpt(ref_gpt), lambda: part_disc(ref_disc, ref_losses),
-                     lambda: part_entropy_ranks(root)):
+        for part in (lambda: part_vq(ref_vq), lambda: part_lfq(ref_lfq, Path(tmp)),
+                     lambda: part_ibq(ref_ibq, Path(tmp)), lambda: part_gpt(ref_gpt),
+                     lambda: part_disc(ref_disc, ref_losses), lambda: part_entropy_ranks(root)):
             torch.manual_seed(args.seed)
             rows += part()
     width = max(len(name) for name, _ in rows)

@@ -374,6 +374,9 @@ def test_a_tiny_gear_step_runs_on_every_arch(arch):
 def test_arch_params_validate_at_the_edge_and_the_default_config_is_unchanged():
     from gear.config import ParamsError, load_params
 
+    from gear.schema import TOKENIZER_ARCHS
+
+    assert tuple(ARCHS) == TOKENIZER_ARCHS  # the params' names are the registry's
     p = load_params()
     assert p.tokenizer.arch == "vq16" and "arch" not in TokenizerConfig.from_params(p).to_dict()
     assert TokenizerConfig.from_dict(TokenizerConfig.from_params(p).to_dict()).arch == "vq16"

@@ -24,11 +24,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from gear.models import magvit2, vqgan
-from gear.models.blocks import AttnBlock, Downsample, Normalize, ResnetBlock, Upsample, pointwise  # noqa: F401
+from gear.models.blocks import AttnBlock, Downsample, Normalize, ResnetBlock, Upsample, pointwise
 from gear.models.quantizers import QuantOut, make_quantizer
 
 QUANTIZERS = ("vq", "lfq", "ibq")
-ARCH_NAMES = ("vq16", "lfq16", "ibq16")
 
 
 @dataclass
@@ -54,8 +53,8 @@ class TokenizerConfig:
     def __post_init__(self):
         def bad(key: str, rule: str):
             raise ValueError(f"TokenizerConfig.{key} = {getattr(self, key)!r}: {rule}")
-        if self.arch not in ARCH_NAMES:
-            bad("arch", f"must be one of {', '.join(ARCH_NAMES)}")
+        if self.arch not in ARCHS:
+            bad("arch", f"must be one of {', '.join(ARCHS)}")
         if self.quantizer not in QUANTIZERS:
             bad("quantizer", f"must be one of {', '.join(QUANTIZERS)}")
         if self.quantizer not in ARCHS[self.arch].quantizers:
@@ -251,8 +250,7 @@ ARCHS = {
                   "encoder.mid_block.0.conv1.weight"),
     "ibq16": Arch("VQGAN / IBQ", vqgan.Encoder, vqgan.Decoder, True, ("ibq",), "msb",
                   "encoder.mid.block_1.conv1.weight"),
-}
-assert tuple(ARCHS) == ARCH_NAMES
+}  # gear/schema.py TOKENIZER_ARCHS lists these names for params
 
 
 def arch_of_state_dict(names) -> str | None:
