@@ -14,7 +14,7 @@ import torch
 from gear.config import params_from_dict
 from gear.io import ArtifactError
 from gear.models.llamagen import load_tokenizer_state
-from gear.models.magvit2 import depth_to_space
+from gear.models.magvit2 import AdaptiveGroupNorm, depth_to_space
 from gear.models.quantizers import bits_to_index, index_to_bits
 from gear.models.tokenizer import ARCHS, Tokenizer, TokenizerConfig
 from gear.runtime import Runtime
@@ -298,6 +298,18 @@ def test_depth_to_space_is_the_dcr_order():
     for r in range(2):
         for s in range(2):
             assert torch.equal(y[:, :, r::2, s::2], x[:, (r * 2 + s) * 2:(r * 2 + s + 1) * 2])
+
+
+def test_adaptive_group_norm_is_conditioned_on_the_codes_statistics():
+    # gn(x) * gamma(sqrt(var_unbiased(style) + eps)) + beta(mean(style)), statistics over positions
+    torch.manual_seed(0)
+    norm = AdaptiveGroupNorm(z_channels=6, channels=8, groups=4)
+    x, style = torch.randn(2, 8, 4, 4), torch.randn(2, 6, 3, 3) * 3 + 1
+    s = style.flatten(2)
+    scale = s.var(-1, correction=1).add(1e-6).sqrt() @ norm.gamma.weight.t() + norm.gamma.bias
+    shift = s.mean(-1) @ norm.beta.weight.t() + norm.beta.bias
+    want = torch.nn.functional.group_norm(x, 4, eps=1e-6) * scale[..., None, None] + shift[..., None, None]
+    torch.testing.assert_close(norm(x, style), want)
 
 
 def test_ibq_losses_are_the_releases_at_its_weights():
