@@ -14,13 +14,14 @@ randomised and loaded into ours strictly through our public-checkpoint loaders):
   vq    models/vq_model.py VQModel in train mode (the losses exist only there) against our
         Tokenizer: reconstruction, distances, indices, codebook / commitment / entropy terms
   lfq, ibq  models/lfq_model.py LFQ_16 (Open-MAGVIT2) and models/ibq_model.py IBQ_16 (VQGAN), small
-        and randomised, saved as the release saves them ({"vq": state_dict}) and loaded from that
-        file into our tokenizer.arch lfq16 / ibq16 strictly; then the same quantities. Their
-        distances are inner products of unbounded latents (|d| ~ 10-100 here), so those rows are
-        relative to the release's largest |d|. LFQ's distance is -2 <z, c> there and |z - c|^2
-        here: they differ by a per-token constant, removed (each token's mean) before comparing;
-        argmin, GEAR's softmax(-d / tau) and the entropy term do not see it. The soft-branch row
-        differentiates a fixed read-out of softmax(-d / 0.1) w.r.t. the encoder on both sides
+        and randomised; then the same quantities. Each of the three tokenizers is saved as the
+        release saves it ({"vq": state_dict}) and loaded from that file into ours (tokenizer.arch
+        vq16 / lfq16 / ibq16) strictly. LFQ / IBQ distances are inner products of unbounded
+        latents (|d| ~ 10-100 here): those rows are relative to the release's largest |d|. LFQ's
+        distance is -2 <z, c> there and |z - c|^2 here: they differ by a per-token constant,
+        removed (each token's mean) before comparing; argmin, GEAR's softmax(-d / tau) and the
+        entropy term do not see it. The soft-branch rows differentiate a fixed read-out of
+        softmax(-d / 0.1) w.r.t. the encoder on both sides
   gpt   models/llamagen.py Transformer (dropout off: eval mode) against our GPT: logits and the
         tap hidden state, from token indices and from a code distribution (GEAR's soft input)
   disc  src/losses: NLayerDiscriminator and hinge_d_loss, the D step as the release runs it
@@ -96,10 +97,9 @@ def rel_diff(a, b) -> float:
 
 # ---- the parts: each returns rows (quantity, max |difference|) ---------------------------------
 
-def part_vq(ref_vq) -> list[tuple[str, float]]:
+def part_vq(ref_vq, tmp: Path) -> list[tuple[str, float]]:
     import torch
 
-    from gear.models.llamagen import load_tokenizer_state
     from gear.models.tokenizer import Tokenizer, TokenizerConfig
 
     K, code_dim, mult, z = 64, 8, [1, 2], 32
@@ -112,7 +112,7 @@ def part_vq(ref_vq) -> list[tuple[str, float]]:
                                      z_channels=z, attn_lowest=True, norm_groups=32, codebook_size=K,
                                      code_dim=code_dim, l2_norm=True, commit_weight=0.25, codebook_weight=1.0,
                                      entropy_weight=0.05, entropy_temperature=0.01))
-    load_tokenizer_state(ours, ref.state_dict())
+    _load_through_a_file(ref, ours, tmp)
     x = torch.rand(2, 3, 16, 16) * 2 - 1
     ref.train(); ours.train()
     r_dec, _, (r_vq, r_commit, r_ent, _), (_, _, r_idx), r_d = ref(x, return_distance=True)
@@ -135,15 +135,15 @@ def _randomise(model) -> None:
             p.add_(0.05 * torch.randn_like(p))
 
 
-def _release_file(ref, tmp: Path):
-    """The release's model saved as its trainers save it, loaded into ours from that file."""
+def _load_through_a_file(ref, ours, tmp: Path) -> None:
+    """The release's tokenizer saved as its trainers save it, loaded into ours from that file."""
     import torch
 
     from gear.models.llamagen import load_tokenizer_state
 
     path = tmp / "release.pt"
     torch.save({"vq": ref.state_dict(), "steps": 0}, path)
-    return lambda ours: load_tokenizer_state(ours, path)
+    load_tokenizer_state(ours, path)
 
 
 def _soft_branch_gradient(name: str, ours, ref, x, d, r_d) -> tuple[str, float, float]:
@@ -181,7 +181,7 @@ def part_lfq(ref_lfq, tmp: Path) -> list[tuple[str, float]]:
     _randomise(ref)
     ours = Tokenizer(TokenizerConfig.release_lfq16(ch=32, ch_mult=mult, enc_res_blocks=blocks, dec_res_blocks=blocks,
                                                    codebook_size=K, code_dim=6, z_channels=6))
-    _release_file(ref, tmp)(ours)
+    _load_through_a_file(ref, ours, tmp)
     x = torch.rand(2, 3, 16, 16) * 2 - 1
     ref.train(); ours.train()
     r_dec, r_quant, (_, r_commit, r_ent, _), (_, _, r_idx), r_d = ref(x, return_distance=True)
@@ -210,7 +210,7 @@ def part_ibq(ref_ibq, tmp: Path) -> list[tuple[str, float]]:
     ours = Tokenizer(TokenizerConfig.release_ibq16(ch=32, ch_mult=mult, enc_res_blocks=blocks,
                                                    dec_res_blocks=blocks + 1, codebook_size=K, code_dim=dim,
                                                    z_channels=dim))
-    _release_file(ref, tmp)(ours)
+    _load_through_a_file(ref, ours, tmp)
     x = torch.rand(2, 3, 16, 16) * 2 - 1
     ref.train(); ours.train()
     r_dec, r_quant, (r_quant_loss, _, r_ent, _), (_, _, r_idx), r_d = ref(x, return_distance=True)
@@ -369,7 +369,7 @@ def main(argv=None) -> int:
     rows = []
     root = Path(args.reference).expanduser().resolve()
     with tempfile.TemporaryDirectory() as tmp:
-        for part in (lambda: part_vq(ref_vq), lambda: part_lfq(ref_lfq, Path(tmp)),
+        for part in (lambda: part_vq(ref_vq, Path(tmp)), lambda: part_lfq(ref_lfq, Path(tmp)),
                      lambda: part_ibq(ref_ibq, Path(tmp)), lambda: part_gpt(ref_gpt),
                      lambda: part_disc(ref_disc, ref_losses), lambda: part_entropy_ranks(root)):
             torch.manual_seed(args.seed)

@@ -164,7 +164,7 @@ def _get(p: Params, key: str) -> Any:
 
 
 PAIRS = ("tokenizer.betas", "ar.betas", "tune.betas", "t2i.ar.betas", "sample.cfg_interval")
-CHECKPOINT_SUFFIXES = (".pt", ".pth", ".safetensors", ".bin")
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".safetensors", ".bin", ".ckpt")  # .ckpt: Lightning (Open-MAGVIT2, IBQ)
 
 
 def validate(p: Params) -> Params:
@@ -209,7 +209,7 @@ def validate(p: Params) -> Params:
            f"must be in [0, tokenizer.steps = {t.steps})")
     if t.init != "scratch":
         _check(Path(t.init).suffix in CHECKPOINT_SUFFIXES, "tokenizer.init", t.init,
-               "must be 'scratch' or a checkpoint path (.pt/.pth/.safetensors)")
+               "must be 'scratch' or a checkpoint path (.pt/.pth/.ckpt/.safetensors)")
     _check(t.init_key is None or t.init != "scratch", "tokenizer.init_key", t.init_key,
            "needs tokenizer.init (a checkpoint file)")
     if p.ar.init is not None:

@@ -202,6 +202,20 @@ def test_public_files_load_strictly_with_their_wrappings(arch, wrap, tmp_path):
         assert all(torch.equal(got[k], live[k]) for k in got)
 
 
+def test_an_original_lightning_ckpt_is_a_tokenizer_init(tmp_path):
+    # tokenizer.init takes the originals' .ckpt files; the warm-up starts from their EMA weights
+    layout = public_layout("lfq16")
+    live, ema = random_state(layout, 1), random_state(layout, 2)
+    torch.save(lightning_file(live, ema), tmp_path / "pretrain256_16384.ckpt")
+    p = params_from_dict({"quantizer": "lfq", "data": {"resolution": RES}, "teachers": {"demo_patch": 2},
+                          "ablations": {"quantizer": ["lfq"]},
+                          "tokenizer": {"arch": "lfq16", "ch": CH, "ch_mult": list(MULT), "enc_res_blocks": 2,
+                                        "dec_res_blocks": 2, "norm_groups": 32, "codebook_size": K,
+                                        "init": str(tmp_path / "pretrain256_16384.ckpt")}})
+    got = build_tokenizer(p, p.tokenizer.init).state_dict()
+    assert all(torch.equal(got[k], ema[k]) for k in got) and set(got) == set(ema)
+
+
 def test_lightning_loader_keeps_buffers_live_and_refuses_a_file_without_tokenizer_shadows():
     layout = public_layout("ibq16")
     live, ema = random_state(layout, 1), random_state(layout, 2)

@@ -42,7 +42,7 @@ EMA_BOOKKEEPING = ("model_ema.decay", "model_ema.num_updates")
 
 
 def load_checkpoint(path: str | Path, what: str) -> Mapping:
-    """The top-level object of a .pt/.pth/.bin (weights_only: no code runs) or .safetensors file;
+    """The top-level object of a .pt/.pth/.ckpt/.bin (weights_only: no code runs) or .safetensors file;
     every way it can fail is an ArtifactError with one line."""
     path = Path(path)
     if not path.is_file():
@@ -85,7 +85,7 @@ def unwrap(source: Mapping, key: str | None, wrapper_keys: tuple[str, ...], what
 
 
 def read_state_dict(source: str | Path | Mapping, key: str | None = None) -> dict[str, Tensor]:
-    """A flat name -> tensor dict of a tokenizer from a path (.pt/.pth/.bin or .safetensors) or a
+    """A flat name -> tensor dict of a tokenizer from a path (.pt/.pth/.ckpt/.bin or .safetensors) or a
     loaded mapping, unwrapped as the module doc says; a dict that is no tokenizer is refused."""
     where = str(source) if isinstance(source, (str, Path)) else "checkpoint dict"
     if isinstance(source, (str, Path)):
