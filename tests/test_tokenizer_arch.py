@@ -228,11 +228,8 @@ def test_lightning_loader_keeps_buffers_live_and_refuses_a_file_without_tokenize
         load_tokenizer_state(Tokenizer(config("ibq16")), bare)
 
 
-@pytest.mark.parametrize("have", list(ARCHS))
-@pytest.mark.parametrize("want", list(ARCHS))
+@pytest.mark.parametrize("have,want", [(h, w) for h in ARCHS for w in ARCHS if h != w])
 def test_a_file_of_another_arch_is_refused_in_one_line_naming_both(have, want):
-    if have == want:
-        return
     sd = random_state(public_layout(have), 0)
     with pytest.raises(ArtifactError) as e:
         load_tokenizer_state(Tokenizer(config(want)), {"vq": sd})
