@@ -164,7 +164,7 @@ def _get(p: Params, key: str) -> Any:
 
 
 PAIRS = ("tokenizer.betas", "ar.betas", "tune.betas", "t2i.ar.betas", "sample.cfg_interval")
-CHECKPOINT_SUFFIXES = (".pt", ".pth", ".safetensors", ".bin")
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".safetensors", ".bin", ".ckpt")  # .ckpt: Lightning (Open-MAGVIT2, IBQ)
 
 
 def validate(p: Params) -> Params:
@@ -198,6 +198,9 @@ def validate(p: Params) -> Params:
         _check(bool(d.train_root), "data.train_root", d.train_root, "required when data.source = imagefolder")
     _check(d.resolution % t.downsample == 0, "tokenizer.ch_mult", t.ch_mult,
            f"downsampling {t.downsample} must divide data.resolution {d.resolution}")
+    arch_quantizer = {"lfq16": "lfq", "ibq16": "ibq"}.get(t.arch, p.quantizer)  # vq16 carries any
+    _check(p.quantizer == arch_quantizer, "quantizer", p.quantizer,
+           f"must be {arch_quantizer} for tokenizer.arch {t.arch}")
     if p.quantizer == "lfq":
         _check(t.codebook_size & (t.codebook_size - 1) == 0, "tokenizer.codebook_size", t.codebook_size,
                "must be a power of two for quantizer lfq")
@@ -206,7 +209,7 @@ def validate(p: Params) -> Params:
            f"must be in [0, tokenizer.steps = {t.steps})")
     if t.init != "scratch":
         _check(Path(t.init).suffix in CHECKPOINT_SUFFIXES, "tokenizer.init", t.init,
-               "must be 'scratch' or a checkpoint path (.pt/.pth/.safetensors)")
+               "must be 'scratch' or a checkpoint path (.pt/.pth/.ckpt/.safetensors)")
     _check(t.init_key is None or t.init != "scratch", "tokenizer.init_key", t.init_key,
            "needs tokenizer.init (a checkpoint file)")
     if p.ar.init is not None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple, Optional
 
 QUANTIZERS = ("vq", "lfq", "ibq")
+TOKENIZER_ARCHS = ("vq16", "lfq16", "ibq16")  # gear/models/tokenizer.py ARCHS
 TEACHERS = ("demo", "dinov2_vitb14", "dinov2_vitl14", "dinov3_vitb16", "siglip2_vitb16", "clip_vitb16",
             "vjepa2_vitl16")
 E2E_MODES = ("gear", "ste", "none")
@@ -94,6 +95,7 @@ class Teachers:
 
 @dataclass
 class Tokenizer:
+    arch: Literal[TOKENIZER_ARCHS]
     ch: int = within(POSITIVE)
     ch_mult: list[int] = within(POSITIVE)
     enc_res_blocks: int = within(POSITIVE)

@@ -1,16 +1,23 @@
-"""Load LlamaGen tokenizer checkpoints (e.g. `vq_ds16_c2i.pt`) and our own into a `Tokenizer`.
+"""Load public tokenizer checkpoints and our own into a `Tokenizer`, strictly.
 
-Our modules carry LlamaGen's names (encoder.conv_blocks.N.res.M.conv1, encoder.mid.1.q,
-quantize.embedding.weight, quant_conv, post_quant_conv, decoder...), so the conversion is:
-unwrap the checkpoint dict, strip wrapper prefixes (DDP `module.`, torch.compile `_orig_mod.`),
-drop LlamaGen's usage-tracking buffer `quantize.codebook_used` (not a weight), then check the
-result key by key and shape by shape against the model.
+Each architecture's modules carry its public checkpoints' names (gear/models/tokenizer.py ARCHS):
+vq16 LlamaGen's (`vq_ds16_c2i.pt`, the release's `vq-with-gan.pt` / `gear-vq.pt`), lfq16
+Open-MAGVIT2's (`pretrain256_16384.ckpt`, `lfq-with-gan.pt` / `gear-lfq.pt`), ibq16 the IBQ
+release's VQGAN layout (`IBQ_pretrain_16384.ckpt`, `ibq-with-gan.pt` / `gear-ibq.pt`). So the
+conversion is: unwrap the checkpoint dict, take a Lightning file's EMA weights, strip wrapper
+prefixes (DDP `module.`, torch.compile `_orig_mod.`), drop LlamaGen's usage-tracking buffer
+`quantize.codebook_used` (not a weight), refuse a file of another architecture in one line naming
+both, then check the result key by key and shape by shape against the model.
 
 Checkpoint wrappings recognised (first present wins, or the entry named by tokenizer.init_key):
   {"vq_ema": sd, "vq": sd, ...}   the GEAR release's stage-0/1 files: tokenizer EMA, then raw. Its
                                   stage-1 files also hold the *AR's* EMA under "ema", which is
                                   why vq_ema / vq are looked at first;
-  {"ema": sd} / {"model": sd} / {"state_dict": sd}   LlamaGen (vq_ds16_c2i.pt) and others.
+  {"ema": sd} / {"model": sd} / {"state_dict": sd}   LlamaGen (vq_ds16_c2i.pt) and others;
+  {"state_dict": {..., "model_ema.<name without dots>": ...}}   the Lightning originals of
+                                  Open-MAGVIT2 and IBQ: their LitEma weights load (what their own
+                                  inference and the release's loader use), under the live names;
+                                  the training-only entries (loss.*: discriminator, LPIPS) drop.
 An entry that does not hold a tokenizer (no encoder./decoder. tensors) is refused in one line.
 Files are read with torch.load(weights_only=True) or safetensors: loading never runs code.
 """
@@ -29,10 +36,13 @@ from gear.io import ArtifactError
 WRAPPER_KEYS = ("vq_ema", "vq", "ema", "model", "state_dict")  # tokenizer EMA first, then raw
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 NON_WEIGHTS = ("quantize.codebook_used",)           # LlamaGen's rolling usage log
+TOKENIZER_PARTS = ("encoder.", "decoder.", "quant_conv.", "post_quant_conv.", "quantize.")
+EMA_PREFIX = "model_ema."                          # Lightning's LitEma: names without their dots
+EMA_BOOKKEEPING = ("model_ema.decay", "model_ema.num_updates")
 
 
 def load_checkpoint(path: str | Path, what: str) -> Mapping:
-    """The top-level object of a .pt/.pth/.bin (weights_only: no code runs) or .safetensors file;
+    """The top-level object of a .pt/.pth/.ckpt/.bin (weights_only: no code runs) or .safetensors file;
     every way it can fail is an ArtifactError with one line."""
     path = Path(path)
     if not path.is_file():
@@ -75,7 +85,7 @@ def unwrap(source: Mapping, key: str | None, wrapper_keys: tuple[str, ...], what
 
 
 def read_state_dict(source: str | Path | Mapping, key: str | None = None) -> dict[str, Tensor]:
-    """A flat name -> tensor dict of a tokenizer from a path (.pt/.pth/.bin or .safetensors) or a
+    """A flat name -> tensor dict of a tokenizer from a path (.pt/.pth/.ckpt/.bin or .safetensors) or a
     loaded mapping, unwrapped as the module doc says; a dict that is no tokenizer is refused."""
     where = str(source) if isinstance(source, (str, Path)) else "checkpoint dict"
     if isinstance(source, (str, Path)):
@@ -83,6 +93,8 @@ def read_state_dict(source: str | Path | Mapping, key: str | None = None) -> dic
     if not isinstance(source, Mapping):
         raise ArtifactError(f"tokenizer checkpoint must be a dict, got {type(source).__name__}")
     sd, entry = unwrap(source, key, WRAPPER_KEYS, "tokenizer checkpoint", "tokenizer.init_key")
+    if any(str(k).startswith(EMA_PREFIX) for k in sd):
+        sd = lightning_ema_weights(sd, where)
     names = [strip_prefixes(k) for k in sd]
     if not any(n.startswith("encoder.") for n in names) or not any(n.startswith("decoder.") for n in names):
         inside = f"entry {entry!r} of {where}" if entry else where
@@ -90,6 +102,24 @@ def read_state_dict(source: str | Path | Mapping, key: str | None = None) -> dic
                             f"{', '.join(map(str, names[:3]))}); name the right entry with tokenizer.init_key "
                             f"(top-level keys: {', '.join(map(str, sorted(source)[:8]))})")
     return sd
+
+
+def lightning_ema_weights(sd: Mapping[str, Tensor], where: str) -> dict[str, Tensor]:
+    """The tokenizer tensors of a Lightning state dict, each the LitEma shadow of its live entry
+    (stored as `model_ema.` + the name without dots) where one exists: parameters have one,
+    buffers do not and load live. Other entries (loss.*, the EMA's own counters) are dropped."""
+    live = [k for k in sd if not k.startswith(EMA_PREFIX) and k.startswith(TOKENIZER_PARTS)]
+    flat: dict[str, str] = {}
+    for k in live:
+        other = flat.setdefault(k.replace(".", ""), k)
+        if other != k:  # two names that LitEma would store alike: which one a shadow is is unknowable
+            raise ArtifactError(f"{where}: the EMA names of {other} and {k} collide; save the state dict "
+                                f"you want without model_ema.* entries")
+    shadows = {k[len(EMA_PREFIX):]: v for k, v in sd.items() if k.startswith(EMA_PREFIX) and k not in EMA_BOOKKEEPING}
+    if not any(f in shadows for f in flat):
+        raise ArtifactError(f"{where} has model_ema.* entries but none for its tokenizer tensors "
+                            f"({', '.join(live[:2]) or 'none'})")
+    return {k: shadows.get(f, sd[k]) for f, k in flat.items()}
 
 
 def strip_prefixes(name: str) -> str:
@@ -101,22 +131,28 @@ def strip_prefixes(name: str) -> str:
 
 def describe_tokenizer(sd: Mapping[str, Tensor]) -> str:
     """The params a tokenizer state dict was built with, as far as its shapes tell (best effort)."""
+    from gear.models.tokenizer import arch_of_state_dict
+
     try:
         shape = {k: tuple(v.shape) for k, v in sd.items()}
+        arch = arch_of_state_dict(shape)
+        # (encoder levels, res blocks of a level) by layout; decoder level 0 is the top one in lfq16 / ibq16
+        enc, dec, res = (("conv_blocks", "conv_blocks", "res") if arch == "vq16" else ("down", "up", "block"))
         ch = shape["encoder.conv_in.weight"][0]
-        levels = sorted({int(k.split(".")[2]) for k in shape if k.startswith("encoder.conv_blocks.")})
-        mult = [shape[f"encoder.conv_blocks.{i}.res.0.conv2.weight"][0] // ch for i in levels]
-        def blocks(part):
-            return len({k.split(".")[4] for k in shape if k.startswith(f"{part}.conv_blocks.0.res.")})
+        levels = sorted({int(k.split(".")[2]) for k in shape if k.startswith(f"encoder.{enc}.")})
+        mult = [shape[f"encoder.{enc}.{i}.{res}.0.conv2.weight"][0] // ch for i in levels]
+        def blocks(part, tree):
+            return len({k.split(".")[4] for k in shape if k.startswith(f"{part}.{tree}.0.{res}.")})
         z, emb = shape["encoder.conv_out.weight"][0], shape.get("quantize.embedding.weight")
         if emb is None:
-            quant = f"quantizer=lfq tokenizer.codebook_size={2 ** shape['quant_conv.weight'][0]}"
+            code = shape["quant_conv.weight"][0] if "quant_conv.weight" in shape else z
+            quant = f"quantizer=lfq tokenizer.codebook_size={2 ** code}"
         else:
             kind = "ibq" if emb[1] == z else "vq"
             quant = f"quantizer={kind} tokenizer.codebook_size={emb[0]}" + ("" if kind == "ibq" else f" tokenizer.code_dim={emb[1]}")
         return (f"{quant} tokenizer.ch={ch} tokenizer.ch_mult=[{','.join(map(str, mult))}] "
-                f"tokenizer.enc_res_blocks={blocks('encoder')} tokenizer.dec_res_blocks={blocks('decoder')} "
-                f"tokenizer.z_channels={z}")
+                f"tokenizer.enc_res_blocks={blocks('encoder', enc)} tokenizer.dec_res_blocks={blocks('decoder', dec)} "
+                f"tokenizer.z_channels={z} tokenizer.arch={arch}")
     except (KeyError, IndexError, ValueError, ZeroDivisionError):
         return "a config that could not be read from its shapes"
 
@@ -126,6 +162,7 @@ def convert_state_dict(sd: Mapping[str, Tensor], model: nn.Module) -> dict[str, 
     naming the first mismatching tensor and the params the checkpoint would fit otherwise."""
     out = {strip_prefixes(k): v for k, v in sd.items()}
     out = {k: v for k, v in out.items() if k not in NON_WEIGHTS}
+    check_arch(out, model)
     expected = model.state_dict()
     missing = [k for k in expected if k not in out]
     unexpected = [k for k in out if k not in expected]
@@ -140,6 +177,19 @@ def convert_state_dict(sd: Mapping[str, Tensor], model: nn.Module) -> dict[str, 
     raise ArtifactError(f"tokenizer state dict does not fit the tokenizer params: first mismatch {what}; "
                         f"{len(missing)} missing {missing[:3]}, {len(unexpected)} unexpected {unexpected[:3]}, "
                         f"{len(wrong)} shape mismatch {wrong[:3]}; it fits {describe_tokenizer(out)}")
+
+
+def check_arch(sd: Mapping[str, Tensor], model: nn.Module) -> None:
+    """A state dict in another architecture's layout is refused in one line naming both."""
+    from gear.models.tokenizer import ARCHS, arch_of_state_dict
+
+    want = getattr(getattr(model, "config", None), "arch", None)
+    have = arch_of_state_dict(sd)
+    if want in ARCHS and have is not None and have != want:
+        quantizers = ARCHS[have].quantizers
+        hint = f" and quantizer: {quantizers[0]}" if len(quantizers) == 1 else ""
+        raise ArtifactError(f"tokenizer checkpoint is a {have} tokenizer ({ARCHS[have].title} layout) but "
+                            f"tokenizer.arch = {want} ({ARCHS[want].title} layout); set tokenizer.arch: {have}{hint}")
 
 
 def load_tokenizer_state(model: nn.Module, state_dict_or_path: str | Path | Mapping,

@@ -123,34 +123,47 @@ class VectorQuantizer(nn.Module):
         return _channels_first(F.embedding(indices, self.codebook()))
 
 
-# LFQ index <-> bits, most significant bit = latent channel 0.
-def index_to_bits(indices: Tensor, bits: int) -> Tensor:
-    """(...) long -> (..., bits) long in {0, 1}."""
-    shifts = torch.arange(bits - 1, -1, -1, device=indices.device)
-    return (indices.unsqueeze(-1) >> shifts) & 1
+# LFQ index <-> bits. Bit order "msb": latent channel 0 is the most significant bit (ours on the
+# vq16 stack); "lsb": channel i is bit i, i.e. 2^i (Open-MAGVIT2 and the release's LFQ-16).
+BIT_ORDERS = ("msb", "lsb")
 
 
-def bits_to_index(bits: Tensor) -> Tensor:
+def _bit_shifts(bits: int, order: str, device) -> Tensor:
+    if order not in BIT_ORDERS:
+        raise ValueError(f"bit order {order!r}: must be one of {', '.join(BIT_ORDERS)}")
+    shifts = torch.arange(bits, device=device)
+    return shifts.flip(0) if order == "msb" else shifts
+
+
+def index_to_bits(indices: Tensor, bits: int, order: str = "msb") -> Tensor:
+    """(...) long -> (..., bits) long in {0, 1}; entry c is latent channel c's bit."""
+    return (indices.unsqueeze(-1) >> _bit_shifts(bits, order, indices.device)) & 1
+
+
+def bits_to_index(bits: Tensor, order: str = "msb") -> Tensor:
     """(..., bits) in {0, 1} (or bool) -> (...) long."""
-    weights = 2 ** torch.arange(bits.shape[-1] - 1, -1, -1, device=bits.device)
-    return (bits.long() * weights).sum(-1)
+    return (bits.long() << _bit_shifts(bits.shape[-1], order, bits.device)).sum(-1)
 
 
 class LookupFreeQuantizer(nn.Module):
     """MAGVIT-v2 LFQ: each of d = log2(K) latent channels is quantized to its sign (+1 / -1); the
     K codes are the corners of {-1, +1}^d. dist = |z - corner|^2, whose argmin is the sign code
     (a channel exactly 0 ties; argmin then takes the lower index, i.e. bit 0 = -1). No learned
-    codebook: GEAR's soft-branch gradient reaches the encoder only."""
+    codebook: GEAR's soft-branch gradient reaches the encoder only. `bit_order` labels the
+    corners (see index_to_bits). Open-MAGVIT2 and the release write their distance as
+    -2 <z, corner>; ours differs from it by |z|^2 + d per token, so the argmin, softmax(-dist / tau)
+    and the entropy term are the same."""
 
     def __init__(self, codebook_size: int, commit_weight: float = 0.25, entropy_weight: float = 0.1,
-                 entropy_temperature: float = 0.01):
+                 entropy_temperature: float = 0.01, bit_order: str = "msb"):
         super().__init__()
         bits = int(round(math.log2(codebook_size)))
         if codebook_size < 2 or 2 ** bits != codebook_size:
             raise ValueError(f"lfq codebook_size = {codebook_size}: must be a power of two >= 2")
         self.codebook_size, self.code_dim = codebook_size, bits
         self.commit_weight, self.entropy_weight, self.entropy_temperature = commit_weight, entropy_weight, entropy_temperature
-        corners = 2.0 * index_to_bits(torch.arange(codebook_size), bits).float() - 1.0
+        self.bit_order = bit_order
+        corners = 2.0 * index_to_bits(torch.arange(codebook_size), bits, bit_order).float() - 1.0
         self.register_buffer("corners", corners, persistent=False)  # derived, not a weight
 
     def forward(self, z: Tensor) -> QuantOut:
@@ -180,6 +193,8 @@ class IndexBackpropQuantizer(nn.Module):
     Losses: codebook |E[i] - sg z|^2 plus IBQ's "double quantization" term |z_q - z|^2 (through
     the soft backward it pulls the whole softmax, and so every code, toward z: this is what keeps
     all codes in use), commitment |z - sg E[i]|^2, entropy penalty on softmax(<z, E> / T).
+    The double term has weight 1, as in IBQ (its beta weighs the codebook term and the commitment
+    has weight 1: the release's values are codebook_weight 0.25, commit_weight 1.0).
     Codes start N(0, 1) as in the IBQ release: with a tiny uniform init the softmax is flat, the
     encoder gets no decoder gradient and a few large-norm codes win every argmax (collapse)."""
 
@@ -202,7 +217,7 @@ class IndexBackpropQuantizer(nn.Module):
             p = logits.softmax(-1)
             z_q = e_sel + (p - p.detach()) @ e
             losses = {
-                "codebook": self.codebook_weight * (F.mse_loss(e_sel, z.detach()) + F.mse_loss(z_q, z)),
+                "codebook": self.codebook_weight * F.mse_loss(e_sel, z.detach()) + F.mse_loss(z_q, z),
                 "commit": self.commit_weight * F.mse_loss(z, e_sel.detach()),
                 "entropy": (self.entropy_weight * entropy_penalty(logits / self.entropy_temperature, self.training)
                             if self.entropy_weight > 0 else dist.new_zeros(())),
@@ -215,7 +230,7 @@ class IndexBackpropQuantizer(nn.Module):
 
 def make_quantizer(name: str, codebook_size: int, code_dim: int, l2_norm: bool = True, commit_weight: float = 0.25,
                    codebook_weight: float = 1.0, entropy_weight: float = 0.0,
-                   entropy_temperature: float = 0.01) -> nn.Module:
+                   entropy_temperature: float = 0.01, lfq_bit_order: str = "msb") -> nn.Module:
     """Build 'vq' | 'lfq' | 'ibq'. l2_norm applies to vq only; lfq needs code_dim == log2(K)."""
     if codebook_size < 2:
         raise ValueError(f"codebook_size = {codebook_size}: must be >= 2")
@@ -223,7 +238,7 @@ def make_quantizer(name: str, codebook_size: int, code_dim: int, l2_norm: bool =
         return VectorQuantizer(codebook_size, code_dim, l2_norm, commit_weight, codebook_weight,
                                entropy_weight, entropy_temperature)
     if name == "lfq":
-        q = LookupFreeQuantizer(codebook_size, commit_weight, entropy_weight, entropy_temperature)
+        q = LookupFreeQuantizer(codebook_size, commit_weight, entropy_weight, entropy_temperature, lfq_bit_order)
         if code_dim != q.code_dim:
             raise ValueError(f"lfq code_dim = {code_dim}: must equal log2(codebook_size) = {q.code_dim}")
         return q
