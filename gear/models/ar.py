@@ -178,7 +178,7 @@ class Attention(nn.Module):
 
     def forward(self, x, cos, sin, cache=None, pos: int = 0, mask=None):
         """mask: None (causal) or a boolean (B, 1, n, keys) "may attend" mask that already holds
-        the causal rule (the text-to-image AR masks its caption padding with it)."""
+        the causal rule (the caption condition masks its padding with it)."""
         B, n, D = x.shape
         qkv = self.qkv(x).view(B, n, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
         qk = apply_rope(qkv[:2], cos.to(qkv.dtype), sin.to(qkv.dtype))   # q and k in one pass
