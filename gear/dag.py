@@ -178,7 +178,7 @@ def _t2i_arm(arm: str) -> tuple:
     frozen = Dep("freeze_baseline") if arm == "baseline" else Dep("freeze", (("variant", "gear"),))
     train = Stage(f"t2i_train_{arm}", f"t2i-train --arm {arm} --seed {{seed}}",
                   ("t2i.ar", "t2i.text", "quantizer", "tokenizer", "ar.custom_layers", "ar.custom_dim", "ar.custom_heads")
-                  + T2I_TEACHER + TRAIN + ("compute.fsdp", "compute.compile"),
+                  + T2I_TEACHER + TRAIN + ("compute.fsdp", "compute.compile", "compute.grad_checkpointing"),
                   (Out(f"t2i/models/ar/{SEED}/{arm}"), *live(f"t2i/metrics/train/{SEED}/{arm}")),
                   (tokens, frozen, Dep("teacher")), ("seed",), room="t2i")
     sample = Stage(f"t2i_sample_{arm}", f"t2i-sample --arm {arm} --seed {{seed}}",

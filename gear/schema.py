@@ -286,6 +286,7 @@ class T2IAR:
     projector_hidden: int = within(POSITIVE)
     steps: int = within(POSITIVE)
     batch_size: int = within(POSITIVE)
+    grad_accum: int = within(POSITIVE)
     lr: float = within("(0, inf)")
     warmup_steps: int = within("[0, inf)")
     weight_decay: float = within("[0, inf)")
@@ -298,12 +299,14 @@ class T2IAR:
 @dataclass
 class T2ISample:
     cfg_scale: float = within("[1, inf)", "1 = no guidance")
+    cfg_interval: list[float] = within("[0, 1]")
     prompts: int = within(POSITIVE)  # the first n held-out prompts of the prompt file
     per_prompt: int = within(POSITIVE)
     temperature: float = within("(0, inf)")
     top_k: int = within("[0, inf)", "0 = off")
     top_p: float = within("(0, 1]")
     batch_size: int = within(POSITIVE)
+    compile: bool
 
 
 @dataclass

@@ -39,42 +39,6 @@ def gen(seed):
 LABELS = torch.tensor([0, 1, 2, 3, 4, 5, 1, 2])   # 5 = null class (unconditional rows)
 
 
-@pytest.mark.parametrize("opts", [
-    dict(),
-    dict(cfg_scale=2.5),
-    dict(cfg_scale=4.0, cfg_interval=(0.25, 0.75), temperature=0.7),
-    dict(cfg_scale=1.5, top_k=5),
-    dict(top_p=0.6, temperature=1.3),
-])
-def test_kv_cache_equals_recompute(opts):
-    model = tiny()
-    cached = generate(model, LABELS, generator=gen(3), use_cache=True, **opts)
-    full = generate(model, LABELS, generator=gen(3), use_cache=False, **opts)
-    assert cached.shape == (len(LABELS), GRID * GRID) and cached.dtype == torch.long
-    assert torch.equal(cached, full)
-    assert len(set(map(tuple, cached.tolist()))) > 1       # not a degenerate constant sample
-
-
-@pytest.mark.parametrize("opts", [
-    dict(),
-    dict(cfg_scale=4.0, cfg_interval=(0.25, 0.75), temperature=0.7),
-    dict(cfg_scale=1.5, top_k=5, top_p=0.8),
-])
-def test_fixed_shape_decode_step_gives_the_default_tokens(opts, monkeypatch):
-    """The compiled path's step (tensor position, whole cache under a mask), run eagerly."""
-    import gear.models.sampling as sampling
-    monkeypatch.setattr(sampling, "compiled_decode_step", lambda device: sampling.decode_step)
-    model = tiny()
-    default = generate(model, LABELS, generator=gen(3), **opts)
-    assert torch.equal(generate(model, LABELS, generator=gen(3), compile=True, **opts), default)
-
-
-def test_compiled_decode_step_gives_the_default_tokens():
-    model = tiny(seed=4, n_layer=1)
-    default = generate(model, LABELS, cfg_scale=2.0, generator=gen(9))
-    assert torch.equal(generate(model, LABELS, cfg_scale=2.0, generator=gen(9), compile=True), default)
-
-
 def reference_sampler(model: GPT, labels, scale, seed):
     """Independent CFG sampler on the public forward: cond and null run as separate batches."""
     g, B, L = gen(seed), len(labels), model.cfg.seq_len
@@ -94,15 +58,6 @@ def test_generate_matches_reference_cfg(scale):
     model = tiny(seed=1)
     assert torch.equal(generate(model, LABELS, cfg_scale=scale, generator=gen(5)),
                        reference_sampler(model, LABELS, scale, seed=5))
-
-
-def test_cfg_scale_one_is_conditional_sampling():
-    model = tiny(seed=2)
-    plain = generate(model, LABELS, cfg_scale=1.0, generator=gen(7))
-    # guided batch [cond; null] but an empty interval: the conditional rows must be untouched
-    doubled = generate(model, LABELS, cfg_scale=3.0, cfg_interval=(1.0, 1.0), generator=gen(7))
-    assert torch.equal(plain, doubled)
-    assert not torch.equal(plain, generate(model, LABELS, cfg_scale=3.0, generator=gen(7)))
 
 
 def test_sampling_deterministic_given_generator():
@@ -312,22 +267,137 @@ def test_bf16_autocast_train_step():
     assert torch.isfinite(loss) and soft.grad.abs().sum() > 0
 
 
-def test_grad_checkpointing_gives_the_same_loss_and_gradients():
-    from gear.models.ar import GPT, GPTConfig, ntp_loss
+# ---- both conditions (class labels, captions): the one GPT, sampler and training step --------------
 
-    torch.manual_seed(0)
-    cfg = GPTConfig(vocab_size=17, grid=3, n_layer=3, dim=32, n_head=2, num_classes=4, class_dropout=0.0,
-                    token_dropout=0.0)
-    model = GPT(cfg)
-    torch.nn.init.normal_(model.head.weight, std=0.02)
-    x, labels = torch.randint(0, 17, (2, 9)), torch.randint(0, 4, (2,))
+SAMPLING = [
+    dict(),
+    dict(cfg_scale=2.5),
+    dict(cfg_scale=4.0, cfg_interval=(0.25, 0.75), temperature=0.7),
+    dict(cfg_scale=1.5, top_k=5, top_p=0.8),
+    dict(top_p=0.6, temperature=1.3),
+]
+
+
+@pytest.mark.parametrize("opts", SAMPLING)
+def test_kv_cache_equals_recompute(tiny_ar, opts):
+    model, cond = tiny_ar.model(), tiny_ar.cond()
+    cached = generate(model, *cond, generator=gen(3), use_cache=True, **opts)
+    full = generate(model, *cond, generator=gen(3), use_cache=False, **opts)
+    assert cached.shape == (8, GRID * GRID) and cached.dtype == torch.long
+    assert torch.equal(cached, full)
+    assert len(set(map(tuple, cached.tolist()))) > 1       # not a degenerate constant sample
+
+
+@pytest.mark.parametrize("opts", [SAMPLING[0], SAMPLING[2], SAMPLING[3]])
+def test_fixed_shape_decode_step_gives_the_default_tokens(tiny_ar, opts, monkeypatch):
+    """The compiled path's step (tensor position, whole cache under a mask), run eagerly."""
+    import gear.models.sampling as sampling
+    monkeypatch.setattr(sampling, "compiled_decode_step", lambda device: sampling.decode_step)
+    model, cond = tiny_ar.model(), tiny_ar.cond()
+    default = generate(model, *cond, generator=gen(3), **opts)
+    assert torch.equal(generate(model, *cond, generator=gen(3), compile=True, **opts), default)
+
+
+def test_compiled_decode_step_gives_the_default_tokens(tiny_ar):
+    model, cond = tiny_ar.model(seed=4, n_layer=1), tiny_ar.cond(4)
+    default = generate(model, *cond, cfg_scale=2.0, generator=gen(9))
+    assert torch.equal(generate(model, *cond, cfg_scale=2.0, generator=gen(9), compile=True), default)
+
+
+def guided_reference(model: GPT, cond, scale, interval, seed):
+    """Independent CFG sampler on the public forward (the conditional logits) and the condition's
+    null prefix through the trunk: guidance on token t iff lo <= t / L < hi."""
+    g, B, L, P = gen(seed), len(cond[0]), model.cfg.seq_len, model.cfg.prefix_len
+    null, valid = model.cond(*cond, drop=torch.ones(B, dtype=torch.bool))
+    out = torch.zeros(B, L, dtype=torch.long)
+    with torch.no_grad():
+        for t in range(L):
+            x = out[:, :t + 1]                     # token t is only a target: its value is unused
+            logits = model(x, *cond).logits[:, t]
+            if interval[0] <= t / L < interval[1]:
+                h = torch.cat([null, model.tok_emb(x[:, :-1])], dim=1)
+                kv = None if valid is None else torch.cat([valid, valid.new_ones(B, t)], dim=1)
+                u = model.trunk(h, kv).logits[:, P - 1 + t]
+                logits = u + scale * (logits - u)
+            out[:, t] = torch.multinomial(logits.softmax(-1), 1, generator=g)[:, 0]
+    return out
+
+
+@pytest.mark.parametrize("scale,interval", [(1.0, (0.0, 1.0)), (3.0, (0.0, 1.0)), (3.0, (0.25, 0.75)),
+                                            (3.0, (1.0, 1.0))])
+def test_generate_matches_reference_cfg_and_interval(tiny_ar, scale, interval):
+    model, cond = tiny_ar.model(seed=1), tiny_ar.cond()
+    got = generate(model, *cond, cfg_scale=scale, cfg_interval=interval, generator=gen(5))
+    torch.testing.assert_close(got, guided_reference(model, cond, scale, interval, seed=5), rtol=0, atol=0)
+
+
+def test_cfg_interval_limits_guidance(tiny_ar):
+    model, cond = tiny_ar.model(seed=2), tiny_ar.cond()
+    plain = generate(model, *cond, cfg_scale=1.0, generator=gen(7))
+    # guided batch [cond; null] but an empty interval: the conditional rows must be untouched
+    assert torch.equal(plain, generate(model, *cond, cfg_scale=3.0, cfg_interval=(1.0, 1.0), generator=gen(7)))
+    late = generate(model, *cond, cfg_scale=3.0, cfg_interval=(0.5, 1.0), generator=gen(7))
+    L = GRID * GRID
+    assert torch.equal(late[:, :L // 2], plain[:, :L // 2]) and not torch.equal(late, plain)
+
+
+def _fresh(tiny_ar, **kw) -> GPT:
+    model = tiny_ar.model(std=0.02, class_dropout=0.0, caption_dropout=0.0, token_dropout=0.0, **kw)
+    return model.train()
+
+
+def _grads(*modules) -> list[torch.Tensor]:
+    """Every parameter's gradient (zeros where none reached it: the null caption without dropout)."""
+    return [torch.zeros_like(p) if p.grad is None else p.grad.clone() for m in modules for p in m.parameters()]
+
+
+def test_grad_checkpointing_gives_the_same_loss_and_gradients(tiny_ar):
+    model, cond = _fresh(tiny_ar), tiny_ar.cond(4)
+    x = torch.randint(0, K, (4, GRID * GRID))
     grads = []
     for ckpt in (False, True):
         model.grad_checkpointing = ckpt
         model.zero_grad()
-        loss = ntp_loss(model(x, labels).logits, x)
+        loss = ntp_loss(model(x, *cond).logits, x)
         loss.backward()
-        grads.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
+        grads.append((loss.detach(), _grads(model)))
     torch.testing.assert_close(grads[0][0], grads[1][0], rtol=0, atol=0)
     for a, b in zip(grads[0][1], grads[1][1]):
         torch.testing.assert_close(a, b)
+
+
+class _Teacher:
+    """Teacher features as a fixed function of the image (B, 3, H, W) -> (B, L, 12)."""
+
+    def features(self, x, grid):
+        return torch.nn.functional.adaptive_avg_pool2d(x, grid).flatten(2).transpose(1, 2).repeat(1, 1, 4)
+
+
+def test_grad_accum_equals_one_step_of_the_whole_batch(tiny_ar):
+    """k micro-steps of train-ar / t2i-train (gear/train/ar_objective.py) give the loss and
+    gradients of one step on the k-times batch."""
+    from gear.runtime import Runtime
+    from gear.train.ar_objective import accumulate_grads, train_micro_step
+    from gear.train.parallel import DataParallel
+
+    rt = Runtime(torch.device("cpu"), precision="fp32")
+    dp = DataParallel(rt, fsdp=False)
+    model, proj = _fresh(tiny_ar), Projector(32, 12, hidden=16)
+    B, k = 8, 4
+    batch = (torch.randn(B, 3, 8, 8), torch.randint(0, K, (B, GRID * GRID)), *tiny_ar.cond(B))
+    results = []
+    for steps in (1, k):
+        model.zero_grad(); proj.zero_grad()
+        micro = iter([tuple(v[i::steps] for v in batch) for i in range(steps)])
+        logs = accumulate_grads(steps, dp, (model, proj),
+                                lambda: train_micro_step(model, proj, next(micro), _Teacher(), GRID, 2, 0.5, rt))
+        results.append((logs, _grads(model, proj)))
+    (one, g_one), (acc, g_acc) = results
+    assert set(one) == set(acc) == {"ntp", "align"}
+    for name in one:
+        torch.testing.assert_close(acc[name], one[name], rtol=1e-5, atol=1e-6)
+    for a, b in zip(g_one, g_acc):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)
+    names = [n for n, _ in model.named_parameters()]
+    cond_grads = [g for n, g in zip(names, g_one) if n.startswith(model.cond.attr) and not n.endswith("null")]
+    assert cond_grads and all(g.abs().sum() > 0 for g in cond_grads)   # the condition's weights learn too

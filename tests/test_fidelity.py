@@ -17,7 +17,6 @@ from gear.config import ParamsError, load_params, params_from_dict
 from gear.models.ar import GPT, GPTConfig, apply_rope
 from gear.models.discriminator import PatchDiscriminator, hinge_d_loss, hinge_g_loss
 from gear.models.quantizers import ENTROPY_EPS, entropy_penalty, make_quantizer
-from gear.models.t2i_ar import T2IConfig, T2IGPT
 from gear.teachers import Teacher
 from gear.train.ar_objective import build_ar
 from gear.train.tokenizer_objective import TokenizerObjective
@@ -185,10 +184,10 @@ def _gpt(**kw) -> GPT:
                          token_dropout=0.0, **kw))
 
 
-def _t2i(**kw) -> T2IGPT:
+def _t2i(**kw) -> GPT:
     torch.manual_seed(0)
-    return T2IGPT(T2IConfig(vocab_size=16, grid=3, n_layer=2, dim=32, n_head=2, text_dim=8, text_len=3,
-                            caption_dropout=0.0, token_dropout=0.0, **kw))
+    return GPT(GPTConfig(vocab_size=16, grid=3, n_layer=2, dim=32, n_head=2, text_dim=8, text_len=3,
+                         caption_dropout=0.0, token_dropout=0.0, **kw))
 
 
 @pytest.mark.parametrize("kind", ["c2i", "t2i"])

@@ -1,20 +1,25 @@
-"""The caption-conditioned AR and its sampler: what must hold exactly (gear/models/t2i_ar.py)."""
+"""The caption condition of the one AR (gear/models/ar.py): what must hold exactly for captions
+only (the sampler, KV cache, CFG, cfg_interval, compiled decoding, checkpointing and accumulation
+are tested for both conditions by the same parametrised tests in tests/test_ar.py)."""
 from __future__ import annotations
+
+import json
 
 import pytest
 import torch
 
-from gear.models.ar import Projector
-from gear.models.t2i_ar import T2IConfig, T2IGPT, t2i_loss
-from gear.models.t2i_sampling import generate_t2i
+from gear.io import save_tensors
+from gear.models.ar import GPT, GPTConfig, Projector
+from gear.models.sampling import generate
+from gear.train.ar_objective import ar_loss
 
 CFG = dict(vocab_size=24, grid=3, n_layer=2, dim=32, n_head=2, text_dim=8, text_len=6, caption_dropout=0.0,
            token_dropout=0.0)
 
 
-def model(**kw) -> T2IGPT:
+def model(**kw) -> GPT:
     torch.manual_seed(0)
-    m = T2IGPT(T2IConfig(**{**CFG, **kw}))
+    m = GPT(GPTConfig(**{**CFG, **kw}))
     with torch.no_grad():  # the head starts at zero (uniform logits): give it weights so logits differ
         m.head.weight.normal_(std=0.5)
     return m.eval()
@@ -78,43 +83,15 @@ def test_caption_dropout_uses_the_null_caption():
     train_logits = m(tokens, text, mask).logits
     m.eval()
     cond = m(tokens, text, mask).logits
-    null, _ = m.prefix(text, mask, torch.ones(64, dtype=torch.bool))
+    null, _ = m.cond(text, mask, drop=torch.ones(64, dtype=torch.bool))
     dropped = ~torch.isclose(train_logits, cond).all(-1).all(-1)
     assert 10 < int(dropped.sum()) < 54                     # about half the captions dropped
     assert torch.allclose(null[0], null[1])                 # the null caption ignores the text
 
 
-@pytest.mark.parametrize("cfg_scale", [1.0, 1.75])
-def test_kv_cache_equals_full_recomputation(cfg_scale):
-    m = model()
-    text, mask = captions(3)
-    kw = dict(cfg_scale=cfg_scale, temperature=1.0, top_k=10, top_p=0.9)
-    a = generate_t2i(m, text, mask, generator=torch.Generator().manual_seed(5), use_cache=True, **kw)
-    b = generate_t2i(m, text, mask, generator=torch.Generator().manual_seed(5), use_cache=False, **kw)
-    assert a.shape == (3, 9) and torch.equal(a, b)
-
-
-def test_cfg_scale_one_is_plain_conditional_sampling():
-    """Scale 1 samples from the conditional logits alone: the same tokens as greedy-equivalent
-    sampling from the model's own conditional distribution with the same generator."""
-    m = model()
-    text, mask = captions(4)
-    a = generate_t2i(m, text, mask, cfg_scale=1.0, generator=torch.Generator().manual_seed(9))
-    # reference: plain conditional decoding written out with the model's forward
-    g = torch.Generator().manual_seed(9)
-    out = torch.zeros(4, 0, dtype=torch.long)
-    for t in range(9):
-        inp = torch.cat([out, torch.zeros(4, 1, dtype=torch.long)], dim=1)  # last is only a target
-        probs = m(inp, text, mask).logits[:, t].float().softmax(-1)
-        out = torch.cat([out, torch.multinomial(probs, 1, generator=g)], dim=1)
-    assert torch.equal(a, out)
-    guided = generate_t2i(m, text, mask, cfg_scale=3.0, generator=torch.Generator().manual_seed(9))
-    assert not torch.equal(a, guided)
-
-
 def test_loss_falls_and_gradients_reach_the_caption_path():
     torch.manual_seed(0)
-    m = T2IGPT(T2IConfig(**CFG)).train()
+    m = GPT(GPTConfig(**CFG)).train()
     proj = Projector(32, 5, hidden=16)
     text, mask = captions(8)
     tokens = torch.randint(0, 24, (8, 9))
@@ -122,7 +99,7 @@ def test_loss_falls_and_gradients_reach_the_caption_path():
     opt = torch.optim.AdamW([*m.parameters(), *proj.parameters()], lr=3e-3)
     losses = []
     for _ in range(30):
-        loss, logs = t2i_loss(m, proj, tokens, text, mask, y, 1, 0.5)
+        loss, logs = ar_loss(m, proj, tokens, tokens, (text, mask), y, 1, 0.5)
         opt.zero_grad()
         loss.backward()
         if not losses:
@@ -139,4 +116,32 @@ def test_bad_inputs_are_named():
     with pytest.raises(ValueError, match="text must be"):
         m(torch.zeros(2, 9, dtype=torch.long), text[:, :4], mask[:, :4])
     with pytest.raises(ValueError, match="cfg_scale"):
-        generate_t2i(m, text, mask, cfg_scale=0.5)
+        generate(m, text, mask, cfg_scale=0.5)
+    with pytest.raises(ValueError, match="num_classes .* or text_dim"):
+        GPTConfig(**CFG, num_classes=4)
+
+
+# What the seed's T2IGPT saved (config.json "t2i_gpt" = its T2IConfig; its state-dict keys): a T2I
+# AR written before the one-GPT merge loads into the GPT unchanged, and new ones are saved the same.
+SEED_T2I_CONFIG = {"vocab_size": 24, "grid": 3, "n_layer": 2, "dim": 32, "n_head": 2, "text_dim": 8, "text_len": 6,
+                   "caption_dropout": 0.1, "token_dropout": 0.1, "resid_dropout": 0.0, "ffn_dropout": 0.0,
+                   "ffn_multiple": 256, "rope_base": 10000.0, "norm_eps": 1e-5}
+SEED_T2I_KEYS = {"text_emb.null", "text_emb.mlp.0.weight", "text_emb.mlp.0.bias", "text_emb.mlp.2.weight",
+                 "text_emb.mlp.2.bias", "tok_emb.weight", "norm.weight", "head.weight",
+                 *(f"blocks.{i}.{k}" for i in range(2) for k in (
+                     "attn_norm.weight", "attn.qkv.weight", "attn.proj.weight", "ffn_norm.weight",
+                     "ffn.gate_up.weight", "ffn.down.weight"))}
+
+
+def test_a_saved_t2i_ar_keeps_loading(tmp_path):
+    from gear.t2i.train import load_t2i
+
+    m = model(caption_dropout=0.1, token_dropout=0.1)
+    assert m.cfg.to_dict() == SEED_T2I_CONFIG and set(m.state_dict()) == SEED_T2I_KEYS
+    save_tensors(tmp_path / "ar.safetensors", m.state_dict())
+    (tmp_path / "config.json").write_text(json.dumps({"t2i_gpt": SEED_T2I_CONFIG}))
+    loaded, _ = load_t2i(tmp_path)
+    assert loaded.cfg.condition == "caption" and loaded.cfg == m.cfg
+    text, mask = captions(3)
+    tokens = torch.randint(0, 24, (3, 9))
+    assert torch.equal(loaded(tokens, text, mask).logits, m.eval()(tokens, text, mask).logits)

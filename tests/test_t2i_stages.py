@@ -161,6 +161,42 @@ def test_t2i_train_resumes_exactly(base, tmp_path, monkeypatch, kill):
     assert history(paths.train_metrics_dir("gear", SEED)) == want_hist
 
 
+def test_t2i_train_accumulates_and_checkpoints_through_the_shared_step(ws):
+    """t2i.ar.grad_accum micro-steps with compute.grad_checkpointing (train-ar's step,
+    gear/train/ar_objective.py) train the weights of one plain step on the whole batch (dropout
+    off: the same arithmetic up to rounding)."""
+    from safetensors.torch import load_file
+
+    over = ("t2i.ar.caption_dropout=0.0", "t2i.ar.token_dropout=0.0", "t2i.ar.steps=3", "t2i.ar.eval_steps=[3]")
+    weights = []
+    for extra in ((), ("t2i.ar.grad_accum=2", "compute.grad_checkpointing=true")):
+        train.run(params(*over, *extra), "gear")
+        weights.append(load_file(paths.ar_dir("gear", SEED) / "ar_raw.safetensors"))
+    plain, accum = weights
+    assert set(plain) == set(accum)
+    assert any(not torch.equal(plain[k], accum[k]) for k in plain)   # other arithmetic, truly run
+    for k in plain:
+        torch.testing.assert_close(accum[k], plain[k], rtol=1e-4, atol=1e-5)
+    assert gear_cli(["t2i-train", "--arm", "gear"], "t2i.ar.grad_accum=3") == 2  # 8 pairs: not in 3 micro-steps
+
+
+def test_t2i_sample_takes_cfg_interval_and_compiled_decoding(ws, capsys):
+    """t2i.sample.cfg_interval and t2i.sample.compile reach the one sampler (gear/models/sampling.py)."""
+    assert gear_cli(["t2i-train", "--arm", "gear"]) == 0
+    assert gear_cli(["t2i-sample", "--arm", "gear"], "t2i.sample.cfg_interval=[0.5,0.25]") == 2
+    assert "t2i.sample.cfg_interval = [0.5, 0.25]: must be [start, end]" in capsys.readouterr().err
+    runs = []
+    for extra in ((), ("t2i.sample.cfg_interval=[1.0,1.0]",), ("t2i.sample.compile=true",)):
+        # a scale that makes the barely trained AR's small caption effect decide tokens
+        assert gear_cli(["t2i-sample", "--arm", "gear"], "t2i.sample.cfg_scale=1000", *extra) == 0, extra
+        with np.load(paths.samples_dir("gear", SEED) / "samples.npz") as f:
+            runs.append((f["indices"], f["cfg"] > 1))
+    (default, guided), (empty, _), (compiled, _) = runs
+    assert guided.any() and np.array_equal(default[~guided], empty[~guided])
+    assert not np.array_equal(default[guided], empty[guided])   # no token in the interval: no guidance
+    assert np.array_equal(compiled, default)
+
+
 def test_stale_and_missing_inputs_are_one_line_errors(ws, capsys):
     assert gear_cli(["t2i-train", "--arm", "gear"], "t2i.text.demo_dim=8") == 2  # captions encoded at 16
     err = capsys.readouterr().err.strip()

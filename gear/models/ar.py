@@ -1,25 +1,38 @@
-"""LlamaGen-style class-conditional AR generator over a grid of discrete image tokens, with the
+"""LlamaGen-style AR generator over a grid of discrete image tokens, conditioned on a class or a
+caption (one GPT, two condition modules, as LlamaGen's one Transformer for c2i and t2i), with the
 REPA projector and losses that GEAR trains it with.
 
-Sequence layout (L = grid * grid tokens, raster order):
-    position 0        the class embedding (index num_classes = null class, used for CFG)
-    positions 1..L-1  embeddings of tokens 0..L-2 (teacher forcing)
-The output at position k predicts token k, so logits are (B, L, K) and the targets are the input
-tokens themselves. The hidden state at position k (after block l) is aligned to teacher patch k.
+Sequence layout (P prefix positions, L = grid * grid tokens, raster order):
+    positions 0..P-1        the condition: the class embedding (P = 1; index num_classes = null
+                            class, used for CFG), or the caption (P = text_len): text-encoder
+                            features projected to the model width by a two-layer MLP (LlamaGen's
+                            CaptionEmbedder), LEFT-padded so the caption always ends at P-1
+    positions P..P+L-2      embeddings of tokens 0..L-2 (teacher forcing)
+The output at position P-1+k predicts token k, so logits are (B, L, K) over those positions and
+the targets are the input tokens themselves. The hidden state there (after block l) is aligned
+to teacher patch k.
 
 2D RoPE: each head's dims form head_dim/2 rotation pairs; the first half of the pairs rotate by
-the row of the token held at that position, the second half by its column. Position k >= 1 holds
-token k-1, so it rotates by token k-1's (row, col). Keys therefore carry where each token lies on
-the grid. The class position's table is all zeros, as in LlamaGen (its precompute_freqs_cis_2d
-pads the condition rows with zeros): the class token's query and key are zero vectors, so every
+the row of the token held at that position, the second half by its column. Position P-1+k (k >= 1)
+holds token k-1, so it rotates by token k-1's (row, col): keys carry where each token lies on the
+grid. The class position's table is all zeros, as in LlamaGen (its precompute_freqs_cis_2d pads
+the condition rows with zeros): the class token's query and key are zero vectors, so every
 position scores 0 against it (its value still reaches every position). GPTConfig.class_qk =
 "zero" is that rule and the default; "keep" (the class position unrotated, cos 1, sin 0) is read
 only from configs written before the rule was made unconditional, so their weights give the
-logits they were trained with.
+logits they were trained with. Caption positions are unrotated (cos 1, sin 0), so outputs do not
+depend on how much padding precedes a caption.
 
-Dropout as LlamaGen: token dropout on the input embeddings, residual dropout on the attention
-output projection, FFN dropout on the SwiGLU output (GPTConfig.resid_dropout / ffn_dropout; the
-release trains with 0.1 each), class dropout for CFG. All are off in eval mode.
+Caption attention is causal with padded caption positions masked as keys for every query; a
+padded query attends to itself only (a row with no key would be NaN). Pads are embedded as zeros,
+so they change nothing. The class condition attends causally with no mask.
+
+Dropout as LlamaGen: token dropout on the input embeddings (the class position included, as in
+LlamaGen; the caption prefix not, as the seed's text-to-image GPT), residual dropout on the
+attention output projection, FFN dropout on the SwiGLU output (GPTConfig.resid_dropout /
+ffn_dropout; the release trains with 0.1 each), condition dropout for CFG (a dropped class is the
+null class; a dropped caption the learned null caption of P positions, all valid). All are off
+in eval mode.
 """
 from __future__ import annotations
 
@@ -35,14 +48,18 @@ import torch.nn.functional as F
 from gear.models.registry import ar_shape
 
 
+CLASS_KEYS = ("num_classes", "class_dropout", "class_qk")
+CAPTION_KEYS = ("text_dim", "text_len", "caption_dropout")
+
+
 @dataclass
 class GPTConfig:
     vocab_size: int
-    grid: int            # token grid side; sequence length L = grid * grid
+    grid: int            # token grid side; L = grid * grid
     n_layer: int
     dim: int
     n_head: int
-    num_classes: int
+    num_classes: int = 0     # > 0: the class condition (CLASS_KEYS)
     class_dropout: float = 0.1
     token_dropout: float = 0.1
     ffn_multiple: int = 256
@@ -51,23 +68,44 @@ class GPTConfig:
     class_qk: str = "zero"   # LlamaGen's zero RoPE row at the class position; "keep": old configs (module doc)
     resid_dropout: float = 0.0   # after the attention output projection (LlamaGen resid_dropout_p)
     ffn_dropout: float = 0.0     # after the SwiGLU down projection (LlamaGen ffn_dropout_p)
+    text_dim: int = 0        # > 0: the caption condition (CAPTION_KEYS): the text encoder's width
+    text_len: int = 0        # caption prefix positions P
+    caption_dropout: float = 0.1
 
     def __post_init__(self):
-        for name in ("vocab_size", "grid", "n_layer", "dim", "n_head", "num_classes", "ffn_multiple"):
+        for name in ("vocab_size", "grid", "n_layer", "dim", "n_head", "ffn_multiple"):
             if getattr(self, name) < 1:
                 raise ValueError(f"GPTConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if (self.num_classes > 0) == (self.text_dim > 0 or self.text_len > 0) or min(self.text_dim, self.text_len) < 0:
+            raise ValueError(f"GPTConfig: set num_classes (class condition) or text_dim and text_len (caption), "
+                             f"not both; got {self.num_classes}, {self.text_dim}, {self.text_len}")
+        if self.condition == "caption" and min(self.text_dim, self.text_len) < 1:
+            raise ValueError(f"GPTConfig: a caption condition needs text_dim and text_len >= 1, "
+                             f"got {self.text_dim}, {self.text_len}")
         if self.dim % self.n_head or (self.dim // self.n_head) % 4:
             raise ValueError(f"GPTConfig: dim {self.dim} / n_head {self.n_head} must give a head dim "
                              "divisible by 4 (2D RoPE rotates pairs along two axes)")
-        for name in ("class_dropout", "token_dropout", "resid_dropout", "ffn_dropout"):
+        for name in ("class_dropout", "caption_dropout", "token_dropout", "resid_dropout", "ffn_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"GPTConfig.{name} must be in [0, 1), got {getattr(self, name)}")
         if self.class_qk not in ("keep", "zero"):
             raise ValueError(f"GPTConfig.class_qk must be keep or zero, got {self.class_qk!r}")
 
     @property
-    def seq_len(self) -> int:
+    def condition(self) -> str:
+        return "class" if self.num_classes > 0 else "caption"
+
+    @property
+    def prefix_len(self) -> int:       # condition positions P
+        return 1 if self.condition == "class" else self.text_len
+
+    @property
+    def seq_len(self) -> int:          # image tokens
         return self.grid * self.grid
+
+    @property
+    def total_len(self) -> int:        # positions of a full sequence (the last token is only a target)
+        return self.prefix_len + self.seq_len - 1
 
     @property
     def head_dim(self) -> int:
@@ -79,21 +117,26 @@ class GPTConfig:
         return -(-h // self.ffn_multiple) * self.ffn_multiple
 
     @classmethod
-    def from_size(cls, size: str, vocab_size: int, grid: int, num_classes: int, params=None,
+    def from_size(cls, size: str, vocab_size: int, grid: int, num_classes: int = 0, params=None,
                   **kw) -> "GPTConfig":
         n_layer, dim, n_head = ar_shape(size, params)
         return cls(vocab_size=vocab_size, grid=grid, n_layer=n_layer, dim=dim, n_head=n_head,
                    num_classes=num_classes, **kw)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The fields of this config's condition only: a class config is the dict saved ARs hold
+        under "gpt", a caption config the one under "t2i_gpt" (the seed's T2IConfig)."""
+        other = CAPTION_KEYS if self.condition == "class" else CLASS_KEYS
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in other}
 
     @classmethod
     def from_dict(cls, d: dict) -> "GPTConfig":
         unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise ValueError(f"GPTConfig.from_dict: unknown keys {sorted(unknown)}")
-        # a config without class_qk predates the field: its model kept the class position's q/k
+        if d.get("text_dim"):
+            return cls(**d)
+        # a class config without class_qk predates the field: its model kept the class position's q/k
         return cls(**{"class_qk": "keep", **d})
 
 
@@ -102,20 +145,21 @@ class ARout(NamedTuple):
     hidden: dict[int, torch.Tensor]      # 1-indexed block -> (B, n, D) block output
 
 
-def rope_tables(grid: int, head_dim: int, base: float, class_qk: str = "zero") -> tuple[torch.Tensor, torch.Tensor]:
-    """cos/sin of shape (L, head_dim) for the rotate-half convention (pair i = dims i, i + hd/2).
-    class_qk "zero": cos = sin = 0 at the class position (LlamaGen), which zeroes its q and k;
-    "keep": cos 1, sin 0 there (no rotation)."""
+def rope_tables(grid: int, head_dim: int, base: float, class_qk: str = "zero",
+                prefix_len: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin of shape (prefix_len + L - 1, head_dim) for the rotate-half convention (pair i =
+    dims i, i + hd/2). The prefix rows are unrotated (cos 1, sin 0); class_qk "zero" (a class
+    prefix, LlamaGen): cos = sin = 0 there instead, which zeroes its q and k."""
     quarter = head_dim // 4
     freqs = 1.0 / base ** (torch.arange(quarter, dtype=torch.float64) / quarter)
-    tok = torch.arange(grid * grid - 1)               # tokens 0..L-2 sit at positions 1..L-1
+    tok = torch.arange(grid * grid - 1)               # tokens 0..L-2 follow the prefix
     row, col = (tok // grid).double(), (tok % grid).double()
-    ang = torch.cat([row[:, None] * freqs, col[:, None] * freqs], dim=1)     # (L-1, hd/2)
-    ang = torch.cat([torch.zeros(1, 2 * quarter, dtype=ang.dtype), ang])    # class: no rotation
-    ang = torch.cat([ang, ang], dim=1)                                       # (L, hd)
+    ang = torch.cat([row[:, None] * freqs, col[:, None] * freqs], dim=1)              # (L-1, hd/2)
+    ang = torch.cat([torch.zeros(prefix_len, 2 * quarter, dtype=ang.dtype), ang])    # prefix: no rotation
+    ang = torch.cat([ang, ang], dim=1)                                                # (P+L-1, hd)
     cos, sin = ang.cos().float(), ang.sin().float()
     if class_qk == "zero":
-        cos[0] = 0.0
+        cos[:prefix_len] = 0.0
     return cos, sin
 
 
@@ -134,7 +178,7 @@ class Attention(nn.Module):
 
     def forward(self, x, cos, sin, cache=None, pos: int = 0, mask=None):
         """mask: None (causal) or a boolean (B, 1, n, keys) "may attend" mask that already holds
-        the causal rule (the text-to-image AR masks its caption padding with it)."""
+        the causal rule (the caption condition masks its padding with it)."""
         B, n, D = x.shape
         qkv = self.qkv(x).view(B, n, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
         qk = apply_rope(qkv[:2], cos.to(qkv.dtype), sin.to(qkv.dtype))   # q and k in one pass
@@ -195,28 +239,105 @@ class Block(nn.Module):
         return x + self.ffn(self.ffn_norm(x))
 
 
+class ClassCondition(nn.Embedding):
+    """Class labels (B,) -> one prefix position each; row num_classes is the null class (CFG). The
+    embedding table itself, so the GPT's state-dict key stays `cls_emb.weight` (released checkpoints)."""
+
+    attr = "cls_emb"          # the GPT's attribute: its state-dict prefix
+    drops_with_tokens = True  # token dropout covers the class position too (LlamaGen)
+
+    def __init__(self, cfg: GPTConfig):
+        super().__init__(cfg.num_classes + 1, cfg.dim)
+        self.null_class, self.dropout, self.qk = cfg.num_classes, cfg.class_dropout, cfg.class_qk
+
+    def check(self, batch: int | None, labels: torch.Tensor, values: bool = False) -> int:
+        """The batch size of valid labels; values: also their range (one host sync)."""
+        if labels.dim() != 1 or labels.is_floating_point() or (batch is not None and len(labels) != batch):
+            raise ValueError(f"labels must be integer (B,) = ({batch},), got {tuple(labels.shape)} {labels.dtype}")
+        if values and len(labels) and (labels.min() < 0 or labels.max() > self.null_class):
+            raise ValueError(f"labels must be in [0, {self.null_class}] ({self.null_class} = null class)")
+        return len(labels)
+
+    def forward(self, labels: torch.Tensor, drop: torch.Tensor | None = None):
+        """(prefix (B, 1, D), None: every key valid); drop (B,) bool: those rows the null class."""
+        if drop is not None:
+            labels = torch.where(drop, torch.full_like(labels, self.null_class), labels)
+        return super().forward(labels)[:, None], None
+
+
+class CaptionCondition(nn.Module):
+    """Captions: text features (B, P, text_dim) and their left-padded validity mask (B, P) -> the
+    prefix at model width, with the learned null caption for CFG (LlamaGen's CaptionEmbedder)."""
+
+    attr = "text_emb"
+    drops_with_tokens = False  # token dropout leaves the caption prefix alone (the seed's T2I)
+
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(cfg.text_dim, cfg.dim), nn.GELU(approximate="tanh"),
+                                 nn.Linear(cfg.dim, cfg.dim))
+        self.null = nn.Parameter(torch.randn(cfg.text_len, cfg.text_dim) / cfg.text_dim ** 0.5)
+        self.dropout, self.qk = cfg.caption_dropout, "keep"
+
+    def check(self, batch: int | None, text: torch.Tensor, mask: torch.Tensor, values: bool = False) -> int:
+        P, Dt = self.null.shape
+        if text.dim() != 3 or text.shape[1:] != (P, Dt) or (batch is not None and len(text) != batch):
+            raise ValueError(f"text must be (B, {P}, {Dt}) with B = {batch}, got {tuple(text.shape)}")
+        if mask.shape != text.shape[:2] or mask.dtype != torch.bool:
+            raise ValueError(f"text mask must be bool {tuple(text.shape[:2])}, got {mask.dtype} {tuple(mask.shape)}")
+        return len(text)
+
+    def forward(self, text: torch.Tensor, mask: torch.Tensor, drop: torch.Tensor | None = None):
+        """(prefix (B, P, D), key validity (B, P)); drop (B,) bool: those captions become the null
+        caption (all positions valid)."""
+        if drop is not None:
+            text = torch.where(drop[:, None, None], self.null.to(text.dtype).expand_as(text), text)
+            mask = mask | drop[:, None]
+        h = self.mlp(text.to(self.null.dtype)) * mask[..., None].to(self.null.dtype)  # pads carry nothing
+        return h, mask
+
+
+def attn_mask(key_valid: torch.Tensor, n_query: int, pos: int = 0) -> torch.Tensor:
+    """(B, 1, n_query, keys) may-attend mask for queries at pos..pos+n_query-1 over keys
+    0..pos+n_query-1: causal, invalid keys hidden, every query sees itself."""
+    keys = pos + n_query
+    q = torch.arange(pos, keys, device=key_valid.device)[:, None]
+    k = torch.arange(keys, device=key_valid.device)[None, :]
+    return ((k <= q) & key_valid[:, None, None, :keys]) | (k == q)
+
+
 class GPT(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
         self.cfg = cfg
-        self.null_class = cfg.num_classes
-        self.cls_emb = nn.Embedding(cfg.num_classes + 1, cfg.dim)   # + null class for CFG
+        cond = (ClassCondition if cfg.condition == "class" else CaptionCondition)(cfg)
+        self.add_module(cond.attr, cond)    # first: the init order (and so the weights) of a seed
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.dim)
         self.tok_drop = nn.Dropout(cfg.token_dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.norm = nn.RMSNorm(cfg.dim, eps=cfg.norm_eps)
         self.head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
-        cos, sin = rope_tables(cfg.grid, cfg.head_dim, cfg.rope_base, cfg.class_qk)
+        cos, sin = rope_tables(cfg.grid, cfg.head_dim, cfg.rope_base, cond.qk, cfg.prefix_len)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
         self.apply(self._init)
         nn.init.zeros_(self.head.weight)    # uniform logits at init
         self.grad_checkpointing = False     # recompute block activations in backward (memory for compute)
 
+    @property
+    def cond(self) -> ClassCondition | CaptionCondition:
+        return getattr(self, ClassCondition.attr if self.cfg.condition == "class" else CaptionCondition.attr)
+
+    @property
+    def null_class(self) -> int:
+        return self.cfg.num_classes
+
     @staticmethod
     def _init(m: nn.Module):
         if isinstance(m, (nn.Linear, nn.Embedding)):
             nn.init.normal_(m.weight, std=0.02)
+            if isinstance(m, nn.Linear) and m.bias is not None:
+                nn.init.zeros_(m.bias)
 
     def embed_tokens(self, x: torch.Tensor) -> torch.Tensor:
         """(B, n) indices -> E[x]; (B, n, K) distributions -> x @ E (gradient reaches x)."""
@@ -224,10 +345,11 @@ class GPT(nn.Module):
             return x.to(self.tok_emb.weight.dtype) @ self.tok_emb.weight
         return self.tok_emb(x)
 
-    def forward(self, x: torch.Tensor, labels: torch.Tensor, *, stop_at_layer: int | None = None,
+    def forward(self, x: torch.Tensor, *cond: torch.Tensor, stop_at_layer: int | None = None,
                 return_layers: tuple[int, ...] = ()) -> ARout:
         """x: tokens (B, n) or code distributions (B, n, K), 1 <= n <= L (the last one is only a
-        target); labels (B,). Returns logits (B, n, K) and the requested block outputs."""
+        target); cond: labels (B,), or text (B, P, Dt) float and its mask (B, P) bool. Returns
+        logits (B, n, K) and the requested block outputs (B, n, D)."""
         cfg = self.cfg
         if x.is_floating_point():
             if x.dim() != 3 or x.shape[-1] != cfg.vocab_size:
@@ -237,21 +359,32 @@ class GPT(nn.Module):
         B, n = x.shape[:2]
         if not 1 <= n <= cfg.seq_len:
             raise ValueError(f"sequence length {n} outside [1, {cfg.seq_len}]")
-        if labels.shape != (B,) or labels.is_floating_point():
-            raise ValueError(f"labels must be integer (B,) = ({B},), got {tuple(labels.shape)} {labels.dtype}")
-        if self.training and cfg.class_dropout > 0:
-            drop = torch.rand(B, device=labels.device) < cfg.class_dropout
-            labels = torch.where(drop, torch.full_like(labels, self.null_class), labels)
-        h = torch.cat([self.cls_emb(labels)[:, None], self.embed_tokens(x[:, :-1])], dim=1)
-        return self.trunk(self.tok_drop(h), stop_at_layer=stop_at_layer, return_layers=return_layers)
+        self.cond.check(B, *cond)
+        drop = None
+        if self.training and self.cond.dropout > 0:
+            drop = torch.rand(B, device=x.device) < self.cond.dropout
+        prefix, valid = self.cond(*cond, drop=drop)
+        tokens = self.embed_tokens(x[:, :-1])
+        if self.cond.drops_with_tokens:
+            h = self.tok_drop(torch.cat([prefix, tokens], dim=1))
+        else:
+            h = torch.cat([prefix, self.tok_drop(tokens)], dim=1)
+        key_valid = None if valid is None else torch.cat([valid, valid.new_ones(B, n - 1)], dim=1)
+        out = self.trunk(h, key_valid, stop_at_layer=stop_at_layer, return_layers=return_layers)
+        P = cfg.prefix_len
+        if P == 1:
+            return out
+        return ARout(None if out.logits is None else out.logits[:, P - 1:],
+                     {l: v[:, P - 1:] for l, v in out.hidden.items()})
 
-    def trunk(self, h: torch.Tensor, *, pos: int | torch.Tensor = 0, cache: list | None = None,
-              mask: torch.Tensor | None = None, stop_at_layer: int | None = None,
+    def trunk(self, h: torch.Tensor, key_valid: torch.Tensor | None = None, *, pos: int | torch.Tensor = 0,
+              cache: list | None = None, mask: torch.Tensor | None = None, stop_at_layer: int | None = None,
               return_layers: tuple[int, ...] = ()) -> ARout:
         """Run the blocks on input embeddings h (B, n, D) that sit at positions pos..pos+n-1.
-        cache: per-layer (k, v) static buffers (B, H, L, hd) for incremental decoding. mask: a
-        boolean may-attend mask over the keys (None: causal); with a 0-d tensor `pos` (one token)
-        it covers the whole cache (sampling.decode_step)."""
+        key_valid (B, >= pos+n): which positions may be attended (None: all, causal attention).
+        cache: per-layer (k, v) static buffers (B, H, total_len, hd) for incremental decoding.
+        mask: a boolean may-attend mask over the keys, given with a 0-d tensor `pos` (one token)
+        to cover the whole cache (sampling.decode_step)."""
         last = self.cfg.n_layer if stop_at_layer is None else stop_at_layer
         if not 1 <= last <= self.cfg.n_layer or any(not 1 <= l <= last for l in return_layers):
             raise ValueError(f"layers must lie in [1, {last}] (n_layer {self.cfg.n_layer}); got "
@@ -261,6 +394,8 @@ class GPT(nn.Module):
             cos, sin = self.rope_cos.index_select(0, pos.view(1)), self.rope_sin.index_select(0, pos.view(1))
         else:
             cos, sin = self.rope_cos[pos:pos + n], self.rope_sin[pos:pos + n]
+            if key_valid is not None and mask is None:
+                mask = attn_mask(key_valid, n, pos)
         hidden = {}
         recompute = self.grad_checkpointing and self.training and cache is None and torch.is_grad_enabled()
         for i, block in enumerate(self.blocks[:last], start=1):

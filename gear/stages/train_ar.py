@@ -27,7 +27,6 @@ projector.safetensors, config.json. Resumable state in <state_dir>/train_ar/seed
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import json
@@ -36,7 +35,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
@@ -50,7 +48,7 @@ from gear.runtime import Runtime, all_reduce_mean, seed_everything, setup, teard
 from gear.stages.tokenize import check_arm, read_tokens_manifest
 from gear.study import resolve_seed, seeded
 from gear.teachers import load_teacher
-from gear.train.ar_objective import ar_loss, build_ar
+from gear.train.ar_objective import accumulate_grads, build_ar, train_micro_step, val_ntp
 from gear.train.ema import EMA
 from gear.train.logger import MetricsLog
 from gear.train.parallel import DataParallel
@@ -105,32 +103,6 @@ def val_tokens(params, tok: nn.Module, rt: Runtime, limit: int = VAL_IMAGES) -> 
         if n >= limit:
             break
     return torch.cat(toks)[:limit], torch.cat(labels)[:limit]
-
-
-@torch.no_grad()
-def val_ntp(model: GPT, tokens: torch.Tensor, labels: torch.Tensor, rt: Runtime) -> float:
-    """Mean next-token CE over all val tokens; each process takes every world-th batch. Every
-    process runs the same number of forwards (FSDP gathers parameters in each): one without a
-    batch left repeats the first and drops the result."""
-    was_training = model.training
-    model.eval()
-    total = torch.zeros(2, dtype=torch.float64, device=rt.device)
-    batches = -(-len(tokens) // EVAL_BATCH)
-    rounds = -(-batches // rt.world)
-    for i in range(rt.rank, rounds * rt.world, rt.world):
-        real = i < batches
-        s = i * EVAL_BATCH if real else 0
-        t, y = tokens[s:s + EVAL_BATCH], labels[s:s + EVAL_BATCH]
-        with rt.autocast():
-            logits = model(t, y).logits
-        if not real:
-            continue
-        ce = F.cross_entropy(logits.flatten(0, 1).float(), t.flatten(), reduction="sum")
-        total += torch.stack([ce.double(), torch.tensor(float(t.numel()), dtype=torch.float64, device=rt.device)])
-    if rt.distributed:
-        torch.distributed.all_reduce(total)
-    model.train(was_training)
-    return (total[0] / total[1]).item()
 
 
 @restores_stop_signals
@@ -197,20 +169,14 @@ def run(params, arm: str, size: str, seed: int | None = None) -> None:
         lr = lr_at(step, a.lr, a.warmup_steps)
         for group in opt.param_groups:
             group["lr"] = lr
-        sums: dict[str, torch.Tensor] = {}
-        for i in range(a.grad_accum):
-            x, tokens, labels = (v.to(rt.device, non_blocking=True) for v in next(stream))
-            y = None
-            if params.align_weight_ar > 0:
-                with torch.no_grad():
-                    y = teacher.features(x, grid)
-            with dp.no_sync(ar_w, proj_w) if i < a.grad_accum - 1 else contextlib.nullcontext():
-                with rt.autocast():
-                    loss, logs = ar_loss(fwd, proj_w, tokens, tokens, labels, y, align_layer, params.align_weight_ar)
-                check_finite(f"{STAGE}[{arm}/{size}]", step, ckpt.path, loss=loss)
-                (loss / a.grad_accum).backward()
-            for k, v in logs.items():
-                sums[k] = sums.get(k, 0.0) + v.float() / a.grad_accum
+
+        def micro_step():
+            loss, logs = train_micro_step(fwd, proj_w, next(stream), teacher, grid, align_layer,
+                                          params.align_weight_ar, rt)
+            check_finite(f"{STAGE}[{arm}/{size}]", step, ckpt.path, loss=loss)
+            return loss, logs
+
+        sums = accumulate_grads(a.grad_accum, dp, (ar_w, proj_w), micro_step)
         grad_norm = dp.clip_grad_norm_(params_all, a.grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -218,10 +184,10 @@ def run(params, arm: str, size: str, seed: int | None = None) -> None:
         steps_window += 1
 
         if step % params.compute.log_every == 0 or step == a.steps - 1:
-            row = {("align" if k == "align_hard" else k): all_reduce_mean(v, rt).item() for k, v in sums.items()}
+            row = {k: all_reduce_mean(v, rt).item() for k, v in sums.items()}
             row.update(lr=lr, grad_norm=grad_norm.item(),
                        tokens_per_s=steps_window * a.batch_size * L / (time.perf_counter() - t_window))
-            row["val_ntp"] = val_ntp(ema.model, val_x, val_y, rt)
+            row["val_ntp"] = val_ntp(ema.model, val_x, (val_y,), rt, EVAL_BATCH)
             log.log(step, **row)
             bar.set_postfix(ntp=f"{row['ntp']:.3f}", val=f"{row['val_ntp']:.3f}")
             t_window, steps_window = time.perf_counter(), 0
@@ -234,7 +200,8 @@ def run(params, arm: str, size: str, seed: int | None = None) -> None:
                 stop.exit_after_save(f"{STAGE}[{arm}/{size}]", step + 1, rt)
     bar.close()
 
-    final = {"val_ntp": val_ntp(ema.model, val_x, val_y, rt), "val_ntp_raw": val_ntp(ar, val_x, val_y, rt),
+    final = {"val_ntp": val_ntp(ema.model, val_x, (val_y,), rt, EVAL_BATCH),
+             "val_ntp_raw": val_ntp(ar, val_x, (val_y,), rt, EVAL_BATCH),
              "unigram_entropy": man["unigram_entropy"]}
     weights = {"ar": dp.state_dict(ema.model), "ar_raw": dp.state_dict(ar), "projector": dp.state_dict(proj)}
     if rt.is_main:

@@ -1,7 +1,7 @@
 """The text-to-image room: the seed's GPIC experiment at any scale.
 
 The frozen baseline and GEAR tokenizers of the class-conditional DAG are transferred, unchanged,
-to a fresh caption-conditioned AR (gear/models/t2i_ar.py) trained per arm and study seed on
+to a fresh caption-conditioned AR (the GPT of gear/models/ar.py) trained per arm and study seed on
 image-caption pairs; only the tokenizer differs between arms. Stages, in DAG order:
 
     t2i-shard     pairs -> webdataset shards + held-out prompts      gear/t2i/shard.py

@@ -5,7 +5,8 @@ The first t2i.sample.prompts prompts of the prompt file, t2i.sample.per_prompt i
 prompt order, batched by t2i.sample.batch_size. Batch b of (snapshot step S, scale c) draws from
 its own generator seeded by (seed, S, c, b), so the images depend on the seed and batch size
 only, not on the number of processes (rank r takes batches r::world; rank 0 gathers and writes).
-KV cache, temperature, top-k, top-p (gear/models/t2i_sampling.py).
+KV cache, CFG on t2i.sample.cfg_interval, temperature, top-k, top-p, optionally the compiled
+decoding step (t2i.sample.compile): the one sampler of both rooms (gear/models/sampling.py).
 
 Outputs (atomic) in t2i/samples/seed<N>/A/:
   samples.npz   images uint8 (M, H, W, 3), prompt int64 (M,) (line of the prompt file), step int64
@@ -26,7 +27,7 @@ from gear import paths as main_paths
 from gear.artifacts import load_tokenizer
 from gear.config import ParamsError
 from gear.io import ArtifactError, atomic_dir, reading, write_json
-from gear.models.t2i_sampling import generate_t2i
+from gear.models.sampling import generate
 from gear.runtime import gather_to_main, setup, teardown
 from gear.stages.sample import save_npz
 from gear.study import resolve_seed, seeded
@@ -67,6 +68,8 @@ def run(params, arm: str, seed: int | None = None) -> None:
     seed = resolve_seed(params, seed)
     params = seeded(params, seed)
     s = params.t2i.sample
+    if len(s.cfg_interval) != 2 or s.cfg_interval[0] > s.cfg_interval[1]:
+        raise ParamsError(f"t2i.sample.cfg_interval = {s.cfg_interval}: must be [start, end] with start <= end")
     ar_cfg = check_trained_on(params, arm, seed)  # missing AR or other tokenizer: one line, before compute
     prompts, emb, mask = read_prompts(params)
     rt = setup(params)
@@ -86,9 +89,9 @@ def run(params, arm: str, seed: int | None = None) -> None:
             raise ParamsError(f"t2i.sample.top_k = {s.top_k}: must be <= the codebook size {model.cfg.vocab_size}")
         sel = batches[b]
         gen = torch.Generator(device=rt.device).manual_seed(batch_seed(params.compute.seed, st, c, b))
-        idx = generate_t2i(model, emb[sel].to(rt.device), mask[sel].to(rt.device), cfg_scale=c,
-                           temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, generator=gen,
-                           bf16=rt.precision == "bf16")
+        idx = generate(model, emb[sel].to(rt.device), mask[sel].to(rt.device), cfg_scale=c,
+                       cfg_interval=tuple(s.cfg_interval), temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
+                       generator=gen, bf16=rt.precision == "bf16", compile=s.compile)
         with torch.no_grad(), rt.autocast():
             img = tok.decode_indices(idx, model.cfg.grid)
         mine.append((j, to_uint8(img), idx.cpu().numpy(), sel.numpy()))

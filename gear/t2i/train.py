@@ -5,7 +5,10 @@ Recipe, as the class-conditional train-ar: L = CE(next token) + t2i.ar.align_wei
 block t2i.ar.align_layer (teacher features of the pair's image, computed online), AdamW
 (nanoGPT decay groups) over AR + projector, linear warm-up then constant lr, grad clipping, EMA,
 caption dropout to the null caption (CFG), bf16 autocast when compute.precision is bf16, DDP or
-FSDP2 under torchrun (gear/train/parallel.py). No augmentation (captions say left and right).
+FSDP2 under torchrun (gear/train/parallel.py), gradient accumulation over t2i.ar.grad_accum
+micro-steps and gradient checkpointing (compute.grad_checkpointing): the one AR (gear/models/ar.py,
+caption condition) and the micro-step train-ar runs (gear/train/ar_objective.py). No augmentation
+(captions say left and right). t2i.ar.batch_size is the global batch per optimizer step.
 
 EMA snapshots at t2i.ar.eval_steps are what t2i-sample and t2i-evaluate measure (the seed's
 table is at 50k .. 390k steps); they are written into the resumable state folder as training
@@ -35,15 +38,15 @@ from gear.artifacts import load_weights, read_config
 from gear.config import ParamsError
 from gear.data.loader import TrainStream, eval_batches
 from gear.io import ArtifactError, atomic_dir, save_tensors, sha256_file, write_json
-from gear.models.ar import Projector, configure_optimizer
-from gear.models.t2i_ar import T2IConfig, T2IGPT, next_token_ce, t2i_loss
-from gear.runtime import Runtime, all_reduce_mean, seed_everything, setup, teardown
+from gear.models.ar import GPT, GPTConfig, Projector, configure_optimizer
+from gear.runtime import all_reduce_mean, seed_everything, setup, teardown
 from gear.stages.tokenize import frozen_tokenizer
 from gear.study import resolve_seed, seeded
 from gear.t2i import paths
 from gear.t2i.data import TokenSample, pattern, read_tokens_manifest, shards_digest
 from gear.t2i.tokenize import arm_seed, check_arm, hint
 from gear.teachers import load_teacher
+from gear.train.ar_objective import accumulate_grads, train_micro_step, val_ntp
 from gear.train.ema import EMA
 from gear.train.logger import MetricsLog
 from gear.train.parallel import DataParallel
@@ -63,13 +66,17 @@ def tokens_manifest(params, arm: str, seed: int | None) -> dict:
                                 hint(arm, seed))
 
 
-def load_t2i(directory: str | Path, device="cpu", name: str = "ar") -> tuple[T2IGPT, dict]:
-    """(AR in eval mode, frozen; its config.json) from a folder written by t2i-train.
-    name: `ar` (final EMA), `ar_raw` or `ema_step<S>`."""
+def load_t2i(directory: str | Path, device="cpu", name: str = "ar") -> tuple[GPT, dict]:
+    """(caption-conditioned AR in eval mode, frozen; its config.json) from a folder written by
+    t2i-train. name: `ar` (final EMA), `ar_raw` or `ema_step<S>`. The config sits under
+    "t2i_gpt" (the seed's T2IConfig fields, which GPTConfig reads as a caption condition)."""
     cfg = read_config(directory, "T2I AR")
     if "t2i_gpt" not in cfg:
         raise ArtifactError(f"{directory}/config.json holds no T2I AR config")
-    model = T2IGPT(T2IConfig.from_dict(cfg["t2i_gpt"]))
+    gpt = GPTConfig.from_dict(cfg["t2i_gpt"])
+    if gpt.condition != "caption":
+        raise ArtifactError(f"{directory}/config.json: t2i_gpt is not a caption-conditioned AR")
+    model = GPT(gpt)
     load_weights(model, Path(directory) / f"{name}.safetensors", "T2I AR weights")
     return model.to(device).eval().requires_grad_(False), cfg
 
@@ -90,29 +97,6 @@ def val_pairs(params, folder: Path, text_len: int, limit: int = VAL_PAIRS):
     return [torch.cat(p)[:limit] for p in zip(*parts)]
 
 
-@torch.no_grad()
-def val_ntp(model: nn.Module, val: list, rt: Runtime) -> float:
-    """Mean next-token CE over the val pairs; every process runs the same number of forwards
-    (FSDP gathers parameters in each), each sums its own batches."""
-    was_training = model.training
-    model.eval()
-    tokens, text, mask = (v.to(rt.device) for v in val)
-    total = torch.zeros(2, dtype=torch.float64, device=rt.device)
-    batches = -(-len(tokens) // EVAL_BATCH)
-    for i in range(rt.rank, -(-batches // rt.world) * rt.world, rt.world):
-        s = i * EVAL_BATCH if i < batches else 0
-        sl = slice(s, s + EVAL_BATCH)
-        with rt.autocast():
-            logits = model(tokens[sl], text[sl], mask[sl]).logits
-        if i < batches:
-            total += torch.stack([next_token_ce(logits, tokens[sl]).double(),
-                                  torch.tensor(float(tokens[sl].numel()), dtype=torch.float64, device=rt.device)])
-    if rt.distributed:
-        torch.distributed.all_reduce(total)
-    model.train(was_training)
-    return (total[0] / total[1]).item()
-
-
 def snapshot_name(step: int) -> str:
     return f"ema_step{step}"
 
@@ -126,18 +110,20 @@ def run(params, arm: str, seed: int | None = None) -> None:
     man = tokens_manifest(params, arm, tok_seed)  # missing or stale tokens: one line, before any compute
     a = params.t2i.ar
     rt = setup(params)
-    if a.batch_size % rt.world:
-        raise ParamsError(f"t2i.ar.batch_size = {a.batch_size}: must be divisible by the {rt.world} processes")
-    micro = a.batch_size // rt.world
+    if a.batch_size % (rt.world * a.grad_accum):
+        raise ParamsError(f"t2i.ar.batch_size = {a.batch_size}: must be divisible by processes ({rt.world}) x "
+                          f"t2i.ar.grad_accum ({a.grad_accum})")
+    micro = a.batch_size // (rt.world * a.grad_accum)
     grid, L = man["grid"], man["grid"] ** 2
     folder = paths.tokens_dir(arm, tok_seed)
     teacher = load_teacher(params, rt.device)
 
     seed_everything(params.compute.seed)  # the same initial weights on every process
-    cfg = T2IConfig.from_size(a.size, params, vocab_size=man["codebook_size"], grid=grid, text_dim=man["text_dim"],
+    cfg = GPTConfig.from_size(a.size, man["codebook_size"], grid, params=params, text_dim=man["text_dim"],
                               text_len=man["text_len"], caption_dropout=a.caption_dropout, token_dropout=a.token_dropout,
                               resid_dropout=a.resid_dropout, ffn_dropout=a.ffn_dropout)
-    ar = T2IGPT(cfg).to(rt.device)
+    ar = GPT(cfg).to(rt.device)
+    ar.grad_checkpointing = params.compute.grad_checkpointing
     proj = Projector(cfg.dim, teacher.dim, hidden=a.projector_hidden).to(rt.device)
     ema = EMA(ar, a.ema_decay)
     dp = DataParallel(rt, fsdp=params.compute.fsdp)
@@ -148,7 +134,7 @@ def run(params, arm: str, seed: int | None = None) -> None:
     fwd = torch.compile(ar_w) if params.compute.compile else ar_w
     stream = TrainStream(params, "train", micro, rank=rt.rank, world=rt.world, augment=False,
                          pattern=pattern(folder), decode=TokenSample(cfg.text_len))
-    val = val_pairs(params, folder, cfg.text_len)
+    val_tokens, *val_cond = (v.to(rt.device) for v in val_pairs(params, folder, cfg.text_len))
     seed_everything(params.compute.seed + rt.rank)  # dropout masks differ across processes
 
     state_dir = paths.state_dir(params, arm, study_seed)
@@ -157,7 +143,7 @@ def run(params, arm: str, seed: int | None = None) -> None:
         "align": [a.align_weight, a.align_layer], "tokenizer_sha256": man["tokenizer_sha256"],
         "captions_digest": man["captions_digest"], "eval_steps": a.eval_steps,
         "optim": [a.lr, list(a.betas), a.weight_decay, a.warmup_steps, a.grad_clip, a.ema_decay],
-        "batch_size": a.batch_size, "seed": params.compute.seed})
+        "batch_size": a.batch_size, "grad_accum": a.grad_accum, "seed": params.compute.seed})
     state = ckpt.load()
     start = 0
     if state is not None:
@@ -178,15 +164,13 @@ def run(params, arm: str, seed: int | None = None) -> None:
         lr = lr_at(step, a.lr, a.warmup_steps)
         for group in opt.param_groups:
             group["lr"] = lr
-        x, tokens, text, mask = (v.to(rt.device, non_blocking=True) for v in next(stream))
-        y = None
-        if a.align_weight > 0:
-            with torch.no_grad():
-                y = teacher.features(x, grid)
-        with rt.autocast():
-            loss, logs = t2i_loss(fwd, proj_w, tokens, text, mask, y, a.align_layer, a.align_weight)
-        check_finite(f"t2i-train[{arm}]", step, ckpt.path, loss=loss)
-        loss.backward()
+
+        def micro_step():
+            loss, logs = train_micro_step(fwd, proj_w, next(stream), teacher, grid, a.align_layer, a.align_weight, rt)
+            check_finite(f"t2i-train[{arm}]", step, ckpt.path, loss=loss)
+            return loss, logs
+
+        logs = accumulate_grads(a.grad_accum, dp, (ar_w, proj_w), micro_step)
         grad_norm = dp.clip_grad_norm_(params_all, a.grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -194,10 +178,10 @@ def run(params, arm: str, seed: int | None = None) -> None:
         steps_window += 1
 
         if step % params.compute.log_every == 0 or step == a.steps - 1:
-            row = {k: all_reduce_mean(v.float(), rt).item() for k, v in logs.items()}
+            row = {k: all_reduce_mean(v, rt).item() for k, v in logs.items()}
             row.update(lr=lr, grad_norm=grad_norm.item(),
                        tokens_per_s=steps_window * a.batch_size * L / (time.perf_counter() - t_window))
-            row["val_ntp"] = val_ntp(ema.model, val, rt)
+            row["val_ntp"] = val_ntp(ema.model, val_tokens, val_cond, rt, EVAL_BATCH)
             log.log(step, **row)
             bar.set_postfix(ntp=f"{row['ntp']:.3f}", val=f"{row['val_ntp']:.3f}")
             t_window, steps_window = time.perf_counter(), 0
@@ -214,7 +198,8 @@ def run(params, arm: str, seed: int | None = None) -> None:
                 stop.exit_after_save(f"t2i-train[{arm}]", step + 1, rt)
     bar.close()
 
-    final = {"val_ntp": val_ntp(ema.model, val, rt), "val_ntp_raw": val_ntp(ar, val, rt),
+    final = {"val_ntp": val_ntp(ema.model, val_tokens, val_cond, rt, EVAL_BATCH),
+             "val_ntp_raw": val_ntp(ar, val_tokens, val_cond, rt, EVAL_BATCH),
              "unigram_entropy": man["unigram_entropy"]}
     weights = {"ar": dp.state_dict(ema.model), "ar_raw": dp.state_dict(ar), "projector": dp.state_dict(proj)}
     if rt.is_main:

@@ -1,10 +1,16 @@
-"""The AR's objective, shared by `tune` (AR step) and `train-ar`: the LlamaGen-REPA recipe.
+"""The AR's objective and its training step, shared by `tune` (AR step), `train-ar` and
+`t2i-train`: the LlamaGen-REPA recipe, for either condition (class or caption).
 
-L_AR = CE(next token) + align_weight_ar * (-cos(P(h_l), y)), where h_l is the hidden state after
+L_AR = CE(next token) + align_weight * (-cos(P(h_l), y)), where h_l is the hidden state after
 block l (1-indexed) at the position that predicts token k, and y is teacher patch k.
 """
 from __future__ import annotations
 
+import contextlib
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gear.models.ar import GPT, GPTConfig, Projector, ntp_loss, repa_loss
@@ -28,12 +34,14 @@ def build_ar(params, size: str, vocab_size: int, grid: int, num_classes: int, te
     return ar, Projector(cfg.dim, teacher_dim, hidden=a.projector_hidden)
 
 
-def ar_loss(ar: nn.Module, proj: nn.Module, inputs: Tensor, targets: Tensor, labels: Tensor, y: Tensor | None,
-            align_layer: int, align_weight: float) -> tuple[Tensor, dict[str, Tensor]]:
+def ar_loss(ar: nn.Module, proj: nn.Module, inputs: Tensor, targets: Tensor, cond: Tensor | tuple[Tensor, ...],
+            y: Tensor | None, align_layer: int, align_weight: float) -> tuple[Tensor, dict[str, Tensor]]:
     """inputs: indices (B, L) or a distribution (B, L, K); targets: indices (B, L) or a
-    distribution (B, L, K) (the `ste` mode's straight-through one-hot); y: (B, L, Dt)."""
+    distribution (B, L, K) (the `ste` mode's straight-through one-hot); cond: class labels (B,),
+    or (text, mask) of captions; y: (B, L, Dt)."""
     use_align = y is not None and align_weight > 0
-    out = ar(inputs, labels, return_layers=(align_layer,) if use_align else ())
+    cond = cond if isinstance(cond, tuple) else (cond,)
+    out = ar(inputs, *cond, return_layers=(align_layer,) if use_align else ())
     ntp = ntp_loss(out.logits, targets)
     logs = {"ntp": ntp.detach()}
     loss = ntp
@@ -42,3 +50,54 @@ def ar_loss(ar: nn.Module, proj: nn.Module, inputs: Tensor, targets: Tensor, lab
         loss = loss + align_weight * align
         logs["align_hard"] = align.detach()
     return loss, logs
+
+
+def train_micro_step(fwd: nn.Module, proj: nn.Module, batch, teacher, grid: int, align_layer: int,
+                     align_weight: float, rt) -> tuple[Tensor, dict[str, Tensor]]:
+    """(loss, logs named as the training metrics) of one micro-batch (image, tokens, *condition)
+    of train-ar / t2i-train: teacher targets of the image computed online, ar_loss under autocast."""
+    x, tokens, *cond = (v.to(rt.device, non_blocking=True) for v in batch)
+    y = None
+    if align_weight > 0:
+        with torch.no_grad():
+            y = teacher.features(x, grid)
+    with rt.autocast():
+        loss, logs = ar_loss(fwd, proj, tokens, tokens, tuple(cond), y, align_layer, align_weight)
+    return loss, {("align" if k == "align_hard" else k): v for k, v in logs.items()}
+
+
+def accumulate_grads(k: int, dp, wrapped: tuple[nn.Module, ...],
+                     micro_step: Callable[[], tuple[Tensor, dict[str, Tensor]]]) -> dict[str, Tensor]:
+    """Gradients of one optimizer step from k micro-steps: backward of loss / k each, gradients
+    synchronised across processes on the last one only (no_sync before). Returns the mean logs."""
+    sums: dict[str, Tensor] = {}
+    for i in range(k):
+        with dp.no_sync(*wrapped) if i < k - 1 else contextlib.nullcontext():
+            loss, logs = micro_step()
+            (loss / k).backward()
+        for name, v in logs.items():
+            sums[name] = sums.get(name, 0.0) + v.float() / k
+    return sums
+
+
+@torch.no_grad()
+def val_ntp(model: nn.Module, tokens: Tensor, cond: tuple[Tensor, ...], rt, batch: int = 128) -> float:
+    """Mean next-token CE over all val tokens (B, L) under their condition (eval mode); each
+    process takes every world-th batch. Every process runs the same number of forwards (FSDP
+    gathers parameters in each): one without a batch left repeats the first and drops the result."""
+    was_training = model.training
+    model.eval()
+    total = torch.zeros(2, dtype=torch.float64, device=rt.device)
+    batches = -(-len(tokens) // batch)
+    for i in range(rt.rank, -(-batches // rt.world) * rt.world, rt.world):
+        s = i * batch if i < batches else 0
+        t = tokens[s:s + batch]
+        with rt.autocast():
+            logits = model(t, *(c[s:s + batch] for c in cond)).logits
+        if i < batches:
+            ce = F.cross_entropy(logits.flatten(0, 1).float(), t.flatten(), reduction="sum")
+            total += torch.stack([ce.double(), torch.tensor(float(t.numel()), dtype=torch.float64, device=rt.device)])
+    if rt.distributed:
+        torch.distributed.all_reduce(total)
+    model.train(was_training)
+    return (total[0] / total[1]).item()
