@@ -59,10 +59,15 @@ def st_digest(stage, row_rule):
 
 
 def st_command(stage, row_rule):
-    cmd = "gear " + stage.cli + " --params {PARAMS_FILE}" + (" --ablation {wildcards.row}" if row_rule else "")
-    for k in ("seed", "variant", "size", "arm"):
-        cmd = cmd.replace("{" + k + "}", "{wildcards." + k + "}")
-    return (TRAIN_LAUNCH if stage.heavy and stage.launch else "") + cmd + " > {log} 2>&1"
+    """The job's command (a rule param: a `shell:` expression would be evaluated again when the job
+    runs, after this loop has moved on, and give every rule the last stage's command)."""
+    launch = TRAIN_LAUNCH if stage.heavy and stage.launch else ""
+
+    def command(w):
+        args = {k: w[k] for k in stage.wildcards}
+        row = f" --ablation {w.row}" if row_rule else ""
+        return f"{launch}gear {stage.cli.format(**args)} --params {PARAMS_FILE}{row}"
+    return command
 
 
 def st_constraints(stage, row_rule):
@@ -82,10 +87,10 @@ for st_stage, st_row_rule in [(s, r) for s in dag.STAGES.values() for r in (Fals
         name: st_name
         input: st_inputs(st_stage, st_row_rule)
         output: *[st_declare(o, "ablations/{row}/" if st_row_rule else "") for o in st_stage.outs]
-        params: digest=st_digest(st_stage, st_row_rule)
+        params: digest=st_digest(st_stage, st_row_rule), cmd=st_command(st_stage, st_row_rule)
         wildcard_constraints: **st_constraints(st_stage, st_row_rule)
         log: logfile(st_name, *st_wcs)
         benchmark: benchfile(st_name, *st_wcs)
         threads: TRAIN_THREADS if st_stage.heavy else LIGHT_THREADS
         resources: **(TRAIN if st_stage.heavy else LIGHT)
-        shell: st_command(st_stage, st_row_rule)
+        shell: "{params.cmd} > {log} 2>&1"
