@@ -193,16 +193,16 @@ def output_lock(job: Job, params, params_file: str):
 
 def stamp(job: Job, params) -> str:
     """The job's stamp file (an input of its rule). Touched now when the job's existing output was
-    made with other params than the current ones; else left as it is (created with an old time)."""
+    made with other params than the current ones; else dated 1970, older than any output."""
     out = dag.primary(job, params)
     path = STATE / "stamps" / f"{out}.stamp"
     rec = read(job, params) if out.exists() else None
     fresh = rec is not None and own_difference(job, params, rec) is None
+    path.parent.mkdir(parents=True, exist_ok=True)
     if out.exists() and not fresh:
-        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(values(job, params), sort_keys=True, default=str))  # now: newer than out
-    elif not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("")
-        os.utime(path, (0, 0))  # older than any output: no rerun by itself
+    else:  # older than any output: no rerun by itself (also after params that were changed and changed back)
+        if not path.exists():
+            path.write_text("")
+        os.utime(path, (0, 0))
     return str(path)

@@ -227,6 +227,9 @@ def test_after_a_smoke_dvc_repro_snakemake_reruns_exactly_what_changed(tmp_path)
                 (tmp_path / dep).write_text("# code\n")
     subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
     subprocess.run(["dvc", "init", "-q"], cwd=tmp_path, check=True, env=e)
+    subprocess.run(["git", "add", "-A"], cwd=tmp_path, check=True)  # dvclive needs a commit (a fresh clone has one)
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "workflow"], cwd=tmp_path,
+                   check=True)
     r = subprocess.run(["dvc", "repro", "-q"], cwd=tmp_path, env=e, capture_output=True, text=True, timeout=1200)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert json.loads((tmp_path / "models/tune/seed0/gear/provenance.json").read_text())["params"]["align_weight"] == 0.5
