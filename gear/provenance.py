@@ -191,11 +191,14 @@ def output_lock(job: Job, params, params_file: str):
 # ---- Snakemake: rerun jobs whose outputs another tool made with other params -------------------
 
 
+def stamp_path(job: Job, params) -> Path:
+    return STATE / "stamps" / f"{dag.primary(job, params)}.stamp"
+
+
 def stamp(job: Job, params) -> str:
     """The job's stamp file (an input of its rule). Touched now when the job's existing output was
     made with other params than the current ones; else dated 1970, older than any output."""
-    out = dag.primary(job, params)
-    path = STATE / "stamps" / f"{out}.stamp"
+    out, path = dag.primary(job, params), stamp_path(job, params)
     rec = read(job, params) if out.exists() else None
     fresh = rec is not None and own_difference(job, params, rec) is None
     path.parent.mkdir(parents=True, exist_ok=True)

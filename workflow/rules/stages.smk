@@ -50,8 +50,29 @@ def st_declare(o, prefix):
 def st_inputs(stage, row_rule):
     def inputs(w):
         job = st_job(stage, w, w.row if row_rule else None)
-        return [str(dag.primary(d, P)) for d in dag.deps(job, P)] + [provenance.stamp(job, P)]
+        return [str(dag.primary(d, P)) for d in dag.deps(job, P)] + [str(provenance.stamp_path(job, P))]
     return inputs
+
+
+def st_row_jobs():
+    """Every job the ablation rows run (their GEAR arm, the eval AR size, every study seed)."""
+    size = AB.eval_size(P)
+    for name in AB_ROWS:
+        for stage in ("teacher", "tokenizer_init"):
+            if st_row_owns(name, dag.STAGES[stage].root):
+                yield dag.Job.of(stage, {}, name)
+        for seed in SEEDS:
+            for stage in ("tune", "freeze", "evaluate_tokenizer", "tokenize", "train_ar_gear", "sample_gear",
+                          "evaluate_samples_gear"):
+                if not (stage == "tune" and name in AB_COPIED):
+                    yield dag.Job.of(stage, {"seed": seed, "variant": "gear", "size": size}, name)
+
+
+# Every job's stamp is made (or touched) here, before Snakemake builds its DAG: a file that an
+# input function created while Snakemake was already listing folders can read as missing.
+for st_stamped in [*dag.main_jobs(P), dag.Job.of("report"), *dag.t2i_jobs(P), dag.Job.of("t2i_report"),
+                   *st_row_jobs()]:
+    provenance.stamp(st_stamped, P)
 
 
 def st_digest(stage, row_rule):
