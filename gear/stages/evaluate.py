@@ -198,7 +198,7 @@ def evaluate_real(params) -> dict | None:
         with atomic_dir(paths.real_stats_dir()) as out:
             stats = write_real_cache(out, key, fm, feats, ISC_SPLITS)
             summary = {**stats, **fingerprint, "cache_key": key, "real_split": m.real_split, "max_real": m.max_real,
-                       "resolution": res, "params_digest": params.digest("metrics")}
+                       "resolution": res}
             write_json(out / "summary.json", summary)
         print(f"evaluate real: {num_real} {m.real_split} images in the {fingerprint['feature_space']} space "
               f"({fm.ext.name}) cached in {paths.real_stats_dir()}")
@@ -297,8 +297,7 @@ def evaluate_tokenizer(params, arm: str, seed: int | None) -> dict | None:
             "effective_size": stats["effective_size"], "num_tokens": stats["num_tokens"], "tau": params.tau,
             **{k: v / stats["num_tokens"] for k, v in soft.items()},
             "teacher": params.teacher, "num_patches": len(sample.keys), "cknna_k": m.cknna_k,
-            "cka_pre": pre["cka"], "cknna_pre": pre["cknna"], "cka_post": post["cka"], "cknna_post": post["cknna"],
-            "params_digest": params.digest("metrics")})
+            "cka_pre": pre["cka"], "cknna_pre": pre["cknna"], "cka_post": post["cka"], "cknna_post": post["cknna"]})
         write_json(paths.eval_tokenizer_json(arm, seed), result)
         print(f"evaluate tokenizer[{arm}]: rFID {rfid:.3f} ({summary['feature_space']}), PSNR "
               f"{result['psnr']:.2f}, SSIM {result['ssim']:.4f}, usage {stats['usage']:.3f}, CKA pre/post "
@@ -390,8 +389,7 @@ def evaluate_samples(params, arm: str, size: str, seed: int) -> dict | None:
             "extractor": fm.ext.name, "num_samples": len(images), **against,
             "fid": gen["fid"], "is_mean": gen.get("is_mean"), "is_std": gen.get("is_std"),
             "precision": gen["precision"], "recall": gen["recall"], "pr_k": m.pr_k,
-            "teacher": params.teacher, "cknna_k": m.cknna_k, **layers,
-            "params_digest": params.digest("metrics")})
+            "teacher": params.teacher, "cknna_k": m.cknna_k, **layers})
         write_json(paths.eval_samples_json(arm, size, seed), result)
         cka = ", ".join(f"{v:.3f}" for v in layers["ar_cka"].values())
         print(f"evaluate samples[{arm}/{size}]: gFID {gen['fid']:.3f} ({result['feature_space']}, against "

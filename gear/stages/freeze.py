@@ -1,8 +1,8 @@
 """`gear freeze --arm A`: export a tokenizer EMA as the standalone frozen artifact.
 
 A = baseline reads models/tokenizer_init/ (shared by every seed), any other arm reads
-models/tune/seed<N>/A/ (--seed N). Writes models/frozen/[seed<N>/]A/{tokenizer.safetensors, config.json} (quantizer, codebook size, tau, the source
-and the params digest that produced it) and metrics/freeze/[seed<N>/]A.json: codebook statistics over the
+models/tune/seed<N>/A/ (--seed N). Writes models/frozen/[seed<N>/]A/{tokenizer.safetensors, config.json} (quantizer, codebook size, tau, the
+source it came from) and metrics/freeze/[seed<N>/]A.json: codebook statistics over the
 val split (usage, entropy, effective size, index histogram).
 """
 from __future__ import annotations
@@ -42,8 +42,8 @@ def run(params, arm: str, seed: int | None = None) -> None:
     with atomic_dir(paths.frozen_dir(arm, seed)) as out:
         write_tokenizer(out, tok, {
             "arm": arm, "seed": seed, "source": str(src), "quantizer": tok.config.quantizer,
-            "codebook_size": tok.codebook_size, "tau": src_cfg.get("tau"), "e2e_mode": src_cfg.get("e2e_mode"),
-            "source_params_digest": src_cfg.get("params_digest")})  # provenance.json says what made it
+            "codebook_size": tok.codebook_size, "tau": src_cfg.get("tau"), "e2e_mode": src_cfg.get("e2e_mode")})
+    # what made it: provenance.json (gear/provenance.py), written by the stage runner
     write_json(paths.freeze_stats_json(arm, seed), {"arm": arm, "seed": seed, **{k: (v.tolist() if torch.is_tensor(v) else v)
                                                              for k, v in stats.items()}})
     print(f"freeze[{arm}]: usage {stats['usage']:.3f}, effective size {stats['effective_size']:.1f} "

@@ -159,7 +159,7 @@ def run(params) -> None:
             save_tensors(out / "model.safetensors", model.state_dict())
             write_json(out / "config.json", {
                 "teacher": "demo", "trained": True, "architecture": model.config, "classes": manifest["classes"],
-                "val_acc": val_acc, "steps": t.demo_steps, "params_digest": params.digest("teachers", "data")})
+                "val_acc": val_acc, "steps": t.demo_steps})
     log.close()
     ckpt.clear()
     teardown(rt)

@@ -110,8 +110,7 @@ def run(params) -> None:
     if rt.is_main:
         log.log(t.steps, **{f"val_{k}": v for k, v in check.metrics.items()})
         with atomic_dir(paths.tokenizer_init_dir()) as out_dir:
-            write_tokenizer(out_dir, ema.model, {"stage": STAGE, "steps": t.steps, "params_digest":
-                            params.digest("quantizer", "tokenizer", "data"), "val": check.metrics})
+            write_tokenizer(out_dir, ema.model, {"stage": STAGE, "steps": t.steps, "val": check.metrics})
             write_model(out_dir, "tokenizer_raw", tok)
             write_model(out_dir, "discriminator", disc)
             check.grid.save(out_dir / "recon.png")

@@ -220,8 +220,7 @@ def run(params, arm: str, size: str, seed: int | None = None) -> None:
                 "tokenizer_sha256": man["tokenizer_sha256"],
                 "tokenizer_config_digest": hashlib.sha256(
                     json.dumps(man["tokenizer_config"], sort_keys=True).encode()).hexdigest()[:16],
-                "steps": a.steps, "batch_size": a.batch_size, "final": final, "init": a.init,
-                "params_digest": params.digest("align_weight_ar", "align_layer", "teacher", "ar")})
+                "steps": a.steps, "batch_size": a.batch_size, "final": final, "init": a.init})
     log.close()
     ckpt.clear()
     teardown(rt)

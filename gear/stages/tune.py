@@ -158,9 +158,7 @@ def run(params, variant: str = "gear", seed: int | None = None) -> None:
             write_tokenizer(out_dir, ema_tok.model, {
                 "stage": STAGE, "variant": variant, "seed": seed, "e2e_mode": mode, "tau": params.tau,
                 "align_weight": params.align_weight, "align_layer": params.align_layer, "teacher": params.teacher,
-                "steps": tn.steps, "ar": ar.cfg.to_dict(), "val": check.metrics,
-                "params_digest": params.digest("tau", "align_weight", "align_weight_ar", "align_layer", "teacher",
-                                               "quantizer", "e2e_mode", "tokenizer", "tune", "data")})
+                "steps": tn.steps, "ar": ar.cfg.to_dict(), "val": check.metrics})
             write_model(out_dir, "tokenizer_raw", tok)
             write_model(out_dir, "discriminator", disc)
             write_model(out_dir, "ar", ema_ar.model)
