@@ -81,14 +81,19 @@ def st_digest(stage, row_rule):
 
 def st_command(stage, row_rule):
     """The job's command (a rule param: a `shell:` expression would be evaluated again when the job
-    runs, after this loop has moved on, and give every rule the last stage's command)."""
-    launch = TRAIN_LAUNCH if stage.heavy and stage.launch else ""
-
+    runs, after this loop has moved on, and give every rule the last stage's command). Its
+    launcher is a resource (`launch`), not part of it: a param change reruns a job, and asking for
+    more GPUs must not."""
     def command(w):
         args = {k: w[k] for k in stage.wildcards}
         row = f" --ablation {w.row}" if row_rule else ""
-        return f"{launch}gear {stage.cli.format(**args)} --params {PARAMS_FILE}{row}"
+        return f"gear {stage.cli.format(**args)} --params {PARAMS_FILE}{row}"
     return command
+
+
+def st_resources(stage):
+    res = TRAIN if stage.heavy else LIGHT
+    return {**res, "launch": TRAIN_LAUNCH if stage.heavy and stage.launch else ""}
 
 
 def st_constraints(stage, row_rule):
@@ -113,5 +118,5 @@ for st_stage, st_row_rule in [(s, r) for s in dag.STAGES.values() for r in (Fals
         log: logfile(st_name, *st_wcs)
         benchmark: benchfile(st_name, *st_wcs)
         threads: TRAIN_THREADS if st_stage.heavy else LIGHT_THREADS
-        resources: **(TRAIN if st_stage.heavy else LIGHT)
-        shell: "{params.cmd} > {log} 2>&1"
+        resources: **st_resources(st_stage)
+        shell: "{resources.launch}{params.cmd} > {log} 2>&1"
