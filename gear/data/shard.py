@@ -41,6 +41,7 @@ import multiprocessing as mp
 import os
 import shutil
 import signal
+import threading
 import stat
 import sys
 import tarfile
@@ -125,7 +126,17 @@ def _pool_map(fn, jobs: list[Job], workers: int) -> Iterator[tuple[bytes | None,
     if workers <= 1:
         yield from map(fn, jobs)
         return
-    with mp.Pool(workers, initializer=_default_sigterm) as pool:
+    # Workers are forked with the default SIGTERM too, not only reset by the initializer: a
+    # terminate() that reaches a worker before its initializer ran (a split that fails at once, on
+    # a loaded machine) would otherwise be ignored and its join would wait forever (seen once).
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, signal.SIG_DFL) if main else None
+    try:
+        pool = mp.Pool(workers, initializer=_default_sigterm)
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, previous)
+    with pool:
         yield from pool.imap(fn, jobs, chunksize=16)
 
 
