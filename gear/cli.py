@@ -59,6 +59,14 @@ STAGES: dict[str, tuple[str, str, list[tuple[str, dict]]]] = {
     "t2i-evaluate": ("gear.t2i.evaluate", "FDD, precision / recall and prompt accuracy of the samples, or the real features", [
         ("what", dict(choices=["real", "samples"])), ("--arm", dict(default=None)), SEED]),
     "t2i-report": ("gear.report.t2i", "write reports/t2i.{md,html,json}: the paper's T2I table beside ours", []),
+    # the public checkpoints of params `released:` (gear/released.py): target `released`
+    "released-tokenizer": ("gear.stages.released_tokenizer", "rFID / PSNR / SSIM of a public tokenizer file", [
+        ("--name", dict(required=True, help="vq_original | vq_warmup | vq_gear | lfq_* | ibq_*"))]),
+    "released-sample": ("gear.stages.released_sample", "sample a public LlamaGen c2i GPT with its published settings", [
+        ("--name", dict(required=True, help="B | L | XL"))]),
+    "released-evaluate": ("gear.stages.released_evaluate", "gFID / IS / precision / recall of a public GPT's samples", [
+        ("--name", dict(required=True, help="B | L | XL"))]),
+    "released-report": ("gear.report.released", "write reports/released.{md,html,json}: ours beside the published", []),
 }
 
 
@@ -73,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="override a param, e.g. --set tau=0.5 --set ar.lr=3e-4 (repeatable)")
         for flag, kwargs in extra:
             p.add_argument(flag, **kwargs)
-    p = sub.add_parser("dag", help="write dvc.yaml and t2i/dvc.yaml from the stage table (gear/dag.py)")
+    p = sub.add_parser("dag", help="write dvc.yaml, t2i/dvc.yaml and released/dvc.yaml from the stage table (gear/dag.py)")
     p.add_argument("--params", default="params.yaml")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--check", action="store_true", help="only say whether the files are up to date (exit 1 if not)")
@@ -164,7 +172,10 @@ def main(argv: list[str] | None = None) -> int:
 
             stale = write_dvc_files(params, check=args.check)
             verb = "out of date" if args.check else "written"
-            print(f"{', '.join(map(str, stale)) or 'dvc.yaml, t2i/dvc.yaml'}: {verb if stale else 'up to date'}")
+            from gear.dvcfile import DVC_FILES
+
+            everything = ", ".join(map(str, DVC_FILES.values()))
+            print(f"{', '.join(map(str, stale)) or everything}: {verb if stale else 'up to date'}")
             return 1 if args.check and stale else 0
         extra = {k: v for k, v in vars(args).items() if k not in ("stage", "params", "overrides")}
         row = extra.pop("ablation", None)

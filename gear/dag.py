@@ -66,7 +66,7 @@ class Stage:
     root: str = "global"   # layout root of its outputs: global | teacher | warmup | tuned
     heavy: bool = True     # training resources and launcher (else the light ones)
     launch: bool = True    # may run under torchrun (several processes)
-    room: str = "main"     # main (dvc.yaml, `all`) | t2i (t2i/dvc.yaml, `t2i`) | report targets
+    room: str = "main"     # main (dvc.yaml, `all`) | t2i (t2i/dvc.yaml, `t2i`) | released | report targets
     axes: tuple = ()       # ((wildcard, values), ...) where a wildcard takes fewer values than its default
 
     @property
@@ -222,11 +222,46 @@ STAGES.update(_s(
 ))
 
 
+# The public checkpoints (gear/released.py): target `released`, released/dvc.yaml, not part of
+# `all`. One stage per entry, each reading its own entry's keys: setting one path reruns that
+# entry's jobs alone. An entry left null runs too and records "not downloaded" at once.
+
+
+def _released_stages() -> list[Stage]:
+    from gear import released as rel  # no torch
+
+    scored = METRICS + TEACHER + RUN
+    teacher = Dep("teacher", read_if="demo_space")  # the demo feature space is the trained teacher
+    out = [Stage(f"released_tokenizer_{name}", f"released-tokenizer --name {name}",
+                 (f"released.tokenizers.{name}", f"released.archs.{family}") + scored + DATA_IN,
+                 (Out(str(rel.tokenizer_json(name)), "file"),), (Dep("shard"), teacher), room="released")
+           for name, (family, _) in rel.TOKENIZERS.items()]
+    for name in rel.GPTS:
+        out.append(Stage(f"released_sample_{name}", f"released-sample --name {name}",
+                         (f"released.gpts.{name}", f"released.tokenizers.{rel.GPT_TOKENIZER}",
+                          f"released.archs.{rel.TOKENIZERS[rel.GPT_TOKENIZER][0]}", "released.num_classes",
+                          "released.per_class", "released.eval_size", "released.batch_size") + SEEDED_RUN,
+                         (Out(str(rel.samples_dir(name))),), room="released"))
+        out.append(Stage(f"released_evaluate_{name}", f"released-evaluate --name {name}",
+                         ("released.eval_size",) + scored, (Out(str(rel.gpt_json(name)), "file"),),
+                         (Dep(f"released_sample_{name}"), teacher, Dep("evaluate_real", read_if="own_real_stats")),
+                         room="released"))
+    measured = tuple(Dep(s.name) for s in out if not s.name.startswith("released_sample"))
+    out.append(Stage("released_report", "released-report", (),
+                     tuple(Out(f"reports/{n}", "file", cache=not n.endswith(".json")) for n in rel.REPORT_NAMES),
+                     measured, code=("gear/report",), heavy=False, launch=False, room="released"))
+    return out
+
+
+STAGES.update(_s(*_released_stages()))
+
+
 # When a stage reads an input only under some params. Both tools still order the DAG by every
 # declared input (the teacher runs before the warm-up whatever its losses); the check before a
 # stage runs looks at the inputs it will read.
 NEEDS = {"teacher_perceptual": lambda p: p.tokenizer.perceptual == "teacher" and p.tokenizer.perceptual_weight > 0,
-         "own_real_stats": lambda p: p.metrics.reference is None}  # else ADM's reference batch
+         "own_real_stats": lambda p: p.metrics.reference is None,  # else ADM's reference batch
+         "demo_space": lambda p: p.metrics.feature_space == "demo"}
 
 # dvc.yaml's matrix axes (a seed in each seeded stage's name and command, never in its params:
 # adding a seed runs only that seed's stages)
@@ -361,6 +396,11 @@ def t2i_jobs(params) -> list[Job]:
     return jobs
 
 
+def released_jobs(params) -> list[Job]:
+    """Every job of the `released` target but its report (one per entry, downloaded or not)."""
+    return [Job.of(s.name) for s in STAGES.values() if s.room == "released" and s.name != "released_report"]
+
+
 def t2i_report_deps(params) -> list[Job]:
     return [j for j in t2i_jobs(params) if j.stage.startswith(("t2i_train", "t2i_sample", "t2i_evaluate", "t2i_judge"))]
 
@@ -390,6 +430,9 @@ def job_for(cli_stage: str, args: dict, row: str | None, params) -> Job | None:
         return Job.of(f"{base}_{arm}", {"seed": seed(), "size": args["size"]}, row)
     if cli_stage == "evaluate":
         return Job.of("evaluate_real", {}, row) if what == "real" else None
+    if cli_stage.startswith("released-") and cli_stage != "released-report":
+        name = f"{name}_{args.get('name')}"
+        return Job.of(name, {}, row) if name in STAGES else None  # an unknown --name: the stage says why
     if cli_stage.startswith("t2i-") and name not in ("t2i_evaluate",) and arm is None:
         return Job.of(name, {}, row) if name in STAGES else None
     if cli_stage == "t2i-evaluate" and what == "real":

@@ -34,6 +34,8 @@ def dvc_stage(stage: dag.Stage, params, wdir: str | None = None) -> dict:
     if stage.name == "t2i_report":
         d["deps"] += ["t2i/eval", "t2i/metrics/train", "t2i/samples", "t2i/models/judge"]
     d["params"] = dag.leaves(stage.keys)
+    if not d["params"]:  # the released report reads only its inputs
+        del d["params"]
     for kind in ("outs", "metrics", "plots"):
         items = []
         for o in stage.outs:
@@ -64,10 +66,10 @@ class _Fixed(dict):
 
 
 def dvc_file(params, room: str) -> dict:
-    stages = [s for s in dag.STAGES.values() if (s.room in ("main", "report")) == (room == "main")]
-    wdir = ".." if room == "t2i" else None
+    stages = [s for s in dag.STAGES.values() if (s.room in ("main", "report") if room == "main" else s.room == room)]
+    wdir = None if room == "main" else ".."
     out = {"stages": {s.name: dvc_stage(s, params, wdir) for s in stages}}
-    if room == "t2i":
+    if room != "main":
         out = {"vars": ["../params.yaml"], **out}
     return out
 
@@ -75,7 +77,7 @@ def dvc_file(params, room: str) -> dict:
 # ----------------------------------------------------------------------------------------------
 # the generated DVC files
 
-DVC_FILES = {"main": Path("dvc.yaml"), "t2i": Path("t2i/dvc.yaml")}
+DVC_FILES = {"main": Path("dvc.yaml"), "t2i": Path("t2i/dvc.yaml"), "released": Path("released/dvc.yaml")}
 DVC_HEADER = {
     "main": ("GEAR pipeline (DVC): the main DAG. GENERATED from gear/dag.py by `gear dag`: edit the\n"
              "declarations there, never this file (tests/test_dag.py checks it is up to date). Each stage runs\n"
@@ -85,6 +87,9 @@ DVC_HEADER = {
     "t2i": ("The text-to-image room (DVC): `dvc repro t2i/dvc.yaml`. GENERATED from gear/dag.py by\n"
             "`gear dag`. Every stage runs from the repository root (wdir: ..); the frozen tokenizers are\n"
             "outputs of ./dvc.yaml's freeze stages, which DVC runs first when they are stale.\n"),
+    "released": ("The public checkpoints of params `released:` against their published numbers (DVC):\n"
+                 "`dvc repro released/dvc.yaml`. GENERATED from gear/dag.py by `gear dag`. Every stage runs from the\n"
+                 "repository root (wdir: ..); the shards, teacher and real statistics are ./dvc.yaml's outputs.\n"),
 }
 
 
@@ -97,7 +102,7 @@ def dvc_text(params, room: str) -> str:
 
 
 def write_dvc_files(params, check: bool = False) -> list[Path]:
-    """Write (or, with check, compare) dvc.yaml and t2i/dvc.yaml; returns the files that differ."""
+    """Write (or, with check, compare) the DVC files of DVC_FILES; returns the files that differ."""
     from gear.io import atomic_path
 
     stale = []

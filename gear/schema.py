@@ -339,6 +339,76 @@ class Resources:
     light_runtime: int = within(POSITIVE)
 
 
+# ---- the released checkpoints (gear/released.py): each a local path, null = not downloaded -----
+
+
+@dataclass
+class ReleasedArch:
+    """The shape of one tokenizer family as its public files have it (all three files of a family:
+    original, the release's warm-up and GEAR); the quantizer is the family's (vq16: vq)."""
+    resolution: int = within("[8, 4096]")  # px the release measures at (val images resized bicubic)
+    ch: int = within(POSITIVE)
+    ch_mult: list[int] = within(POSITIVE)
+    enc_res_blocks: int = within(POSITIVE)
+    dec_res_blocks: int = within(POSITIVE)
+    z_channels: int = within(POSITIVE)
+    norm_groups: int = within(POSITIVE)
+    codebook_size: int = within("[2, inf)")
+    code_dim: int = within(POSITIVE)
+
+
+@dataclass
+class ReleasedArchs:
+    vq16: ReleasedArch
+    lfq16: ReleasedArch
+    ibq16: ReleasedArch
+
+
+@dataclass
+class ReleasedTokenizers:
+    vq_original: Optional[str]
+    vq_warmup: Optional[str]
+    vq_gear: Optional[str]
+    lfq_original: Optional[str]
+    lfq_warmup: Optional[str]
+    lfq_gear: Optional[str]
+    ibq_original: Optional[str]
+    ibq_warmup: Optional[str]
+    ibq_gear: Optional[str]
+
+
+@dataclass
+class ReleasedGPT:
+    """A LlamaGen c2i GPT (decoded by released.tokenizers.vq_original) and its published sampling."""
+    path: Optional[str]
+    layers: int = within(POSITIVE)
+    dim: int = within(POSITIVE)
+    heads: int = within(POSITIVE)
+    image_size: int = within("[8, 4096]")  # px it generates (tokens: image_size / 16 per side)
+    cfg_scale: float = within("[1, inf)", "1 = no guidance")
+    temperature: float = within("(0, inf)")
+    top_k: int = within("[0, inf)", "0 = off")
+    top_p: float = within("(0, 1]")
+
+
+@dataclass
+class ReleasedGPTs:
+    B: ReleasedGPT
+    L: ReleasedGPT
+    XL: ReleasedGPT
+
+
+@dataclass
+class Released:
+    archs: ReleasedArchs
+    tokenizers: ReleasedTokenizers
+    gpts: ReleasedGPTs
+    num_classes: int = within(POSITIVE)
+    per_class: int = within(POSITIVE)       # samples per class (50 x 1000 = the published 50k)
+    eval_size: int = within("[8, 4096]")    # px samples are scored at (resized bicubic, as LlamaGen)
+    batch_size: int = within(POSITIVE)
+
+
 @dataclass
 class Params:
     tau: float = within("(0, inf)")
@@ -360,6 +430,7 @@ class Params:
     ablations: Ablations
     t2i: T2I
     resources: Resources
+    released: Released
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -74,7 +74,7 @@ root = Path(sys.argv[1])
 with SnakemakeApi(OutputSettings(quiet={Quietness.ALL})) as api:
     wf = api.workflow(resource_settings=ResourceSettings(), snakefile=root / "Snakefile", workdir=root,
                       config_settings=ConfigSettings(config={"params": "params.yaml"}))
-    wf.dag(DAGSettings(targets={"all", "ablations", "t2i"}, forceall=True))
+    wf.dag(DAGSettings(targets={"all", "ablations", "t2i", "released"}, forceall=True))
 print("torch imported:", "torch" in sys.modules)
 """
 

@@ -13,8 +13,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
 import yaml
 
 from gear import cli
@@ -22,105 +20,15 @@ from gear.io import ArtifactError, load_tensors
 from gear.models.ar import GPT, GPTConfig
 from gear.models.llamagen_gpt import from_llamagen, load_gpt, to_llamagen
 from gear.models.sampling import generate
+from public_layouts import RefTransformer as PublicGPT
 from tiny import build_ar_world
 
 VOCAB, GRID, LAYERS, DIM, HEADS, CLASSES = 32, 4, 2, 64, 4, 5
 
 
-# ---- the reference: LlamaGen's layout and forward ------------------------------------------
-
-class RefRMSNorm(nn.Module):
-    def __init__(self, dim, eps=1e-5):
-        super().__init__()
-        self.eps, self.weight = eps, nn.Parameter(torch.ones(dim))
-
-    def forward(self, x):
-        xf = x.float()
-        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x) * self.weight
-
-
-def ref_freqs_cis_2d(grid, head_dim, base=10000.0, cls_tokens=1):
-    """(cls_tokens + grid^2, head_dim / 2, 2) cos/sin; rows of the condition are zeros."""
-    half = head_dim // 2
-    freqs = 1.0 / base ** (torch.arange(0, half, 2)[: half // 2].float() / half)
-    freqs = torch.outer(torch.arange(grid).float(), freqs)                     # (grid, hd/4)
-    angles = torch.cat([freqs[:, None, :].expand(-1, grid, -1), freqs[None, :, :].expand(grid, -1, -1)], -1)
-    cache = torch.stack([angles.cos(), angles.sin()], -1).flatten(0, 1)      # (grid^2, hd/2, 2)
-    return torch.cat([torch.zeros(cls_tokens, half, 2), cache])
-
-
-def ref_rotary(x, freqs):
-    """x (B, n, H, hd): rotate interleaved pairs (2i, 2i+1) by freqs (n, hd/2, 2)."""
-    xs = x.float().reshape(*x.shape[:-1], -1, 2)
-    f = freqs.view(1, xs.size(1), 1, xs.size(3), 2)
-    out = torch.stack([xs[..., 0] * f[..., 0] - xs[..., 1] * f[..., 1],
-                       xs[..., 1] * f[..., 0] + xs[..., 0] * f[..., 1]], -1)
-    return out.flatten(3).type_as(x)
-
-
-class RefAttention(nn.Module):
-    def __init__(self, dim, heads):
-        super().__init__()
-        self.dim, self.heads, self.hd = dim, heads, dim // heads
-        self.wqkv = nn.Linear(dim, 3 * dim, bias=False)
-        self.wo = nn.Linear(dim, dim, bias=False)
-
-    def forward(self, x, freqs):
-        B, n, _ = x.shape
-        q, k, v = self.wqkv(x).split([self.dim, self.dim, self.dim], dim=-1)
-        q, k, v = (t.view(B, n, self.heads, self.hd) for t in (q, k, v))
-        q, k = ref_rotary(q, freqs), ref_rotary(k, freqs)
-        y = F.scaled_dot_product_attention(*(t.transpose(1, 2) for t in (q, k, v)), is_causal=True)
-        return self.wo(y.transpose(1, 2).reshape(B, n, self.dim))
-
-
-class RefFeedForward(nn.Module):
-    def __init__(self, dim, multiple_of=256):
-        super().__init__()
-        hidden = int(2 * 4 * dim / 3)
-        hidden = hidden if hidden % multiple_of == 0 else hidden + multiple_of - hidden % multiple_of
-        self.w1 = nn.Linear(dim, hidden, bias=False)
-        self.w3 = nn.Linear(dim, hidden, bias=False)
-        self.w2 = nn.Linear(hidden, dim, bias=False)
-
-    def forward(self, x):
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
-
-
-class RefBlock(nn.Module):
-    def __init__(self, dim, heads):
-        super().__init__()
-        self.attention, self.feed_forward = RefAttention(dim, heads), RefFeedForward(dim)
-        self.attention_norm, self.ffn_norm = RefRMSNorm(dim), RefRMSNorm(dim)
-
-    def forward(self, x, freqs):
-        h = x + self.attention(self.attention_norm(x), freqs)
-        return h + self.feed_forward(self.ffn_norm(h))
-
-
-class RefLabelEmbedder(nn.Module):
-    def __init__(self, classes, dim):
-        super().__init__()
-        self.embedding_table = nn.Embedding(classes + 1, dim)  # + the CFG null class
-
-
-class RefTransformer(nn.Module):
-    def __init__(self, vocab=VOCAB, grid=GRID, layers=LAYERS, dim=DIM, heads=HEADS, classes=CLASSES):
-        super().__init__()
-        self.cls_embedding = RefLabelEmbedder(classes, dim)
-        self.tok_embeddings = nn.Embedding(vocab, dim)
-        self.layers = nn.ModuleList(RefBlock(dim, heads) for _ in range(layers))
-        self.norm = RefRMSNorm(dim)
-        self.output = nn.Linear(dim, vocab, bias=False)
-        self.freqs_cis = ref_freqs_cis_2d(grid, dim // heads)  # an attribute, not in the state dict
-
-    def forward(self, idx, cond):
-        """Teacher forcing as LlamaGen trains: idx = tokens[:, :-1], logits (B, L, K)."""
-        h = torch.cat([self.cls_embedding.embedding_table(cond)[:, None], self.tok_embeddings(idx)], dim=1)
-        freqs = self.freqs_cis[: h.shape[1]]
-        for layer in self.layers:
-            h = layer(h, freqs)
-        return self.output(self.norm(h)).float()
+def RefTransformer(classes=CLASSES) -> PublicGPT:
+    """LlamaGen's published c2i Transformer (tests/public_layouts.py) at this module's shape."""
+    return PublicGPT(VOCAB, GRID, LAYERS, DIM, HEADS, classes)
 
 
 # ---- tests ---------------------------------------------------------------------------------

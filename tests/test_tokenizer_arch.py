@@ -1,9 +1,9 @@
 """The registry of tokenizer architectures (tokenizer.arch: vq16 | lfq16 | ibq16), tiny shapes.
 
-Each public layout is written out below from the public code, independently of our modules:
-Open-MAGVIT2's improved_model.py (the release's models/lfq_model.py) for lfq16 and taming's
-autoencoder as the IBQ release builds it (models/ibq_model.py) for ibq16; vq16 reuses LlamaGen's
-from test_tokenizer.py. A state dict with exactly those names and shapes, wrapped as each public
+Each public layout is written out from the public code, independently of our modules
+(tests/public_layouts.py): Open-MAGVIT2's improved_model.py (the release's models/lfq_model.py) for
+lfq16, taming's autoencoder as the IBQ release builds it (models/ibq_model.py) for ibq16, LlamaGen's
+VQModel for vq16. A state dict with exactly those names and shapes, wrapped as each public
 file is, must load strictly into our model of that arch, and be refused by the others in one line.
 """
 import copy
@@ -22,7 +22,8 @@ from gear.train.ar_objective import build_ar
 from gear.train.gear_step import GearKnobs, GearModels, ar_step, frozen, soft_alignment_loss, tokenizer_step
 from gear.train.tokenizer_objective import TokenizerObjective, build_tokenizer
 from gear.models.discriminator import PatchDiscriminator
-from test_tokenizer import llamagen_layout
+from public_layouts import (Layout, lightning_file, llamagen_layout, magvit2_layout, random_state,  # noqa: F401
+                            release_file, vqgan_layout)
 
 # one small config per arch, in the public code's terms: 32 groups as published, ch 32, 2 levels
 CH, MULT, RES, K = 32, (1, 2), 16, 64
@@ -39,140 +40,12 @@ def config(arch: str) -> TokenizerConfig:
     return TokenizerConfig(**common, enc_res_blocks=2, dec_res_blocks=3, z_channels=16, code_dim=16)  # IBQ: 2 / 2 + 1
 
 
-class Layout(dict):
-    """name -> shape, filled in the order the public modules register their tensors."""
-
-    def conv(self, name, cin, cout, k, bias=True):
-        self[f"{name}.weight"] = (cout, cin, k, k)
-        if bias:
-            self[f"{name}.bias"] = (cout,)
-
-    def norm(self, name, c):
-        self[f"{name}.weight"], self[f"{name}.bias"] = (c,), (c,)
-
-    def linear(self, name, cin, cout):
-        self[f"{name}.weight"], self[f"{name}.bias"] = (cout, cin), (cout,)
-
-
-def magvit2_layout(ch, mult, nb, z) -> Layout:
-    """Open-MAGVIT2 Encoder / Decoder (improved_model.py) with LFQ: no quantizer tensors persist."""
-    s = Layout()
-
-    def resblock(name, cin, cout):  # convs without bias; 1x1 shortcut without bias when widths differ
-        s.norm(f"{name}.norm1", cin), s.norm(f"{name}.norm2", cout)
-        s.conv(f"{name}.conv1", cin, cout, 3, bias=False), s.conv(f"{name}.conv2", cout, cout, 3, bias=False)
-        if cin != cout:
-            s.conv(f"{name}.nin_shortcut", cin, cout, 1, bias=False)
-
-    n, in_mult = len(mult), (1, *mult)
-    s.conv("encoder.conv_in", 3, ch, 3, bias=False)
-    for i in range(n):
-        block_in, block_out = ch * in_mult[i], ch * mult[i]
-        for j in range(nb):
-            resblock(f"encoder.down.{i}.block.{j}", block_in, block_out)
-            block_in = block_out
-        if i < n - 1:
-            s.conv(f"encoder.down.{i}.downsample", block_out, block_out, 3)
-    for j in range(nb):
-        resblock(f"encoder.mid_block.{j}", block_in, block_in)
-    s.norm("encoder.norm_out", block_out), s.conv("encoder.conv_out", block_out, z, 1)
-
-    block_in = ch * mult[-1]
-    s.conv("decoder.conv_in", z, block_in, 3)
-    for j in range(nb):
-        resblock(f"decoder.mid_block.{j}", block_in, block_in)
-    for i in reversed(range(n)):  # up / adaptive are inserted at 0: index i is level i
-        block_out = ch * mult[i]
-        s.linear(f"decoder.adaptive.{i}.gamma", z, block_in), s.linear(f"decoder.adaptive.{i}.beta", z, block_in)
-        for j in range(nb):
-            resblock(f"decoder.up.{i}.block.{j}", block_in, block_out)
-            block_in = block_out
-        if i > 0:
-            s.conv(f"decoder.up.{i}.upsample.conv1", block_in, 4 * block_in, 3)
-    s.norm("decoder.norm_out", block_in), s.conv("decoder.conv_out", block_in, 3, 3)
-    return s
-
-
-def vqgan_layout(ch, mult, nb, z, embed, k, resolution, attn_resolutions) -> Layout:
-    """taming Encoder / Decoder (temb_channels 0, double_z False) + quant convs + IBQ codebook."""
-    s = Layout()
-
-    def resblock(name, cin, cout):
-        s.norm(f"{name}.norm1", cin), s.conv(f"{name}.conv1", cin, cout, 3)
-        s.norm(f"{name}.norm2", cout), s.conv(f"{name}.conv2", cout, cout, 3)
-        if cin != cout:
-            s.conv(f"{name}.nin_shortcut", cin, cout, 1)
-
-    def attn(name, c):
-        s.norm(f"{name}.norm", c)
-        for proj in ("q", "k", "v", "proj_out"):
-            s.conv(f"{name}.{proj}", c, c, 1)
-
-    def mid(part, c):
-        resblock(f"{part}.mid.block_1", c, c), attn(f"{part}.mid.attn_1", c), resblock(f"{part}.mid.block_2", c, c)
-
-    n, in_mult, res = len(mult), (1, *mult), resolution
-    s.conv("encoder.conv_in", 3, ch, 3)
-    for i in range(n):
-        block_in, block_out = ch * in_mult[i], ch * mult[i]
-        for j in range(nb):
-            resblock(f"encoder.down.{i}.block.{j}", block_in, block_out)
-            block_in = block_out
-            if res in attn_resolutions:
-                attn(f"encoder.down.{i}.attn.{j}", block_in)
-        if i != n - 1:
-            s.conv(f"encoder.down.{i}.downsample.conv", block_in, block_in, 3)
-            res //= 2
-    mid("encoder", block_in)
-    s.norm("encoder.norm_out", block_in), s.conv("encoder.conv_out", block_in, z, 3)
-
-    block_in = ch * mult[-1]
-    s.conv("decoder.conv_in", z, block_in, 3)
-    mid("decoder", block_in)
-    for i in reversed(range(n)):
-        block_out = ch * mult[i]
-        for j in range(nb + 1):
-            resblock(f"decoder.up.{i}.block.{j}", block_in, block_out)
-            block_in = block_out
-            if res in attn_resolutions:
-                attn(f"decoder.up.{i}.attn.{j}", block_in)
-        if i != 0:
-            s.conv(f"decoder.up.{i}.upsample.conv", block_in, block_in, 3)
-            res *= 2
-    s.norm("decoder.norm_out", block_in), s.conv("decoder.conv_out", block_in, 3, 3)
-    s["quantize.embedding.weight"] = (k, embed)
-    s.conv("quant_conv", z, embed, 1), s.conv("post_quant_conv", embed, z, 1)
-    return s
-
-
 def public_layout(arch: str) -> Layout:
     if arch == "vq16":
         return Layout(llamagen_layout(CH, MULT, 2, 32, 8, K))
     if arch == "lfq16":
         return magvit2_layout(CH, MULT, 2, 6)
     return vqgan_layout(CH, MULT, 2, 16, 16, K, RES, attn_resolutions=(RES // 2,))
-
-
-def random_state(layout: Layout, seed: int) -> dict:
-    g = torch.Generator().manual_seed(seed)
-    return {k: torch.randn(shape, generator=g) for k, shape in layout.items()}
-
-
-def lightning_file(live: dict, ema: dict) -> dict:
-    """A Lightning checkpoint as the Open-MAGVIT2 / IBQ originals are: live weights, LitEma shadows
-    (names without dots) of every parameter, the discriminator (with its shadows), EMA counters."""
-    disc = {"loss.discriminator.main.0.weight": torch.randn(8, 3, 4, 4)}
-    sd = {**live, **disc, "model_ema.decay": torch.tensor(0.999), "model_ema.num_updates": torch.tensor(7)}
-    for name, v in {**ema, "loss.discriminator.main.0.weight": torch.randn(8, 3, 4, 4)}.items():
-        sd["model_ema." + name.replace(".", "")] = v
-    return {"state_dict": sd, "epoch": 3, "global_step": 1000, "pytorch-lightning_version": "2.1.0"}
-
-
-def release_file(live: dict, ema: dict) -> dict:
-    """The release's warm-up (`*-with-gan.pt`) / GEAR (`gear-*.pt`) file: tokenizer raw + EMA, the
-    discriminator, and for GEAR the AR's EMA under "ema" (not a tokenizer)."""
-    return {"vq": live, "vq_ema": ema, "discriminator": {"main.0.weight": torch.randn(8, 3, 4, 4)},
-            "ema": {"tok_embeddings.weight": torch.randn(K, 4)}, "args": {"vq_model": "X-16"}, "steps": 10}
 
 
 # ---------------------------------------------------------------------------------------------- layouts and loading

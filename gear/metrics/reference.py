@@ -90,8 +90,9 @@ def read_reference(path: str | Path, resolution: int, dim: int = POOL_DIM) -> Re
     return Reference(path, mu, sigma, shape[0], *spatial)
 
 
-def check(params) -> Optional[Reference]:
-    """params.metrics.reference, read and checked before any work (None: our own real statistics)."""
+def check(params, resolution: int | None = None) -> Optional[Reference]:
+    """params.metrics.reference, read and checked before any work (None: our own real statistics);
+    its images must be the samples' size: `resolution`, default data.resolution."""
     m = params.metrics
     if m.reference is None:
         return None
@@ -99,7 +100,7 @@ def check(params) -> Optional[Reference]:
         raise ParamsError(f"metrics.reference = {m.reference!r}: an ADM reference batch holds Inception "
                           f"statistics; it needs metrics.feature_space inception, not {m.feature_space}")
     try:
-        ref = read_reference(m.reference, params.data.resolution, POOL_DIM)
+        ref = read_reference(m.reference, resolution or params.data.resolution, POOL_DIM)
     except (OSError, ValueError) as e:
         raise ArtifactError(f"metrics.reference: {e}") from None
     if ref.num_images <= m.pr_k:

@@ -369,26 +369,13 @@ def evaluate_samples(params, arm: str, size: str, seed: int) -> dict | None:
     teacher = load_teacher(params, rt.device)
 
     layers = ar_layer_similarity(params, ar, tok, teacher, rt, f"evaluate samples[{arm}/{size}]")
-    parts = gather_to_main(_features(fm, images, m.batch_size, rt), rt)
-    ref_parts = None if ref is None else gather_to_main(_features(fm, ref.images(), m.batch_size, rt), rt)
+    gen = score_samples(params, fm, images, ref, summary, real, rt)
     result = None
     if rt.is_main:
-        feats = concat(in_order(parts))
-        if ref is None:
-            gen = generation_metrics(feats, real, fm, pr_k=m.pr_k, isc_splits=ISC_SPLITS)
-            against = {"feature_space": summary["feature_space"], "real_split": summary["real_split"],
-                       "num_real": gen["num_real"]}
-        else:
-            gen = reference.reference_metrics(feats, concat(in_order(ref_parts)), ref, fm.ext.fid_layer,
-                                              fm.isc_layer, m.pr_k)
-            against = {"feature_space": m.feature_space, "real_split": "reference", "num_real": ref.num_images,
-                       "reference": str(ref.path), "sfid": gen.get("sfid"), "is_splits": gen["is_splits"]}
         result = _finite({
             "arm": arm, "size": size, "seed": seed, "samples": str(paths.samples_dir(arm, size, seed) / "samples.npz"),
             "ar": str(paths.ar_dir(arm, size, seed)), "tokenizer": str(paths.frozen_dir(arm, seed)),
-            "extractor": fm.ext.name, "num_samples": len(images), **against,
-            "fid": gen["fid"], "is_mean": gen.get("is_mean"), "is_std": gen.get("is_std"),
-            "precision": gen["precision"], "recall": gen["recall"], "pr_k": m.pr_k,
+            "extractor": fm.ext.name, "num_samples": len(images), **gen,
             "teacher": params.teacher, "cknna_k": m.cknna_k, **layers})
         write_json(paths.eval_samples_json(arm, size, seed), result)
         cka = ", ".join(f"{v:.3f}" for v in layers["ar_cka"].values())
@@ -397,3 +384,27 @@ def evaluate_samples(params, arm: str, size: str, seed: int) -> dict | None:
               f"recall {gen['recall']:.3f}; CKA per layer {cka}")
     finish(rt)
     return result
+
+
+def score_samples(params, fm: FeatureModel, images: np.ndarray, ref, summary: dict | None, real: RealSet | None,
+                  rt: Runtime) -> dict | None:
+    """gFID, IS, precision / recall of uint8 sample images against ADM's reference batch `ref`, or
+    (ref None) the cached real statistics `real`, with what they were scored against (rank 0: the
+    dict; other ranks: None). Also what the `released` target scores public GPTs with."""
+    m = params.metrics
+    parts = gather_to_main(_features(fm, images, m.batch_size, rt), rt)
+    ref_parts = None if ref is None else gather_to_main(_features(fm, ref.images(), m.batch_size, rt), rt)
+    if not rt.is_main:
+        return None
+    feats = concat(in_order(parts))
+    if ref is None:
+        gen = generation_metrics(feats, real, fm, pr_k=m.pr_k, isc_splits=ISC_SPLITS)
+        against = {"feature_space": summary["feature_space"], "real_split": summary["real_split"],
+                   "num_real": gen["num_real"]}
+    else:
+        gen = reference.reference_metrics(feats, concat(in_order(ref_parts)), ref, fm.ext.fid_layer,
+                                          fm.isc_layer, m.pr_k)
+        against = {"feature_space": m.feature_space, "real_split": "reference", "num_real": ref.num_images,
+                   "reference": str(ref.path), "sfid": gen.get("sfid"), "is_splits": gen["is_splits"]}
+    return {**against, "fid": gen["fid"], "is_mean": gen.get("is_mean"), "is_std": gen.get("is_std"),
+            "precision": gen["precision"], "recall": gen["recall"], "pr_k": m.pr_k}

@@ -108,29 +108,15 @@ def run(params, arm: str, size: str, seed: int | None = None) -> None:
     if s.top_k > model.cfg.vocab_size:
         raise ParamsError(f"sample.top_k = {s.top_k}: must be <= the codebook size {model.cfg.vocab_size}")
     tok = load_tokenizer(paths.frozen_dir(arm, seed), device=rt.device)
-    C, grid = model.cfg.num_classes, model.cfg.grid
+    C = model.cfg.num_classes
 
     labels = torch.arange(C).repeat_interleave(s.per_class)
-    batches = list(labels.split(s.batch_size))
-    mine = []
-    for b in tqdm(range(rt.rank, len(batches), rt.world), desc=f"sample[{arm}/{size}]", disable=not rt.is_main):
-        y = batches[b].to(rt.device)
-        gen = torch.Generator(device=rt.device).manual_seed(batch_seed(params.compute.seed, b))
-        idx = generate(model, y, cfg_scale=s.cfg_scale, cfg_interval=tuple(s.cfg_interval),
-                       temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, generator=gen,
-                       bf16=rt.precision == "bf16", compile=s.compile)
-        with torch.no_grad(), rt.autocast():
-            img = tok.decode_indices(idx, grid)
-        mine.append((b, to_uint8(img), idx.cpu().numpy()))
-    parts = [mine]
-    if rt.distributed:
-        parts = [None] * rt.world if rt.is_main else None
-        dist.gather_object(mine, parts, dst=0)
+    knobs = dict(cfg_scale=s.cfg_scale, cfg_interval=tuple(s.cfg_interval), temperature=s.temperature,
+                 top_k=s.top_k, top_p=s.top_p, compile=s.compile)
+    drawn = draw(model, tok, labels, s.batch_size, params.compute.seed, rt, knobs, f"sample[{arm}/{size}]")
 
     if rt.is_main:
-        done = sorted((item for part in parts for item in part), key=lambda item: item[0])
-        images = np.concatenate([item[1] for item in done])
-        indices = np.concatenate([item[2] for item in done]).astype(np.int64)
+        images, indices = drawn
         labels_np = labels.numpy().astype(np.int64)
         with atomic_dir(paths.samples_dir(arm, size, seed)) as out:
             save_npz(out / "samples.npz", arr_0=images, arr_1=labels_np, indices=indices)  # ADM's keys
@@ -142,3 +128,30 @@ def run(params, arm: str, size: str, seed: int | None = None) -> None:
         print(f"sample[{arm}/{size}]: {len(images)} images ({s.per_class} per class, {C} classes) "
               f"-> {paths.samples_dir(arm, size, seed)}")
     teardown(rt)
+
+
+def draw(model, tok, labels: torch.Tensor, batch_size: int, seed: int, rt, knobs: dict, desc: str,
+         post=None) -> tuple[np.ndarray, np.ndarray] | None:
+    """uint8 images (N, H, W, 3) and token grids (N, L) of `labels`, batched by batch_size, batch b
+    drawn from the generator batch_seed(seed, b) with the sampling knobs of `generate`, decoded by
+    `tok` (then `post`, e.g. a resize, on the [-1, 1] images). Process r draws batches r::world and
+    rank 0 gathers them in order (rank 0: the arrays; other ranks: None)."""
+    batches = list(labels.split(batch_size))
+    grid = model.cfg.grid
+    mine = []
+    for b in tqdm(range(rt.rank, len(batches), rt.world), desc=desc, disable=not rt.is_main):
+        y = batches[b].to(rt.device)
+        gen = torch.Generator(device=rt.device).manual_seed(batch_seed(seed, b))
+        idx = generate(model, y, generator=gen, bf16=rt.precision == "bf16", **knobs)
+        with torch.no_grad(), rt.autocast():
+            img = tok.decode_indices(idx, grid)
+            img = img if post is None else post(img)
+        mine.append((b, to_uint8(img), idx.cpu().numpy()))
+    parts = [mine]
+    if rt.distributed:
+        parts = [None] * rt.world if rt.is_main else None
+        dist.gather_object(mine, parts, dst=0)
+    if not rt.is_main:
+        return None
+    done = sorted((item for part in parts for item in part), key=lambda item: item[0])
+    return np.concatenate([item[1] for item in done]), np.concatenate([item[2] for item in done]).astype(np.int64)

@@ -1,5 +1,5 @@
 # Every rule of the DAG, built from the one stage table (gear/dag.py): outputs, inputs, params and
-# commands are the declaration's, so the rules, dvc.yaml and t2i/dvc.yaml cannot drift apart.
+# commands are the declaration's, so the rules, dvc.yaml, t2i/dvc.yaml and released/dvc.yaml cannot drift apart.
 #
 # Per stage one rule for the main DAG, and (for the stages an ablation row runs) one for the rows:
 # the same declaration under the path prefix ablations/{row}/, its inputs taken from the row's
@@ -71,7 +71,7 @@ def st_row_jobs():
 # Every job's stamp is made (or touched) here, before Snakemake builds its DAG: a file that an
 # input function created while Snakemake was already listing folders can read as missing.
 for st_stamped in [*dag.main_jobs(P), dag.Job.of("report"), *dag.t2i_jobs(P), dag.Job.of("t2i_report"),
-                   *st_row_jobs()]:
+                   *dag.released_jobs(P), dag.Job.of("released_report"), *st_row_jobs()]:
     provenance.stamp(st_stamped, P)
 
 

@@ -1,0 +1,52 @@
+"""`gear released-evaluate --name B|L|XL`: gFID / IS / precision / recall of a public GPT's samples
+(released/samples/N/), scored as our own samples are (gear/stages/evaluate.py `score_samples`):
+against metrics.reference (ADM's reference batch, at released.eval_size), or our real statistics
+(eval/real) when it is null. Writes released/eval/gpt/N.json; samples that were not drawn (not
+downloaded) give a "not downloaded" record."""
+from __future__ import annotations
+
+from gear import released
+from gear.config import ParamsError
+from gear.io import read_json, write_json
+from gear.metrics import reference
+from gear.metrics.features import FeatureModel
+from gear.runtime import setup
+from gear.stages.evaluate import ISC_SPLITS, check_real, feature_extractor, finish, real_summary, score_samples
+from gear.stages.sample import read_samples
+from gear.io import ArtifactError
+
+
+def precheck(params, name: str, **_) -> None:
+    if name not in released.GPTS:
+        raise ParamsError(f"--name {name!r}: must be one of {', '.join(released.GPTS)}")
+    reference.check(params, params.released.eval_size)
+
+
+def run(params, name: str) -> None:
+    precheck(params, name)
+    folder, out = released.samples_dir(name), released.gpt_json(name)
+    drawn = read_json(folder / "config.json", "released samples config")
+    record = {"name": name, "public_file": released.GPTS[name], "settings": drawn.get("settings")}
+    if drawn.get("status") == released.NOT_DOWNLOADED:
+        write_json(out, {**record, "status": released.NOT_DOWNLOADED, "missing": drawn.get("missing")})
+        print(f"released-evaluate[{name}]: {released.NOT_DOWNLOADED}")
+        return
+    m = params.metrics
+    ref = reference.check(params, params.released.eval_size)
+    summary = real_summary(params) if ref is None else None
+    images = read_samples(folder)
+    if len(images) < max(ISC_SPLITS, m.pr_k + 1):
+        raise ArtifactError(f"{folder}/samples.npz holds {len(images)} images; IS and precision / recall need at "
+                            f"least {max(ISC_SPLITS, m.pr_k + 1)} (raise released.per_class)")
+    rt = setup(params)
+    fm = FeatureModel(feature_extractor(params, rt.device), rt.device, images.shape[1:3],
+                      spatial=ref is not None and ref.mu_s is not None)
+    real = check_real(summary, fm.ext) if ref is None else None
+    gen = score_samples(params, fm, images, ref, summary, real, rt)
+    if rt.is_main:
+        write_json(out, {**record, "status": "measured", "samples": str(folder / "samples.npz"),
+                         "num_samples": len(images), "eval_size": images.shape[1], "extractor": fm.ext.name,
+                         **gen})
+        print(f"released-evaluate[{name}]: gFID {gen['fid']:.3f} ({gen['feature_space']}, against "
+              f"{ref.path if ref else 'eval/real'}), precision {gen['precision']:.3f}, recall {gen['recall']:.3f}")
+    finish(rt)
