@@ -22,7 +22,7 @@ from gear.train.ar_objective import build_ar
 from gear.train.gear_step import GearKnobs, GearModels, ar_step, frozen, soft_alignment_loss, tokenizer_step
 from gear.train.tokenizer_objective import TokenizerObjective, build_tokenizer
 from gear.models.discriminator import PatchDiscriminator
-from public_layouts import (Layout, lightning_file, llamagen_layout, magvit2_layout, random_state,  # noqa: F401
+from public_layouts import (Layout, lightning_file, llamagen_layout, magvit2_layout, random_state,
                             release_file, vqgan_layout)
 
 # one small config per arch, in the public code's terms: 32 groups as published, ch 32, 2 levels

@@ -7,13 +7,12 @@ from __future__ import annotations
 
 from gear import released
 from gear.config import ParamsError
-from gear.io import read_json, write_json
+from gear.io import ArtifactError, read_json, write_json
 from gear.metrics import reference
 from gear.metrics.features import FeatureModel
 from gear.runtime import setup
 from gear.stages.evaluate import ISC_SPLITS, check_real, feature_extractor, finish, real_summary, score_samples
 from gear.stages.sample import read_samples
-from gear.io import ArtifactError
 
 
 def precheck(params, name: str, **_) -> None:
