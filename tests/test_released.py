@@ -194,3 +194,12 @@ def test_snakemake_lists_the_released_jobs(tmp_path):
     assert {j for j in jobs if j.startswith("released_")} == {s for s in dag.STAGES if s.startswith("released_")}
     assert jobs["released"] == 1 and {"shard", "teacher", "evaluate_real"} <= set(jobs)
     assert not any(j.startswith(("tune", "train_ar", "t2i")) for j in jobs)
+
+
+def test_the_report_without_its_inputs_is_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert gear("released-report") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "released/eval/tokenizer/vq_original.json" in err, err
+    assert not (tmp_path / "reports").exists()

@@ -1,4 +1,5 @@
-"""The reports: one package for `gear report`, `gear ablation-report` and `gear t2i-report`.
+"""The reports: one package for `gear report`, `gear ablation-report`, `gear t2i-report` and
+`gear released-report`.
 
     readers.py     checked inputs: JSON objects and dvclive curves, one-line errors naming the
                    file and the command that rewrites it
@@ -9,6 +10,8 @@
     inputs.py      what `gear report` reads            main.py      `gear report` (+ claims.py)
     ablations.py   `gear ablation-report`
     t2i_inputs.py  what `gear t2i-report` reads         t2i.py       `gear t2i-report`
+    published.py   the public checkpoints' published figures, each with its source and settings
+    released.py    `gear released-report`: ours beside the published, with a tolerance verdict
 
 "seed" means a study seed throughout; the paper's figures are `paper` / `PAPER_*`.
 """

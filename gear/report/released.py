@@ -18,10 +18,11 @@ from pathlib import Path
 import polars as pl
 
 from gear import released
-from gear.io import ArtifactError, atomic_entries, read_json, write_json
+from gear.io import atomic_entries, write_json
 from gear.paths import REPORTS_DIR
 from gear.report import published
 from gear.report.document import Table, fmt, to_html, to_markdown
+from gear.report.readers import bad, check_present, read_object
 
 LABEL = {"rfid": "rFID", "psnr": "PSNR", "ssim": "SSIM", "fid": "gFID", "is_mean": "IS", "precision": "precision",
          "recall": "recall"}
@@ -72,21 +73,22 @@ def entry_rows(kind: str, name: str, rec: dict, pub: published.Published) -> lis
     return rows
 
 
-def _read(path, command: str) -> dict:
-    if not path.is_file():
-        raise ArtifactError(f"{path} not found; run `{command}`")
-    return read_json(path, "released measurement")
-
-
 def load() -> dict[str, list[dict]]:
-    """Every entry's rows, tokenizers then GPTs; a missing measurement file is one line."""
-    out = {"tokenizer": [], "gpt": []}
-    for name in released.TOKENIZERS:
-        rec = _read(released.tokenizer_json(name), f"gear released-tokenizer --name {name}")
-        out["tokenizer"] += entry_rows("tokenizer", name, rec, published.TOKENIZERS[name])
-    for name in released.GPTS:
-        rec = _read(released.gpt_json(name), f"gear released-evaluate --name {name}")
-        out["gpt"] += entry_rows("gpt", name, rec, published.GPTS[name])
+    """Every entry's rows, tokenizers then GPTs; every input checked first (one line for the first
+    missing or malformed file, with the command that writes it)."""
+    need = {"tokenizer": [(n, released.tokenizer_json(n), f"gear released-tokenizer --name {n}")
+                          for n in released.TOKENIZERS],
+            "gpt": [(n, released.gpt_json(n), f"gear released-evaluate --name {n}") for n in released.GPTS]}
+    check_present([(p, cmd) for files in need.values() for _, p, cmd in files], "snakemake released")
+    figures = {"tokenizer": published.TOKENIZERS, "gpt": published.GPTS}
+    out = {}
+    for kind, files in need.items():
+        out[kind] = []
+        for name, path, cmd in files:
+            rec = read_object(path, cmd)
+            if rec.get("status") not in ("measured", released.NOT_DOWNLOADED):
+                raise bad(path, f"status {rec.get('status')!r} is neither measured nor {released.NOT_DOWNLOADED}", cmd)
+            out[kind] += entry_rows(kind, name, rec, figures[kind][name])
     return out
 
 
