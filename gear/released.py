@@ -89,11 +89,23 @@ def tokenizer_config(params, name: str):
     build = {"vq16": TokenizerConfig.llamagen_vq16, "lfq16": TokenizerConfig.release_lfq16,
              "ibq16": TokenizerConfig.release_ibq16}[family]
     try:
-        return build(ch=a.ch, ch_mult=list(a.ch_mult), enc_res_blocks=a.enc_res_blocks,
-                     dec_res_blocks=a.dec_res_blocks, z_channels=a.z_channels, norm_groups=a.norm_groups,
-                     codebook_size=a.codebook_size, code_dim=a.code_dim)
+        cfg = build(ch=a.ch, ch_mult=list(a.ch_mult), enc_res_blocks=a.enc_res_blocks,
+                    dec_res_blocks=a.dec_res_blocks, z_channels=a.z_channels, norm_groups=a.norm_groups,
+                    codebook_size=a.codebook_size, code_dim=a.code_dim)
     except ValueError as e:  # e.g. lfq16's code_dim != log2 codebook_size
         raise ParamsError(f"released.archs.{family}: {e}") from None
+    if a.resolution % cfg.downsample:
+        raise ParamsError(f"released.archs.{family}.resolution = {a.resolution}: must be a multiple of the "
+                          f"downsampling {cfg.downsample}")
+    return cfg
+
+
+def check_feature_size(params, size: int, key: str) -> None:
+    """The demo feature space is the demo teacher, trained at data.resolution: it reads only images
+    of that size (Inception and DINOv2 resize their input)."""
+    if params.metrics.feature_space == "demo" and size != params.data.resolution:
+        raise ParamsError(f"{key} = {size}: the demo feature space reads {params.data.resolution} px images "
+                          f"(data.resolution); measure at that size or set metrics.feature_space: inception")
 
 
 def load_tokenizer(params, name: str, device):

@@ -158,6 +158,10 @@ def test_a_path_that_is_not_a_file_names_its_key(world, capsys, monkeypatch):
     assert err == "gear released-sample: error: released.gpts.L.path = 'absent.pt': file not found (null = not downloaded)"
     assert gear("released-tokenizer", "--name", "vq_best", extra=extra) == 2
     assert "--name 'vq_best': must be one of vq_original" in capsys.readouterr().err
+    assert gear("released-tokenizer", "--name", "ibq_gear", extra=[*extra, "released.archs.ibq16.resolution=32"]) == 2
+    assert "released.archs.ibq16.resolution = 32: the demo feature space reads 16 px" in capsys.readouterr().err
+    assert gear("released-sample", "--name", "B", extra=[*extra, "released.gpts.B.top_k=65"]) == 2
+    assert "released.gpts.B.top_k = 65: must be <= the codebook size 64" in capsys.readouterr().err
 
 
 def test_the_resize_is_bicubic_as_pil_does_it():

@@ -19,6 +19,7 @@ def precheck(params, name: str, **_) -> None:
     if name not in released.GPTS:
         raise ParamsError(f"--name {name!r}: must be one of {', '.join(released.GPTS)}")
     reference.check(params, params.released.eval_size)
+    released.check_feature_size(params, params.released.eval_size, "released.eval_size")
 
 
 def run(params, name: str) -> None:

@@ -24,6 +24,10 @@ def precheck(params, name: str, **_) -> None:
         raise ParamsError(f"--name {name!r}: must be one of {', '.join(released.GPTS)}")
     released.gpt_path(params, name)
     released.tokenizer_path(params, released.GPT_TOKENIZER)
+    codebook = released.tokenizer_config(params, released.GPT_TOKENIZER).codebook_size
+    top_k = getattr(params.released.gpts, name).top_k
+    if top_k > codebook:
+        raise ParamsError(f"released.gpts.{name}.top_k = {top_k}: must be <= the codebook size {codebook}")
 
 
 def run(params, name: str) -> None:

@@ -24,6 +24,10 @@ def precheck(params, name: str, **_) -> None:
     if name not in released.TOKENIZERS:
         raise ParamsError(f"--name {name!r}: must be one of {', '.join(released.TOKENIZERS)}")
     released.tokenizer_path(params, name)  # a path that is not a file: one line, naming the key
+    family = released.TOKENIZERS[name][0]
+    released.tokenizer_config(params, name)
+    released.check_feature_size(params, getattr(params.released.archs, family).resolution,
+                                f"released.archs.{family}.resolution")
 
 
 @torch.no_grad()
