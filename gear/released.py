@@ -110,17 +110,24 @@ def check_feature_size(params, size: int, key: str) -> None:
 
 def load_tokenizer(params, name: str, device):
     """Tokenizer `name` from its downloaded file, strictly (gear/models/llamagen.py: every public
-    wrapping, a file of another family refused in one line), in eval mode on `device`."""
+    wrapping; a shape mismatch names the tensor), in eval mode on `device`. A file of another family
+    is refused in one line naming the entries it belongs under."""
     from gear.io import ArtifactError
-    from gear.models.llamagen import load_tokenizer_state
-    from gear.models.tokenizer import Tokenizer
+    from gear.models.llamagen import convert_state_dict, read_state_dict, strip_prefixes
+    from gear.models.tokenizer import ARCHS, Tokenizer, arch_of_state_dict
 
-    path = tokenizer_path(params, name)
+    path, family = tokenizer_path(params, name), TOKENIZERS[name][0]
     model = Tokenizer(tokenizer_config(params, name))
     try:
-        load_tokenizer_state(model, path)
+        sd = read_state_dict(path)
+        have = arch_of_state_dict(strip_prefixes(k) for k in sd)
+        if have is not None and have != family:  # the file of another entry: say which entries take it
+            takes = ", ".join(n for n, (f, _) in TOKENIZERS.items() if f == have)
+            raise ArtifactError(f"{path} is a {have} tokenizer ({ARCHS[have].title} layout), not {family}: it "
+                                f"belongs under {takes}")
+        model.load_state_dict(convert_state_dict(sd, model), strict=True)
     except ArtifactError as e:
-        raise ArtifactError(f"released.tokenizers.{name} ({path}): {e}") from None
+        raise ArtifactError(f"released.tokenizers.{name}: {e}") from None
     return model.eval().to(device)
 
 

@@ -145,7 +145,8 @@ def test_a_file_of_another_family_is_refused_in_one_line(world, capsys, monkeypa
     assert gear("released-tokenizer", "--name", "vq_gear", extra=[*extra, f"released.tokenizers.vq_gear={files['lfq_warmup']}"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1, err
-    assert "released.tokenizers.vq_gear" in err and "lfq16 tokenizer" in err and "vq16" in err
+    assert err.startswith("gear released-tokenizer: error: released.tokenizers.vq_gear: ") and \
+        "is a lfq16 tokenizer (Open-MAGVIT2 layout), not vq16: it belongs under lfq_original, lfq_warmup, lfq_gear" in err
     assert (d / released.tokenizer_json("vq_gear")).read_bytes() == before  # nothing half-written
 
 
