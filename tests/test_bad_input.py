@@ -380,6 +380,7 @@ ZERO_OK = {
     "t2i.ar.align_weight", "t2i.ar.caption_dropout", "t2i.ar.token_dropout", "t2i.ar.resid_dropout",
     "t2i.ar.ffn_dropout", "t2i.ar.warmup_steps",
     "t2i.ar.weight_decay", "t2i.ar.grad_clip", "t2i.ar.ema_decay", "t2i.ar.betas", "t2i.sample.top_k", "t2i.sample.cfg_interval",
+    "released.gpts.B.top_k", "released.gpts.L.top_k", "released.gpts.XL.top_k",
 }
 
 
