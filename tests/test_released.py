@@ -135,6 +135,9 @@ def test_verdicts_under_the_published_protocol():
     rows = {r["metric"]: r["verdict"] for r in entry_rows("tokenizer", "vq_gear", rec, TOKENIZERS["vq_gear"])}
     # rFID 1.70 vs 1.64: 0.06 <= 0.05 + 5% x 1.64; PSNR 0.58 dB off > 0.2; SSIM 0.005 <= 0.01
     assert rows == {"rFID": "within tolerance", "PSNR": "outside tolerance", "SSIM": "within tolerance"}
+    rows = {r["metric"]: r["verdict"] for r in entry_rows("tokenizer", "vq_gear", {**rec, "ssim": float("nan")},
+                                                          TOKENIZERS["vq_gear"])}
+    assert rows["SSIM"] == "not measured"
 
 
 def test_a_file_of_another_family_is_refused_in_one_line(world, capsys, monkeypatch):

@@ -22,7 +22,7 @@ from gear.io import atomic_entries, write_json
 from gear.paths import REPORTS_DIR
 from gear.report import published
 from gear.report.document import Table, fmt, to_html, to_markdown
-from gear.report.readers import bad, check_present, read_object
+from gear.report.readers import bad, check_present, finite, read_object
 
 LABEL = {"rfid": "rFID", "psnr": "PSNR", "ssim": "SSIM", "fid": "gFID", "is_mean": "IS", "precision": "precision",
          "recall": "recall"}
@@ -50,7 +50,7 @@ def verdict(ours, pub, metric: str, gaps: list[str]) -> tuple[float | None, floa
     """(difference, tolerance, verdict) of one number."""
     if pub is None:
         return None, None, "not published"
-    if ours is None:
+    if not finite(ours):  # absent, or NaN / inf (written as such by the stage)
         return None, None, "not measured"
     diff, tol = ours - pub, published.tolerance(metric, pub)
     if gaps:
