@@ -3,7 +3,7 @@
 Each public layout is written out below from the public code, independently of our modules:
 Open-MAGVIT2's improved_model.py (the release's models/lfq_model.py) for lfq16 and taming's
 autoencoder as the IBQ release builds it (models/ibq_model.py) for ibq16; vq16 reuses LlamaGen's
-from test_tokenizer.py. A state dict with exactly those names and shapes, wrapped as each public
+from tests/layouts.py. A state dict with exactly those names and shapes, wrapped as each public
 file is, must load strictly into our model of that arch, and be refused by the others in one line.
 """
 import copy
@@ -22,7 +22,7 @@ from gear.train.ar_objective import build_ar
 from gear.train.gear_step import GearKnobs, GearModels, ar_step, frozen, soft_alignment_loss, tokenizer_step
 from gear.train.tokenizer_objective import TokenizerObjective, build_tokenizer
 from gear.models.discriminator import PatchDiscriminator
-from test_tokenizer import llamagen_layout
+from layouts import llamagen_layout
 
 # one small config per arch, in the public code's terms: 32 groups as published, ch 32, 2 levels
 CH, MULT, RES, K = 32, (1, 2), 16, 64
