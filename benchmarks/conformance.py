@@ -112,18 +112,32 @@ def part_vq(ref_vq, tmp: Path) -> list[tuple[str, float]]:
                                      z_channels=z, attn_lowest=True, norm_groups=32, codebook_size=K,
                                      code_dim=code_dim, l2_norm=True, commit_weight=0.25, codebook_weight=1.0,
                                      entropy_weight=0.05, entropy_temperature=0.01))
+    return _tokenizer_rows(
+        "vq", ref, ours, tmp, lambda d, r_d: ("vq distances", diff(d, r_d)),
+        lambda q, r_quant, r_loss: [("vq codebook loss", diff(q.losses["codebook"], r_loss[0])),
+                                    ("vq commitment loss", diff(q.losses["commit"], r_loss[1]))],
+        soft_branch=False)
+
+
+def _tokenizer_rows(name: str, ref, ours, tmp: Path, distances, middle, soft_branch: bool = True):
+    """The release's tokenizer and ours (loaded from its file) on one batch in train mode: the
+    reconstruction, `distances(ours, release)` (one row), the indices, the rows of `middle(ours'
+    quantizer output, release z_q, release (quant, commit, entropy) losses)`, the entropy term and
+    (lfq, ibq) GEAR's soft-branch gradient."""
+    import torch
+
     _load_through_a_file(ref, ours, tmp)
     x = torch.rand(2, 3, 16, 16) * 2 - 1
     ref.train(); ours.train()
-    r_dec, _, (r_vq, r_commit, r_ent, _), (_, _, r_idx), r_d = ref(x, return_distance=True)
+    r_dec, r_quant, r_loss, (_, _, r_idx), r_d = ref(x, return_distance=True)
     out = ours(x)
-    q = out.q
-    return [("vq reconstruction", diff(out.recon, r_dec)),
-            ("vq distances", diff(q.dist.reshape(-1, K), r_d)),
-            ("vq indices (count unequal)", float((q.indices.flatten() != r_idx.flatten()).sum())),
-            ("vq codebook loss", diff(q.losses["codebook"], r_vq)),
-            ("vq commitment loss", diff(q.losses["commit"], r_commit)),
-            ("vq entropy term", diff(q.losses["entropy"], r_ent[0]))]
+    q, d = out.q, out.q.dist.reshape(-1, r_d.shape[-1])
+    return [(f"{name} reconstruction", diff(out.recon, r_dec)),
+            distances(d, r_d),
+            (f"{name} indices (count unequal)", float((q.indices.flatten() != r_idx.flatten()).sum())),
+            *middle(q, r_quant, r_loss),
+            (f"{name} entropy term", diff(q.losses["entropy"], r_loss[2][0])),
+            *([_soft_branch_gradient(name, ours, ref, x, d, r_d)] if soft_branch else [])]
 
 
 def _randomise(model) -> None:
@@ -171,8 +185,6 @@ def _soft_branch_gradient(name: str, ours, ref, x, d, r_d) -> tuple[str, float, 
 
 
 def part_lfq(ref_lfq, tmp: Path) -> list[tuple[str, float]]:
-    import torch
-
     from gear.models.tokenizer import Tokenizer, TokenizerConfig
 
     K, mult, blocks = 64, [1, 2], 2
@@ -181,25 +193,15 @@ def part_lfq(ref_lfq, tmp: Path) -> list[tuple[str, float]]:
     _randomise(ref)
     ours = Tokenizer(TokenizerConfig.release_lfq16(ch=32, ch_mult=mult, enc_res_blocks=blocks, dec_res_blocks=blocks,
                                                    codebook_size=K, code_dim=6, z_channels=6))
-    _load_through_a_file(ref, ours, tmp)
-    x = torch.rand(2, 3, 16, 16) * 2 - 1
-    ref.train(); ours.train()
-    r_dec, r_quant, (_, r_commit, r_ent, _), (_, _, r_idx), r_d = ref(x, return_distance=True)
-    out = ours(x)
-    q, d = out.q, out.q.dist.reshape(-1, K)
     centred = lambda t: t - t.mean(-1, keepdim=True)
-    return [("lfq reconstruction", diff(out.recon, r_dec)),
-            ("lfq distances, per-token centred (relative)", rel_diff(centred(d), centred(r_d))),
-            ("lfq indices (count unequal)", float((q.indices.flatten() != r_idx.flatten()).sum())),
-            ("lfq code values z_q", diff(q.z_q, r_quant)),
-            ("lfq commitment loss", diff(q.losses["commit"], r_commit)),
-            ("lfq entropy term", diff(q.losses["entropy"], r_ent[0])),
-            _soft_branch_gradient("lfq", ours, ref, x, d, r_d)]
+    return _tokenizer_rows(
+        "lfq", ref, ours, tmp,
+        lambda d, r_d: ("lfq distances, per-token centred (relative)", rel_diff(centred(d), centred(r_d))),
+        lambda q, r_quant, r_loss: [("lfq code values z_q", diff(q.z_q, r_quant)),
+                                    ("lfq commitment loss", diff(q.losses["commit"], r_loss[1]))])
 
 
 def part_ibq(ref_ibq, tmp: Path) -> list[tuple[str, float]]:
-    import torch
-
     from gear.models.tokenizer import Tokenizer, TokenizerConfig
 
     K, mult, blocks, dim = 64, [1, 2], 2, 16
@@ -210,20 +212,11 @@ def part_ibq(ref_ibq, tmp: Path) -> list[tuple[str, float]]:
     ours = Tokenizer(TokenizerConfig.release_ibq16(ch=32, ch_mult=mult, enc_res_blocks=blocks,
                                                    dec_res_blocks=blocks + 1, codebook_size=K, code_dim=dim,
                                                    z_channels=dim))
-    _load_through_a_file(ref, ours, tmp)
-    x = torch.rand(2, 3, 16, 16) * 2 - 1
-    ref.train(); ours.train()
-    r_dec, r_quant, (r_quant_loss, _, r_ent, _), (_, _, r_idx), r_d = ref(x, return_distance=True)
-    out = ours(x)
-    q = out.q
-    return [("ibq reconstruction", diff(out.recon, r_dec)),
-            ("ibq distances (relative)", rel_diff(q.dist.reshape(-1, K), r_d)),
-            ("ibq indices (count unequal)", float((q.indices.flatten() != r_idx.flatten()).sum())),
-            ("ibq code values z_q", diff(q.z_q, r_quant)),
-            ("ibq quant loss (codebook + commitment + double)", diff(q.losses["codebook"] + q.losses["commit"],
-                                                                     r_quant_loss)),
-            ("ibq entropy term", diff(q.losses["entropy"], r_ent[0])),
-            _soft_branch_gradient("ibq", ours, ref, x, q.dist.reshape(-1, K), r_d)]
+    return _tokenizer_rows(
+        "ibq", ref, ours, tmp, lambda d, r_d: ("ibq distances (relative)", rel_diff(d, r_d)),
+        lambda q, r_quant, r_loss: [("ibq code values z_q", diff(q.z_q, r_quant)),
+                                    ("ibq quant loss (codebook + commitment + double)",
+                                     diff(q.losses["codebook"] + q.losses["commit"], r_loss[0]))])
 
 
 def part_gpt(ref_gpt) -> list[tuple[str, float]]:

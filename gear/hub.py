@@ -5,9 +5,11 @@ retries for ~45 s. Stages ask here first and fail in one line pointing at the lo
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import socket
 import threading
+from typing import Callable
 from urllib.parse import urlparse
 
 
@@ -39,3 +41,17 @@ def reachable(url: str, timeout: float = 2.0) -> bool:
     t.start()
     t.join(timeout)
     return bool(ok)
+
+
+def unavailable(what: str, library: str, resolve: Callable[[], object],
+                error: type[Exception]) -> str | None:
+    """Why `what` (a hub model) cannot be loaded here, or None: `library` is not installed, or
+    `resolve()`, which finds its weights without downloading, raises `error`. Quick: the library
+    is looked up, not imported."""
+    if importlib.util.find_spec(library) is None:
+        return f"{what} needs the {library} package (pip install {library})"
+    try:
+        resolve()
+    except error as e:
+        return str(e)
+    return None

@@ -138,18 +138,14 @@ class Tokenizer:
 
 
 @dataclass
-class AR:
-    sizes: list[Literal[AR_SIZES]]
-    align_layers: list[int] = within(POSITIVE)  # depth of each size: validate
-    custom_layers: int = within(POSITIVE)
-    custom_dim: int = within(POSITIVE)
-    custom_heads: int = within(POSITIVE)
-    class_dropout: float = within("[0, 1)")
+class Recipe:
+    """The training recipe both fresh ARs share: the class-conditional `ar` and the caption-
+    conditioned `t2i.ar`, each adding its sizes and condition (a redeclared field keeps its place)."""
     token_dropout: float = within("[0, 1)")
     resid_dropout: float = within("[0, 1)")  # after attention's output projection (LlamaGen / the release: 0.1)
     ffn_dropout: float = within("[0, 1)")    # after the SwiGLU (LlamaGen / the release: 0.1)
     projector_hidden: int = within(POSITIVE)
-    steps: int = within("[0, inf)")  # 0 only with init (validate)
+    steps: int = within(POSITIVE)
     batch_size: int = within(POSITIVE)
     grad_accum: int = within(POSITIVE)
     lr: float = within("(0, inf)")
@@ -158,6 +154,17 @@ class AR:
     grad_clip: float = within("[0, inf)")
     ema_decay: float = within("[0, 1)")
     warmup_steps: int = within("[0, inf)")
+
+
+@dataclass
+class AR(Recipe):
+    sizes: list[Literal[AR_SIZES]]
+    align_layers: list[int] = within(POSITIVE)  # depth of each size: validate
+    custom_layers: int = within(POSITIVE)
+    custom_dim: int = within(POSITIVE)
+    custom_heads: int = within(POSITIVE)
+    class_dropout: float = within("[0, 1)")
+    steps: int = within("[0, inf)")  # 0 only with init (validate)
     init: Optional[str]      # a LlamaGen / GEAR-release GPT checkpoint train-ar starts from
     init_key: Optional[str]  # entry of that checkpoint dict holding the GPT (null: ema, then model)
 
@@ -275,24 +282,11 @@ class T2IText:
 
 
 @dataclass
-class T2IAR:
+class T2IAR(Recipe):
     size: Literal[AR_SIZES]
     align_layer: int = within(POSITIVE)  # depth of the size: validate
     align_weight: float = within("[0, inf)")
     caption_dropout: float = within("[0, 1)")
-    token_dropout: float = within("[0, 1)")
-    resid_dropout: float = within("[0, 1)")
-    ffn_dropout: float = within("[0, 1)")
-    projector_hidden: int = within(POSITIVE)
-    steps: int = within(POSITIVE)
-    batch_size: int = within(POSITIVE)
-    grad_accum: int = within(POSITIVE)
-    lr: float = within("(0, inf)")
-    warmup_steps: int = within("[0, inf)")
-    weight_decay: float = within("[0, inf)")
-    betas: list[float] = within("[0, 1)")
-    grad_clip: float = within("[0, inf)")
-    ema_decay: float = within("[0, 1)")
     eval_steps: list[int] = within(POSITIVE)  # EMA snapshots sampled and measured
 
 

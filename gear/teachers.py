@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gear import paths
+from gear import hub
 from gear.hub import offline, reachable
 from gear.io import ArtifactError, load_tensors, read_json
 from gear.models.demo_teacher import DemoViT
@@ -309,16 +310,8 @@ def unavailable(name: str, weights: str | None) -> str | None:
     download is tried."""
     if name == "demo":
         return None
-    import importlib.util
-
-    spec = HUB_TEACHERS[name]
-    if importlib.util.find_spec(spec.library) is None:
-        return f"teacher {name} needs the {spec.library} package (pip install {spec.library})"
-    try:
-        resolve_weights(name, weights)
-    except RuntimeError as e:
-        return str(e)
-    return None
+    return hub.unavailable(f"teacher {name}", HUB_TEACHERS[name].library, lambda: resolve_weights(name, weights),
+                           RuntimeError)
 
 
 def load_demo(params, zscore: float = 0.0) -> DemoTeacher:

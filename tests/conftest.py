@@ -54,3 +54,24 @@ class TinyAR:
 @pytest.fixture(params=["class", "caption"])
 def tiny_ar(request) -> TinyAR:
     return TinyAR(request.param)
+
+
+@pytest.fixture
+def ws(base, tmp_path, monkeypatch):
+    """A private copy of the module's `base` workspace as the current folder."""
+    import shutil
+
+    root = tmp_path / "ws"
+    shutil.copytree(base, root)
+    monkeypatch.chdir(root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """The evaluation world (tests/tiny.py build_eval_world), built once per module."""
+    from tiny import build_eval_world
+
+    root = tmp_path_factory.mktemp("world")
+    build_eval_world(root)
+    return root

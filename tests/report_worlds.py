@@ -14,12 +14,11 @@ from gear import paths
 from gear import dag
 from gear.config import load_params
 from gear.io import write_json
-from tiny import stamp
 from gear.paths import REPORTS_DIR
 from gear.report.inputs import CODEBOOK
 from gear.report.readers import tsv
 from gear.t2i import paths as t2i_paths
-from tiny import PARAMS, TINY
+from tiny import PARAMS, TINY, stamp
 
 
 # ---- gear report ------------------------------------------------------------------

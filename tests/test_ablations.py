@@ -4,16 +4,15 @@ report from a partial grid, from files and from a real `dvc exp show --json`."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
+from dags import ENV, smk_jobs
 from gear import ablations, paths
-from gear.config import ParamsError, load_params
+from gear.config import load_params
 from gear.report.paper import PAPER_TABLES
 from gear.report.verdicts import fmt_interval, paired_interval
 from report_worlds import write_ablation_row
@@ -75,32 +74,12 @@ def test_ablation_flag_errors_are_one_line(args, words):
     assert words in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
-BIN = Path(sys.executable).parent
-ENV = dict(os.environ, PATH=f"{BIN}:{os.environ['PATH']}", HF_HUB_OFFLINE="1")
-
-SMK_JOBS = r"""  # (rule, wildcards, inputs) of every job of the `ablations` target, forced
-import json, sys, contextlib, io
-from pathlib import Path
-from snakemake.api import SnakemakeApi
-from snakemake.settings.types import ConfigSettings, DAGSettings, OutputSettings, Quietness, ResourceSettings
-root = Path(sys.argv[1])
-with SnakemakeApi(OutputSettings(quiet={Quietness.ALL})) as api:
-    wf = api.workflow(resource_settings=ResourceSettings(), snakefile=root / "Snakefile", workdir=root,
-                      config_settings=ConfigSettings(config={"params": "params.yaml"}))
-    dag_api = wf.dag(DAGSettings(targets={"ablations"}, forceall=True))
-    with contextlib.redirect_stdout(io.StringIO()):
-        dag_api.printd3dag()
-    print(json.dumps([[j.rule.name, dict(j.wildcards), [str(f) for f in j.input]] for j in wf._workflow.dag.jobs]))
-"""
-
-
 @pytest.fixture(scope="module")
 def ablation_dag(tmp_path_factory):
+    """The params and (rule, wildcards, inputs) of every job of the `ablations` target, forced."""
     d = copy_workflow(tmp_path_factory.mktemp("abl_dag"))
-    out = subprocess.run([sys.executable, "-c", SMK_JOBS, str(d)], cwd=d, env=ENV, capture_output=True, text=True,
-                         timeout=180)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return load_params(d / "params.yaml"), json.loads(out.stdout.strip().splitlines()[-1])
+    jobs = smk_jobs(d, "params.yaml", target="ablations")["params.yaml"]
+    return load_params(d / "params.yaml"), [(j["rule"], j["wildcards"], j["input"]) for j in jobs]
 
 
 def test_snakemake_target_shares_the_warmup_and_teacher(ablation_dag):

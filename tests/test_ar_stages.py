@@ -2,71 +2,40 @@
 random tiny frozen tokenizer (4x4 tokens, K = 32), a random tiny demo teacher, a 2-layer AR."""
 from __future__ import annotations
 
-import csv
 import io
 import math
-import os
 import random
 import shutil
-import signal
 import tarfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from gear import cli, paths
 from gear.artifacts import load_tokenizer, write_tokenizer
-from gear.config import apply_overrides, params_from_dict
+from gear.config import params_from_dict
 from gear.data.loader import decode_image, read_manifest, to_tensor
 from gear.io import ArtifactError
 from gear.models.tokenizer import Tokenizer, TokenizerConfig
 from gear.stages import sample, tokenize, train_ar
 from gear.train.recon_check import to_uint8
-from tiny import build_ar_world
+from tiny import ar_world, build_ar_world, history, interrupt, tree_bytes
 
-K, GRID, ARM, SIZE, SEED = 32, 4, "baseline", "custom", 0  # SEED: the one study seed (default)
-RAW = {
-    "align_layer": 1,
-    "data": {"resolution": 16, "embedded_train_per_class": 20, "embedded_val_per_class": 5,
-             "samples_per_shard": 128},
-    "teachers": {"demo_dim": 16, "demo_depth": 1, "demo_heads": 2, "demo_patch": 4},
-    "tokenizer": {"ch": 8, "ch_mult": [1, 2, 2], "z_channels": 8, "norm_groups": 4, "codebook_size": K,
-                  "code_dim": 4},
-    "ar": {"sizes": [SIZE], "custom_layers": 2, "custom_dim": 32, "custom_heads": 2, "projector_hidden": 32,
-           "steps": 40, "batch_size": 16, "warmup_steps": 5, "lr": 3e-3, "ema_decay": 0.9},
-    "sample": {"per_class": 2, "batch_size": 8},
-    # fp32: exact on any CPU, and bf16 autocast is ~10x slower than fp32 on CPUs without AVX512-BF16
-    "compute": {"device": "cpu", "precision": "fp32", "workers": 0, "log_every": 5, "save_every": 1000},
-    "ablations": {"align_layer": [1, 2]},  # params.yaml's [1, 2, 3] does not fit a 2-block AR
-}
+K, GRID, ARM, SIZE, SEED = 32, 4, "baseline", "custom", 0  # AR_WORLD's (tests/tiny.py); SEED: the one study seed
 
 
 def make_params(*overrides: str):
-    return params_from_dict(apply_overrides(yaml.safe_load(yaml.safe_dump(RAW)), list(overrides)))
+    return params_from_dict(ar_world(*overrides))
 
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory) -> Path:
     """Shards, a frozen tokenizer, a demo teacher and the token shards, built once."""
     root = tmp_path_factory.mktemp("ar_stages")
-    build_ar_world(root, yaml.safe_load(yaml.safe_dump(RAW)), ARM)
+    build_ar_world(root, ar_world(), ARM)
     return root
-
-
-@pytest.fixture
-def ws(base, tmp_path, monkeypatch) -> Path:
-    """A private copy of the base workspace as the current folder."""
-    root = tmp_path / "ws"
-    shutil.copytree(base, root)
-    monkeypatch.chdir(root)
-    return root
-
-
-def tree_bytes(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def tar_samples(path: Path) -> dict[str, dict[str, bytes]]:
@@ -75,16 +44,6 @@ def tar_samples(path: Path) -> dict[str, dict[str, bytes]]:
         for m in tar:
             key, ext = m.name.split(".", 1)
             out.setdefault(key, {})[ext] = tar.extractfile(m).read()
-    return out
-
-
-def history(metrics_dir: Path) -> dict[str, list[tuple[str, str]]]:
-    """(step, value) rows of every dvclive metric; tokens_per_s is wall clock, left out."""
-    out = {}
-    for tsv in sorted((metrics_dir / "plots" / "metrics").glob("*.tsv")):
-        if tsv.stem != "tokens_per_s":
-            with open(tsv) as f:
-                out[tsv.stem] = [(r["step"], r[tsv.stem]) for r in csv.DictReader(f, delimiter="\t")]
     return out
 
 
@@ -211,36 +170,9 @@ def test_train_ar_resumes_exactly(base, tmp_path, monkeypatch, kill):
     run = tmp_path / "run"
     shutil.copytree(base, run)
     monkeypatch.chdir(run)
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1)}
-    try:
-        with monkeypatch.context() as m:
-            if kill == "sigterm":  # preemption during step 9: state saved after it, exit 143
-                real = train_ar.check_finite
-
-                def check(stage, step, path, **losses):
-                    if step == 9:
-                        os.kill(os.getpid(), signal.SIGTERM)
-                    real(stage, step, path, **losses)
-
-                m.setattr(train_ar, "check_finite", check)
-                with pytest.raises(SystemExit) as e:
-                    train_ar.run(make_params(*over), ARM, SIZE)
-                assert e.value.code == 128 + signal.SIGTERM
-                saved_step = 10
-            else:  # a crash right after the first periodic save (step 7)
-                real_save = train_ar.Checkpointer.save
-
-                def save_then_die(self, state):
-                    real_save(self, state)
-                    raise RuntimeError("node lost")
-
-                m.setattr(train_ar.Checkpointer, "save", save_then_die)
-                with pytest.raises(RuntimeError, match="node lost"):
-                    train_ar.run(make_params(*over), ARM, SIZE)
-                saved_step = 7
-    finally:
-        for s, h in handlers.items():
-            signal.signal(s, h)
+    # sigterm: preemption during step 9, state saved after it; crash: right after the save at step 7
+    interrupt(train_ar, lambda: train_ar.run(make_params(*over), ARM, SIZE), kill, 9, monkeypatch)
+    saved_step = 10 if kill == "sigterm" else 7
     state = torch.load(paths.state_dir(make_params(), "train_ar", paths.seed_part(SEED), ARM, SIZE) / "state.pt",
                        weights_only=True)
     assert state["step"] == saved_step and not paths.ar_dir(ARM, SIZE, SEED).exists()

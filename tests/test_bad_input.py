@@ -12,6 +12,7 @@ well under a minute.
 from __future__ import annotations
 
 import ast
+import contextlib
 import dataclasses
 import errno
 import io
@@ -493,12 +494,8 @@ def test_params_file_utf8_bom_and_yaml_merge_keys_are_fine(tmp_path):
 def shards(tmp_path_factory) -> Path:
     """Tiny embedded shards, shared read-only by the checkpoint cases and copied by the shard ones."""
     root = tmp_path_factory.mktemp("bad_input_shards")
-    cwd = os.getcwd()
-    os.chdir(root)
-    try:
+    with contextlib.chdir(root):
         assert gear(["shard"]) == 0
-    finally:
-        os.chdir(cwd)
     return root / "data" / "shards"
 
 

@@ -10,8 +10,6 @@ change params and ask each tool what it would run (`dvc status`, `snakemake -n`)
 from __future__ import annotations
 
 import json
-import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -19,14 +17,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from dags import BIN, ENV, dvc_changed, smk_dry
 from gear import dag, dvcfile, provenance
 from gear.config import load_params
 from gear.guard import ParamsView, UndeclaredParam
-from tiny import copy_workflow, fake_run, retouch
+from tiny import ROOT, copy_workflow, fake_run, retouch
 
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-ENV = dict(os.environ, PATH=f"{BIN}:{os.environ['PATH']}", HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:dvc")
 
 
@@ -98,22 +94,6 @@ def _params(d: Path, **changes) -> None:
             node = node[part]
         node[leaf] = value
     (d / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-
-
-def dvc_changed(d: Path) -> set[str]:
-    out = subprocess.run(["dvc", "status", "--json"], cwd=d, env=ENV, capture_output=True, text=True, check=True)
-    return set(json.loads(out.stdout or "{}"))
-
-
-def smk_dry(d: Path, *extra: str) -> dict[str, int]:
-    res = subprocess.run([str(BIN / "snakemake"), "-n", "--cores", "1", "all", *extra], cwd=d, env=ENV,
-                         capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
-    text = res.stdout + res.stderr
-    if "Nothing to be done" in text:
-        return {}
-    table = text.split("Job stats:")[1].split("total")[0]
-    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)}
 
 
 DOWNSTREAM_OF_TUNE = {"tune", "freeze", "evaluate_tokenizer", "tokenize", "train_ar_gear", "sample_gear",

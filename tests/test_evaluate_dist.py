@@ -24,14 +24,13 @@ from gear.runtime import Runtime
 from gear.stages import evaluate
 from gear.stages.sample import read_samples, save_npz
 from gear.teachers import DemoTeacher
-from test_evaluate_report import CLI, _smooth_images, _tree, world  # noqa: F401  (world: the tiny fixture)
-from tiny import env
+from tiny import EVAL_CLI, env, smooth_images, tree_bytes
 
 # Sampling: 16 classes x 2 in batches of 6 (6 batches, the last of 2). Evaluation, 24 a batch: 9 real
 # batches (200 of 320 train), 4 val batches (80), 2 sample batches (32): uneven shares.
 SAMPLING = ["--set=sample.per_class=2", "--set=sample.batch_size=6"]  # every later stage runs under them too
-SAMPLE = ["sample", "--arm", "gear", "--size", "tiny", *CLI, *SAMPLING]
-ARGS = [SAMPLE] + [["evaluate", *a, *CLI, *SAMPLING, "--set=metrics.batch_size=24"]
+SAMPLE = ["sample", "--arm", "gear", "--size", "tiny", *EVAL_CLI, *SAMPLING]
+ARGS = [SAMPLE] + [["evaluate", *a, *EVAL_CLI, *SAMPLING, "--set=metrics.batch_size=24"]
                    for a in (["real"], ["tokenizer", "--arm", "gear"], ["samples", "--arm", "gear", "--size", "tiny"])]
 # One torchrun launch runs the four stages (each launch costs ~15 s of imports on 2 cores): the
 # process group is kept across them and closed at the end.
@@ -76,7 +75,7 @@ def test_two_processes_write_what_one_process_writes(world, tmp_path, monkeypatc
     assert np.array_equal(labels, np.repeat(np.arange(16), 2))          # sample.per_class per class
     assert len(np.unique(images.reshape(32, -1), axis=0)) == 32
     assert np.array_equal(read_samples(two / "samples/seed0/gear/tiny"), images)
-    trees = {1: _tree(one / "eval"), 2: _tree(two / "eval")}
+    trees = {1: tree_bytes(one / "eval"), 2: tree_bytes(two / "eval")}
     names = sorted(trees[1])
     assert names == sorted(trees[2])
     assert {"tokenizer/seed0/gear.json", "samples/seed0/gear/tiny.json", "real/summary.json"} <= set(names)
@@ -132,8 +131,8 @@ def _two_ranks(fm: FeatureModel, images: np.ndarray, bs: int):
 
 def test_feature_path_equals_calculate_metrics(tmp_path):
     ext, bs, k, splits = _demo_like(), 8, 3, 5
-    real = _smooth_images(45, 0)[:, :16, :16]                           # 45 = 5 x 8 + 5: a short last batch
-    gen = np.clip(_smooth_images(37, 1)[:, :16, :16] + np.random.default_rng(0).normal(0, 20, (37, 16, 16, 3)),
+    real = smooth_images(45, 0)[:, :16, :16]                           # 45 = 5 x 8 + 5: a short last batch
+    gen = np.clip(smooth_images(37, 1)[:, :16, :16] + np.random.default_rng(0).normal(0, 20, (37, 16, 16, 3)),
                   0, 255).astype(np.uint8)
     fm = FeatureModel(ext, "cpu", 16)
     assert fm.layers == ["features", "logits"] and fm.isc_layer == "logits"
@@ -158,7 +157,7 @@ def test_feature_path_equals_calculate_metrics(tmp_path):
     ref = cache_real_statistics(real, ext, cache_dir=str(tmp_path / "tf"), cache_key="r45", batch_size=bs,
                                 isc_splits=splits)
     assert write_real_cache(tmp_path / "ours", "r45", fm, ours_real, isc_splits=splits) == ref
-    assert _tree(tmp_path / "ours") == _tree(tmp_path / "tf") and len(_tree(tmp_path / "tf")) == 4
+    assert tree_bytes(tmp_path / "ours") == tree_bytes(tmp_path / "tf") and len(tree_bytes(tmp_path / "tf")) == 4
     cached = generation_metrics(ours_gen, read_real_cache(tmp_path / "tf", "r45", ext), fm, k, splits)
     assert cached == compute_generation_metrics(gen, None, ext, pr_k=k, batch_size=bs, isc_splits=splits,
                                                 cache_dir=str(tmp_path / "ours"), cache_key="r45")

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import re
 import math
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,102 +12,22 @@ import torch
 from PIL import Image, ImageFilter
 
 from gear import paths
-from gear.artifacts import load_tokenizer, write_model, write_tokenizer
+from gear.artifacts import load_tokenizer
 from gear.cli import main
-from gear.config import load_params
-from gear.data import shard
-from gear.data.embedded import SOURCES
 from gear.data.loader import eval_batches
-from gear.io import ArtifactError, save_tensors, sha256_file, write_json
 from gear.metrics.features import FeatureModel, fid_statistics, frechet_distance, read_real_cache
-from gear import dag
-from gear.models.ar import GPT, GPTConfig
-from gear.models.demo_teacher import DemoViT
-from gear.models.tokenizer import Tokenizer, TokenizerConfig
 from gear.report import main as report
 from gear.report.document import fmt
 from gear.runtime import setup
 from gear.stages import evaluate
-from tiny import stamp
+from tiny import EVAL_CLI, EVAL_SAMPLES, EVAL_SEED, eval_params, smooth_images, tree_bytes, write_samples
 
-PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
-SETS = ["teachers.demo_dim=32", "teachers.demo_depth=1", "teachers.demo_heads=2",
-        "data.embedded_train_per_class=20", "data.embedded_val_per_class=5", "data.shard_dir=data/shards",
-        "compute.workers=0", "compute.device=cpu", "compute.precision=fp32",
-        "tokenizer.ch=8", "tokenizer.norm_groups=4", "tokenizer.z_channels=16", "tokenizer.codebook_size=64",
-        "metrics.max_patches=256", "metrics.batch_size=32", "metrics.max_real=200"]
-CLI = [f"--params={PARAMS}", *[f"--set={s}" for s in SETS]]
-NUM_SAMPLES = 32
-SEED = 0  # the one study seed of params.yaml
-
-
-def params(*extra: str):
-    return load_params(PARAMS, [*SETS, *extra])
-
-
-def _smooth_images(n: int, seed: int) -> np.ndarray:
-    g = torch.Generator().manual_seed(seed)
-    x = torch.nn.functional.interpolate(torch.rand(n, 3, 4, 4, generator=g), size=32, mode="bilinear")
-    return (x * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-
-
-def write_samples(arm: str, size: str, images: np.ndarray) -> None:
-    d = paths.samples_dir(arm, size, SEED)
-    d.mkdir(parents=True, exist_ok=True)
-    labels = np.arange(len(images)) % len(SOURCES)
-    np.savez(d / "samples.npz", images=images, labels=labels, indices=np.zeros((len(images), 64), np.int64))
-    Image.fromarray(np.concatenate(list(images[:8]), axis=1)).save(d / "grid.png")
+SEED = EVAL_SEED
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory) -> Path:
-    """Shards, a demo teacher folder as `gear teacher` writes it, frozen tokenizers, tiny ARs, samples."""
-    root = tmp_path_factory.mktemp("world")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(root)
-        p = params()
-        shard.run(p)
-        torch.manual_seed(0)
-        vit = DemoViT(32, 4, 32, 1, 2, num_classes=len(SOURCES))
-        torch.nn.init.normal_(vit.head.weight, std=0.5)  # a classifier head that is not uniform: IS > 1
-        save_tensors(paths.teacher_dir() / "model.safetensors", vit.state_dict())
-        write_json(paths.teacher_dir() / "config.json", {"teacher": "demo", "trained": True, "architecture": vit.config,
-                                                         "classes": list(SOURCES), "val_acc": 0.0})
-        for arm in paths.tokenizer_arms(p):
-            write_tokenizer(paths.frozen_dir(arm, SEED), Tokenizer(TokenizerConfig.from_params(p)), {"arm": arm})
-            write_json(paths.freeze_stats_json(arm, SEED), {"arm": arm})  # the freeze stage's other output
-        for i, arm in enumerate(paths.AR_ARMS):
-            cfg = GPTConfig.from_size("tiny", vocab_size=64, grid=8, num_classes=len(SOURCES))
-            ar = GPT(cfg)
-            torch.nn.init.normal_(ar.head.weight, std=0.02)
-            write_model(paths.ar_dir(arm, "tiny", SEED), "ar", ar)
-            sha = sha256_file(paths.frozen_dir(arm, SEED) / "tokenizer.safetensors")
-            write_json(paths.ar_dir(arm, "tiny", SEED) / "config.json",
-                       {"arm": arm, "size": "tiny", "gpt": cfg.to_dict(), "tokenizer_sha256": sha})
-            write_samples(arm, "tiny", _smooth_images(NUM_SAMPLES, seed=i))
-        stamp_world(p)
-    return root
-
-
-def stamp_world(p) -> None:
-    """The records the stages these hand-made files stand in for would write (gear/provenance.py)."""
-    jobs = [dag.Job.of("shard"), dag.Job.of("teacher"), dag.Job.of("tokenizer_init"), dag.Job.of("freeze_baseline")]
-    for v in dag.tune_variants(p):  # in DAG order: a record holds the digests of its inputs' records
-        jobs += [dag.Job.of("tune", {"seed": SEED, "variant": v}), dag.Job.of("freeze", {"seed": SEED, "variant": v})]
-    jobs += [dag.Job.of(f"{s}_{a}", {"seed": SEED, "size": "tiny"}) for a in paths.AR_ARMS for s in ("train_ar", "sample")]
-    stamp(p, *jobs)
-
-
-@pytest.fixture
-def ws(world, tmp_path, monkeypatch) -> Path:
-    """A private copy of the world as the working directory."""
-    shutil.copytree(world, tmp_path / "w")
-    monkeypatch.chdir(tmp_path / "w")
-    return tmp_path / "w"
-
-
-def _tree(folder: Path) -> dict[str, bytes]:
-    return {str(f.relative_to(folder)): f.read_bytes() for f in sorted(folder.rglob("*")) if f.is_file()}
+def base(world):  # what `ws` (tests/conftest.py) copies
+    return world
 
 
 # ---- patch sampling ----------------------------------------------------------------------------
@@ -136,19 +54,19 @@ def test_patch_sample_is_uniform_aligned_and_batch_independent():
 # ---- evaluate through the CLI --------------------------------------------------------------------
 
 def test_evaluate_and_report_end_to_end(ws, capsys):
-    assert main(["evaluate", "real", *CLI]) == 0
+    assert main(["evaluate", "real", *EVAL_CLI]) == 0
     summary = json.loads((paths.real_stats_dir() / "summary.json").read_text())
     assert summary["feature_space"] == "demo" and summary["extractor"] == "gear-custom-demo-teacher"
     assert summary["num_real"] == 200 and summary["real_split"] == "train" and summary["resolution"] == 32
     assert summary["weights"] == "models/teacher/model.safetensors" and len(summary["weights_sha256"]) == 64
-    first = _tree(paths.real_stats_dir())
-    assert main(["evaluate", "real", *CLI]) == 0                          # deterministic: same subset, same stats
-    again = _tree(paths.real_stats_dir())
+    first = tree_bytes(paths.real_stats_dir())
+    assert main(["evaluate", "real", *EVAL_CLI]) == 0                          # deterministic: same subset, same stats
+    again = tree_bytes(paths.real_stats_dir())
     assert again == first
 
     for arm in ("baseline", "gear", "ste"):
-        assert main(["evaluate", "tokenizer", "--arm", arm, *CLI]) == 0
-    assert _tree(paths.real_stats_dir()) == again                         # later stages never write eval/real
+        assert main(["evaluate", "tokenizer", "--arm", arm, *EVAL_CLI]) == 0
+    assert tree_bytes(paths.real_stats_dir()) == again                         # later stages never write eval/real
     e = json.loads(paths.eval_tokenizer_json("gear", SEED).read_text())
     assert {"rfid", "rfid_val", "val_fid", "psnr", "ssim", "usage", "entropy", "effective_size", "cka_pre",
             "cknna_pre", "cka_post", "cknna_post", "feature_space", "num_real", "num_images", "num_patches",
@@ -160,24 +78,24 @@ def test_evaluate_and_report_end_to_end(ws, capsys):
     # usage against a direct pass over val with the frozen tokenizer (fp32, as the params say)
     tok, seen = load_tokenizer(paths.frozen_dir("gear", SEED)), set()
     with torch.no_grad():
-        for x, _ in eval_batches(params(), "val", 32):
+        for x, _ in eval_batches(eval_params(), "val", 32):
             seen |= set(tok.encode(x)[1].indices.flatten().tolist())
     assert e["usage"] == len(seen) / 64
 
     for arm in paths.AR_ARMS:
-        assert main(["evaluate", "samples", "--arm", arm, "--size", "tiny", *CLI]) == 0
+        assert main(["evaluate", "samples", "--arm", arm, "--size", "tiny", *EVAL_CLI]) == 0
     g = json.loads(paths.eval_samples_json("baseline", "tiny", SEED).read_text())["fid"]
     s = json.loads(paths.eval_samples_json("gear", "tiny", SEED).read_text())
     assert {"fid", "is_mean", "is_std", "precision", "recall", "feature_space", "num_samples", "num_real",
             "ar_layers", "ar_cka", "ar_cknna", "ar_num_patches"} <= s.keys()
-    assert s["feature_space"] == "demo" and s["num_samples"] == NUM_SAMPLES and s["num_real"] == 200
+    assert s["feature_space"] == "demo" and s["num_samples"] == EVAL_SAMPLES and s["num_real"] == 200
     assert s["ar_layers"] == [1, 2, 3, 4] and set(s["ar_cka"]) == {"1", "2", "3", "4"}
     assert all(0 <= v <= 1 for v in s["ar_cka"].values()) and s["is_mean"] >= 1 and s["fid"] > 0
 
     # the report over these JSONs and synthetic training metrics (one seed)
     from report_worlds import write_training_metrics
-    write_training_metrics(params(), [SEED])
-    assert main(["report", *CLI]) == 0
+    write_training_metrics(eval_params(), [SEED])
+    assert main(["report", *EVAL_CLI]) == 0
     md, page = (paths.REPORTS_DIR / "index.md").read_text(), (paths.REPORTS_DIR / "index.html").read_text()
     assert {"curves_tiny.png", "codebook_tune.png", "ar_layers_tiny.png", "samples_baseline_tiny.png",
             "samples_gear_tiny.png"} == {f.name for f in (paths.REPORTS_DIR / "figures").iterdir()}
@@ -187,26 +105,26 @@ def test_evaluate_and_report_end_to_end(ws, capsys):
 
     # bad arguments and stale or missing inputs: one line, exit 2, before compute
     capsys.readouterr()
-    assert main(["evaluate", "tokenizer", "--arm", "nope", *CLI]) == 2
-    assert main(["evaluate", "samples", "--arm", "ste", "--size", "tiny", *CLI]) == 2
+    assert main(["evaluate", "tokenizer", "--arm", "nope", *EVAL_CLI]) == 2
+    assert main(["evaluate", "samples", "--arm", "ste", "--size", "tiny", *EVAL_CLI]) == 2
     capsys.readouterr()
     # eval/real made under other params; with another feature space the stamped teacher (its record
     # lists every key it declares) is named first: either way one line and the command that remakes it
     for stale, remake in (("metrics.max_real=100", "gear evaluate real"), ("metrics.feature_space=dinov2", "gear ")):
-        assert main(["evaluate", "tokenizer", "--arm", "gear", *CLI, f"--set={stale}"]) == 2
+        assert main(["evaluate", "tokenizer", "--arm", "gear", *EVAL_CLI, f"--set={stale}"]) == 2
         err = capsys.readouterr().err
         assert f"remake it: `{remake}" in err and len(err.strip().splitlines()) == 1, err
     weights = "tokenizer.safetensors"  # another tokenizer than the AR was trained on
     shutil.copyfile(paths.frozen_dir("gear", SEED) / weights, paths.frozen_dir("baseline") / weights)
-    assert main(["evaluate", "samples", "--arm", "baseline", "--size", "tiny", *CLI]) == 2
+    assert main(["evaluate", "samples", "--arm", "baseline", "--size", "tiny", *EVAL_CLI]) == 2
     assert "trained on other tokens" in capsys.readouterr().err
     (paths.samples_dir("baseline", "tiny", SEED) / "samples.npz").unlink()
-    assert main(["evaluate", "samples", "--arm", "baseline", "--size", "tiny", *CLI]) == 2
+    assert main(["evaluate", "samples", "--arm", "baseline", "--size", "tiny", *EVAL_CLI]) == 2
     assert "samples.npz not found" in capsys.readouterr().err
 
 
 def test_identical_real_and_samples_give_zero_fid(ws):
-    p = params("metrics.real_split=val", "metrics.max_real=1000")
+    p = eval_params("metrics.real_split=val", "metrics.max_real=1000")
     evaluate.run(p, "real")
     real, _ = evaluate.read_images(p, "val")                            # all 80 val images, shard order
     write_samples("gear", "tiny", real)
@@ -217,7 +135,7 @@ def test_identical_real_and_samples_give_zero_fid(ws):
 
 def test_val_vs_train_fid_small_and_monotone_in_blur_and_noise(ws):
     """The issue's check: FID(val, train) is small and grows as val is degraded more."""
-    p = params("metrics.max_real=1000")
+    p = eval_params("metrics.max_real=1000")
     evaluate.run(p, "real")                                             # all 320 train images
     rt = setup(p)
     fm = FeatureModel(evaluate.feature_extractor(p, rt.device), rt.device, 32, logits=False)
@@ -230,4 +148,4 @@ def test_val_vs_train_fid_small_and_monotone_in_blur_and_noise(ws):
     noise = [fid(np.clip(val + rng.normal(0, s, val.shape), 0, 255).astype(np.uint8)) for s in (16, 32, 64)]
     base = fid(val)
     assert 0 < base < blur[0] < blur[1] < blur[2] and base < noise[0] < noise[1] < noise[2]
-    assert base < 0.25 * fid(_smooth_images(80, 5))                      # small next to an unrelated image set
+    assert base < 0.25 * fid(smooth_images(80, 5))                      # small next to an unrelated image set

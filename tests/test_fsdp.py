@@ -27,24 +27,16 @@ from gear.config import params_from_dict
 from gear.models.ar import configure_optimizer
 from gear.stages import train_ar
 from gear.train.ar_objective import build_ar
-from tiny import build_ar_world, env
+from tiny import ar_world, build_ar_world, env
 
 ARM, SIZE, STEPS = "baseline", "custom", 12
-RAW = {
-    "align_layer": 1,
+RAW = ar_world(
     # 16 classes: 80 train images; 272 val images = 3 eval batches of 128, uneven over 2 ranks
-    "data": {"resolution": 16, "embedded_train_per_class": 5, "embedded_val_per_class": 17,
-             "samples_per_shard": 128},
-    "teachers": {"demo_dim": 16, "demo_depth": 1, "demo_heads": 2, "demo_patch": 4},
-    "tokenizer": {"ch": 8, "ch_mult": [1, 2, 2], "z_channels": 8, "norm_groups": 4, "codebook_size": 32,
-                  "code_dim": 4},
+    "data.embedded_train_per_class=5", "data.embedded_val_per_class=17",
+    f"ar.steps={STEPS}", "ar.batch_size=8", "ar.grad_accum=2", "ar.warmup_steps=2",
     # dropout off: 2 processes draw other masks than 1 (the math is otherwise the same)
-    "ar": {"sizes": [SIZE], "custom_layers": 2, "custom_dim": 32, "custom_heads": 2, "projector_hidden": 32,
-           "steps": STEPS, "batch_size": 8, "grad_accum": 2, "warmup_steps": 2, "lr": 3e-3, "ema_decay": 0.9,
-           "class_dropout": 0.0, "token_dropout": 0.0},
-    "compute": {"device": "cpu", "precision": "fp32", "workers": 0, "log_every": 1, "save_every": 3},
-    "ablations": {"align_layer": [1, 2]},  # params.yaml's [1, 2, 3] does not fit a 2-block AR
-}
+    "ar.class_dropout=0.0", "ar.token_dropout=0.0",
+    "compute.log_every=1", "compute.save_every=3")
 SEED = "seed0"  # the one study seed (default study.seeds)
 OUT, METRICS = Path("models/ar", SEED, ARM, SIZE), Path("metrics/train_ar", SEED, ARM, SIZE)
 STATE = Path(".gear_state/train_ar", SEED, ARM, SIZE, "state.pt")

@@ -20,8 +20,12 @@ from gear.io import ArtifactError, load_tensors
 from gear.models.ar import GPT, GPTConfig
 from gear.models.llamagen_gpt import from_llamagen, load_gpt, to_llamagen
 from gear.models.sampling import generate
+<<<<<<< HEAD
 from public_layouts import RefTransformer as PublicGPT
 from tiny import build_ar_world
+=======
+from tiny import ar_world, build_ar_world
+>>>>>>> wt-tidy
 
 VOCAB, GRID, LAYERS, DIM, HEADS, CLASSES = 32, 4, 2, 64, 4, 5
 
@@ -130,19 +134,10 @@ def test_load_gpt_unwraps_release_files_and_names_mismatches(tmp_path):
 def test_train_ar_imports_a_released_checkpoint_unchanged(tmp_path, monkeypatch):
     """`ar.init` + `ar.steps: 0`: train-ar writes the released weights as they are, for sample /
     evaluate; a size that does not fit is one line, exit 2, nothing written."""
-    raw = {
-        "align_layer": 1,
-        "data": {"resolution": 16, "embedded_train_per_class": 4, "embedded_val_per_class": 2,
-                 "samples_per_shard": 128},
-        "teachers": {"demo_dim": 16, "demo_depth": 1, "demo_heads": 2, "demo_patch": 4},
-        "tokenizer": {"ch": 8, "ch_mult": [1, 2, 2], "z_channels": 8, "norm_groups": 4, "codebook_size": VOCAB,
-                      "code_dim": 4},
-        "ar": {"sizes": ["custom"], "custom_layers": LAYERS, "custom_dim": DIM, "custom_heads": HEADS,
-               "projector_hidden": 16, "steps": 4, "batch_size": 8, "warmup_steps": 1},
-        "sample": {"per_class": 1, "batch_size": 16},
-        "compute": {"device": "cpu", "precision": "fp32", "workers": 0},
-        "ablations": {"align_layer": [1, 2]},  # params.yaml's [1, 2, 3] does not fit a 2-block AR
-    }
+    raw = ar_world("data.embedded_train_per_class=4", "data.embedded_val_per_class=2",
+                   f"tokenizer.codebook_size={VOCAB}", f"ar.custom_layers={LAYERS}", f"ar.custom_dim={DIM}",
+                   f"ar.custom_heads={HEADS}", "ar.projector_hidden=16", "ar.steps=4", "ar.batch_size=8",
+                   "ar.warmup_steps=1", "sample.per_class=1", "sample.batch_size=16")
     build_ar_world(tmp_path, raw, "baseline")
     monkeypatch.chdir(tmp_path)
     classes = 16  # the embedded set

@@ -5,11 +5,8 @@ stage graph comes from dvc.repo.Repo(...).index, and the slurm profile is exerci
 """
 from __future__ import annotations
 
-import json
 import os
-import shlex
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,65 +15,14 @@ import yaml
 from gear import paths
 from gear.cli import STAGES, build_parser
 from gear.config import load_params
-from tiny import copy_workflow
+from dags import BIN, dvc_stages, gear_argv, node, smk_jobs
+from tiny import ROOT, copy_workflow
 
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 P = load_params(ROOT / "params.yaml")
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:dvc")
 TRAIN_RULES = {"teacher", "tokenizer_init", "tune", "train_ar_baseline", "train_ar_gear", "sample_baseline",
                "sample_gear", "evaluate_real", "evaluate_tokenizer", "evaluate_tokenizer_baseline",
                "evaluate_samples_baseline", "evaluate_samples_gear"}  # the GPU rules (evaluate: distributed feature extraction)
-
-# Runs in a subprocess (Snakemake changes directory and logging): for each params file, every job
-# of the forced DAG with its outputs, upstream jobs, params, resources, shell command, and for
-# the training jobs the sbatch line and --gres the slurm plugin would build.
-DAG_SCRIPT = r"""
-import contextlib, io, json, os, sys
-from pathlib import Path
-from snakemake.api import SnakemakeApi
-from snakemake.settings.types import ConfigSettings, DAGSettings, OutputSettings, Quietness, ResourceSettings
-from snakemake_executor_plugin_slurm.submit_string import get_submit_command
-from snakemake_executor_plugin_slurm.utils import set_gres_string
-from snakemake_executor_plugin_slurm.validation import validate_slurm_extra
-
-root = Path(sys.argv[1])
-key = lambda job: [job.rule.name, dict(job.wildcards_dict)]
-
-
-def jobs(params_file):
-    with SnakemakeApi(OutputSettings(quiet={Quietness.ALL})) as api:
-        wf = api.workflow(resource_settings=ResourceSettings(), snakefile=root / "Snakefile", workdir=root,
-                          config_settings=ConfigSettings(config={"params": params_file}))
-        dag_api = wf.dag(DAGSettings(targets={os.environ.get("GEAR_DAG_TARGET", "all")}, forceall=True))
-        with contextlib.redirect_stdout(io.StringIO()):
-            dag_api.printd3dag()  # builds the DAG
-        dag = wf._workflow.dag
-        for job in dag.jobs:
-            sbatch = None
-            if job.resources.get("slurm_extra"):
-                validate_slurm_extra(job)
-                sbatch = get_submit_command(job, dict(run_uuid="u", slurm_logfile="l", comment_str="c",
-                                                      account="-A acct", partition="-p gpu", workdir=None))
-                sbatch += set_gres_string(job)
-            yield dict(
-                rule=job.rule.name, wildcards=dict(job.wildcards_dict), output=[str(f) for f in job.output],
-                upstream=[key(d) for d in dag.dependencies[job]], params=dict(job.params.items()),
-                resources={k: v for k, v in job.resources.items() if isinstance(v, (int, str)) and "TBD" not in str(v)},
-                shell=job.shellcmd, sbatch=sbatch)
-
-
-print(json.dumps({f: list(jobs(f)) for f in sys.argv[2:]}))
-"""
-
-
-def node(rule: str, wildcards: dict) -> str:
-    """Snakemake job -> DVC stage name: tune + {seed: 0, variant: gear} -> tune@0-gear; an AR arm
-    is part of the DVC stage's name: train_ar + {seed: 0, arm: gear, size: tiny} -> train_ar_gear@0-tiny."""
-    w = dict(wildcards)
-    if "arm" in w:
-        rule = f"{rule}_{w.pop('arm')}"
-    return rule + ("@" + "-".join(w.values()) if w else "")
 
 
 @pytest.fixture(scope="module")
@@ -92,11 +38,7 @@ def workdir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def smk_all(workdir) -> dict[str, dict[str, dict]]:
     """params file -> stage name -> job, for the embedded default and two cluster settings."""
-    files = ["params.yaml", "presets/imagenet256.yaml", "two_nodes.yaml"]
-    out = subprocess.run([sys.executable, "-c", DAG_SCRIPT, str(workdir), *files], cwd=workdir,
-                         capture_output=True, text=True, timeout=180)
-    assert out.returncode == 0, out.stderr[-3000:]
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result = smk_jobs(workdir, "params.yaml", "presets/imagenet256.yaml", "two_nodes.yaml")
     return {f: {node(j["rule"], j["wildcards"]): j for j in jobs if j["rule"] != "all"} for f, jobs in result.items()}
 
 
@@ -109,37 +51,6 @@ def smk(smk_all) -> dict[str, dict]:
 def dvc() -> dict:
     """name -> dict(cmd, deps, params, outs, metrics, plots, upstream) from DVC's own index."""
     return dvc_stages("dvc.yaml")
-
-
-def dvc_stages(dvcfile: str) -> dict:
-    """The stages of one dvc.yaml of the repo (t2i/dvc.yaml holds the text-to-image room)."""
-    from dvc.repo import Repo
-
-    with Repo(str(ROOT)) as repo:
-        index = repo.index
-        stages = {}
-        for s in index.stages:
-            if s.dvcfile.relpath != dvcfile:
-                continue
-            deps = [d for d in s.deps if not hasattr(d, "params")]
-            params = [k for d in s.deps if hasattr(d, "params") for k in d.params]
-            stages[s.name] = dict(
-                cmd=s.cmd, deps=[d.def_path for d in deps], params=params,
-                outs=[o.def_path for o in s.outs if not o.metric and not o.plot],
-                metrics=[o.def_path for o in s.outs if o.metric],
-                plots=[o.def_path for o in s.outs if o.plot], upstream=set())
-        for down, up in index.graph.edges:  # DVC edges point from a stage to what it depends on
-            if down.name in stages:
-                stages[down.name]["upstream"].add(up.name)
-    return stages
-
-
-def gear_argv(command: str) -> tuple[list[str], list[str]]:
-    """Split a rule/stage command into (launcher prefix, argv after `gear`) without redirections."""
-    tokens = shlex.split(command)
-    tokens = tokens[: tokens.index(">")] if ">" in tokens else tokens
-    i = tokens.index("gear")  # the first `gear` is the command (`gear` is also an arm)
-    return tokens[:i], tokens[i + 1:]
 
 
 # ---- (a) one DAG ------------------------------------------------------------------------------

@@ -20,8 +20,12 @@ from gear import paths
 from gear.io import read_json
 from gear.stages import evaluate
 from gear.stages.sample import read_samples
-from test_evaluate_report import CLI, params, stamp_world, world, ws  # noqa: F401  (world: the tiny evaluation fixture)
-from tiny import gear_cli
+from tiny import EVAL_CLI, eval_params, gear_cli, stamp_eval_world
+
+
+@pytest.fixture(scope="module")
+def base(world):  # what `ws` (tests/conftest.py) copies: the evaluation world
+    return world
 
 
 def _spd(d: int, rng) -> np.ndarray:
@@ -213,8 +217,8 @@ def test_evaluate_samples_against_a_reference(ws, monkeypatch):
     arr_0 = _images(24, 3, res=32)
     np.savez(ref.path, mu=ref.mu, sigma=ref.sigma, arr_0=arr_0)
     over = ["metrics.batch_size=10", "metrics.feature_space=inception", f"metrics.reference={ref.path}"]
-    stamp_world(params(*over))  # the teacher reads metrics.feature_space: its record under these params
-    args = ["evaluate", "samples", "--arm", "gear", "--size", "tiny", *CLI, *[f"--set={o}" for o in over]]
+    stamp_eval_world(eval_params(*over))  # the teacher reads metrics.feature_space: its record under these params
+    args = ["evaluate", "samples", "--arm", "gear", "--size", "tiny", *EVAL_CLI, *[f"--set={o}" for o in over]]
     assert not paths.real_stats_dir().exists() and main(args) == 0
     got = read_json(paths.eval_samples_json("gear", "tiny", 0))
     fm = FeatureModel(ext, "cpu", 32)

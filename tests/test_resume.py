@@ -3,7 +3,6 @@ uninterrupted run; SIGTERM saves and exits for requeue; DDP (gloo, 2 processes) 
 single-process loss curve at the same global batch."""
 from __future__ import annotations
 
-import json
 import shutil
 import signal
 import subprocess
@@ -13,9 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
-from tiny import env, gear_cmd, gear_proc
+from tiny import assert_same_outputs, env, gear_cmd, gear_proc
 
 STEPS = 24
 
@@ -34,23 +32,6 @@ def scratch(base: Path, tmp: Path, name: str) -> Path:
     shutil.copytree(base / "data", d / "data")
     shutil.copytree(base / "models", d / "models")
     return d
-
-
-def assert_same_outputs(a: Path, b: Path, model_dir: str, metrics_dir: str) -> None:
-    files = sorted(p.name for p in (a / model_dir).glob("*.safetensors"))
-    assert files and files == sorted(p.name for p in (b / model_dir).glob("*.safetensors"))
-    for name in files:
-        ta, tb = load_file(a / model_dir / name), load_file(b / model_dir / name)
-        assert ta.keys() == tb.keys()
-        for k in ta:
-            assert torch.equal(ta[k], tb[k]), f"{name}:{k} differs after resume"
-    plots_a = sorted((a / metrics_dir).rglob("*.tsv"))
-    assert plots_a
-    for pa in plots_a:
-        pb = b / pa.relative_to(a)
-        assert pa.read_text() == pb.read_text(), f"{pa.name} differs after resume"
-    ma, mb = (json.loads((d / metrics_dir / "metrics.json").read_text()) for d in (a, b))
-    assert ma == mb
 
 
 def kill_after_first_save(cwd: Path, stage_args: list[str], state: Path, *extra: str, sig=signal.SIGKILL) -> int:

@@ -7,24 +7,18 @@ records with `dvc commit` and Snakemake with `--touch`), then grow study.seeds f
 """
 from __future__ import annotations
 
-import json
-import os
-import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+from dags import BIN, ENV, dvc_changed, smk_dry, smk_jobs
 from gear import paths
 from gear.config import ParamsError, load_params
 from gear.study import resolve_seed, seeded
-from tiny import copy_workflow, fake_run
+from tiny import ROOT, copy_workflow, fake_run
 
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-ENV = dict(os.environ, PATH=f"{BIN}:{os.environ['PATH']}", HF_HUB_OFFLINE="1")
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:dvc")
 
 
@@ -107,13 +101,10 @@ def test_adding_a_seed_reruns_only_that_seed_dvc(tmp_path):
             for out in stage.outs:
                 _touch_out(tmp_path / out.def_path)
     subprocess.run(["dvc", "commit", "-f", "-q"], cwd=tmp_path, check=True, env=ENV, timeout=300)
-    status = json.loads(subprocess.run(["dvc", "status", "--json"], cwd=tmp_path, env=ENV, capture_output=True,
-                                       text=True, check=True).stdout or "{}")
-    assert status == {}, status  # everything committed: nothing to run
+    assert dvc_changed(tmp_path) == set()  # everything committed: nothing to run
 
     _grow_seeds(tmp_path)
-    out = subprocess.run(["dvc", "status", "--json"], cwd=tmp_path, env=ENV, capture_output=True, text=True, check=True)
-    changed = set(json.loads(out.stdout or "{}"))
+    changed = dvc_changed(tmp_path)
     assert changed == _expected_new(load_params(tmp_path / "params.yaml")), changed
 
     # and the tau experiment touches, among the already-run stages, those that read tau: the tuning,
@@ -121,40 +112,14 @@ def test_adding_a_seed_reruns_only_that_seed_dvc(tmp_path):
     raw = yaml.safe_load((tmp_path / "params.yaml").read_text())
     raw["study"]["seeds"], raw["tau"] = [0], 0.5
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    out = subprocess.run(["dvc", "status", "--json"], cwd=tmp_path, env=ENV, capture_output=True, text=True, check=True)
-    assert set(json.loads(out.stdout)) == {"tune@0-gear", "tune@0-ste", "evaluate_tokenizer@0-gear",
-                                           "evaluate_tokenizer@0-ste", "evaluate_tokenizer_baseline", "report"}
-
-
-SMK_OUTPUTS = r"""  # (depth, outputs) of every job of the forced DAG
-import json, sys, contextlib, io
-from pathlib import Path
-from snakemake.api import SnakemakeApi
-from snakemake.settings.types import ConfigSettings, DAGSettings, OutputSettings, Quietness, ResourceSettings
-root = Path(sys.argv[1])
-with SnakemakeApi(OutputSettings(quiet={Quietness.ALL})) as api:
-    wf = api.workflow(resource_settings=ResourceSettings(), snakefile=root / "Snakefile", workdir=root,
-                      config_settings=ConfigSettings(config={"params": "params.yaml"}))
-    dag_api = wf.dag(DAGSettings(targets={"all"}, forceall=True))
-    with contextlib.redirect_stdout(io.StringIO()):
-        dag_api.printd3dag()
-    dag = wf._workflow.dag
-    depth = {}
-    def d(job):
-        if job not in depth:
-            depth[job] = 1 + max((d(u) for u in dag.dependencies[job]), default=0)
-        return depth[job]
-    print(json.dumps([[d(j), [str(f) for f in j.output]] for j in dag.jobs]))
-"""
+    assert dvc_changed(tmp_path) == {"tune@0-gear", "tune@0-ste", "evaluate_tokenizer@0-gear",
+                                     "evaluate_tokenizer@0-ste", "evaluate_tokenizer_baseline", "report"}
 
 
 def test_adding_a_seed_reruns_only_that_seed_snakemake(tmp_path):
     copy_workflow(tmp_path)
-    out = subprocess.run([sys.executable, "-c", SMK_OUTPUTS, str(tmp_path)], cwd=tmp_path, env=ENV,
-                         capture_output=True, text=True, timeout=180)
-    assert out.returncode == 0, out.stderr[-3000:]
-    for _, outputs in json.loads(out.stdout.strip().splitlines()[-1]):
-        for f in outputs:
+    for job in smk_jobs(tmp_path, "params.yaml")["params.yaml"]:
+        for f in job["output"]:
             _touch_out(tmp_path / f)
     fake_run(tmp_path)  # each output's provenance record, as the stages write it
     # --touch --forceall: Snakemake marks every job as run, in DAG order, with its metadata (the
@@ -163,20 +128,10 @@ def test_adding_a_seed_reruns_only_that_seed_snakemake(tmp_path):
                            env=ENV, capture_output=True, text=True, timeout=180)
     assert touch.returncode == 0, touch.stderr[-2000:]
 
-    def dry_run() -> dict[str, int]:
-        res = subprocess.run([str(BIN / "snakemake"), "-n", "--cores", "1", "all"], cwd=tmp_path, env=ENV,
-                             capture_output=True, text=True, timeout=180)
-        assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
-        text = res.stdout + res.stderr
-        if "Nothing to be done" in text:
-            return {}
-        table = text.split("Job stats:")[1].split("total")[0]
-        return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)}
-
-    assert dry_run() == {}
+    assert smk_dry(tmp_path) == {}
     _grow_seeds(tmp_path)
     p = load_params(tmp_path / "params.yaml")
     n_sizes, n_var = len(p.ar.sizes), len(paths.tune_variants(p))
     want = {"tune": n_var, "freeze": n_var, "evaluate_tokenizer": n_var, "tokenize": 1, "report": 1, "all": 1}
     want |= {f"{s}_{a}": n_sizes for s in ("train_ar", "sample", "evaluate_samples") for a in paths.AR_ARMS}
-    assert dry_run() == want
+    assert smk_dry(tmp_path) == want

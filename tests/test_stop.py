@@ -19,8 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from test_resume import assert_same_outputs
-from tiny import PARAMS, env, gear_proc, sets
+from tiny import PARAMS, assert_same_outputs, env, gear_proc, sets
 
 STEPS = 12
 # save_every 3: the signal lands after the first save with most of the run still ahead

@@ -2,10 +2,10 @@
 scoring API against the recorded val accuracy, no judge without attributes, stale / missing judges."""
 from __future__ import annotations
 
+import contextlib
 import glob
 import io
 import json
-import os
 import shutil
 import tarfile
 from pathlib import Path
@@ -24,12 +24,8 @@ STEPS = 30  # the trained fixture: enough for the heads to beat chance on the ti
 
 
 def _in(folder: Path, *args: str) -> int:
-    cwd = os.getcwd()
-    os.chdir(folder)
-    try:
+    with contextlib.chdir(folder):
         return gear_cli(*args)
-    finally:
-        os.chdir(cwd)
 
 
 @pytest.fixture(scope="module")

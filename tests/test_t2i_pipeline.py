@@ -3,28 +3,22 @@ t2i/dvc.yaml run the same `gear t2i-*` commands at gear.t2i.paths' paths, with t
 upstream of the class-conditional freeze stages; neither is part of the main job."""
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-
 import pytest
 
+from dags import dvc_stages, gear_argv, node, smk_jobs
 from gear.cli import build_parser
+from gear.config import load_params
 from gear.t2i import paths as t2i_paths
-from test_pipeline import DAG_SCRIPT, P, ROOT, dvc_stages, gear_argv, node
-from tiny import copy_workflow
+from tiny import ROOT, copy_workflow
 
+P = load_params(ROOT / "params.yaml")
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:dvc")
 
 
 @pytest.fixture(scope="module")
 def smk(tmp_path_factory) -> dict[str, dict]:
     d = copy_workflow(tmp_path_factory.mktemp("wf"))
-    out = subprocess.run([sys.executable, "-c", DAG_SCRIPT, str(d), "params.yaml"], cwd=d, capture_output=True,
-                         text=True, timeout=180, env=dict(os.environ, GEAR_DAG_TARGET="t2i"))
-    assert out.returncode == 0, out.stderr[-3000:]
-    jobs = json.loads(out.stdout.strip().splitlines()[-1])["params.yaml"]
+    jobs = smk_jobs(d, "params.yaml", target="t2i")["params.yaml"]
     return {node(j["rule"], j["wildcards"]): j for j in jobs if j["rule"] != "t2i"}
 
 

@@ -3,10 +3,10 @@ t2i-judge, t2i-tokenize (both arms), t2i-train, t2i-sample, t2i-evaluate and t2i
 tiny frozen tokenizers standing in for the class-conditional DAG's (16 px, 4x4 tokens, K = 32)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
-import signal
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +21,7 @@ from gear.io import save_tensors, write_json
 from gear.models.demo_teacher import DemoViT
 from gear.models.tokenizer import Tokenizer, TokenizerConfig
 from gear.t2i import paths, train
-from test_ar_stages import history, tree_bytes  # the same byte and curve comparisons
-from tiny import PARAMS, TINY, gear_cli, stamp
+from tiny import PARAMS, TINY, gear_cli, history, interrupt, stamp, tree_bytes
 
 SEED = 0
 
@@ -35,9 +34,7 @@ def params(*extra):
 def base(tmp_path_factory) -> Path:
     """A demo teacher, the two frozen tokenizers and the room's data stages, built once."""
     root = tmp_path_factory.mktemp("t2i")
-    cwd = os.getcwd()
-    os.chdir(root)
-    try:
+    with contextlib.chdir(root):
         p = params()
         torch.manual_seed(0)
         vit = DemoViT(image_size=16, patch=4, dim=32, depth=1, heads=2, num_classes=16)
@@ -52,16 +49,6 @@ def base(tmp_path_factory) -> Path:
         for stage in (["t2i-shard"], ["t2i-encode"], ["t2i-judge"], ["t2i-tokenize", "--arm", "baseline"],
                       ["t2i-tokenize", "--arm", "gear"], ["t2i-evaluate", "real"]):
             assert gear_cli(stage) == 0, stage
-    finally:
-        os.chdir(cwd)
-    return root
-
-
-@pytest.fixture
-def ws(base, tmp_path, monkeypatch) -> Path:
-    root = tmp_path / "ws"
-    shutil.copytree(base, root)
-    monkeypatch.chdir(root)
     return root
 
 
@@ -127,34 +114,8 @@ def test_t2i_train_resumes_exactly(base, tmp_path, monkeypatch, kill):
     run = tmp_path / "run"
     shutil.copytree(base, run)
     monkeypatch.chdir(run)
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1)}
-    try:
-        with monkeypatch.context() as m:
-            if kill == "sigterm":  # preemption during step 5 (after the step-4 snapshot)
-                real = train.check_finite
-
-                def check(stage, step, path, **losses):
-                    if step == 5:
-                        os.kill(os.getpid(), signal.SIGTERM)
-                    real(stage, step, path, **losses)
-
-                m.setattr(train, "check_finite", check)
-                with pytest.raises(SystemExit) as e:
-                    train.run(params(*over), "gear")
-                assert e.value.code == 128 + signal.SIGTERM
-            else:  # a crash right after the first periodic save (step 3)
-                real_save = train.Checkpointer.save
-
-                def save_then_die(self, state):
-                    real_save(self, state)
-                    raise RuntimeError("node lost")
-
-                m.setattr(train.Checkpointer, "save", save_then_die)
-                with pytest.raises(RuntimeError, match="node lost"):
-                    train.run(params(*over), "gear")
-    finally:
-        for s, h in handlers.items():
-            signal.signal(s, h)
+    # sigterm: preemption during step 5 (after the step-4 snapshot); crash: right after the save at step 3
+    interrupt(train, lambda: train.run(params(*over), "gear"), kill, 5, monkeypatch)
     assert not paths.ar_dir("gear", SEED).exists()
     train.run(params(*over), "gear")
     assert tree_bytes(paths.ar_dir("gear", SEED)) == want

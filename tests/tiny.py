@@ -5,14 +5,18 @@ inside a scratch folder so their fixed relative output paths land there.
 """
 from __future__ import annotations
 
+import contextlib
+import copy
+import csv
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 from gear import dag, provenance
-from gear.config import load_params
+from gear.config import apply_overrides, load_params
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = ROOT / "params.yaml"
@@ -39,6 +43,29 @@ TINY = [
     "t2i.sample.prompts=6", "t2i.sample.per_prompt=2", "t2i.sample.batch_size=8",
     "t2i.judge.steps=6", "t2i.judge.batch_size=16",
 ]
+
+
+# The AR stages' workspace (build_ar_world): 16 px shards, a random 4x4-token tokenizer of K = 32,
+# a tiny demo teacher and a 2-block AR. Tests lay their own values over it (ar_world).
+AR_WORLD = {
+    "align_layer": 1,
+    "data": {"resolution": 16, "embedded_train_per_class": 20, "embedded_val_per_class": 5,
+             "samples_per_shard": 128},
+    "teachers": {"demo_dim": 16, "demo_depth": 1, "demo_heads": 2, "demo_patch": 4},
+    "tokenizer": {"ch": 8, "ch_mult": [1, 2, 2], "z_channels": 8, "norm_groups": 4, "codebook_size": 32,
+                  "code_dim": 4},
+    "ar": {"sizes": ["custom"], "custom_layers": 2, "custom_dim": 32, "custom_heads": 2, "projector_hidden": 32,
+           "steps": 40, "batch_size": 16, "warmup_steps": 5, "lr": 3e-3, "ema_decay": 0.9},
+    "sample": {"per_class": 2, "batch_size": 8},
+    # fp32: exact on any CPU, and bf16 autocast is ~10x slower than fp32 on CPUs without AVX512-BF16
+    "compute": {"device": "cpu", "precision": "fp32", "workers": 0, "log_every": 5, "save_every": 1000},
+    "ablations": {"align_layer": [1, 2]},  # params.yaml's [1, 2, 3] does not fit a 2-block AR
+}
+
+
+def ar_world(*overrides: str) -> dict:
+    """A fresh copy of AR_WORLD with `overrides` (key=value) laid over it."""
+    return apply_overrides(copy.deepcopy(AR_WORLD), list(overrides))
 
 
 def copy_workflow(d: Path) -> Path:
@@ -100,9 +127,7 @@ def build_ar_world(root: Path, raw: dict, arm: str, seed: int = 0) -> None:
     from gear.models.tokenizer import Tokenizer, TokenizerConfig
     from gear.stages import tokenize
 
-    cwd = os.getcwd()
-    os.chdir(root)
-    try:
+    with contextlib.chdir(root):
         params = params_from_dict(raw)
         shard.run(params)
         classes = read_manifest(params)["classes"]
@@ -119,8 +144,6 @@ def build_ar_world(root: Path, raw: dict, arm: str, seed: int = 0) -> None:
         tokens = (dag.Job.of("tokenize_baseline") if arm == "baseline"
                   else dag.Job.of("tokenize", {"seed": seed, "variant": arm}))
         stamp(params, dag.Job.of("shard"), dag.Job.of("teacher"), frozen, tokens)
-    finally:
-        os.chdir(cwd)
 
 
 def stamp(params, *jobs) -> None:
@@ -149,9 +172,7 @@ def retouch(d: Path) -> None:
 
 def fake_run(d: Path, params_file: str = "params.yaml", jobs=None) -> None:
     """Every job's outputs as dummies, in DAG order, with the record the real stage writes."""
-    cwd = os.getcwd()
-    os.chdir(d)
-    try:
+    with contextlib.chdir(d):
         p = load_params(params_file)
         for job in jobs or _all_jobs(p):
             for out, decl in zip(dag.outputs(job, p), job.decl.outs):
@@ -162,5 +183,173 @@ def fake_run(d: Path, params_file: str = "params.yaml", jobs=None) -> None:
                     out.mkdir(parents=True, exist_ok=True)
                     (out / "x").write_text("x\n")
             provenance.write(job, p)
+
+
+# ---- comparing what two runs wrote ----------------------------------------------------------------
+
+def tree_bytes(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def history(metrics_dir: Path) -> dict[str, list[tuple[str, str]]]:
+    """(step, value) rows of every dvclive metric; tokens_per_s is wall clock, left out."""
+    out = {}
+    for tsv in sorted((metrics_dir / "plots" / "metrics").glob("*.tsv")):
+        if tsv.stem != "tokens_per_s":
+            with open(tsv) as f:
+                out[tsv.stem] = [(r["step"], r[tsv.stem]) for r in csv.DictReader(f, delimiter="\t")]
+    return out
+
+
+def assert_same_outputs(a: Path, b: Path, model_dir: str, metrics_dir: str) -> None:
+    """The weights, curves and final metrics of one training stage are the same in trees a and b."""
+    import json
+
+    import torch
+    from safetensors.torch import load_file
+
+    files = sorted(p.name for p in (a / model_dir).glob("*.safetensors"))
+    assert files and files == sorted(p.name for p in (b / model_dir).glob("*.safetensors"))
+    for name in files:
+        ta, tb = load_file(a / model_dir / name), load_file(b / model_dir / name)
+        assert ta.keys() == tb.keys()
+        for k in ta:
+            assert torch.equal(ta[k], tb[k]), f"{name}:{k} differs after resume"
+    plots_a = sorted((a / metrics_dir).rglob("*.tsv"))
+    assert plots_a
+    for pa in plots_a:
+        pb = b / pa.relative_to(a)
+        assert pa.read_text() == pb.read_text(), f"{pa.name} differs after resume"
+    ma, mb = (json.loads((d / metrics_dir / "metrics.json").read_text()) for d in (a, b))
+    assert ma == mb
+
+
+# ---- the evaluation world: what `gear evaluate` and `gear report` read ------------------------------
+# 16 classes x (20 train, 5 val) embedded crops at 32 px, a random demo teacher, random frozen
+# tokenizers and tiny ARs with smooth stand-in samples (tests/conftest.py `world`).
+
+EVAL_SETS = ["teachers.demo_dim=32", "teachers.demo_depth=1", "teachers.demo_heads=2",
+             "data.embedded_train_per_class=20", "data.embedded_val_per_class=5", "data.shard_dir=data/shards",
+             "compute.workers=0", "compute.device=cpu", "compute.precision=fp32",
+             "tokenizer.ch=8", "tokenizer.norm_groups=4", "tokenizer.z_channels=16", "tokenizer.codebook_size=64",
+             "metrics.max_patches=256", "metrics.batch_size=32", "metrics.max_real=200"]
+EVAL_CLI = [f"--params={PARAMS}", *[f"--set={s}" for s in EVAL_SETS]]
+EVAL_SAMPLES = 32  # per AR arm
+EVAL_SEED = 0  # the one study seed of params.yaml
+
+
+def eval_params(*extra: str):
+    return load_params(PARAMS, [*EVAL_SETS, *extra])
+
+
+def smooth_images(n: int, seed: int):
+    """n smooth random 32 px images (uint8 NHWC): bilinear upsampling of 4x4 noise."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    x = torch.nn.functional.interpolate(torch.rand(n, 3, 4, 4, generator=g), size=32, mode="bilinear")
+    return (x * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def write_samples(arm: str, size: str, images) -> None:
+    """`images` as the sample stage writes them for (arm, size) at EVAL_SEED (cwd: the tree's root)."""
+    import numpy as np
+    from PIL import Image
+
+    from gear import paths
+    from gear.data.embedded import SOURCES
+
+    d = paths.samples_dir(arm, size, EVAL_SEED)
+    d.mkdir(parents=True, exist_ok=True)
+    labels = np.arange(len(images)) % len(SOURCES)
+    np.savez(d / "samples.npz", images=images, labels=labels, indices=np.zeros((len(images), 64), np.int64))
+    Image.fromarray(np.concatenate(list(images[:8]), axis=1)).save(d / "grid.png")
+
+
+def build_eval_world(root: Path) -> None:
+    """In `root`: shards, a demo teacher folder as `gear teacher` writes it, frozen tokenizers,
+    tiny ARs and their samples, with the records of the stages they stand in for."""
+    import torch
+
+    from gear import paths
+    from gear.artifacts import write_model, write_tokenizer
+    from gear.data import shard
+    from gear.data.embedded import SOURCES
+    from gear.io import save_tensors, sha256_file, write_json
+    from gear.models.ar import GPT, GPTConfig
+    from gear.models.demo_teacher import DemoViT
+    from gear.models.tokenizer import Tokenizer, TokenizerConfig
+
+    with contextlib.chdir(root):
+        p = eval_params()
+        shard.run(p)
+        torch.manual_seed(0)
+        vit = DemoViT(32, 4, 32, 1, 2, num_classes=len(SOURCES))
+        torch.nn.init.normal_(vit.head.weight, std=0.5)  # a classifier head that is not uniform: IS > 1
+        save_tensors(paths.teacher_dir() / "model.safetensors", vit.state_dict())
+        write_json(paths.teacher_dir() / "config.json", {"teacher": "demo", "trained": True, "architecture": vit.config,
+                                                         "classes": list(SOURCES), "val_acc": 0.0})
+        for arm in paths.tokenizer_arms(p):
+            write_tokenizer(paths.frozen_dir(arm, EVAL_SEED), Tokenizer(TokenizerConfig.from_params(p)), {"arm": arm})
+            write_json(paths.freeze_stats_json(arm, EVAL_SEED), {"arm": arm})  # the freeze stage's other output
+        for i, arm in enumerate(paths.AR_ARMS):
+            cfg = GPTConfig.from_size("tiny", vocab_size=64, grid=8, num_classes=len(SOURCES))
+            ar = GPT(cfg)
+            torch.nn.init.normal_(ar.head.weight, std=0.02)
+            write_model(paths.ar_dir(arm, "tiny", EVAL_SEED), "ar", ar)
+            sha = sha256_file(paths.frozen_dir(arm, EVAL_SEED) / "tokenizer.safetensors")
+            write_json(paths.ar_dir(arm, "tiny", EVAL_SEED) / "config.json",
+                       {"arm": arm, "size": "tiny", "gpt": cfg.to_dict(), "tokenizer_sha256": sha})
+            write_samples(arm, "tiny", smooth_images(EVAL_SAMPLES, seed=i))
+        stamp_eval_world(p)
+
+
+def stamp_eval_world(p) -> None:
+    """The records the stages the evaluation world's hand-made files stand in for would write."""
+    from gear import paths
+
+    jobs = [dag.Job.of("shard"), dag.Job.of("teacher"), dag.Job.of("tokenizer_init"), dag.Job.of("freeze_baseline")]
+    for v in dag.tune_variants(p):  # in DAG order: a record holds the digests of its inputs' records
+        jobs += [dag.Job.of("tune", {"seed": EVAL_SEED, "variant": v}),
+                 dag.Job.of("freeze", {"seed": EVAL_SEED, "variant": v})]
+    jobs += [dag.Job.of(f"{s}_{a}", {"seed": EVAL_SEED, "size": "tiny"}) for a in paths.AR_ARMS
+             for s in ("train_ar", "sample")]
+    stamp(p, *jobs)
+
+
+# ---- stopping a training stage as a node would --------------------------------------------------
+
+def interrupt(module, run, kill: str, at_step: int, monkeypatch) -> None:
+    """Call `run()` (the training loop of `module`) and stop it: "sigterm" during step `at_step`
+    (the stage saves its state and exits 143, for requeue) or "crash" right after its first
+    periodic save. Signal handlers are restored after."""
+    import pytest
+
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1)}
+    try:
+        with monkeypatch.context() as m:
+            if kill == "sigterm":
+                real = module.check_finite
+
+                def check(stage, step, state_path, **losses):
+                    if step == at_step:
+                        os.kill(os.getpid(), signal.SIGTERM)
+                    real(stage, step, state_path, **losses)
+
+                m.setattr(module, "check_finite", check)
+                with pytest.raises(SystemExit) as e:
+                    run()
+                assert e.value.code == 128 + signal.SIGTERM
+            else:
+                real_save = module.Checkpointer.save
+
+                def save_then_die(self, state):
+                    real_save(self, state)
+                    raise RuntimeError("node lost")
+
+                m.setattr(module.Checkpointer, "save", save_then_die)
+                with pytest.raises(RuntimeError, match="node lost"):
+                    run()
     finally:
-        os.chdir(cwd)
+        for s, h in handlers.items():
+            signal.signal(s, h)

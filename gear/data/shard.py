@@ -39,13 +39,11 @@ import io
 import json
 import multiprocessing as mp
 import os
-import shutil
 import signal
 import threading
 import stat
 import sys
 import tarfile
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Iterator
@@ -58,7 +56,7 @@ from gear.guard import as_dict
 from gear import paths
 from gear.data import embedded
 from gear.data.images import decode
-from gear.io import exclusive, reraise_disk_full
+from gear.io import atomic_dir, exclusive, reraise_disk_full
 
 ORDER_SEED = 7  # fixed shuffle of the sample order within each split
 
@@ -386,10 +384,7 @@ def run(params) -> None:
 def _write(params, out: Path, classes: list[str], splits: dict[str, list[Job]], listed: list[dict]) -> dict:
     """Encode every split into a temporary folder of this run's own, then swap it in for `out`."""
     d = params.data
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    os.chmod(tmp, 0o755)  # mkdtemp makes 0700; the shard folder is an ordinary folder
-    try:
+    with atomic_dir(out) as tmp:  # stale shards of an older run go away with the old folder
         encode = functools.partial(_encode, resolution=d.resolution, image_format=d.image_format,
                                    min_size=d.min_size)
         manifest = {
@@ -417,15 +412,4 @@ def _write(params, out: Path, classes: list[str], splits: dict[str, list[Job]], 
         if d.source == "imagefolder":  # the embedded set has neither (and its manifest stays as it was)
             manifest["decoded"] = decoded
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-    # Swap in the new set: stale shards of an older run go away with the old folder.
-    old = out.parent / f".{out.name}.old"
-    shutil.rmtree(old, ignore_errors=True)
-    if out.exists():
-        out.rename(old)
-    tmp.rename(out)
-    shutil.rmtree(old, ignore_errors=True)
     return manifest

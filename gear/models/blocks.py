@@ -71,3 +71,32 @@ class Upsample(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+class Level(nn.Module):
+    """One resolution: res blocks (each followed by attention if `attn`), then an optional down-
+    or upsampling by 2. `res` names the list of res blocks, and with it their checkpoint keys:
+    LlamaGen's `res` (encoder.conv_blocks.N.res.M), taming's `block` (encoder.down.N.block.M)."""
+
+    def __init__(self, cin: int, cout: int, n_blocks: int, attn: bool, groups: int,
+                 down: bool = False, up: bool = False, res: str = "res"):
+        super().__init__()
+        self.res_name = res
+        setattr(self, res, nn.ModuleList(ResnetBlock(cin if i == 0 else cout, cout, groups) for i in range(n_blocks)))
+        self.attn = nn.ModuleList(AttnBlock(cout, groups) for _ in range(n_blocks)) if attn else nn.ModuleList()
+        self.down, self.up = down, up
+        if down:
+            self.downsample = Downsample(cout)
+        if up:
+            self.upsample = Upsample(cout)
+
+    def forward(self, h: Tensor) -> Tensor:
+        for i, block in enumerate(getattr(self, self.res_name)):
+            h = block(h)
+            if len(self.attn):
+                h = self.attn[i](h)
+        if self.down:
+            h = self.downsample(h)
+        if self.up:
+            h = self.upsample(h)
+        return h

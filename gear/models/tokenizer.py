@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from gear.models import magvit2, vqgan
-from gear.models.blocks import AttnBlock, Downsample, Normalize, ResnetBlock, Upsample, pointwise
+from gear.models.blocks import AttnBlock, Level, Normalize, ResnetBlock, pointwise
 from gear.models.quantizers import QuantOut, make_quantizer
 
 QUANTIZERS = ("vq", "lfq", "ibq")
@@ -143,33 +143,6 @@ class TokenizerConfig:
 
 # ----------------------------------------------------------------------------------------------
 # the vq16 (LlamaGen) stack
-
-
-class Level(nn.Module):
-    """One resolution: res blocks (each followed by attention if `attn`), then an optional
-    down- or upsampling by 2."""
-
-    def __init__(self, cin: int, cout: int, n_blocks: int, attn: bool, groups: int,
-                 down: bool = False, up: bool = False):
-        super().__init__()
-        self.res = nn.ModuleList(ResnetBlock(cin if i == 0 else cout, cout, groups) for i in range(n_blocks))
-        self.attn = nn.ModuleList(AttnBlock(cout, groups) for _ in range(n_blocks)) if attn else nn.ModuleList()
-        self.down, self.up = down, up
-        if down:
-            self.downsample = Downsample(cout)
-        if up:
-            self.upsample = Upsample(cout)
-
-    def forward(self, h: Tensor) -> Tensor:
-        for i, block in enumerate(self.res):
-            h = block(h)
-            if len(self.attn):
-                h = self.attn[i](h)
-        if self.down:
-            h = self.downsample(h)
-        if self.up:
-            h = self.upsample(h)
-        return h
 
 
 def mid_block(ch: int, attn: bool, groups: int) -> nn.ModuleList:

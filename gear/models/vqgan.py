@@ -20,32 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from gear.models.blocks import AttnBlock, Downsample, Normalize, ResnetBlock, Upsample
-
-
-class Level(nn.Module):
-    """down.N / up.N: res blocks (each followed by attention if `attn`), then an optional resampling."""
-
-    def __init__(self, cin: int, cout: int, n_blocks: int, attn: bool, groups: int,
-                 down: bool = False, up: bool = False):
-        super().__init__()
-        self.block = nn.ModuleList(ResnetBlock(cin if i == 0 else cout, cout, groups) for i in range(n_blocks))
-        self.attn = nn.ModuleList(AttnBlock(cout, groups) for _ in range(n_blocks)) if attn else nn.ModuleList()
-        if down:
-            self.downsample = Downsample(cout)
-        if up:
-            self.upsample = Upsample(cout)
-
-    def forward(self, h: Tensor) -> Tensor:
-        for i, block in enumerate(self.block):
-            h = block(h)
-            if len(self.attn):
-                h = self.attn[i](h)
-        if hasattr(self, "downsample"):
-            h = self.downsample(h)
-        if hasattr(self, "upsample"):
-            h = self.upsample(h)
-        return h
+from gear.models.blocks import AttnBlock, Level, Normalize, ResnetBlock
 
 
 class Mid(nn.Module):
@@ -68,7 +43,7 @@ class Encoder(nn.Module):
         cin = ch
         for i, mult in enumerate(cfg.ch_mult):
             self.down.append(Level(cin, ch * mult, cfg.enc_res_blocks, cfg.attn_lowest and i == n - 1, g,
-                                   down=i != n - 1))
+                                   down=i != n - 1, res="block"))
             cin = ch * mult
         self.mid = Mid(cin, g)
         self.norm_out = Normalize(cin, g)
@@ -90,7 +65,7 @@ class Decoder(nn.Module):
         self.mid = Mid(ch * mult[-1], g)
         # level i reads what level i + 1 (one resolution lower) wrote; the lowest reads the mid block
         self.up = nn.ModuleList(Level(ch * mult[min(i + 1, n - 1)], ch * mult[i], cfg.dec_res_blocks,
-                                      cfg.attn_lowest and i == n - 1, g, up=i != 0) for i in range(n))
+                                      cfg.attn_lowest and i == n - 1, g, up=i != 0, res="block") for i in range(n))
         self.norm_out = Normalize(ch * mult[0], g)
         self.conv_out = nn.Conv2d(ch * mult[0], cfg.in_channels, 3, padding=1)
 

@@ -37,7 +37,6 @@ import hashlib
 import io
 import json
 import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -45,6 +44,7 @@ import numpy as np
 from tqdm import tqdm
 
 from gear.guard import as_dict
+from gear.io import atomic_dir
 from gear.data.shard import ORDER_SEED, DataError, TarShards, _encode, _not_a_file, _pool_map, shown
 from gear.t2i import paths, scenes
 
@@ -219,16 +219,6 @@ def _write_split(split: str, jobs: list[tuple], results, folder: Path, params) -
     return {"count": writer.count, "shards": shards}, skipped, seen
 
 
-def _swap_in(tmp: Path, out: Path) -> None:
-    """Replace `out` by the finished `tmp`: stale shards of an older run go with the old folder."""
-    old = out.parent / f".{out.name}.old"
-    shutil.rmtree(old, ignore_errors=True)
-    if out.exists():
-        out.rename(old)
-    tmp.rename(out)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def run(params) -> None:
     """Build the pairs, manifest and prompts of params.t2i.data into paths.SHARD_DIR, atomically."""
     d, t = params.data, params.t2i.data
@@ -237,42 +227,38 @@ def run(params) -> None:
     for entry in skipped:
         print(f"warning: skipped {shown(entry['path'])}: {shown(entry['reason'])}", file=sys.stderr)
 
-    tmp = out.parent / f".{out.name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
     made = [p for p in (out.parent, *out.parent.parents) if not p.exists()]
-    tmp.mkdir(parents=True)
     try:
-        process = functools.partial(_process, resolution=d.resolution, image_format=d.image_format)
-        manifest = {
-            "format": "gear-t2i-pairs",
-            "source": t.source,
-            "resolution": d.resolution,
-            "image_format": d.image_format,
-            "splits": {},
-            "skipped": list(skipped),
-            "attributes": {k: list(v) for k, v in scenes.ATTRIBUTES.items()} if t.source == "embedded" else None,
-            "params_digest": params_digest(params),
-        }
-        val_prompts = []
-        for split, jobs in splits.items():
-            # closed even when _write_split raises, so the pool never outlives the stage
-            with contextlib.closing(_pool_map(process, jobs, params.compute.workers)) as results:
-                info, more, seen = _write_split(split, jobs, results, tmp, params)
-            manifest["splits"][split] = info
-            manifest["skipped"] += more
-            if split == "val":
-                val_prompts = seen
-        prompts = scenes.prompts() if t.source == "embedded" else val_prompts
-        (tmp / "prompts.jsonl").write_text("".join(json.dumps(p, sort_keys=True) + "\n" for p in prompts),
-                                           encoding="utf-8")
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+        with atomic_dir(out) as tmp:  # stale shards of an older run go with the old folder
+            process = functools.partial(_process, resolution=d.resolution, image_format=d.image_format)
+            manifest = {
+                "format": "gear-t2i-pairs",
+                "source": t.source,
+                "resolution": d.resolution,
+                "image_format": d.image_format,
+                "splits": {},
+                "skipped": list(skipped),
+                "attributes": {k: list(v) for k, v in scenes.ATTRIBUTES.items()} if t.source == "embedded" else None,
+                "params_digest": params_digest(params),
+            }
+            val_prompts = []
+            for split, jobs in splits.items():
+                # closed even when _write_split raises, so the pool never outlives the stage
+                with contextlib.closing(_pool_map(process, jobs, params.compute.workers)) as results:
+                    info, more, seen = _write_split(split, jobs, results, tmp, params)
+                manifest["splits"][split] = info
+                manifest["skipped"] += more
+                if split == "val":
+                    val_prompts = seen
+            prompts = scenes.prompts() if t.source == "embedded" else val_prompts
+            (tmp / "prompts.jsonl").write_text("".join(json.dumps(p, sort_keys=True) + "\n" for p in prompts),
+                                               encoding="utf-8")
+            (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
         for p in made:  # a failed run leaves the tree as it found it (deepest first)
             with contextlib.suppress(OSError):
                 p.rmdir()
         raise
-    _swap_in(tmp, out)
     n_skip = len(manifest["skipped"])
     print(f"t2i-shard: {manifest['splits']['train']['count']} train / {manifest['splits']['val']['count']} val "
           f"pairs ({t.source}), {len(prompts)} held-out prompts -> {out}"

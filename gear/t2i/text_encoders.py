@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 from gear.config import TEXT_ENCODERS
+from gear import hub
 from gear.hub import offline, reachable
 from gear.io import ArtifactError
 from gear.teachers import HUB_TEACHERS, bf16_helps
@@ -154,14 +155,8 @@ def unavailable(params) -> str | None:
     name = params.t2i.text.encoder
     if name == "demo":
         return None
-    spec = HUB_TEXT_ENCODERS[name]
-    if importlib.util.find_spec(spec.library) is None:
-        return f"text encoder {name} needs the {spec.library} package (pip install {spec.library})"
-    try:
-        resolve_weights(params)
-    except ArtifactError as e:
-        return str(e)
-    return None
+    return hub.unavailable(f"text encoder {name}", HUB_TEXT_ENCODERS[name].library, lambda: resolve_weights(params),
+                           ArtifactError)
 
 
 # ----------------------------------------------------------------------------------------------
