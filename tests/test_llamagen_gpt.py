@@ -20,12 +20,8 @@ from gear.io import ArtifactError, load_tensors
 from gear.models.ar import GPT, GPTConfig
 from gear.models.llamagen_gpt import from_llamagen, load_gpt, to_llamagen
 from gear.models.sampling import generate
-<<<<<<< HEAD
 from public_layouts import RefTransformer as PublicGPT
-from tiny import build_ar_world
-=======
 from tiny import ar_world, build_ar_world
->>>>>>> wt-tidy
 
 VOCAB, GRID, LAYERS, DIM, HEADS, CLASSES = 32, 4, 2, 64, 4, 5
 
