@@ -106,3 +106,4 @@ def test_exp_show_drop_pattern_covers_every_stage_input():
             for st in yaml.safe_load((ROOT / f).read_text())["stages"].values() for d in st.get("deps", [])}
     assert len(deps) > 20 and {"eval", "metrics", "samples", "models/teacher"} <= deps
     assert [d for d in deps if not re.match(EXP_SHOW_DROP, d)] == []
+    assert f"dvc exp show --only-changed --drop '{EXP_SHOW_DROP}'" in (ROOT / "README.md").read_text()
