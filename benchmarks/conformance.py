@@ -518,7 +518,8 @@ def part_gear_iteration(ref_vq, ref_gpt, ref_losses, root: Path, tmp: Path) -> l
     ours = {"tokenizer": tok.state_dict(), "AR": ar.state_dict(), "projector": proj.state_dict(),
             "discriminator": disc.state_dict()}
 
-    rows = [("gear iteration: hard indices (count unequal)", float((out.q.indices.flatten() != indices.flatten()).sum()))]
+    unequal = float((out.q.indices.flatten() != indices.flatten()).sum())
+    rows = [("gear iteration: hard indices (count unequal)", unequal)]
     for m in ("tokenizer", "AR", "projector", "discriminator"):
         names = [k for k, v in before[m].items() if v.is_floating_point() and "running" not in k]
         moved = {k: release[m][k].double() - before[m][k].double() for k in names}
