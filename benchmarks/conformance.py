@@ -29,6 +29,11 @@ randomised and loaded into ours strictly through our public-checkpoint loaders):
         and the generator's GAN term -mean(D(fake))
   entropy  models/vq_model.py compute_entropy_loss against ours on 2 gloo processes (value and the
         rank-averaged gradient), and ours against one process on the whole batch
+  gear  one whole GEAR iteration (src/train_gear.py's loop body: VQ step with the soft alignment,
+        discriminator step, AR + projector step, each AdamW-stepped) against gear/train/gear_step.py
+        in tune's order, from identical weights and inputs: each module's parameter update against
+        the release's, its worst tensor (relative); the noise floor is the release against itself
+        with its tokenizer, AR and projector in float64
 A row passes when its largest absolute difference is within --tol (indices: equal); a row that
 carries the release's own noise floor (the soft-branch gradients) passes within 3x that floor.
 """
@@ -334,6 +339,209 @@ def part_entropy_ranks(root: Path) -> list[tuple[str, float]]:
         return list(json.loads(Path(out).read_text()).items())
 
 
+# ---- one whole GEAR iteration ------------------------------------------------------------------
+
+RELEASE_HELPERS = ("requires_grad", "build_repa_projector", "ProjectorBank", "repa_align_loss", "project_repa")
+
+
+def _release_helpers(root: Path) -> dict:
+    """The release's own loop helpers, taken from src/train_gear.py by name (the file itself imports
+    accelerate, wandb and the data stack, so it is parsed, not imported)."""
+    import ast
+
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+    source = (root / "src/train_gear.py").read_text()
+    defs = [n for n in ast.parse(source).body if getattr(n, "name", None) in RELEASE_HELPERS]
+    ns = {"torch": torch, "nn": nn, "F": F}
+    exec(compile(ast.Module(body=defs, type_ignores=[]), "src/train_gear.py", "exec"), ns)
+    return ns
+
+
+class _Losses(dict):
+    """The attribute-and-get access ReconstructionLossVQ reads its OmegaConf config with."""
+
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+def part_gear_iteration(ref_vq, ref_gpt, ref_losses, root: Path, tmp: Path) -> list[tuple[str, float]]:
+    """One full GEAR training iteration on both sides from identical weights and inputs: the
+    release's loop body (src/train_gear.py, section 7: VQ generator step with the soft alignment
+    through the frozen, early-exiting AR -> discriminator step -> AR + projector step on the hard
+    indices, each clipped and stepped with its own AdamW) against ours (gear/stages/tune.py's order:
+    tokenizer_step -> ar_step -> discriminator step). Rows: the hard indices; each module's update
+    (after - before, mapped into our layout), its worst tensor relative to the release's update
+    (_worst_tensor), with the release's own float32 noise floor; the discriminator's BatchNorm
+    running statistics (absolute). The release's LPIPS term is stubbed (weight 0 on both sides: its
+    weights are a download); class dropout is on and drawn from the same seed on both sides."""
+    import contextlib
+    import copy
+
+    import torch
+
+    from gear.config import params_from_dict
+    from gear.models.ar import GPT, GPTConfig, Projector
+    from gear.models.discriminator import PatchDiscriminator
+    from gear.models.llamagen import convert_state_dict
+    from gear.models.llamagen_gpt import from_llamagen
+    from gear.models.tokenizer import Tokenizer, TokenizerConfig
+    from gear.train.gear_step import GearKnobs, GearModels, ar_step, tokenizer_step
+    from gear.train.tokenizer_objective import TokenizerObjective, adamw, clip_and_step
+
+    h = _release_helpers(root)
+    K, code_dim, mult, z, B, res, Dt = 64, 8, [1, 2], 32, 4, 32, 16
+    tau, tap = 0.5, 2
+    lam, lam_ar, clip, lr, betas, wd = 1.5, 0.5, 1.0, 1e-4, (0.9, 0.999), 0.0  # the release's defaults
+    # -- the release's modules (as section 1-3 build them) and ours, loaded from them
+    r_vq = ref_vq.VQModel(ref_vq.ModelArgs(codebook_size=K, codebook_embed_dim=code_dim, codebook_l2_norm=True,
+                                           commit_loss_beta=0.25, entropy_loss_ratio=0.05, encoder_ch_mult=mult,
+                                           decoder_ch_mult=mult, z_channels=z))
+    with torch.no_grad():
+        r_vq.quantize.embedding.weight.normal_()
+    cfg = GPTConfig(vocab_size=K, grid=res // 2, n_layer=3, dim=64, n_head=4, num_classes=10, class_dropout=0.1,
+                    token_dropout=0.0)
+    r_ar = ref_gpt.Transformer(ref_gpt.ModelArgs(
+        dim=cfg.dim, n_layer=cfg.n_layer, n_head=cfg.n_head, vocab_size=K, block_size=cfg.seq_len,
+        num_classes=cfg.num_classes, cls_token_num=1, class_dropout_prob=cfg.class_dropout, token_dropout_p=0.0,
+        resid_dropout_p=0.0, ffn_dropout_p=0.0, multiple_of=cfg.ffn_multiple))
+    with torch.no_grad():
+        for p in r_ar.parameters():  # the release zero-inits its head: random weights everywhere instead
+            p.normal_(0.0, 0.1).add_(1.0 if p.dim() == 1 else 0.0)
+    r_proj = h["ProjectorBank"](in_dim=cfg.dim, hidden=32, out_dims=[Dt])
+
+    class ZeroPerceptual(torch.nn.Module):  # the release's LPIPS at weight 0 (its weights are a download)
+        def forward(self, inputs, reconstructions):
+            return inputs.new_zeros(())
+
+    stub = ref_losses.PerceptualLoss
+    ref_losses.PerceptualLoss = lambda name: ZeroPerceptual()
+    try:
+        r_loss = ref_losses.ReconstructionLossVQ(_Losses(losses=_Losses(
+            reconstruction_loss="l1", reconstruction_weight=1.0, perceptual_loss="lpips", perceptual_weight=0.0,
+            discriminator_start=0, discriminator_factor=1.0, discriminator_weight=0.1,
+            lecam_regularization_weight=0.0, quantizer_weight=1.0, entropy_weight=1.0)))
+    finally:
+        ref_losses.PerceptualLoss = stub
+
+    tok = Tokenizer(TokenizerConfig(quantizer="vq", ch=128, ch_mult=mult, enc_res_blocks=2, dec_res_blocks=3,
+                                    z_channels=z, attn_lowest=True, norm_groups=32, codebook_size=K,
+                                    code_dim=code_dim, l2_norm=True, commit_weight=0.25, codebook_weight=1.0,
+                                    entropy_weight=0.05, entropy_temperature=0.01))
+    _load_through_a_file(r_vq, tok, tmp)
+    ar = GPT(cfg)
+    ar.load_state_dict(from_llamagen(r_ar.state_dict(), cfg))
+    proj = Projector(cfg.dim, Dt, hidden=32)
+    proj.load_state_dict(_projector_state(r_proj, proj))
+    disc = PatchDiscriminator(ch=64, n_layers=3)
+    disc.load_state_dict(r_loss.discriminator.state_dict(), strict=True)
+    params = params_from_dict({"tokenizer": {"perceptual": "none", "gan_weight": 0.1, "gan_start": 0,
+                                             "recon_loss": "l1", "recon_weight": 1.0}})
+
+    # the four modules' states in our layout
+    def states(vq, gpt, pr, d) -> dict:
+        out = {"tokenizer": convert_state_dict(vq.state_dict(), tok), "AR": from_llamagen(gpt.state_dict(), cfg),
+               "projector": _projector_state(pr, proj), "discriminator": d.state_dict()}
+        return {m: {k: v.detach().clone() for k, v in sd.items()} for m, sd in out.items()}
+
+    before = states(r_vq, r_ar, r_proj, r_loss.discriminator)
+    x = torch.rand(B, 3, res, res) * 2 - 1
+    labels = torch.randint(0, cfg.num_classes, (B,))
+    zs = [torch.randn(B, cfg.seq_len, Dt)]
+
+    # -- the release: section 7's loop body, single process (accelerator.backward -> backward,
+    # clip_grad_norm_ -> torch's), warm-up 0: constant lr
+    def release_iteration(r_vq, r_ar, r_proj, r_loss, x, zs):
+        adam = lambda ps: torch.optim.AdamW(ps, lr=lr, betas=betas, weight_decay=wd, eps=1e-8)
+        opt_ar, opt_vq, opt_disc = adam([*r_ar.parameters(), *r_proj.parameters()]), adam(r_vq.parameters()), \
+            adam(r_loss.parameters())
+        L, global_step = cfg.seq_len, 0
+        r_vq.train()
+        recon, _, (vq_l, commit_l, ent_l, _), (_, _, indices), d = r_vq(x, return_distance=True)
+        r_ar.eval()
+        h["requires_grad"](r_ar, False); h["requires_grad"](r_proj, False)
+        vq_total, _ = r_loss(x, recon, quantizer_losses=(vq_l, commit_l, ent_l), global_step=global_step,
+                             mode="generator")
+        soft = torch.softmax(-d / tau, dim=-1).view(B, L, K)
+        _, hidden = r_ar(idx=soft[:, :-1, :], cond_idx=labels, return_hidden_at=tap, early_exit=True)
+        vq_total = vq_total + lam * h["repa_align_loss"](h["project_repa"](hidden, 1, r_proj), zs)
+        vq_total.backward()
+        torch.nn.utils.clip_grad_norm_(r_vq.parameters(), clip)
+        opt_vq.step(); opt_vq.zero_grad(set_to_none=True)
+        d_loss, _ = r_loss(x, recon, quantizer_losses=(vq_l, commit_l, ent_l), global_step=global_step,
+                           mode="discriminator")
+        d_loss.backward()
+        torch.nn.utils.clip_grad_norm_(r_loss.parameters(), clip)
+        opt_disc.step(); opt_disc.zero_grad(set_to_none=True)
+        r_ar.train()
+        h["requires_grad"](r_ar, True); h["requires_grad"](r_proj, True)
+        targets = indices.detach().view(B, L)
+        torch.manual_seed(1)  # the class-dropout draw
+        logits, hidden_ar = r_ar(idx=targets[:, :-1], cond_idx=labels, return_hidden_at=tap)
+        ar_total = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))
+        ar_total = ar_total + lam_ar * h["repa_align_loss"](h["project_repa"](hidden_ar, 1, r_proj), zs)
+        ar_total.backward()
+        torch.nn.utils.clip_grad_norm_([*r_ar.parameters(), *r_proj.parameters()], clip)
+        opt_ar.step(); opt_ar.zero_grad(set_to_none=True)
+        return states(r_vq, r_ar, r_proj, r_loss.discriminator), indices
+
+    # its noise floor: the release against itself with the tokenizer, AR and projector in float64
+    # (its loss head casts to float32 itself). Adam's first step is lr * g / (|g| + eps): an entry
+    # whose float32 gradient is rounding noise, |g| ~ eps, moves by up to lr either way
+    twin = [copy.deepcopy(m).double() for m in (r_vq, r_ar, r_proj)] + [copy.deepcopy(r_loss)]
+    floor_states, _ = release_iteration(*twin, x.double(), [z.double() for z in zs])
+    release, indices = release_iteration(r_vq, r_ar, r_proj, r_loss, x, zs)
+
+    # -- ours: gear/stages/tune.py's loop body (fp32: no autocast)
+    rt = type("Rt", (), {"autocast": contextlib.nullcontext, "conv_autocast": contextlib.nullcontext})()
+    models = GearModels(tok, ar, proj, TokenizerObjective(params, None, disc, gan=True, gan_start=0))
+    knobs = GearKnobs(mode="gear", tau=tau, align_weight=lam, align_weight_ar=lam_ar, align_layer=tap, grad_clip=clip)
+    o_tok, o_ar = adamw(tok.parameters(), lr, betas, wd), adamw([*ar.parameters(), *proj.parameters()], lr, betas, wd)
+    o_d = adamw(disc.parameters(), lr, betas, wd)
+    out, _ = tokenizer_step(models, knobs, o_tok, x, labels, zs[0], 0, rt)
+    torch.manual_seed(1)
+    ar_step(models, knobs, o_ar, out.q.indices, labels, zs[0], rt)
+    loss_d, _ = models.objective.discriminator_loss(x, out.recon)
+    clip_and_step(loss_d, o_d, clip)
+    ours = {"tokenizer": tok.state_dict(), "AR": ar.state_dict(), "projector": proj.state_dict(),
+            "discriminator": disc.state_dict()}
+
+    unequal = float((out.q.indices.flatten() != indices.flatten()).sum())
+    rows = [("gear iteration: hard indices (count unequal)", unequal)]
+    for m in ("tokenizer", "AR", "projector", "discriminator"):
+        names = [k for k, v in before[m].items() if v.is_floating_point() and "running" not in k]
+        moved = {k: release[m][k].double() - before[m][k].double() for k in names}
+        rows.append((f"gear iteration: {m} update, worst tensor (relative)",
+                     _worst_tensor(ours[m], before[m], moved, names, lr),
+                     _worst_tensor(floor_states[m], before[m], moved, names, lr)))
+    stats = [k for k in before["discriminator"] if "running" in k]
+    rows.append(("gear iteration: disc BatchNorm running stats",
+                 max(diff(ours["discriminator"][k], release["discriminator"][k]) for k in stats)))
+    return rows
+
+
+def _worst_tensor(after: dict, before: dict, moved: dict, names: list, lr: float) -> float:
+    """The largest relative difference of one parameter tensor's update from the release's (`moved`):
+    max over tensors of |(after - before) - moved| / |moved|, Euclidean over the tensor's entries.
+    Not per entry: Adam's first step is lr * g / (|g| + eps), so an entry whose gradient is
+    float32 noise moves by up to lr either way, on either side. Tensors the release moves by less
+    than 1% of lr (RMS) are left out: their gradient is zero in exact arithmetic (attention key
+    biases: softmax ignores a shift common to all keys), their update rounding noise."""
+    def rel(k):
+        return ((after[k].double() - before[k].double() - moved[k]).norm() / moved[k].norm()).item()
+    return max(rel(k) for k in names if moved[k].square().mean().sqrt() >= 0.01 * lr)
+
+
+def _projector_state(bank, ours) -> dict:
+    """The release's one-teacher ProjectorBank (projs.0.*) in our Projector's layout (net.*)."""
+    sd = bank.state_dict()
+    return {k: sd[k.replace("net.", "projs.0.")] for k in ours.state_dict()}
+
 class _Out:
     """The fields of a tokenizer output that TokenizerObjective.generator_loss reads."""
 
@@ -364,7 +572,8 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for part in (lambda: part_vq(ref_vq, Path(tmp)), lambda: part_lfq(ref_lfq, Path(tmp)),
                      lambda: part_ibq(ref_ibq, Path(tmp)), lambda: part_gpt(ref_gpt),
-                     lambda: part_disc(ref_disc, ref_losses), lambda: part_entropy_ranks(root)):
+                     lambda: part_disc(ref_disc, ref_losses), lambda: part_entropy_ranks(root),
+                     lambda: part_gear_iteration(ref_vq, ref_gpt, ref_losses, root, Path(tmp))):
             torch.manual_seed(args.seed)
             rows += part()
     width = max(len(row[0]) for row in rows)

@@ -90,7 +90,7 @@ def test_report_with_one_seed_concludes_nothing(tmp_path, monkeypatch):
     gfid = next(line for line in md.splitlines() if line.startswith("| gFID |"))
     assert "(n=1, no interval)" in gfid and gfid.endswith("| not concluded (1 seed) |")
     head = json.loads((paths.REPORTS_DIR / "headline.json").read_text(), parse_constant=pytest.fail)
-    assert set(head["claims"].values()) == {"not concluded (1 seed)"} and head["gen"]["baseline_tiny"]["gfid"] == 20.15
+    assert set(head["claims"].values()) == {"not concluded (1 seed)"} and head["baseline"]["tiny"]["gfid"] == 20.15
 
 
 def test_report_with_three_seeds_intervals_and_claims(tmp_path, monkeypatch):
@@ -104,13 +104,14 @@ def test_report_with_three_seeds_intervals_and_claims(tmp_path, monkeypatch):
     want = {"C1": "holds", "C2 ntp (tiny)": "holds", "C2 align (tiny)": "contradicted", "C3": "holds", "C4": "holds",
             "C5 tokenizer": "holds", "C5 AR (tiny)": "holds", "C6 (tiny)": "holds"}
     assert {k: claims[k]["verdict"] for k in want} == want
-    # headline.json: seed means per run and tokenizer arm, each claim's verdict, strict JSON
+    # headline.json: seed means per compared arm (its tokenizer, its AR per size), each claim's
+    # verdict, strict JSON
     head = json.loads((paths.REPORTS_DIR / "headline.json").read_text(), parse_constant=pytest.fail)
-    assert set(head) == {"gen", "tok", "claims"} and set(head["gen"]) == {"baseline_tiny", "gear_tiny"}
-    assert head["gen"]["gear_tiny"] == pytest.approx({"gfid": 16.96, "is": 5.5, "prec": 0.75, "rec": 0.5})
-    assert set(head["tok"]) == {"baseline", "gear", "ste"} and head["tok"]["baseline"]["rfid"] == 1.72
-    assert head["tok"]["gear"] == pytest.approx({"rfid": 1.64, "psnr": 24.9, "entropy": 5.5,
-                                                 "eff_size": np.mean([math.exp(5.5 + 0.01 * (k - 1)) for k in range(3)])})
+    assert set(head) == {"baseline", "gear", "claims"} and set(head["gear"]) == {"tiny", "rfid", "psnr", "ent", "eff"}
+    assert head["gear"]["tiny"] == pytest.approx({"gfid": 16.96, "is": 5.5, "prec": 0.75, "rec": 0.5})
+    assert head["baseline"]["rfid"] == 1.72
+    assert {k: head["gear"][k] for k in ("rfid", "psnr", "ent", "eff")} == pytest.approx(
+        {"rfid": 1.64, "psnr": 24.9, "ent": 5.5, "eff": np.mean([math.exp(5.5 + 0.01 * (k - 1)) for k in range(3)])})
     assert head["claims"] == {"C1": "holds", "C2_ntp_tiny": "holds", "C2_align_tiny": "contradicted", "C3": "holds",
                               "C4": "holds", "C5_tokenizer": "holds", "C5_AR_tiny": "holds", "C6_tiny": "holds"}
     # the gFID row: per-seed values of both arms, mean ± std, and scipy's paired t interval
