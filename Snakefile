@@ -10,6 +10,7 @@ include: "workflow/rules/stages.smk"
 include: "workflow/rules/ablations.smk"  # target `ablations`, not part of `all`
 include: "workflow/rules/t2i.smk"        # target `t2i` (text-to-image), not part of `all`
 include: "workflow/rules/released.smk"   # target `released` (public checkpoints), not part of `all`
+include: "workflow/rules/scaling.smk"    # target `scaling` (issue 31's study), not part of `all`
 
 
 rule all:

@@ -120,7 +120,10 @@ def grid(params) -> list[Row]:
 
 
 def find(params, name: str) -> Row:
-    rows = {r.name: r for r in grid(params)}
+    """A row of the grid, or of the scaling study's ladder (gear/scaling.py: same machinery)."""
+    from gear import scaling
+
+    rows = {r.name: r for r in [*grid(params), *scaling.rows(params)]}
     if name not in rows:
         raise ParamsError(f"ablation row {name!r}: not in the grid; rows: {', '.join(rows)}")
     return rows[name]

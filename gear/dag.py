@@ -67,7 +67,7 @@ class Stage:
     root: str = "global"   # layout root of its outputs: global | teacher | warmup | tuned
     heavy: bool = True     # training resources and launcher (else the light ones)
     launch: bool = True    # may run under torchrun (several processes)
-    room: str = "main"     # main (dvc.yaml, `all`) | t2i (t2i/dvc.yaml, `t2i`) | released | report targets
+    room: str = "main"     # main (dvc.yaml, `all`) | t2i | released | scaling (own dvc.yaml and target) | report
     axes: tuple = ()       # ((wildcard, values), ...) where a wildcard takes fewer values than its default
 
     @property
@@ -257,6 +257,46 @@ def _released_stages() -> list[Stage]:
 STAGES.update(_s(*_released_stages()))
 
 
+# The scaling study (issue 31, gear/scaling.py): target `scaling`, scaling/dvc.yaml, not part of
+# `all`. The equal-compute control `continue` is a tune variant (tune, freeze and its tokenizer
+# evaluation are the main DAG's stages); its tokens, fresh AR, samples and their evaluation are
+# declared here, as the GEAR arm's are above. The ladder's rows run the main tune / freeze /
+# evaluate tokenizer declarations under ablations/<row>/.
+
+
+def _control_stages() -> list[Stage]:
+    arm, frozen = "continue", Dep("freeze", (("variant", "continue"),))
+    tok_keys = ("quantizer", "tokenizer") + DATA_IN + RUN
+    return [
+        Stage(f"tokenize_{arm}", f"tokenize --arm {arm} --seed {{seed}}", tok_keys,
+              (Out(f"data/tokens/{SEED}/{arm}"),), (frozen, Dep("shard")), ("seed",), root="tuned", heavy=False,
+              launch=False, room="scaling"),
+        Stage(f"train_ar_{arm}", f"train-ar --arm {arm} --size {{size}} --seed {{seed}}",
+              AR_RECIPE + ("quantizer", "tokenizer") + TEACHER + DATA_IN + TRAIN,
+              (Out(f"models/ar/{SEED}/{arm}/{{size}}"), *live(f"metrics/train_ar/{SEED}/{arm}/{{size}}")),
+              (Dep(f"tokenize_{arm}"), frozen, Dep("teacher")), ("seed", "size"), root="tuned", room="scaling"),
+        Stage(f"sample_{arm}", f"sample --arm {arm} --size {{size}} --seed {{seed}}",
+              ("sample", "quantizer", "tokenizer") + SEEDED_RUN,
+              (Out(f"samples/{SEED}/{arm}/{{size}}"),), (Dep(f"train_ar_{arm}"), frozen), ("seed", "size"),
+              root="tuned", room="scaling"),
+        Stage(f"evaluate_samples_{arm}", f"evaluate samples --arm {arm} --size {{size}} --seed {{seed}}",
+              METRICS + ("align_layer", "ar.align_layers") + TEACHER + DATA_IN + RUN,
+              (Out(f"eval/samples/{SEED}/{arm}/{{size}}.json", "file"),),
+              (Dep(f"sample_{arm}"), Dep(f"train_ar_{arm}"), frozen, Dep("teacher"),
+               Dep("evaluate_real", read_if="own_real_stats"), Dep("shard")), ("seed", "size"), root="tuned",
+              room="scaling"),
+        Stage("scaling_report", "scaling-report", ("study", "scaling", "tune.steps", "tune.ar_size", "tune.ablations",
+                                                   "align_weight", "align_layer", "ar.sizes", "ar.steps",
+                                                   "tokenizer.codebook_size"),
+              (Out("reports/scaling.json", "file", cache=False), Out("reports/scaling_figures"),
+               Out("reports/scaling.md", "file"), Out("reports/scaling.html", "file")),
+              code=("gear/report",), heavy=False, launch=False, room="scaling"),
+    ]
+
+
+STAGES.update(_s(*_control_stages()))
+
+
 # When a stage reads an input only under some params. Both tools still order the DAG by every
 # declared input (the teacher runs before the warm-up whatever its losses); the check before a
 # stage runs looks at the inputs it will read.
@@ -334,7 +374,7 @@ def outputs(job: Job, params) -> list[Path]:
 def read_deps(job: Job, params) -> list[Job]:
     """The inputs the job will read under these params (its declared inputs, less those read
     only under params that do not hold): what the stage runner checks before the stage runs."""
-    if job.stage in ("report", "t2i_report"):
+    if job.stage in REPORTS:
         return deps(job, params)
     rp, _ = layout_for(params, job.row)
     keep = [d.read_if is None or NEEDS[d.read_if](rp) for d in job.decl.deps]
@@ -348,8 +388,8 @@ def primary(job: Job, params) -> Path:
 def deps(job: Job, params) -> list[Job]:
     """The jobs whose outputs this one reads. In an ablation row a producer stays in the row when
     the row owns that root, else it is the main DAG's (the shared teacher / warm-up / data)."""
-    if job.stage in ("report", "t2i_report"):
-        return report_deps(params) if job.stage == "report" else t2i_report_deps(params)
+    if job.stage in REPORTS:
+        return REPORTS[job.stage](params)
     _, layout = layout_for(params, job.row)
     out = []
     for d in job.decl.deps:
@@ -406,6 +446,22 @@ def t2i_report_deps(params) -> list[Job]:
     return [j for j in t2i_jobs(params) if j.stage.startswith(("t2i_train", "t2i_sample", "t2i_evaluate", "t2i_judge"))]
 
 
+def scaling_jobs(params) -> list[Job]:
+    from gear import scaling
+
+    return scaling.jobs(params)
+
+
+def scaling_report_deps(params) -> list[Job]:
+    from gear import scaling
+
+    return scaling.report_deps(params)
+
+
+# the report stages: what each reads (every job it summarises)
+REPORTS = {"report": report_deps, "t2i_report": t2i_report_deps, "scaling_report": scaling_report_deps}
+
+
 def job_for(cli_stage: str, args: dict, row: str | None, params) -> Job | None:
     """The declared job a `gear <cli_stage> ...` command runs; None for a command outside the DAG
     or arguments that name no job (an unknown arm: the stage itself says why)."""
@@ -422,12 +478,16 @@ def job_for(cli_stage: str, args: dict, row: str | None, params) -> Job | None:
         if arm == "baseline":
             return Job.of(f"{base}_baseline", {}, row)
         if base == "tokenize":
+            if arm == "continue" and row is None and arm in tune_variants(params):
+                return Job.of("tokenize_continue", {"seed": seed()})
             return Job.of(base, {"seed": seed(), "variant": "gear"}, row) if arm == "gear" else None
         return Job.of(base, {"seed": seed(), "variant": arm}, row) if arm in tune_variants(params) else None
     if cli_stage in ("train-ar", "sample") or (cli_stage == "evaluate" and what == "samples"):
         base = "evaluate_samples" if cli_stage == "evaluate" else name
-        if arm not in ("baseline", "gear") or args.get("size") not in params.ar.sizes:
+        if arm not in ("baseline", "gear", "continue") or args.get("size") not in params.ar.sizes:
             return None
+        if arm == "continue" and (row is not None or arm not in tune_variants(params)):
+            return None  # the control runs in the main DAG's folders only, when tune.ablations lists it
         return Job.of(f"{base}_{arm}", {"seed": seed(), "size": args["size"]}, row)
     if cli_stage == "evaluate":
         return Job.of("evaluate_real", {}, row) if what == "real" else None
@@ -463,8 +523,9 @@ def declared(stage: str) -> frozenset[str]:
 def load_params(path="params.yaml", overrides: list[str] | None = None):
     """The edge loader of the CLI and the Snakefile: params validated, and every ablation row of
     the grid built and validated too (gear/ablations.py), one line for the first problem."""
-    from gear import ablations, config
+    from gear import ablations, config, scaling
 
     params = config.load_params(path, overrides)
     ablations.check_grid(params)
+    scaling.check(params)
     return params

@@ -2,6 +2,7 @@
 `gear dag --check` (and tests/test_dag.py) says whether the committed files are up to date."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from gear import dag
@@ -38,6 +39,8 @@ def dvc_stage(stage: dag.Stage, params, wdir: str | None = None) -> dict:
         _Fixed(dict(x.fix), args))) for x in stage.deps]]
     if stage.name == "report":
         d["deps"] += ["eval", "metrics", "samples"]
+    if stage.name == "scaling_report":
+        d["deps"] += ["eval", "metrics", "ablations"]
     if stage.name == "t2i_report":
         d["deps"] += ["t2i/eval", "t2i/metrics/train", "t2i/samples", "t2i/models/judge"]
     d["params"] = dag.leaves(stage.keys)
@@ -79,10 +82,39 @@ class _Fixed(dict):
         return "{" + key + "}"
 
 
+def ladder_stages(params, wdir: str) -> dict:
+    """The scaling ladder's rows (gear/scaling.py) as DVC stages: the main tune / freeze / evaluate
+    tokenizer declarations with a row axis, under ablations/<row>/ (listed: regenerate after
+    changing scaling.*). Their shared inputs (shards, teacher, warm-up) are ./dvc.yaml's outputs."""
+    from gear import scaling
+
+    rows = [r.name for r in scaling.rows(params)]
+    if not rows:
+        return {}
+    out = {}
+    for name in scaling.LADDER_STAGES:
+        stage = dataclasses.replace(dag.STAGES[name], room="scaling")  # its curves: plain outputs
+        d = dvc_stage(stage, params, wdir)
+        d["matrix"] = {"row": list(rows), "seed": dag.AXES_DVC["seed"], "variant": ["gear"]}
+        d["cmd"] += " --ablation ${item.row}"
+        prefix = "ablations/${item.row}/"
+        local = {dag.STAGES[x.stage].outs[0].path for x in stage.deps if dag.STAGES[x.stage].root == "tuned"}
+        d["deps"] = [(prefix + p if any(_dvc_path(t.format_map(_Fixed({}, {}))) == p for t in local) else p)
+                     for p in d["deps"]]
+        d["params"] = [*d["params"], "scaling"]
+        for kind in ("outs", "metrics", "plots"):
+            if kind in d:
+                d[kind] = [prefix + o if isinstance(o, str) else {prefix + k: v for k, v in o.items()} for o in d[kind]]
+        out[f"ladder_{name}"] = d
+    return out
+
+
 def dvc_file(params, room: str) -> dict:
     stages = [s for s in dag.STAGES.values() if (s.room in ("main", "report") if room == "main" else s.room == room)]
     wdir = None if room == "main" else ".."
     out = {"stages": {s.name: dvc_stage(s, params, wdir) for s in stages}}
+    if room == "scaling":
+        out["stages"] = {**ladder_stages(params, wdir), **out["stages"]}
     if room != "main":
         out = {"vars": ["../params.yaml"], **out}
     return out
@@ -91,7 +123,8 @@ def dvc_file(params, room: str) -> dict:
 # ----------------------------------------------------------------------------------------------
 # the generated DVC files
 
-DVC_FILES = {"main": Path("dvc.yaml"), "t2i": Path("t2i/dvc.yaml"), "released": Path("released/dvc.yaml")}
+DVC_FILES = {"main": Path("dvc.yaml"), "t2i": Path("t2i/dvc.yaml"), "released": Path("released/dvc.yaml"),
+             "scaling": Path("scaling/dvc.yaml")}
 DVC_HEADER = {
     "main": ("GEAR pipeline (DVC): the main DAG. GENERATED from gear/dag.py by `gear dag`: edit the\n"
              "declarations there, never this file (tests/test_dag.py checks it is up to date). Each stage runs\n"
@@ -101,6 +134,10 @@ DVC_HEADER = {
     "t2i": ("The text-to-image room (DVC): `dvc repro t2i/dvc.yaml`. GENERATED from gear/dag.py by\n"
             "`gear dag`. Every stage runs from the repository root (wdir: ..); the frozen tokenizers are\n"
             "outputs of ./dvc.yaml's freeze stages, which DVC runs first when they are stale.\n"),
+    "scaling": ("Issue 31's scaling study (DVC): `dvc repro scaling/dvc.yaml`. GENERATED from gear/dag.py and\n"
+                "gear/scaling.py by `gear dag`. Every stage runs from the repository root (wdir: ..): the control\n"
+                "arm's fresh AR (list `continue` in tune.ablations) and the guide ladder's rows under ablations/;\n"
+                "tune, freeze and the tokenizer evaluations of the arms are ./dvc.yaml's stages.\n"),
     "released": ("The public checkpoints of params `released:` against their published numbers (DVC):\n"
                  "`dvc repro released/dvc.yaml`. GENERATED from gear/dag.py by `gear dag`. Every stage runs from the\n"
                  "repository root (wdir: ..); the shards, teacher and real statistics are ./dvc.yaml's outputs.\n"),

@@ -28,7 +28,9 @@ import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
-AR_ARMS = ("baseline", "gear")
+AR_ARMS = ("baseline", "gear")  # the main DAG's fresh-AR arms (its report reads both)
+CONTROL = "continue"  # the equal-compute control (issue 31): a tune variant whose fresh AR the scaling room trains
+FRESH_AR_ARMS = (*AR_ARMS, CONTROL)  # every arm a fresh AR may be trained on
 
 # data
 SHARD_DIR = Path("data/shards")

@@ -17,8 +17,8 @@ QUANTIZERS = ("vq", "lfq", "ibq")
 TOKENIZER_ARCHS = ("vq16", "lfq16", "ibq16")  # gear/models/tokenizer.py ARCHS
 TEACHERS = ("demo", "dinov2_vitb14", "dinov2_vitl14", "dinov3_vitb16", "siglip2_vitb16", "clip_vitb16",
             "vjepa2_vitl16")
-E2E_MODES = ("gear", "ste", "none")
-AR_SIZES = ("tiny", "small", "B", "L", "XL", "1B", "custom")
+E2E_MODES = ("gear", "ste", "none", "continue")
+AR_SIZES = ("nano", "tiny", "mini", "small", "B", "L", "XL", "1B", "custom")
 TEXT_ENCODERS = ("demo", "qwen3_1.7b", "flan_t5_xl", "clip_vitb16")  # gear/t2i/text_encoders.py
 
 INT_MAX = 2**31 - 1  # an int range open above ends here: counts index tensors in C ints
@@ -180,7 +180,7 @@ class Tune:
     gan: bool
     gan_start: int = within("[0, inf)", "0: the warm-up trained the discriminator")
     soft_forward: Literal["soft", "onehot_st"]
-    ablations: list[Literal["ste"]]
+    ablations: list[Literal["ste", "continue"]]
     steps: int = within(POSITIVE)
     batch_size: int = within(POSITIVE)
     lr_tokenizer: float = within("(0, inf)")
@@ -259,6 +259,14 @@ class Ablations:
     init: list[str]
     hub_teachers: bool  # teacher rows with a hub teacher run (their weights load here); false: skipped, said why
     eval_size: Optional[str]  # the fresh AR (one of ar.sizes) judging each row's gFID; null: ar.sizes[0]
+
+
+@dataclass
+class Scaling:
+    """Issue 31's study (gear/scaling.py): the guide-capacity ladder and lambda at its top rung; the
+    equal-compute control is the tune variant `continue` (tune.ablations)."""
+    guides: list[Literal[AR_SIZES]]  # tune.ar_size per rung, each tapped at its middle block
+    lambdas: list[float] = within("[0, inf)")  # align_weight at the largest guide (beside the params' own)
 
 
 @dataclass
@@ -422,6 +430,7 @@ class Params:
     compute: Compute
     study: Study
     ablations: Ablations
+    scaling: Scaling
     t2i: T2I
     resources: Resources
     released: Released

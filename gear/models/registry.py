@@ -3,7 +3,10 @@ reference sizes; `custom` reads its shape from params.ar."""
 from __future__ import annotations
 
 AR_SIZES = {
+    "nano": (2, 128, 2),   # the guide-capacity ladder's rungs below and between tiny and small
     "tiny": (4, 192, 3),
+    "mini": (5, 256, 4),   # (issue 31, gear/scaling.py): depth and width grow together
+
     "small": (6, 384, 6),
     "B": (12, 768, 12),    # ~111M at K=16384, 256 tokens
     "L": (24, 1024, 16),   # ~343M

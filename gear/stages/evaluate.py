@@ -79,8 +79,8 @@ def run(params, what: str, arm: str | None = None, size: str | None = None, seed
                               f"and no --size (got --arm {arm}, --size {size})")
         evaluate_tokenizer(params, arm, resolve_seed(params, seed) if paths.tokenizer_seeded(arm) else None)
     elif what == "samples":
-        if arm not in paths.AR_ARMS or size not in params.ar.sizes:
-            raise ParamsError(f"gear evaluate samples needs --arm in {', '.join(paths.AR_ARMS)} and --size in "
+        if arm not in paths.FRESH_AR_ARMS or size not in params.ar.sizes:
+            raise ParamsError(f"gear evaluate samples needs --arm in {', '.join(paths.FRESH_AR_ARMS)} and --size in "
                               f"{', '.join(params.ar.sizes)} (got --arm {arm}, --size {size})")
         evaluate_samples(params, arm, size, resolve_seed(params, seed))
     else:

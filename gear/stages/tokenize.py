@@ -41,8 +41,8 @@ def _seed_flag(arm: str, seed: int | None) -> str:
 
 
 def check_arm(arm: str) -> None:
-    if arm not in paths.AR_ARMS:
-        raise ParamsError(f"--arm {arm!r}: must be one of {', '.join(paths.AR_ARMS)}")
+    if arm not in paths.FRESH_AR_ARMS:
+        raise ParamsError(f"--arm {arm!r}: must be one of {', '.join(paths.FRESH_AR_ARMS)}")
 
 
 def frozen_tokenizer(params, arm: str, seed: int | None) -> tuple[dict, str]:

@@ -1,7 +1,9 @@
 """`gear tune --variant V`: GEAR end-to-end tuning of the tokenizer together with an AR.
 
 Variant `gear` runs params.e2e_mode (default gear); an ablation variant (e.g. `ste`) runs that
-mode under the same budget, for the report. Each iteration: teacher features (no grad) ->
+mode under the same budget, for the report. Variant `continue` is the equal-compute control (issue
+31): the same budget, data order and seed on the tokenizer's own losses (reconstruction, VQ, GAN),
+with no AR step and no alignment term; its AR is built but never trained. Each iteration: teacher features (no grad) ->
 tokenizer step (L_VQ + lambda L_align^s through the frozen AR, early exit) -> discriminator step
 -> AR step (CE + lambda_ar L_align^h on hard indices) -> EMAs. See gear/train/gear_step.py.
 
@@ -124,7 +126,8 @@ def run(params, variant: str = "gear", seed: int | None = None) -> None:
                 with torch.no_grad(), rt.conv_autocast():
                     out = models.tokenizer(x)
                 logs = {}
-            logs.update(ar_step(models, knobs, opt_ar, out.q.indices, labels, y, rt))
+            if mode != "continue":  # the equal-compute control: the tokenizer's own losses, no AR at all
+                logs.update(ar_step(models, knobs, opt_ar, out.q.indices, labels, y, rt))
         if mode != "none" and models.objective.gan_active(step):
             with rt.conv_autocast():
                 loss_d, logs_d = models.objective.discriminator_loss(x, out.recon)
@@ -140,7 +143,7 @@ def run(params, variant: str = "gear", seed: int | None = None) -> None:
             row.update(usage.result(rt))
             row.update(soft_assignment_stats(out.q.dist.detach().float(), params.tau))
             log.log(step, **row)
-            bar.set_postfix(ntp=f"{row['ntp']:.3f}", usage=f"{row['usage']:.2f}")
+            bar.set_postfix(ntp=f"{row.get('ntp', float('nan')):.3f}", usage=f"{row['usage']:.2f}")
         stopping = stop.agreed(rt)  # every process saves at the same step
         if (step + 1) % params.compute.save_every == 0 or stopping:
             ckpt.save({"step": step + 1, "tokenizer": tok.state_dict(), "disc": disc.state_dict(),

@@ -44,7 +44,7 @@ class GearModels:
 
 @dataclass
 class GearKnobs:
-    mode: str            # gear | ste | none
+    mode: str            # gear | ste | none | continue (tokenizer_step alone: no alignment term)
     tau: float
     align_weight: float  # lambda (tokenizer side)
     align_weight_ar: float

@@ -14,8 +14,10 @@ from pathlib import Path
 
 from gear import ablations as AB
 from gear import dag, provenance
+from gear import scaling as SC
 
-AB_ROWS = {r.name: r for r in AB.runnable(P)}
+# the grid's rows and the scaling ladder's (gear/scaling.py): one set of row rules serves both
+AB_ROWS = {r.name: r for r in [*AB.runnable(P), *SC.rows(P)]}
 AB_COPIED = [n for n, r in AB_ROWS.items() if AB.reuses_ste_variant(P, r)]
 AB_STAGES = ("teacher", "tokenizer_init", "tune", "freeze", "tokenize", "train_ar_gear", "sample_gear",
              "evaluate_tokenizer", "evaluate_samples_gear")
@@ -57,7 +59,7 @@ def st_inputs(stage, row_rule):
 def st_row_jobs():
     """Every job the ablation rows run (their GEAR arm, the eval AR size, every study seed)."""
     size = AB.eval_size(P)
-    for name in AB_ROWS:
+    for name in [r.name for r in AB.runnable(P)]:
         for stage in ("teacher", "tokenizer_init"):
             if st_row_owns(name, dag.STAGES[stage].root):
                 yield dag.Job.of(stage, {}, name)
@@ -71,7 +73,8 @@ def st_row_jobs():
 # Every job's stamp is made (or touched) here, before Snakemake builds its DAG: a file that an
 # input function created while Snakemake was already listing folders can read as missing.
 for st_stamped in [*dag.main_jobs(P), dag.Job.of("report"), *dag.t2i_jobs(P), dag.Job.of("t2i_report"),
-                   *dag.released_jobs(P), dag.Job.of("released_report"), *st_row_jobs()]:
+                   *dag.released_jobs(P), dag.Job.of("released_report"), *st_row_jobs(),
+                   *dag.scaling_jobs(P), dag.Job.of("scaling_report")]:
     provenance.stamp(st_stamped, P)
 
 
@@ -97,8 +100,8 @@ def st_resources(stage):
 
 
 def st_constraints(stage, row_rule):
-    if not row_rule:
-        return {}
+    if not row_rule:  # a wildcard with fewer values than its default (tokenize: gear; continue has its own rule)
+        return {w: "|".join(re.escape(v) for v in vals) for w, vals in stage.axes}
     rows = [n for n in AB_ROWS if (stage.root == "tuned" or st_row_owns(n, stage.root))
             and not (stage.name == "tune" and n in AB_COPIED)]
     return {"row": st_rows_regex(rows), "variant": "gear", "size": re.escape(AB.eval_size(P))}

@@ -1,0 +1,139 @@
+"""Issue 31's study: where does GEAR's direction appear? Target `scaling` (Snakemake) and
+scaling/dvc.yaml, not part of `all`; `gear scaling-report` writes reports/scaling.{md,html,json}.
+
+    rows(params)          # the ladder's rungs and the lambda rows at its top, as ablation rows
+    jobs(params)          # every job the target runs beyond the main DAG's
+    ladder_outputs(...)   # the tokenizer evaluation a rung's numbers come from, per seed
+
+Three parts, each on the machinery that already exists:
+- The equal-compute control: the tune variant `continue` (tune.ablations; gear/stages/tune.py):
+  the warm-up trained for tune.steps on its own losses (no AR, no alignment), same data order and
+  seed as the GEAR tune; frozen and evaluated in the main DAG like any variant, tokenized and given
+  its own fresh AR, sampled and evaluated here (the `*_continue` stages of gear/dag.py).
+- The guide-capacity ladder: one ablation row per guide size in scaling.guides (tune.ar_size, the
+  alignment tapped at the middle block), then one per lambda of scaling.lambdas at the largest
+  guide. A rung runs only tune, freeze and evaluate tokenizer under ablations/<row>/: the
+  tokenizer-side claims (C3, C4, C5 tokenizer) need no fresh AR. A rung equal to the params' own
+  guide is the main DAG's GEAR arm (the default row: no run of its own).
+- Every seed of study.seeds runs every rung, with the same tune budget.
+
+No torch here: the Snakefile imports it.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from gear import ablations, paths
+from gear.config import ParamsError
+from gear.models.registry import ar_shape
+
+LADDER_STAGES = ("tune", "freeze", "evaluate_tokenizer")
+CONTROL_STAGES = ("tokenize_continue", "train_ar_continue", "sample_continue", "evaluate_samples_continue")
+
+
+def middle_block(size: str) -> int:
+    """The tap of a rung: the middle block (tiny's 4 blocks: 2, as params.align_layer)."""
+    return max(1, ar_shape(size)[0] // 2)
+
+
+def guide_params(size: str) -> int:
+    """A guide's transformer-block parameters, 12 L d^2 (attention 4 d^2 + MLP 8 d^2 per block):
+    the ladder's x axis, independent of the codebook and the class table."""
+    layers, dim, _ = ar_shape(size)
+    return 12 * layers * dim * dim
+
+
+def _row(params, axis: str, value, sets: dict) -> ablations.Row:
+    changed = tuple((k, v) for k, v in sets.items() if ablations._get(params, k) != v)
+    return ablations.Row(axis, value, changed) if changed else ablations.DEFAULT
+
+
+def guide_row(params, size: str) -> ablations.Row:
+    """A rung: guide-<size> (the default row where size and tap are the params' own)."""
+    return _row(params, "guide", size, {"tune.ar_size": size, "align_layer": middle_block(size)})
+
+
+def largest_guide(params) -> str:
+    return max(params.scaling.guides, key=guide_params)
+
+
+def lambda_row(params, weight: float) -> ablations.Row:
+    """guide-<largest>-lambda-<w>: the largest rung with align_weight w."""
+    size = largest_guide(params)
+    return _row(params, f"guide-{size}-lambda", weight,
+                {"tune.ar_size": size, "align_layer": middle_block(size), "align_weight": weight})
+
+
+def ladder(params) -> list[tuple[str, ablations.Row]]:
+    """(guide size, row) per rung, in parameter order."""
+    return [(s, guide_row(params, s)) for s in sorted(params.scaling.guides, key=guide_params)]
+
+
+def lambdas(params) -> list[tuple[float, ablations.Row]]:
+    """(align_weight, row) at the largest guide: the params' own weight first, then scaling.lambdas."""
+    ws = list(dict.fromkeys([params.align_weight, *params.scaling.lambdas]))
+    top = guide_row(params, largest_guide(params))
+    return [(w, top if w == params.align_weight else lambda_row(params, w)) for w in ws]
+
+
+def rows(params) -> list[ablations.Row]:
+    """Every row the study runs beyond the main DAG (not the default row), each once."""
+    out = []
+    for r in [r for _, r in ladder(params)] + [r for _, r in lambdas(params)]:
+        if not r.default and r not in out:
+            out.append(r)
+    return out
+
+
+def control(params) -> bool:
+    """Whether the equal-compute control runs (`continue` in tune.ablations)."""
+    return paths.CONTROL in params.tune.ablations
+
+
+def check(params) -> None:
+    """One line for the first problem: a rung whose params are invalid, a size listed twice, a
+    ladder row name an ablation row also has (they would share a folder)."""
+    sc = params.scaling
+    if len(set(sc.guides)) != len(sc.guides):
+        raise ParamsError(f"scaling.guides = {sc.guides}: lists a size twice")
+    if "custom" in sc.guides:
+        raise ParamsError("scaling.guides: `custom` has no registry shape; name registry sizes")
+    if len(sc.guides) == 0:
+        raise ParamsError("scaling.guides: must list at least one guide size")
+    clash = {r.name for r in ablations.grid(params)} & {r.name for r in rows(params)}
+    if clash:
+        raise ParamsError(f"scaling rows {sorted(clash)}: an ablation row has the same name")
+    for r in rows(params):
+        try:
+            ablations.row_params(params, r)
+        except ParamsError as e:
+            raise ParamsError(f"scaling row {r.name} is invalid: {e}") from None
+
+
+def jobs(params) -> list:
+    """Every job of the target `scaling` beyond the main DAG's (`all`): the control's fresh ARs and
+    the ladder's tunes; the report's own job apart."""
+    from gear.dag import Job
+
+    out = []
+    for seed in params.study.seeds:
+        if control(params):
+            out.append(Job.of("tokenize_continue", {"seed": seed}))
+            for size in params.ar.sizes:
+                out += [Job.of(s, {"seed": seed, "size": size}) for s in CONTROL_STAGES[1:]]
+        for r in rows(params):
+            out += [Job.of(s, {"seed": seed, "variant": "gear"}, r.name) for s in LADDER_STAGES]
+    return out
+
+
+def report_deps(params) -> list:
+    """What `gear scaling-report` reads: the main report's jobs, the control's, the ladder's."""
+    from gear import dag
+
+    return [*dag.report_deps(params), *[j for j in jobs(params) if j.stage != "tokenize_continue"]]
+
+
+def row_tokenizer_json(params, row: ablations.Row, seed: int) -> Path:
+    """The tokenizer evaluation of a rung (the default row: the main DAG's GEAR arm)."""
+    with paths.using(ablations.layout(params, row)):
+        return paths.eval_tokenizer_json("gear", seed)
