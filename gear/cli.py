@@ -41,6 +41,8 @@ STAGES: dict[str, tuple[str, str, list[tuple[str, dict]]]] = {
         ("what", dict(choices=["real", "tokenizer", "samples"])),
         ("--arm", dict(default=None)), ("--size", dict(default=None)), SEED, ROW]),
     "report": ("gear.report.main", "write reports/index.{md,html}, claims.json and headline.json from the metrics", []),
+    "scaling-report": ("gear.report.scaling", "write reports/scaling.{md,html,json}: issue 31's control, guide ladder "
+                       "and lambda (gear/scaling.py)", []),
     "ablation-report": ("gear.report.ablations", "write reports/ablations.{md,html,json}: the paper's ablation tables", [
         ("--from-dvc", dict(nargs="?", const="", default=None, metavar="JSON",
                             help="read `dvc exp show --json` (run now, or a saved file) instead of ablations/"))]),

@@ -149,3 +149,45 @@ def write_ablation_row(params, row, seed, fid, rfid, ntp, root: Path):
     for kind, path in files.items():
         (root / path).parent.mkdir(parents=True, exist_ok=True)
         (root / path).write_text(json.dumps(data[kind]))
+
+
+# ---- gear scaling-report ------------------------------------------------------------------
+
+# patch CKA (pre) of each guide rung's tokenizer, per size: the tiny rung is the main GEAR arm's
+# (0.107, below the baseline's 0.173); the nano rung's is above it: C5 tokenizer turns at tiny
+LADDER_CKA = {"nano": 0.223, "mini": 0.09, "small": 0.08}
+
+
+def scaling_world(tmp_path, monkeypatch, seeds):
+    """Every input of `gear scaling-report`: the main world with the control arm `continue` (its
+    tokenizer trained more, not aligned: GEAR's entropy, CKA and gFID below it), the guide
+    ladder's rungs (nano / tiny / mini / small) and lambda 2 at the largest guide; its params."""
+    monkeypatch.chdir(tmp_path)
+    p = load_params(PARAMS, [f"study.seeds={seeds}", "tune.ablations=[ste, continue]"])
+    write_evals(p, seeds)
+    write_training_metrics(p, seeds)
+    from gear import scaling
+
+    steps = list(range(0, 101, 10))
+    for k, seed in enumerate(seeds):
+        j = 0.01 * (k - 1)
+        write_json(paths.eval_tokenizer_json("continue", seed),
+                   dict(TOK, arm="continue", seed=seed, psnr=25.2 + j, entropy=6.02 + j, cka_pre=0.19 + j))
+        write_json(paths.freeze_stats_json("continue", seed), {"arm": "continue"})
+        write_json(paths.eval_samples_json("continue", "tiny", seed), {
+            "fid": 19.0 + j, "is_mean": 5.0, "precision": 0.7, "recall": 0.5, "feature_space": "demo",
+            "num_samples": 256, "num_real": 200, "real_split": "train", "ar_layers": [1, 2],
+            "ar_cka": {"1": 0.05 + j, "2": 0.15}, "ar_cknna": {"1": None, "2": 0.3}, "ar_num_patches": 256})
+        d = paths.train_ar_metrics_dir("continue", "tiny", seed)
+        write_tsv(tsv(d, "ntp"), "ntp", steps, [3.1 + j] * 11)
+        write_tsv(tsv(d, "align"), "align", steps, [-0.4] * 11)
+        write_json(d / "metrics.json", {"step": 100, "ntp": 3.1, "align": -0.4, "val_ntp": 3.6, "lr": 1e-3})
+        rungs = {row: LADDER_CKA.get(size) for size, row in scaling.ladder(p)}
+        rungs.update({row: 0.06 for _, row in scaling.lambdas(p) if row not in rungs})  # lambda 2: 0.06
+        for row, cka in rungs.items():
+            if row.default:
+                continue
+            path = scaling.row_tokenizer_json(p, row, seed)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_json(path, dict(TOK, arm="gear", seed=seed, psnr=24.8 + j, entropy=5.4 + j, cka_pre=cka + j))
+    return p

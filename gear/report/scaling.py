@@ -1,0 +1,231 @@
+"""`gear scaling-report`: reports/scaling.{md,html,json} and reports/scaling_figures/, issue 31's
+study (gear/scaling.py).
+
+Sections, every number read from the pipeline's outputs and every verdict from the one vocabulary
+(gear/report/verdicts.py, the claims of gear/report/claims.py):
+- the claims against the baseline and against the equal-compute control (`continue`), side by side;
+- the guide-capacity ladder: the tokenizer-side claims (C3 entropy, C4 reconstruction, C5
+  tokenizer teacher-likeness) per guide size, with intervals, tabled and plotted against the
+  guide's block parameters; then lambda at the largest guide;
+- what holds, in plain words, generated from those verdicts (no number written by hand).
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+
+from gear import paths, scaling
+from gear.io import atomic_entries, write_json
+from gear.models.registry import ar_shape
+from gear.report.claims import claims
+from gear.report.document import Plot, table, to_html, to_markdown
+from gear.report.figures import figure, save, speedup
+from gear.report.inputs import ar_curve_names, load_results
+from gear.report.readers import check_present, read_curve, read_object, tsv
+from gear.report.verdicts import LEGEND, fmt_interval, fmt_mean_std, mean_interval
+
+FIG = "scaling_figures"
+FILES = ["scaling.md", "scaling.html", "scaling.json", FIG]
+CONTROL = paths.CONTROL
+TOKENIZER_CLAIMS = ("C3", "C4", "C5 tokenizer")  # what a ladder rung measures (no fresh AR)
+KEY = {"C3": ("entropy", "val entropy GEAR - baseline (nats)"), "C4": ("psnr", "val PSNR GEAR - baseline (dB)"),
+       "C5 tokenizer": ("cka_pre", "patch CKA pre GEAR - baseline")}
+
+
+def _samples_cmd(size: str, seed: int) -> str:
+    return f"gear evaluate samples --arm {CONTROL} --size {size} --seed {seed}"
+
+
+def _row_cmd(row, seed: int) -> str:
+    return f"gear evaluate tokenizer --arm gear --seed {seed}" + ("" if row.default else f" --ablation {row.name}")
+
+
+def required(params) -> list[tuple[Path, str]]:
+    """The study's own inputs (the main report's are load_results'), each with its command."""
+    need = []
+    for seed in params.study.seeds:
+        if scaling.control(params):
+            for s in params.ar.sizes:
+                need.append((paths.eval_samples_json(CONTROL, s, seed), _samples_cmd(s, seed)))
+                need += [(tsv(paths.train_ar_metrics_dir(CONTROL, s, seed), c),
+                          f"gear train-ar --arm {CONTROL} --size {s} --seed {seed}") for c in ar_curve_names(params)]
+        for _, row in [*scaling.ladder(params), *scaling.lambdas(params)]:
+            need.append((scaling.row_tokenizer_json(params, row, seed), _row_cmd(row, seed)))
+    return list(dict.fromkeys(need))
+
+
+@dataclasses.dataclass
+class Study:
+    r: object                 # the main report's Results, the control's ARs added
+    rungs: dict               # (row name, seed) -> tokenizer evaluation
+
+
+def load(params) -> Study:
+    need = required(params)
+    check_present(need, "snakemake --cores 2 scaling")
+    r = load_results(params)
+    cmd = dict(need)
+    if scaling.control(params):
+        for seed in r.seeds:
+            for s in r.sizes:
+                p = paths.eval_samples_json(CONTROL, s, seed)
+                r.samples[(seed, CONTROL, s)] = read_object(p, cmd[p])
+                for c in ar_curve_names(params):
+                    p = tsv(paths.train_ar_metrics_dir(CONTROL, s, seed), c)
+                    r.ar_curves[(seed, CONTROL, s, c)] = read_curve(p, cmd[p])
+    rungs = {}
+    for _, row in [*scaling.ladder(params), *scaling.lambdas(params)]:
+        for seed in r.seeds:
+            p = scaling.row_tokenizer_json(params, row, seed)
+            rungs[(row.name, seed)] = read_object(p, cmd[p])
+    return Study(r, rungs)
+
+
+def speedups(r, params, ref: str) -> dict:
+    return {(s, c): [speedup(r.ar_curves[(seed, ref, s, c)], r.ar_curves[(seed, "gear", s, c)])["ratio"]
+                     for seed in r.seeds] for s in r.sizes for c in ar_curve_names(params)}
+
+
+# ----------------------------------------------------------------------------------------------
+# sections
+
+
+def control_section(st: Study, params) -> tuple[list, dict, list]:
+    r = st.r
+    base = claims(r, params, speedups(r, params, "baseline"))
+    if not scaling.control(params):
+        return (["## GEAR against the baseline and the equal-compute control",
+                 f"The control is not run here: list `{CONTROL}` in tune.ablations (presets/scaling.yaml does)."],
+                {"baseline": {c.id: c.to_dict() for c in base}}, [(c, None) for c in base])
+    ctrl = {c.id: c for c in claims(r, params, speedups(r, params, CONTROL), ref=CONTROL)}
+    pairs = [(c, ctrl.get(c.id) if not c.id.startswith("C1") else None) for c in base]
+    rows = [{"claim": f"{b.id}: {b.claim}", "GEAR vs baseline": b.ours, "verdict": b.verdict,
+             "GEAR vs control": c.ours if c else "-", "verdict vs control": c.verdict if c else "-"} for b, c in pairs]
+    text = (f"The control (`{CONTROL}`) is the warm-up tokenizer trained for the same {params.tune.steps} tuning "
+            "steps on its own losses (reconstruction, VQ, GAN; no AR, no alignment), with the GEAR tune's seed and "
+            "data order, then frozen, tokenized and given its own fresh AR. GEAR - control separates alignment from "
+            f"more training. {LEGEND}")
+    src = [Path("eval/tokenizer/"), Path("eval/samples/seed*/"), Path("metrics/train_ar/seed*/")]
+    js = {"baseline": {b.id: b.to_dict() for b, _ in pairs}, "control": {c.id: c.to_dict() for _, c in pairs if c}}
+    return ["## GEAR against the baseline and the equal-compute control", text, table(rows, src)], js, pairs
+
+
+def rung_claims(st: Study, params, row) -> dict:
+    """The tokenizer-side claims of one rung: claims.py on the rung's tokenizer as the GEAR arm."""
+    r = st.r
+    tok = {**r.tok, **{(seed, "gear"): st.rungs[(row.name, seed)] for seed in r.seeds}}
+    view = dataclasses.replace(r, tok=tok, sizes=[], variants=["gear"])
+    return {c.id: c for c in claims(view, params, {}) if c.id in TOKENIZER_CLAIMS}
+
+
+def _rung_row(st: Study, params, label: dict, row) -> tuple[dict, dict]:
+    found = rung_claims(st, params, row)
+    eff = mean_interval([st.rungs[(row.name, s)]["effective_size"] for s in st.r.seeds], params.study.confidence)
+    out = {**label, "effective size": fmt_interval(eff, 4)}
+    for cid in TOKENIZER_CLAIMS:
+        out[f"{cid}: {KEY[cid][1]}"] = fmt_interval(found[cid].interval)
+        out[f"{cid} verdict"] = found[cid].verdict
+    return out, found
+
+
+def ladder_section(st: Study, params, folder: Path) -> tuple[list, dict, dict]:
+    rows, found, js = [], {}, {}
+    for size, row in scaling.ladder(params):
+        layers, dim, _ = ar_shape(size)
+        label = {"guide": size, "blocks x width": f"{layers} x {dim}", "tap": scaling.middle_block(size),
+                 "block params": scaling.guide_params(size), "row": row.name}
+        line, found[size] = _rung_row(st, params, label, row)
+        rows.append(line)
+        js[size] = {"row": row.name, "block_params": scaling.guide_params(size),
+                    **{cid: c.to_dict() for cid, c in found[size].items()}}
+    src = sorted({scaling.row_tokenizer_json(params, row, 0).parent.parent for _, row in scaling.ladder(params)})
+    plot = _ladder_plot(params, found, folder)
+    text = (f"Each rung tunes the warm-up tokenizer with a guide AR of that size (alignment tapped at its middle "
+            f"block), {params.tune.steps} steps, every seed of study.seeds; the differences are against the "
+            "baseline (warm-up) tokenizer, paired over seeds. The rung at the params' own guide is the main DAG's "
+            "GEAR arm.")
+    return ["## Guide-capacity ladder", text, table(rows, src), plot], js, found
+
+
+def _ladder_plot(params, found: dict, folder: Path) -> Plot:
+    sizes = [s for s, _ in scaling.ladder(params)]
+    x = np.array([scaling.guide_params(s) for s in sizes], dtype=float)
+    fig, axes = figure(len(TOKENIZER_CLAIMS))
+    for ax, cid in zip(axes, TOKENIZER_CLAIMS):
+        ivs = [found[s][cid].interval for s in sizes]
+        mean = np.array([iv.mean for iv in ivs])
+        err = np.array([[iv.mean - iv.lo, iv.hi - iv.mean] if iv.defined else [0, 0] for iv in ivs]).T
+        ax.errorbar(x, mean, yerr=err, fmt="o-", color="tab:red", capsize=3)
+        ax.axhline(0.0, color="grey", lw=0.8)
+        if cid == "C4":
+            ax.axhline(-params.study.recon_margin_db, color="grey", lw=0.8, ls="--")
+        for xi, s in zip(x, sizes):
+            ax.annotate(s, (xi, 0), textcoords="offset points", xytext=(0, 4), fontsize=7, color="grey")
+        ax.set_xscale("log")
+        ax.set_xlabel("guide block parameters (12 L d^2)")
+        ax.set_title(f"{cid}: {KEY[cid][1]}", fontsize=9)
+    name = save(fig, folder, FIG, "ladder.png")
+    return Plot(name, f"The tokenizer-side claims per guide size: paired mean and {params.study.confidence:.0%} "
+                      "interval over seeds (0: no change; C4's dashed line: the non-inferiority margin).")
+
+
+def lambda_section(st: Study, params) -> tuple[list, dict, dict]:
+    size = scaling.largest_guide(params)
+    rows, found, js = [], {}, {}
+    for w, row in scaling.lambdas(params):
+        line, found[w] = _rung_row(st, params, {"lambda": w, "row": row.name}, row)
+        rows.append(line)
+        js[str(w)] = {"row": row.name, **{cid: c.to_dict() for cid, c in found[w].items()}}
+    src = sorted({scaling.row_tokenizer_json(params, row, 0).parent.parent for _, row in scaling.lambdas(params)})
+    return [f"## Alignment weight at the largest guide ({size})", table(rows, src)], js, found
+
+
+def summary(params, pairs: list, ladder: dict, lambdas: dict) -> list:
+    """What holds, in plain words, from the verdicts alone."""
+    lines = []
+    for b, c in pairs:
+        against = f"{b.verdict} against the baseline" + (f" and {c.verdict} against the control" if c else "")
+        lines.append(f"- {b.id} ({b.claim}): {against}.")
+    sizes = [s for s, _ in scaling.ladder(params)]
+    for cid in TOKENIZER_CLAIMS:
+        seq = [ladder[s][cid].verdict for s in sizes]
+        turn = [s for s, prev, now in zip(sizes[1:], seq, seq[1:]) if now != prev]
+        change = (f"its reading changes at {', '.join(turn)}" if turn else "its reading does not change with the guide")
+        lines.append(f"- Along the guide ladder ({' < '.join(sizes)}), {cid} reads {' / '.join(seq)}: {change}.")
+    ws = list(lambdas)
+    for cid in TOKENIZER_CLAIMS:
+        seq = [lambdas[w][cid].verdict for w in ws]
+        lines.append(f"- At the largest guide, lambda {' / '.join(f'{w:g}' for w in ws)}: {cid} reads {' / '.join(seq)}.")
+    return ["## What holds", "Generated from the verdicts of the tables below (one line per claim; nothing here is written by hand):",
+            "\n".join(lines)]
+
+
+def header(st: Study, params) -> list:
+    r = st.r
+    return ["# GEAR scaling study (issue 31)",
+            f"Study seeds {r.seeds}; tune.steps {params.tune.steps}; guides {params.scaling.guides} "
+            f"(the main DAG's guide: {params.tune.ar_size}, tap {params.align_layer}); lambda {params.align_weight} "
+            f"and {params.scaling.lambdas} at the largest guide; fresh AR sizes {r.sizes}. Intervals: "
+            f"{params.study.confidence:.0%} paired t over seeds; the teacher and the warm-up are shared by every seed, "
+            "so the intervals are conditional on them.",
+            "Effective size per seed: " + ", ".join(
+                f"{a} {fmt_mean_std(r.per_seed(lambda s: r.tok[(s, a)]['effective_size']))}"
+                for a in ["baseline", *r.variants])]
+
+
+def run(params) -> None:
+    st = load(params)  # every input checked (one-line error) before any work
+    with atomic_entries(paths.REPORTS_DIR, FILES) as out:
+        (out / FIG).mkdir()
+        blocks = header(st, params)
+        ctrl_blocks, ctrl_js, pairs = control_section(st, params)
+        lad_blocks, lad_js, lad = ladder_section(st, params, out)
+        lam_blocks, lam_js, lam = lambda_section(st, params)
+        blocks += summary(params, pairs, lad, lam) + ctrl_blocks + lad_blocks + lam_blocks
+        (out / "scaling.md").write_text(to_markdown(blocks))
+        (out / "scaling.html").write_text(to_html(blocks, out, title="GEAR scaling study"))
+        write_json(out / "scaling.json", {"seeds": st.r.seeds, "confidence": params.study.confidence,
+                                          "claims": ctrl_js, "ladder": lad_js, "lambda": lam_js})
+    print(f"scaling report: {paths.REPORTS_DIR / 'scaling.md'}, scaling.html, scaling.json ({len(st.r.seeds)} seeds)")
