@@ -48,9 +48,18 @@ def _row(params, axis: str, value, sets: dict) -> ablations.Row:
     return ablations.Row(axis, value, changed) if changed else ablations.DEFAULT
 
 
+def _guide_sets(params, size: str) -> dict:
+    """tune.ar_size and its tap; the fresh ARs keep their own taps (ar.align_layers pinned to the
+    params' where it defers to align_layer): a rung trains none, and a shallow one must not refuse it."""
+    sets = {"tune.ar_size": size, "align_layer": middle_block(size)}
+    if not params.ar.align_layers and middle_block(size) != params.align_layer:
+        sets["ar.align_layers"] = [params.align_layer] * len(params.ar.sizes)
+    return sets
+
+
 def guide_row(params, size: str) -> ablations.Row:
     """A rung: guide-<size> (the default row where size and tap are the params' own)."""
-    return _row(params, "guide", size, {"tune.ar_size": size, "align_layer": middle_block(size)})
+    return _row(params, "guide", size, _guide_sets(params, size))
 
 
 def largest_guide(params) -> str:
@@ -60,8 +69,7 @@ def largest_guide(params) -> str:
 def lambda_row(params, weight: float) -> ablations.Row:
     """guide-<largest>-lambda-<w>: the largest rung with align_weight w."""
     size = largest_guide(params)
-    return _row(params, f"guide-{size}-lambda", weight,
-                {"tune.ar_size": size, "align_layer": middle_block(size), "align_weight": weight})
+    return _row(params, f"guide-{size}-lambda", weight, {**_guide_sets(params, size), "align_weight": weight})
 
 
 def ladder(params) -> list[tuple[str, ablations.Row]]:

@@ -182,9 +182,9 @@ def scaling_world(tmp_path, monkeypatch, seeds):
         write_tsv(tsv(d, "ntp"), "ntp", steps, [3.1 + j] * 11)
         write_tsv(tsv(d, "align"), "align", steps, [-0.4] * 11)
         write_json(d / "metrics.json", {"step": 100, "ntp": 3.1, "align": -0.4, "val_ntp": 3.6, "lr": 1e-3})
-        rungs = {row: LADDER_CKA.get(size) for size, row in scaling.ladder(p)}
-        rungs.update({row: 0.06 for _, row in scaling.lambdas(p) if row not in rungs})  # lambda 2: 0.06
-        for row, cka in rungs.items():
+        rungs = {row.name: (row, LADDER_CKA.get(size)) for size, row in scaling.ladder(p)}
+        rungs.update({row.name: (row, 0.06) for _, row in scaling.lambdas(p) if row.name not in rungs})  # lambda 2
+        for row, cka in rungs.values():
             if row.default:
                 continue
             path = scaling.row_tokenizer_json(p, row, seed)

@@ -22,7 +22,7 @@ def test_ladder_rows_grow_and_tap_the_middle_block():
     assert params == sorted(params) and len(set(params)) == 4
     by = dict(rungs)
     assert by["tiny"].default  # the params' own guide and tap: the main DAG's GEAR arm
-    assert dict(by["small"].overrides) == {"tune.ar_size": "small", "align_layer": 3}
+    assert dict(by["small"].overrides) == {"tune.ar_size": "small", "align_layer": 3, "ar.align_layers": [2]}
     rp = ablations.row_params(p, by["nano"])
     assert (rp.tune.ar_size, rp.align_layer, rp.align_weight) == ("nano", 1, p.align_weight)
     # lambda at the largest guide: its own weight is the ladder's top rung, the others new rows
@@ -81,3 +81,60 @@ def test_scaling_report_refuses_a_missing_rung_in_one_line(tmp_path, monkeypatch
     with pytest.raises(ArtifactError, match="--ablation guide-nano") as e:
         scaling_report.run(p)
     assert "\n" not in str(e.value) and not (paths.REPORTS_DIR / "scaling.md").exists()
+
+
+# ---- the equal-compute control --------------------------------------------------------------------
+
+def test_control_step_is_a_reconstruction_only_step():
+    """Mode `continue`: the tokenizer's update equals one on its own losses (L_VQ + GAN), and no
+    gradient reaches the AR or the projector (tests/test_gear_step.py's tiny models)."""
+    import copy
+
+    import torch
+
+    from gear.train.gear_step import tokenizer_step
+    from gear.train.tokenizer_objective import clip_and_step
+    from test_gear_step import RT, all_zero, grads, make
+
+    _, m, k, x, labels, y = make(mode="continue")
+    k.mode = "continue"
+    ref = copy.deepcopy(m)
+    opt = torch.optim.AdamW(m.tokenizer.parameters(), lr=1e-2)
+    opt_ref = torch.optim.AdamW(ref.tokenizer.parameters(), lr=1e-2)
+    _, logs = tokenizer_step(m, k, opt, x, labels, y, step=0, rt=RT)
+    assert "align_soft" not in logs
+    assert all_zero(grads(m.ar)) and all_zero(grads(m.projector))
+    ref.tokenizer.train()
+    loss, _ = ref.objective.generator_loss(x, ref.tokenizer(x), 0)  # reconstruction + VQ + GAN, nothing else
+    clip_and_step(loss, opt_ref, k.grad_clip)
+    for (n, a), (_, b) in zip(m.tokenizer.named_parameters(), ref.tokenizer.named_parameters()):
+        assert torch.equal(a, b), n
+    # and GEAR's step differs: the alignment term moves the tokenizer elsewhere
+    _, g, kg, *_ = make(mode="gear")
+    tokenizer_step(g, kg, torch.optim.AdamW(g.tokenizer.parameters(), lr=1e-2), x, labels, y, step=0, rt=RT)
+    assert any(not torch.equal(a, b) for a, b in zip(g.tokenizer.parameters(), m.tokenizer.parameters()))
+
+
+def test_tune_continue_trains_no_ar(tmp_path):
+    """`gear tune --variant continue` runs the tune stage with no AR step: no NTP or alignment in its
+    metrics, its AR the untrained init; the GEAR variant on the same warm-up logs both."""
+    from safetensors.torch import load_file
+
+    from tiny import gear_proc
+
+    extra = ("tokenizer.steps=2", "tune.steps=3", "tune.ablations=[continue]")
+    for stage in (["shard"], ["teacher"], ["tokenizer-init"], ["tune", "--variant", "continue"],
+                  ["tune", "--variant", "gear"]):
+        gear_proc(tmp_path, stage, *extra)
+    plots = lambda v: {f.stem for f in (tmp_path / f"metrics/tune/seed0/{v}/plots/metrics").glob("*.tsv")}  # noqa: E731
+    assert {"ntp", "align_hard", "align_soft"} & plots("continue") == set()
+    assert {"ntp", "align_soft"} <= plots("gear") and {"commit", "codebook", "gan_d"} <= plots("continue"), plots("continue")
+    ar_c = load_file(tmp_path / "models/tune/seed0/continue/ar.safetensors")
+    ar_g = load_file(tmp_path / "models/tune/seed0/gear/ar.safetensors")
+    assert any(not torch_equal(ar_c[n], ar_g[n]) for n in ar_c)  # the guide trained only under GEAR
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return torch.equal(a, b)

@@ -119,7 +119,7 @@ def run(params, variant: str = "gear", seed: int | None = None) -> None:
         if mode == "ste":
             out, logs = ste_joint_step(models, knobs, opt_tok, opt_ar, x, labels, y, step, rt)
         else:
-            if mode == "gear":
+            if mode in ("gear", "continue"):  # continue: the tokenizer step without its alignment term
                 out, logs = tokenizer_step(models, knobs, opt_tok, x, labels, y, step, rt)
             else:  # none: tokenizer frozen, used only to produce indices
                 tok.eval()
