@@ -95,7 +95,8 @@ def ladder_stages(params, wdir: str) -> dict:
     for name in scaling.LADDER_STAGES:
         stage = dataclasses.replace(dag.STAGES[name], room="scaling")  # its curves: plain outputs
         d = dvc_stage(stage, params, wdir)
-        d["matrix"] = {"row": list(rows), "seed": dag.AXES_DVC["seed"], "variant": ["gear"]}
+        seeds = list(params.scaling.ladder_seeds) or dag.AXES_DVC["seed"]  # listed ones: regenerate on change
+        d["matrix"] = {"row": list(rows), "seed": seeds, "variant": ["gear"]}
         d["cmd"] += " --ablation ${item.row}"
         prefix = "ablations/${item.row}/"
         local = {dag.STAGES[x.stage].outs[0].path for x in stage.deps if dag.STAGES[x.stage].root == "tuned"}

@@ -15,7 +15,8 @@ Three parts, each on the machinery that already exists:
   guide. A rung runs only tune, freeze and evaluate tokenizer under ablations/<row>/: the
   tokenizer-side claims (C3, C4, C5 tokenizer) need no fresh AR. A rung equal to the params' own
   guide is the main DAG's GEAR arm (the default row: no run of its own).
-- Every seed of study.seeds runs every rung, with the same tune budget.
+- Every seed of scaling.ladder_seeds (default: study.seeds) runs every rung, with the same tune
+  budget; the control and the claims run every study seed.
 
 No torch here: the Snakefile imports it.
 """
@@ -93,6 +94,11 @@ def rows(params) -> list[ablations.Row]:
     return out
 
 
+def ladder_seeds(params) -> list[int]:
+    """The seeds every ladder and lambda row runs (scaling.ladder_seeds; []: study.seeds)."""
+    return list(params.scaling.ladder_seeds or params.study.seeds)
+
+
 def control(params) -> bool:
     """Whether the equal-compute control runs (`continue` in tune.ablations)."""
     return paths.CONTROL in params.tune.ablations
@@ -108,6 +114,10 @@ def check(params) -> None:
         raise ParamsError("scaling.guides: `custom` has no registry shape; name registry sizes")
     if len(sc.guides) == 0:
         raise ParamsError("scaling.guides: must list at least one guide size")
+    stray = [x for x in sc.ladder_seeds if x not in params.study.seeds]
+    if stray or len(set(sc.ladder_seeds)) != len(sc.ladder_seeds):
+        raise ParamsError(f"scaling.ladder_seeds = {sc.ladder_seeds}: each must be one of study.seeds "
+                          f"{params.study.seeds}, once")
     clash = {r.name for r in ablations.grid(params)} & {r.name for r in rows(params)}
     if clash:
         raise ParamsError(f"scaling rows {sorted(clash)}: an ablation row has the same name")
@@ -129,7 +139,7 @@ def jobs(params) -> list:
             out.append(Job.of("tokenize_continue", {"seed": seed}))
             for size in params.ar.sizes:
                 out += [Job.of(s, {"seed": seed, "size": size}) for s in CONTROL_STAGES[1:]]
-        for r in rows(params):
+        for r in rows(params) if seed in ladder_seeds(params) else ():
             out += [Job.of(s, {"seed": seed, "variant": "gear"}, r.name) for s in LADDER_STAGES]
     return out
 

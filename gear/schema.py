@@ -18,7 +18,7 @@ TOKENIZER_ARCHS = ("vq16", "lfq16", "ibq16")  # gear/models/tokenizer.py ARCHS
 TEACHERS = ("demo", "dinov2_vitb14", "dinov2_vitl14", "dinov3_vitb16", "siglip2_vitb16", "clip_vitb16",
             "vjepa2_vitl16")
 E2E_MODES = ("gear", "ste", "none", "continue")
-AR_SIZES = ("nano", "tiny", "mini", "small", "B", "L", "XL", "1B", "custom")
+AR_SIZES = ("nano", "micro", "tiny", "mini", "small", "B", "L", "XL", "1B", "custom")
 TEXT_ENCODERS = ("demo", "qwen3_1.7b", "flan_t5_xl", "clip_vitb16")  # gear/t2i/text_encoders.py
 
 INT_MAX = 2**31 - 1  # an int range open above ends here: counts index tensors in C ints
@@ -267,6 +267,7 @@ class Scaling:
     equal-compute control is the tune variant `continue` (tune.ablations)."""
     guides: list[Literal[AR_SIZES]]  # tune.ar_size per rung, each tapped at its middle block
     lambdas: list[float] = within("[0, inf)")  # align_weight at the largest guide (beside the params' own)
+    ladder_seeds: list[int] = within("[0, inf)")  # the study seeds the ladder and lambda rows run ([]: all)
 
 
 @dataclass

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 AR_SIZES = {
     "nano": (2, 128, 2),   # the guide-capacity ladder's rungs below and between tiny and small
+    "micro": (3, 160, 2),  # (issue 31, gear/scaling.py): depth and width grow together,
     "tiny": (4, 192, 3),
-    "mini": (5, 256, 4),   # (issue 31, gear/scaling.py): depth and width grow together
+    "mini": (5, 256, 4),   # block parameters about doubling per rung
 
     "small": (6, 384, 6),
     "B": (12, 768, 12),    # ~111M at K=16384, 256 tokens

@@ -51,7 +51,7 @@ def required(params) -> list[tuple[Path, str]]:
                 need.append((paths.eval_samples_json(CONTROL, s, seed), _samples_cmd(s, seed)))
                 need += [(tsv(paths.train_ar_metrics_dir(CONTROL, s, seed), c),
                           f"gear train-ar --arm {CONTROL} --size {s} --seed {seed}") for c in ar_curve_names(params)]
-        for _, row in [*scaling.ladder(params), *scaling.lambdas(params)]:
+        for _, row in [*scaling.ladder(params), *scaling.lambdas(params)] if seed in scaling.ladder_seeds(params) else ():
             need.append((scaling.row_tokenizer_json(params, row, seed), _row_cmd(row, seed)))
     return list(dict.fromkeys(need))
 
@@ -77,7 +77,7 @@ def load(params) -> Study:
                     r.ar_curves[(seed, CONTROL, s, c)] = read_curve(p, cmd[p])
     rungs = {}
     for _, row in [*scaling.ladder(params), *scaling.lambdas(params)]:
-        for seed in r.seeds:
+        for seed in scaling.ladder_seeds(params):
             p = scaling.row_tokenizer_json(params, row, seed)
             rungs[(row.name, seed)] = read_object(p, cmd[p])
     return Study(r, rungs)
@@ -115,14 +115,16 @@ def control_section(st: Study, params) -> tuple[list, dict, list]:
 def rung_claims(st: Study, params, row) -> dict:
     """The tokenizer-side claims of one rung: claims.py on the rung's tokenizer as the GEAR arm."""
     r = st.r
-    tok = {**r.tok, **{(seed, "gear"): st.rungs[(row.name, seed)] for seed in r.seeds}}
-    view = dataclasses.replace(r, tok=tok, sizes=[], variants=["gear"])
+    seeds = scaling.ladder_seeds(params)
+    tok = {**r.tok, **{(seed, "gear"): st.rungs[(row.name, seed)] for seed in seeds}}
+    view = dataclasses.replace(r, seeds=seeds, tok=tok, sizes=[], variants=["gear"])
     return {c.id: c for c in claims(view, params, {}) if c.id in TOKENIZER_CLAIMS}
 
 
 def _rung_row(st: Study, params, label: dict, row) -> tuple[dict, dict]:
     found = rung_claims(st, params, row)
-    eff = mean_interval([st.rungs[(row.name, s)]["effective_size"] for s in st.r.seeds], params.study.confidence)
+    eff = mean_interval([st.rungs[(row.name, s)]["effective_size"] for s in scaling.ladder_seeds(params)],
+                        params.study.confidence)
     out = {**label, "effective size": fmt_interval(eff, 4)}
     for cid in TOKENIZER_CLAIMS:
         out[f"{cid}: {KEY[cid][1]}"] = fmt_interval(found[cid].interval)
@@ -143,7 +145,7 @@ def ladder_section(st: Study, params, folder: Path) -> tuple[list, dict, dict]:
     src = sorted({scaling.row_tokenizer_json(params, row, 0).parent.parent for _, row in scaling.ladder(params)})
     plot = _ladder_plot(params, found, folder)
     text = (f"Each rung tunes the warm-up tokenizer with a guide AR of that size (alignment tapped at its middle "
-            f"block), {params.tune.steps} steps, every seed of study.seeds; the differences are against the "
+            f"block), {params.tune.steps} steps, seeds {scaling.ladder_seeds(params)}; the differences are against the "
             "baseline (warm-up) tokenizer, paired over seeds. The rung at the params' own guide is the main DAG's "
             "GEAR arm.")
     return ["## Guide-capacity ladder", text, table(rows, src), plot], js, found
