@@ -30,13 +30,11 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from gear import paths
 from gear.artifacts import load_tokenizer, load_weights, read_config
@@ -50,9 +48,9 @@ from gear.study import resolve_seed, seeded
 from gear.teachers import load_teacher
 from gear.train.ar_objective import accumulate_grads, build_ar, train_micro_step, val_ntp
 from gear.train.ema import EMA
-from gear.train.logger import MetricsLog
+from gear.train.loop import Loop
 from gear.train.parallel import DataParallel
-from gear.train.state import Checkpointer, StopRequest, check_finite, restores_stop_signals
+from gear.train.schedule import lr_at
 
 STAGE = "train_ar"
 VAL_IMAGES = 512
@@ -85,11 +83,6 @@ class TokenDecoder:
         return to_tensor(img), torch.from_numpy(views[int(flip)].reshape(-1).astype(np.int64)), decode_label(sample)
 
 
-def lr_at(step: int, peak: float, warmup: int) -> float:
-    """Linear warm-up over `warmup` steps, then constant."""
-    return peak * (step + 1) / warmup if step < warmup else peak
-
-
 @torch.no_grad()
 def val_tokens(params, tok: nn.Module, rt: Runtime, limit: int = VAL_IMAGES) -> tuple[torch.Tensor, torch.Tensor]:
     """Tokens (N, L) and labels (N,) of the first `limit` val images (center crops, no flip)."""
@@ -105,7 +98,6 @@ def val_tokens(params, tok: nn.Module, rt: Runtime, limit: int = VAL_IMAGES) -> 
     return torch.cat(toks)[:limit], torch.cat(labels)[:limit]
 
 
-@restores_stop_signals
 def run(params, arm: str, size: str, seed: int | None = None) -> None:
     check_arm(arm)
     if size not in params.ar.sizes:
@@ -143,37 +135,26 @@ def run(params, arm: str, size: str, seed: int | None = None) -> None:
     del tok
     seed_everything(params.compute.seed + rt.rank)  # dropout masks differ across processes
 
-    ckpt = Checkpointer(paths.state_dir(params, STAGE, paths.seed_part(seed), arm, size), rt, compat={
-        "ar": ar.cfg.to_dict(), "projector_hidden": a.projector_hidden, "teacher": params.teacher,
-        "align": [params.align_weight_ar, align_layer], "tokenizer_sha256": man["tokenizer_sha256"],
-        "optim": [a.lr, list(a.betas), a.weight_decay, a.warmup_steps, a.grad_clip, a.ema_decay],
-        "batch_size": a.batch_size, "grad_accum": a.grad_accum, "seed": params.compute.seed})
-    state = ckpt.load()
-    start = 0
-    if state is not None:
-        for key, module in (("ar", ar), ("proj", proj), ("ema", ema.model)):
-            dp.load_state_dict(module, state[key])
-        dp.load_optim_state_dict(trained, opt, state["opt"])
-        stream.load_state_dict(state["data"])
-        start = state["step"]
-    log = MetricsLog(paths.train_ar_metrics_dir(arm, size, seed), rt, state["metrics"] if state else None,
-                    staging=ckpt.path.parent / "dvclive")
-    stop = StopRequest()
-
+    loop = Loop(params, rt, name=f"{STAGE}[{arm}/{size}]", steps=a.steps,
+                state_dir=paths.state_dir(params, STAGE, paths.seed_part(seed), arm, size), compat={
+                    "ar": ar.cfg.to_dict(), "projector_hidden": a.projector_hidden, "teacher": params.teacher,
+                    "align": [params.align_weight_ar, align_layer], "tokenizer_sha256": man["tokenizer_sha256"],
+                    "optim": [a.lr, list(a.betas), a.weight_decay, a.warmup_steps, a.grad_clip, a.ema_decay],
+                    "batch_size": a.batch_size, "grad_accum": a.grad_accum, "seed": params.compute.seed},
+                metrics_dir=paths.train_ar_metrics_dir(arm, size, seed),
+                parts={"ar": dp.part(ar), "proj": dp.part(proj), "ema": dp.part(ema.model),
+                       "opt": dp.optim_part(trained, opt), "data": stream})
     params_all = [*ar.parameters(), *proj.parameters()]
-    ar.train(); proj.train()
-    t_window, steps_window = time.perf_counter(), 0
-    bar = tqdm(range(start, a.steps), initial=start, total=a.steps, desc=f"{STAGE}[{arm}/{size}]",
-               disable=not rt.is_main)
-    for step in bar:
-        lr = lr_at(step, a.lr, a.warmup_steps)
+
+    def step_fn(step: int):
+        lr = lr_at(step, a.steps, a.lr, a.warmup_steps)
         for group in opt.param_groups:
             group["lr"] = lr
 
         def micro_step():
             loss, logs = train_micro_step(fwd, proj_w, next(stream), teacher, grid, align_layer,
                                           params.align_weight_ar, rt)
-            check_finite(f"{STAGE}[{arm}/{size}]", step, ckpt.path, loss=loss)
+            loop.check_finite(step, loss=loss)
             return loss, logs
 
         sums = accumulate_grads(a.grad_accum, dp, (ar_w, proj_w), micro_step)
@@ -181,32 +162,25 @@ def run(params, arm: str, size: str, seed: int | None = None) -> None:
         opt.step()
         opt.zero_grad(set_to_none=True)
         ema.update(ar)
-        steps_window += 1
+        return sums, grad_norm, lr
 
-        if step % params.compute.log_every == 0 or step == a.steps - 1:
-            row = {k: all_reduce_mean(v, rt).item() for k, v in sums.items()}
-            row.update(lr=lr, grad_norm=grad_norm.item(),
-                       tokens_per_s=steps_window * a.batch_size * L / (time.perf_counter() - t_window))
-            row["val_ntp"] = val_ntp(ema.model, val_x, (val_y,), rt, EVAL_BATCH)
-            log.log(step, **row)
-            bar.set_postfix(ntp=f"{row['ntp']:.3f}", val=f"{row['val_ntp']:.3f}")
-            t_window, steps_window = time.perf_counter(), 0
-        stopping = stop.agreed(rt)  # every process saves at the same step
-        if (step + 1) % params.compute.save_every == 0 or stopping:
-            ckpt.save({"step": step + 1, "ar": dp.state_dict(ar), "proj": dp.state_dict(proj),
-                       "ema": dp.state_dict(ema.model), "opt": dp.optim_state_dict(trained, opt),
-                       "data": stream.state_dict(), "metrics": log.state_dict()})
-            if stopping:
-                stop.exit_after_save(f"{STAGE}[{arm}/{size}]", step + 1, rt)
-    bar.close()
+    def row_fn(step: int, out) -> dict:
+        sums, grad_norm, lr = out
+        row = {k: all_reduce_mean(v, rt).item() for k, v in sums.items()}
+        row.update(lr=lr, grad_norm=grad_norm.item(), tokens_per_s=loop.steps_per_s() * a.batch_size * L)
+        row["val_ntp"] = val_ntp(ema.model, val_x, (val_y,), rt, EVAL_BATCH)
+        return row
+
+    ar.train(); proj.train()
+    loop.run(step_fn, row_fn, show=("ntp", "val_ntp"))
 
     final = {"val_ntp": val_ntp(ema.model, val_x, (val_y,), rt, EVAL_BATCH),
              "val_ntp_raw": val_ntp(ar, val_x, (val_y,), rt, EVAL_BATCH),
              "unigram_entropy": man["unigram_entropy"]}
     weights = {"ar": dp.state_dict(ema.model), "ar_raw": dp.state_dict(ar), "projector": dp.state_dict(proj)}
     if rt.is_main:
-        log.log(a.steps, **final)
-        final.update({k: log.last(k) for k in ("ntp", "align") if log.last(k) is not None})
+        loop.log.log(a.steps, **final)
+        final.update({k: loop.log.last(k) for k in ("ntp", "align") if loop.log.last(k) is not None})
         print(f"train-ar[{arm}/{size}]: ntp {final.get('ntp', float('nan')):.4f}, val_ntp {final['val_ntp']:.4f} (EMA), "
               f"{final['val_ntp_raw']:.4f} (raw), unigram entropy {final['unigram_entropy']:.4f} nats, "
               f"{rt.world} process{'es' if rt.world > 1 else ''} on {rt.device.type}")
@@ -221,6 +195,5 @@ def run(params, arm: str, size: str, seed: int | None = None) -> None:
                 "tokenizer_config_digest": hashlib.sha256(
                     json.dumps(man["tokenizer_config"], sort_keys=True).encode()).hexdigest()[:16],
                 "steps": a.steps, "batch_size": a.batch_size, "final": final, "init": a.init})
-    log.close()
-    ckpt.clear()
+    loop.finish()
     teardown(rt)

@@ -31,17 +31,16 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from gear.artifacts import load_weights, read_config
 from gear.data.loader import TrainStream, augment, decode_image, eval_batches, to_tensor
 from gear.data.shard import DataError
 from gear.io import ArtifactError, atomic_dir, save_tensors, write_json
 from gear.models.judge import Judge
-from gear.runtime import barrier, seed_everything, setup, teardown
+from gear.runtime import Runtime, barrier, seed_everything, setup, teardown
 from gear.t2i import paths
 from gear.t2i.data import read_pairs_manifest, shards_digest
-from gear.train.logger import MetricsLog
+from gear.train.loop import Loop, TensorState, untrained_metrics
 from gear.train.schedule import lr_at
 from gear.train.state import NonFiniteLossError
 
@@ -192,9 +191,9 @@ def _write_unavailable(reason: str, digest: str) -> None:
         write_json(out / "config.json", {"available": False, "reason": reason, "pairs_sha256": digest})
 
 
-def _staging(params) -> Path:
-    """Where the live metrics go until they are published with the judge (train/logger.py)."""
-    return Path(params.compute.state_dir) / paths.ROOT / "judge" / "dvclive"
+def _state_dir(params) -> Path:
+    """Resumable state, and the live metrics until they are published with the judge."""
+    return Path(params.compute.state_dir) / paths.ROOT / "judge"
 
 
 def run(params) -> None:
@@ -207,9 +206,8 @@ def run(params) -> None:
         if rt.is_main:
             _write_unavailable(f"the {manifest.get('source', '?')} pairs carry no shape / colour / position "
                                f"attributes (only the embedded source does)", digest)
-        log = MetricsLog(METRICS_DIR, rt, staging=_staging(params))  # the declared metrics exist either way
-        log.log(0, trained=0.0)
-        log.close()
+        # the declared metrics exist either way
+        untrained_metrics(METRICS_DIR, rt, staging=_state_dir(params) / "dvclive")
         teardown(rt)
         return
     resolution = manifest.get("resolution", params.data.resolution)
@@ -230,11 +228,14 @@ def run(params) -> None:
                             lr=j.lr, betas=(0.9, 0.999))
     stream = TrainStream(params, "train", j.batch_size, augment=True, pattern=_pattern(),
                          decode=AttributeDecoder(vocab))
-    log = MetricsLog(METRICS_DIR, rt, staging=_staging(params))
     window = torch.zeros(3)  # loss sum, all-heads-right count, samples
+    alone = Runtime(device=rt.device, precision=rt.precision)  # the loop of this one process
+    loop = Loop(params, alone, name=STAGE, steps=j.steps, state_dir=_state_dir(params), count_done=True,
+                compat={"arch": judge.config, "steps": j.steps, "batch_size": j.batch_size, "lr": j.lr,
+                        "seed": params.compute.seed, "pairs_sha256": digest},
+                metrics_dir=METRICS_DIR, parts={"judge": judge, "opt": opt, "data": stream, "window": TensorState(window)})
 
-    judge.train()
-    for step in tqdm(range(j.steps), desc=STAGE):
+    def step_fn(step: int) -> float:
         x, y = next(stream)
         x = x.to(rt.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         y = y.to(rt.device, non_blocking=True)
@@ -249,20 +250,26 @@ def run(params) -> None:
         loss.backward()
         opt.step()
         right = torch.stack([logits[a].argmax(-1) == y[:, i] for i, a in enumerate(ATTRIBUTES)], 1).all(1)
-        window += torch.tensor([loss.item() * len(y), right.sum().item(), len(y)])
-        if (step + 1) % params.compute.log_every == 0 or step + 1 == j.steps:
-            log.log(step + 1, train_loss=window[0] / window[2], train_acc=window[1] / window[2], lr=lr)
-            window.zero_()
+        window.add_(torch.tensor([loss.item() * len(y), right.sum().item(), len(y)]))
+        return lr
+
+    def row_fn(step: int, lr: float) -> dict:
+        row = {"train_loss": window[0] / window[2], "train_acc": window[1] / window[2], "lr": lr}
+        window.zero_()
+        return row
+
+    judge.train()
+    loop.run(step_fn, row_fn, show=("train_loss", "train_acc"))
 
     val, n_val = evaluate(params, judge)
-    log.log(j.steps, **{f"val_acc_{k}": v for k, v in val.items()})
+    loop.log.log(j.steps, **{f"val_acc_{k}": v for k, v in val.items()})
     with atomic_dir(paths.JUDGE_DIR) as out:
         save_tensors(out / "judge.safetensors", judge.state_dict())
         write_json(out / "config.json", {
             "available": True, "attributes": vocab, "arch": judge.config, "steps": j.steps,
             "batch_size": j.batch_size, "lr": j.lr, "seed": params.compute.seed, "val_accuracy": val,
             "val_count": n_val, "pairs_sha256": digest})
-    log.close()  # metrics published with the model, never before it
+    loop.finish()  # metrics published with the model, never before it
     print(f"gear t2i-judge: val accuracy all {val['all']:.4f} (shape {val['shape']:.4f}, colour {val['colour']:.4f}, "
           f"position {val['position']:.4f}) after {j.steps} steps -> {paths.JUDGE_DIR}")
     barrier(rt)

@@ -26,12 +26,10 @@ projector.safetensors, ema_step<S>.safetensors per eval step, config.json. Resum
 from __future__ import annotations
 
 import shutil
-import time
 from pathlib import Path
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from gear import paths as main_paths
 from gear.artifacts import load_weights, read_config
@@ -48,9 +46,9 @@ from gear.t2i.tokenize import arm_seed, check_arm, hint
 from gear.teachers import load_teacher
 from gear.train.ar_objective import accumulate_grads, train_micro_step, val_ntp
 from gear.train.ema import EMA
-from gear.train.logger import MetricsLog
+from gear.train.loop import Loop
 from gear.train.parallel import DataParallel
-from gear.train.state import Checkpointer, StopRequest, check_finite, restores_stop_signals
+from gear.train.schedule import lr_at
 
 STAGE = "t2i_train"
 VAL_PAIRS = 512
@@ -81,10 +79,6 @@ def load_t2i(directory: str | Path, device="cpu", name: str = "ar") -> tuple[GPT
     return model.to(device).eval().requires_grad_(False), cfg
 
 
-def lr_at(step: int, peak: float, warmup: int) -> float:
-    return peak * (step + 1) / warmup if step < warmup else peak
-
-
 def val_pairs(params, folder: Path, text_len: int, limit: int = VAL_PAIRS):
     """(tokens, captions, masks) of the first `limit` val pairs."""
     parts, n = [], 0
@@ -101,7 +95,6 @@ def snapshot_name(step: int) -> str:
     return f"ema_step{step}"
 
 
-@restores_stop_signals
 def run(params, arm: str, seed: int | None = None) -> None:
     check_arm(arm)
     study_seed = resolve_seed(params, seed)
@@ -138,36 +131,25 @@ def run(params, arm: str, seed: int | None = None) -> None:
     seed_everything(params.compute.seed + rt.rank)  # dropout masks differ across processes
 
     state_dir = paths.state_dir(params, arm, study_seed)
-    ckpt = Checkpointer(state_dir, rt, compat={
-        "t2i_gpt": cfg.to_dict(), "projector_hidden": a.projector_hidden, "teacher": params.teacher,
-        "align": [a.align_weight, a.align_layer], "tokenizer_sha256": man["tokenizer_sha256"],
-        "captions_digest": man["captions_digest"], "eval_steps": a.eval_steps,
-        "optim": [a.lr, list(a.betas), a.weight_decay, a.warmup_steps, a.grad_clip, a.ema_decay],
-        "batch_size": a.batch_size, "grad_accum": a.grad_accum, "seed": params.compute.seed})
-    state = ckpt.load()
-    start = 0
-    if state is not None:
-        for key, module in (("ar", ar), ("proj", proj), ("ema", ema.model)):
-            dp.load_state_dict(module, state[key])
-        dp.load_optim_state_dict(trained, opt, state["opt"])
-        stream.load_state_dict(state["data"])
-        start = state["step"]
-    log = MetricsLog(paths.train_metrics_dir(arm, study_seed), rt, state["metrics"] if state else None,
-                    staging=ckpt.path.parent / "dvclive")
-    stop = StopRequest()
-
+    loop = Loop(params, rt, name=f"t2i-train[{arm}]", steps=a.steps, state_dir=state_dir, compat={
+                    "t2i_gpt": cfg.to_dict(), "projector_hidden": a.projector_hidden, "teacher": params.teacher,
+                    "align": [a.align_weight, a.align_layer], "tokenizer_sha256": man["tokenizer_sha256"],
+                    "captions_digest": man["captions_digest"], "eval_steps": a.eval_steps,
+                    "optim": [a.lr, list(a.betas), a.weight_decay, a.warmup_steps, a.grad_clip, a.ema_decay],
+                    "batch_size": a.batch_size, "grad_accum": a.grad_accum, "seed": params.compute.seed},
+                metrics_dir=paths.train_metrics_dir(arm, study_seed),
+                parts={"ar": dp.part(ar), "proj": dp.part(proj), "ema": dp.part(ema.model),
+                       "opt": dp.optim_part(trained, opt), "data": stream})
     params_all = [*ar.parameters(), *proj.parameters()]
-    ar.train(); proj.train()
-    t_window, steps_window = time.perf_counter(), 0
-    bar = tqdm(range(start, a.steps), initial=start, total=a.steps, desc=f"t2i-train[{arm}]", disable=not rt.is_main)
-    for step in bar:
-        lr = lr_at(step, a.lr, a.warmup_steps)
+
+    def step_fn(step: int):
+        lr = lr_at(step, a.steps, a.lr, a.warmup_steps)
         for group in opt.param_groups:
             group["lr"] = lr
 
         def micro_step():
             loss, logs = train_micro_step(fwd, proj_w, next(stream), teacher, grid, a.align_layer, a.align_weight, rt)
-            check_finite(f"t2i-train[{arm}]", step, ckpt.path, loss=loss)
+            loop.check_finite(step, loss=loss)
             return loss, logs
 
         logs = accumulate_grads(a.grad_accum, dp, (ar_w, proj_w), micro_step)
@@ -175,28 +157,21 @@ def run(params, arm: str, seed: int | None = None) -> None:
         opt.step()
         opt.zero_grad(set_to_none=True)
         ema.update(ar)
-        steps_window += 1
-
-        if step % params.compute.log_every == 0 or step == a.steps - 1:
-            row = {k: all_reduce_mean(v, rt).item() for k, v in logs.items()}
-            row.update(lr=lr, grad_norm=grad_norm.item(),
-                       tokens_per_s=steps_window * a.batch_size * L / (time.perf_counter() - t_window))
-            row["val_ntp"] = val_ntp(ema.model, val_tokens, val_cond, rt, EVAL_BATCH)
-            log.log(step, **row)
-            bar.set_postfix(ntp=f"{row['ntp']:.3f}", val=f"{row['val_ntp']:.3f}")
-            t_window, steps_window = time.perf_counter(), 0
         if step + 1 in a.eval_steps:  # every process joins the gather; rank 0 writes
             sd = dp.state_dict(ema.model)
             if rt.is_main:
                 save_tensors(state_dir / f"{snapshot_name(step + 1)}.safetensors", sd)
-        stopping = stop.agreed(rt)
-        if (step + 1) % params.compute.save_every == 0 or stopping:
-            ckpt.save({"step": step + 1, "ar": dp.state_dict(ar), "proj": dp.state_dict(proj),
-                       "ema": dp.state_dict(ema.model), "opt": dp.optim_state_dict(trained, opt),
-                       "data": stream.state_dict(), "metrics": log.state_dict()})
-            if stopping:
-                stop.exit_after_save(f"t2i-train[{arm}]", step + 1, rt)
-    bar.close()
+        return logs, grad_norm, lr
+
+    def row_fn(step: int, out) -> dict:
+        logs, grad_norm, lr = out
+        row = {k: all_reduce_mean(v, rt).item() for k, v in logs.items()}
+        row.update(lr=lr, grad_norm=grad_norm.item(), tokens_per_s=loop.steps_per_s() * a.batch_size * L)
+        row["val_ntp"] = val_ntp(ema.model, val_tokens, val_cond, rt, EVAL_BATCH)
+        return row
+
+    ar.train(); proj.train()
+    loop.run(step_fn, row_fn, show=("ntp", "val_ntp"))
 
     final = {"val_ntp": val_ntp(ema.model, val_tokens, val_cond, rt, EVAL_BATCH),
              "val_ntp_raw": val_ntp(ar, val_tokens, val_cond, rt, EVAL_BATCH),
@@ -206,9 +181,9 @@ def run(params, arm: str, seed: int | None = None) -> None:
         missing = [s for s in a.eval_steps if not (state_dir / f"{snapshot_name(s)}.safetensors").is_file()]
         if missing:
             raise ArtifactError(f"EMA snapshots of steps {missing} are missing from {state_dir} (deleted during the "
-                                f"run?); delete {ckpt.path} and rerun `gear t2i-train --arm {arm} --seed {study_seed}`")
-        log.log(a.steps, **final)
-        final.update({k: log.last(k) for k in ("ntp", "align") if log.last(k) is not None})
+                                f"run?); delete {loop.ckpt.path} and rerun `gear t2i-train --arm {arm} --seed {study_seed}`")
+        loop.log.log(a.steps, **final)
+        final.update({k: loop.log.last(k) for k in ("ntp", "align") if loop.log.last(k) is not None})
         print(f"t2i-train[{arm}]: ntp {final.get('ntp', float('nan')):.4f}, val_ntp {final['val_ntp']:.4f} (EMA), "
               f"{final['val_ntp_raw']:.4f} (raw), unigram entropy {final['unigram_entropy']:.4f} nats, "
               f"{rt.world} process{'es' if rt.world > 1 else ''} on {rt.device.type}")
@@ -227,8 +202,7 @@ def run(params, arm: str, seed: int | None = None) -> None:
                 "final": final})
         for s in a.eval_steps:
             (state_dir / f"{snapshot_name(s)}.safetensors").unlink(missing_ok=True)
-    log.close()
-    ckpt.clear()
+    loop.finish()
     teardown(rt)
 
 

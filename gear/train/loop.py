@@ -1,0 +1,118 @@
+"""The one training loop of every training stage: resume, the step bar, the log and save cadence,
+stop signals.
+
+A stage builds its models, optimizers and data stream, then makes a `Loop` from what its
+resumable state is made of (`parts`: objects with state_dict / load_state_dict) and runs its step
+body in it:
+
+    loop = Loop(params, rt, name="tokenizer_init", steps=t.steps, state_dir=..., compat={...},
+                metrics_dir=..., parts={"tokenizer": tok, "opt_g": opt_g, "data": stream, ...})
+    loop.run(step, row, show=("recon", "usage"))   # step(i) -> out; row(i, out) -> metrics, when due
+    ... final evaluation, outputs written (rank 0), loop.log.log(...) ...
+    loop.finish()                                  # publish the metrics, drop the state
+
+Making the loop resumes: the state under compute.state_dir is loaded into the parts (and every
+process's RNG restored) right there, so a stage makes it after everything that draws random
+numbers at start-up. Then, per step: the body, the metrics row when a log is due (every
+compute.log_every steps and at the last), a StopRequest check (SIGTERM / SIGUSR1, agreed across
+processes), and the state saved every compute.save_every steps or on a stop. The loop draws no
+random numbers, so a resumed run makes exactly the draws of an uninterrupted one.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from tqdm import tqdm
+
+from gear.train.logger import MetricsLog
+from gear.train.state import Checkpointer, StopRequest, check_finite, restores_stop_signals
+
+
+class TensorState:
+    """A running-sum tensor as a loop part (updated in place by the step body)."""
+
+    def __init__(self, tensor: torch.Tensor):
+        self.tensor = tensor
+
+    def state_dict(self) -> torch.Tensor:
+        return self.tensor.cpu()
+
+    def load_state_dict(self, state: torch.Tensor) -> None:
+        self.tensor.copy_(state)
+
+
+class Loop:
+    """`name` names the job in the bar and in messages (e.g. `tune[gear/seed 0]`); `count_done`:
+    a row is numbered by the steps done and logged after every log_every of them (rather than by
+    the step's 0-based index, the first step's included)."""
+
+    def __init__(self, params, rt, *, name: str, steps: int, state_dir: str | Path, compat: dict,
+                 metrics_dir: str | Path, parts: dict[str, Any], count_done: bool = False):
+        self.rt, self.name, self.steps, self.parts = rt, name, steps, parts
+        self.log_every, self.save_every = params.compute.log_every, params.compute.save_every
+        self.count_done = count_done
+        self.ckpt = Checkpointer(state_dir, rt, compat)
+        state = self.ckpt.load()
+        self.start = 0
+        if state is not None:
+            for key, part in parts.items():
+                part.load_state_dict(state[key])
+            self.start = state["step"]
+        self.log = MetricsLog(metrics_dir, rt, state["metrics"] if state else None,
+                              staging=self.ckpt.path.parent / "dvclive")
+        self._window = (time.perf_counter(), 0)  # (start, steps) since the last log: steps_per_s
+
+    def check_finite(self, step: int, **losses: torch.Tensor) -> None:
+        """Stop on a NaN/Inf loss; the last good state stays on disk."""
+        check_finite(self.name, step, self.ckpt.path, **losses)
+
+    def steps_per_s(self) -> float:
+        """Wall-clock steps per second since the last log (the one non-reproducible metric)."""
+        start, n = self._window
+        return n / (time.perf_counter() - start)
+
+    @restores_stop_signals  # the stop handlers end with the loop (a forked pool must not inherit them)
+    def run(self, step_fn: Callable[[int], Any], row_fn: Callable[[int, Any], dict],
+            show: tuple[str, ...] = ()) -> None:
+        """step_fn(step) trains one step and returns what row_fn(step, out) needs to make the
+        metrics row when a log is due; `show`: the row's values on the bar."""
+        stop = StopRequest()
+        bar = tqdm(total=self.steps, initial=self.start, desc=self.name, disable=not self.rt.is_main)
+        for step in range(self.start, self.steps):
+            out = step_fn(step)
+            start, n = self._window
+            self._window = (start, n + 1)
+            bar.update(1)
+            done = step + 1
+            if (done if self.count_done else step) % self.log_every == 0 or done == self.steps:
+                row = row_fn(step, out)
+                self.log.log(done if self.count_done else step, **row)
+                bar.set_postfix({k: f"{row[k]:.4f}" for k in show})
+                self._window = (time.perf_counter(), 0)
+            stopping = stop.agreed(self.rt)  # every process saves at the same step
+            if done % self.save_every == 0 or stopping:
+                self.save(done)
+                if stopping:
+                    stop.exit_after_save(self.name, done, self.rt)
+        bar.close()
+
+    def save(self, step: int) -> None:
+        """The state after `step` steps (a collective: every process calls it)."""
+        self.ckpt.save({"step": step, **{k: p.state_dict() for k, p in self.parts.items()},
+                        "metrics": self.log.state_dict()})
+
+    def finish(self) -> None:
+        """After the outputs are written: publish the metrics, and the next run starts fresh."""
+        self.log.close()
+        self.ckpt.clear()
+
+
+def untrained_metrics(metrics_dir: str | Path, rt, staging: str | Path) -> None:
+    """The declared metrics of a stage that had nothing to train (a hub teacher, a judge without
+    attributes): one row saying so."""
+    log = MetricsLog(metrics_dir, rt, staging=staging)
+    log.log(0, trained=0.0)
+    log.close()
