@@ -41,16 +41,14 @@ from gear.artifacts import load_tokenizer, load_weights, read_config
 from gear.config import ParamsError
 from gear.data.loader import TrainStream, augment, decode_image, decode_label, eval_batches, to_tensor
 from gear.io import ArtifactError, atomic_dir, save_tensors, write_json
-from gear.models.ar import GPT, GPTConfig, configure_optimizer
-from gear.runtime import Runtime, all_reduce_mean, seed_everything, setup, teardown
+from gear.models.ar import GPT, GPTConfig
+from gear.runtime import Runtime, seed_everything, setup, teardown
 from gear.stages.tokenize import check_arm, read_tokens_manifest
 from gear.study import resolve_seed, seeded
 from gear.teachers import load_teacher
-from gear.train.ar_objective import accumulate_grads, build_ar, train_micro_step, val_ntp
-from gear.train.ema import EMA
+from gear.train.ar_objective import build_ar, val_ntp
+from gear.train.ar_trainer import ARTrainer, summary
 from gear.train.loop import Loop
-from gear.train.parallel import DataParallel
-from gear.train.schedule import lr_at
 
 STAGE = "train_ar"
 VAL_IMAGES = 512
@@ -122,13 +120,7 @@ def run(params, arm: str, size: str, seed: int | None = None) -> None:
                         init=a.init, init_key=a.init_key)  # ar.init: a released GPT (steps 0: as is)
     ar, proj = ar.to(rt.device), proj.to(rt.device)
     ar.grad_checkpointing = params.compute.grad_checkpointing
-    ema = EMA(ar, a.ema_decay)  # copied before sharding (a sharded module cannot be copied)
-    dp = DataParallel(rt, fsdp=params.compute.fsdp)
-    ar_w, proj_w = dp.wrap(ar), dp.wrap(proj)
-    dp.shard_copy(ema.model)
-    trained = nn.ModuleList([ar, proj])
-    opt = configure_optimizer(trained, a.lr, a.betas, a.weight_decay)  # over the shards under FSDP
-    fwd = torch.compile(ar_w) if params.compute.compile else ar_w
+    trainer = ARTrainer(params, rt, ar, proj, a)
     stream = TrainStream(params, "train", micro, rank=rt.rank, world=rt.world, augment=True,
                          pattern=str(paths.tokens_dir(arm, seed) / "{split}-*.tar"), decode=TokenDecoder(man["hflip"]))
     val_x, val_y = val_tokens(params, tok, rt)
@@ -139,51 +131,22 @@ def run(params, arm: str, size: str, seed: int | None = None) -> None:
                 state_dir=paths.state_dir(params, STAGE, paths.seed_part(seed), arm, size), compat={
                     "ar": ar.cfg.to_dict(), "projector_hidden": a.projector_hidden, "teacher": params.teacher,
                     "align": [params.align_weight_ar, align_layer], "tokenizer_sha256": man["tokenizer_sha256"],
-                    "optim": [a.lr, list(a.betas), a.weight_decay, a.warmup_steps, a.grad_clip, a.ema_decay],
-                    "batch_size": a.batch_size, "grad_accum": a.grad_accum, "seed": params.compute.seed},
-                metrics_dir=paths.train_ar_metrics_dir(arm, size, seed),
-                parts={"ar": dp.part(ar), "proj": dp.part(proj), "ema": dp.part(ema.model),
-                       "opt": dp.optim_part(trained, opt), "data": stream})
-    params_all = [*ar.parameters(), *proj.parameters()]
+                    **trainer.compat(), "seed": params.compute.seed},
+                metrics_dir=paths.train_ar_metrics_dir(arm, size, seed), parts=trainer.parts(stream))
 
-    def step_fn(step: int):
-        lr = lr_at(step, a.steps, a.lr, a.warmup_steps)
-        for group in opt.param_groups:
-            group["lr"] = lr
-
-        def micro_step():
-            loss, logs = train_micro_step(fwd, proj_w, next(stream), teacher, grid, align_layer,
-                                          params.align_weight_ar, rt)
-            loop.check_finite(step, loss=loss)
-            return loss, logs
-
-        sums = accumulate_grads(a.grad_accum, dp, (ar_w, proj_w), micro_step)
-        grad_norm = dp.clip_grad_norm_(params_all, a.grad_clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        ema.update(ar)
-        return sums, grad_norm, lr
-
-    def row_fn(step: int, out) -> dict:
-        sums, grad_norm, lr = out
-        row = {k: all_reduce_mean(v, rt).item() for k, v in sums.items()}
-        row.update(lr=lr, grad_norm=grad_norm.item(), tokens_per_s=loop.steps_per_s() * a.batch_size * L)
-        row["val_ntp"] = val_ntp(ema.model, val_x, (val_y,), rt, EVAL_BATCH)
-        return row
+    def val(model: nn.Module) -> float:
+        return val_ntp(model, val_x, (val_y,), rt, EVAL_BATCH)
 
     ar.train(); proj.train()
-    loop.run(step_fn, row_fn, show=("ntp", "val_ntp"))
+    loop.run(lambda step: trainer.step(step, stream, teacher, grid, align_layer, params.align_weight_ar, loop),
+             lambda step, out: trainer.row(out, loop, a.batch_size * L, val), show=("ntp", "val_ntp"))
 
-    final = {"val_ntp": val_ntp(ema.model, val_x, (val_y,), rt, EVAL_BATCH),
-             "val_ntp_raw": val_ntp(ar, val_x, (val_y,), rt, EVAL_BATCH),
-             "unigram_entropy": man["unigram_entropy"]}
-    weights = {"ar": dp.state_dict(ema.model), "ar_raw": dp.state_dict(ar), "projector": dp.state_dict(proj)}
+    final = {**trainer.final(val), "unigram_entropy": man["unigram_entropy"]}
+    weights = trainer.weights()
     if rt.is_main:
         loop.log.log(a.steps, **final)
         final.update({k: loop.log.last(k) for k in ("ntp", "align") if loop.log.last(k) is not None})
-        print(f"train-ar[{arm}/{size}]: ntp {final.get('ntp', float('nan')):.4f}, val_ntp {final['val_ntp']:.4f} (EMA), "
-              f"{final['val_ntp_raw']:.4f} (raw), unigram entropy {final['unigram_entropy']:.4f} nats, "
-              f"{rt.world} process{'es' if rt.world > 1 else ''} on {rt.device.type}")
+        print(summary(f"train-ar[{arm}/{size}]", final, rt))
         with atomic_dir(paths.ar_dir(arm, size, seed)) as out:
             for name, sd in weights.items():
                 save_tensors(out / f"{name}.safetensors", sd)

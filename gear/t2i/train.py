@@ -36,19 +36,17 @@ from gear.artifacts import load_weights, read_config
 from gear.config import ParamsError
 from gear.data.loader import TrainStream, eval_batches
 from gear.io import ArtifactError, atomic_dir, save_tensors, sha256_file, write_json
-from gear.models.ar import GPT, GPTConfig, Projector, configure_optimizer
-from gear.runtime import all_reduce_mean, seed_everything, setup, teardown
+from gear.models.ar import GPT, GPTConfig, Projector
+from gear.runtime import seed_everything, setup, teardown
 from gear.stages.tokenize import frozen_tokenizer
 from gear.study import resolve_seed, seeded
 from gear.t2i import paths
 from gear.t2i.data import TokenSample, pattern, read_tokens_manifest, shards_digest
 from gear.t2i.tokenize import arm_seed, check_arm, hint
 from gear.teachers import load_teacher
-from gear.train.ar_objective import accumulate_grads, train_micro_step, val_ntp
-from gear.train.ema import EMA
+from gear.train.ar_objective import val_ntp
+from gear.train.ar_trainer import ARTrainer, summary
 from gear.train.loop import Loop
-from gear.train.parallel import DataParallel
-from gear.train.schedule import lr_at
 
 STAGE = "t2i_train"
 VAL_PAIRS = 512
@@ -118,13 +116,7 @@ def run(params, arm: str, seed: int | None = None) -> None:
     ar = GPT(cfg).to(rt.device)
     ar.grad_checkpointing = params.compute.grad_checkpointing
     proj = Projector(cfg.dim, teacher.dim, hidden=a.projector_hidden).to(rt.device)
-    ema = EMA(ar, a.ema_decay)
-    dp = DataParallel(rt, fsdp=params.compute.fsdp)
-    ar_w, proj_w = dp.wrap(ar), dp.wrap(proj)
-    dp.shard_copy(ema.model)
-    trained = nn.ModuleList([ar, proj])
-    opt = configure_optimizer(trained, a.lr, a.betas, a.weight_decay)
-    fwd = torch.compile(ar_w) if params.compute.compile else ar_w
+    trainer = ARTrainer(params, rt, ar, proj, a)
     stream = TrainStream(params, "train", micro, rank=rt.rank, world=rt.world, augment=False,
                          pattern=pattern(folder), decode=TokenSample(cfg.text_len))
     val_tokens, *val_cond = (v.to(rt.device) for v in val_pairs(params, folder, cfg.text_len))
@@ -134,49 +126,26 @@ def run(params, arm: str, seed: int | None = None) -> None:
     loop = Loop(params, rt, name=f"t2i-train[{arm}]", steps=a.steps, state_dir=state_dir, compat={
                     "t2i_gpt": cfg.to_dict(), "projector_hidden": a.projector_hidden, "teacher": params.teacher,
                     "align": [a.align_weight, a.align_layer], "tokenizer_sha256": man["tokenizer_sha256"],
-                    "captions_digest": man["captions_digest"], "eval_steps": a.eval_steps,
-                    "optim": [a.lr, list(a.betas), a.weight_decay, a.warmup_steps, a.grad_clip, a.ema_decay],
-                    "batch_size": a.batch_size, "grad_accum": a.grad_accum, "seed": params.compute.seed},
-                metrics_dir=paths.train_metrics_dir(arm, study_seed),
-                parts={"ar": dp.part(ar), "proj": dp.part(proj), "ema": dp.part(ema.model),
-                       "opt": dp.optim_part(trained, opt), "data": stream})
-    params_all = [*ar.parameters(), *proj.parameters()]
+                    "captions_digest": man["captions_digest"], "eval_steps": a.eval_steps, **trainer.compat(),
+                    "seed": params.compute.seed},
+                metrics_dir=paths.train_metrics_dir(arm, study_seed), parts=trainer.parts(stream))
+
+    def val(model: nn.Module) -> float:
+        return val_ntp(model, val_tokens, val_cond, rt, EVAL_BATCH)
 
     def step_fn(step: int):
-        lr = lr_at(step, a.steps, a.lr, a.warmup_steps)
-        for group in opt.param_groups:
-            group["lr"] = lr
-
-        def micro_step():
-            loss, logs = train_micro_step(fwd, proj_w, next(stream), teacher, grid, a.align_layer, a.align_weight, rt)
-            loop.check_finite(step, loss=loss)
-            return loss, logs
-
-        logs = accumulate_grads(a.grad_accum, dp, (ar_w, proj_w), micro_step)
-        grad_norm = dp.clip_grad_norm_(params_all, a.grad_clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        ema.update(ar)
+        out = trainer.step(step, stream, teacher, grid, a.align_layer, a.align_weight, loop)
         if step + 1 in a.eval_steps:  # every process joins the gather; rank 0 writes
-            sd = dp.state_dict(ema.model)
+            sd = trainer.dp.state_dict(trainer.ema.model)
             if rt.is_main:
                 save_tensors(state_dir / f"{snapshot_name(step + 1)}.safetensors", sd)
-        return logs, grad_norm, lr
-
-    def row_fn(step: int, out) -> dict:
-        logs, grad_norm, lr = out
-        row = {k: all_reduce_mean(v, rt).item() for k, v in logs.items()}
-        row.update(lr=lr, grad_norm=grad_norm.item(), tokens_per_s=loop.steps_per_s() * a.batch_size * L)
-        row["val_ntp"] = val_ntp(ema.model, val_tokens, val_cond, rt, EVAL_BATCH)
-        return row
+        return out
 
     ar.train(); proj.train()
-    loop.run(step_fn, row_fn, show=("ntp", "val_ntp"))
+    loop.run(step_fn, lambda step, out: trainer.row(out, loop, a.batch_size * L, val), show=("ntp", "val_ntp"))
 
-    final = {"val_ntp": val_ntp(ema.model, val_tokens, val_cond, rt, EVAL_BATCH),
-             "val_ntp_raw": val_ntp(ar, val_tokens, val_cond, rt, EVAL_BATCH),
-             "unigram_entropy": man["unigram_entropy"]}
-    weights = {"ar": dp.state_dict(ema.model), "ar_raw": dp.state_dict(ar), "projector": dp.state_dict(proj)}
+    final = {**trainer.final(val), "unigram_entropy": man["unigram_entropy"]}
+    weights = trainer.weights()
     if rt.is_main:
         missing = [s for s in a.eval_steps if not (state_dir / f"{snapshot_name(s)}.safetensors").is_file()]
         if missing:
@@ -184,9 +153,7 @@ def run(params, arm: str, seed: int | None = None) -> None:
                                 f"run?); delete {loop.ckpt.path} and rerun `gear t2i-train --arm {arm} --seed {study_seed}`")
         loop.log.log(a.steps, **final)
         final.update({k: loop.log.last(k) for k in ("ntp", "align") if loop.log.last(k) is not None})
-        print(f"t2i-train[{arm}]: ntp {final.get('ntp', float('nan')):.4f}, val_ntp {final['val_ntp']:.4f} (EMA), "
-              f"{final['val_ntp_raw']:.4f} (raw), unigram entropy {final['unigram_entropy']:.4f} nats, "
-              f"{rt.world} process{'es' if rt.world > 1 else ''} on {rt.device.type}")
+        print(summary(f"t2i-train[{arm}]", final, rt))
         with atomic_dir(paths.ar_dir(arm, study_seed)) as out:
             for name, sd in weights.items():
                 save_tensors(out / f"{name}.safetensors", sd)

@@ -80,24 +80,24 @@ class Loop:
         """step_fn(step) trains one step and returns what row_fn(step, out) needs to make the
         metrics row when a log is due; `show`: the row's values on the bar."""
         stop = StopRequest()
-        bar = tqdm(total=self.steps, initial=self.start, desc=self.name, disable=not self.rt.is_main)
-        for step in range(self.start, self.steps):
-            out = step_fn(step)
-            start, n = self._window
-            self._window = (start, n + 1)
-            bar.update(1)
-            done = step + 1
-            if (done if self.count_done else step) % self.log_every == 0 or done == self.steps:
-                row = row_fn(step, out)
-                self.log.log(done if self.count_done else step, **row)
-                bar.set_postfix({k: f"{row[k]:.4f}" for k in show})
-                self._window = (time.perf_counter(), 0)
-            stopping = stop.agreed(self.rt)  # every process saves at the same step
-            if done % self.save_every == 0 or stopping:
-                self.save(done)
-                if stopping:
-                    stop.exit_after_save(self.name, done, self.rt)
-        bar.close()
+        with tqdm(total=self.steps, initial=self.start, desc=self.name, disable=not self.rt.is_main) as bar:
+            for step in range(self.start, self.steps):
+                out = step_fn(step)
+                start, n = self._window
+                self._window = (start, n + 1)
+                bar.update(1)
+                done = step + 1
+                if (done if self.count_done else step) % self.log_every == 0 or done == self.steps:
+                    row = row_fn(step, out)
+                    self.log.log(done if self.count_done else step, **row)
+                    bar.set_postfix({k: f"{row[k]:.4f}" for k in show})
+                    self._window = (time.perf_counter(), 0)
+                stopping = stop.agreed(self.rt)  # every process saves at the same step
+                if done % self.save_every == 0 or stopping:
+                    self.save(done)
+                    if stopping:
+                        bar.close()
+                        stop.exit_after_save(self.name, done, self.rt)
 
     def save(self, step: int) -> None:
         """The state after `step` steps (a collective: every process calls it)."""
