@@ -19,7 +19,7 @@ from gear.cli import main
 from gear import paths
 from gear.io import read_json
 from gear.stages import evaluate
-from gear.stages.sample import read_samples
+from gear.artifacts import read_samples
 from test_evaluate_report import CLI, params, stamp_world, world, ws  # noqa: F401  (world: the tiny evaluation fixture)
 from tiny import gear_cli
 

@@ -21,6 +21,7 @@ from gear.io import save_tensors, write_json
 from gear.models.demo_teacher import DemoViT
 from gear.models.tokenizer import Tokenizer, TokenizerConfig
 from gear.t2i import paths, train
+from gear.train import loop as train_loop
 from test_ar_stages import history, tree_bytes  # the same byte and curve comparisons
 from tiny import PARAMS, TINY, gear_cli, stamp
 
@@ -131,25 +132,25 @@ def test_t2i_train_resumes_exactly(base, tmp_path, monkeypatch, kill):
     try:
         with monkeypatch.context() as m:
             if kill == "sigterm":  # preemption during step 5 (after the step-4 snapshot)
-                real = train.check_finite
+                real = train_loop.check_finite
 
                 def check(stage, step, path, **losses):
                     if step == 5:
                         os.kill(os.getpid(), signal.SIGTERM)
                     real(stage, step, path, **losses)
 
-                m.setattr(train, "check_finite", check)
+                m.setattr(train_loop, "check_finite", check)
                 with pytest.raises(SystemExit) as e:
                     train.run(params(*over), "gear")
                 assert e.value.code == 128 + signal.SIGTERM
             else:  # a crash right after the first periodic save (step 3)
-                real_save = train.Checkpointer.save
+                real_save = train_loop.Checkpointer.save
 
                 def save_then_die(self, state):
                     real_save(self, state)
                     raise RuntimeError("node lost")
 
-                m.setattr(train.Checkpointer, "save", save_then_die)
+                m.setattr(train_loop.Checkpointer, "save", save_then_die)
                 with pytest.raises(RuntimeError, match="node lost"):
                     train.run(params(*over), "gear")
     finally:

@@ -58,7 +58,7 @@ from gear.guard import as_dict
 from gear import paths
 from gear.data import embedded
 from gear.data.images import decode
-from gear.io import exclusive, reraise_disk_full
+from gear.io import exclusive, reraise_disk_full, swap_in
 
 ORDER_SEED = 7  # fixed shuffle of the sample order within each split
 
@@ -421,11 +421,5 @@ def _write(params, out: Path, classes: list[str], splits: dict[str, list[Job]], 
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
-    # Swap in the new set: stale shards of an older run go away with the old folder.
-    old = out.parent / f".{out.name}.old"
-    shutil.rmtree(old, ignore_errors=True)
-    if out.exists():
-        out.rename(old)
-    tmp.rename(out)
-    shutil.rmtree(old, ignore_errors=True)
+    swap_in(tmp, out)  # stale shards of an older run go away with the old folder
     return manifest

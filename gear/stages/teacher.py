@@ -17,11 +17,11 @@ the stage only writes config.json saying so, which keeps the pipeline's DAG the 
 """
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 
 from gear import paths
+from gear.ablations import demo_needed
 from gear.data.loader import TrainStream, eval_batches, read_manifest
 from gear.io import atomic_dir, save_tensors, write_json
 from gear.models.demo_teacher import DemoViT
@@ -34,9 +34,6 @@ STAGE = "teacher"
 LABEL_SMOOTHING = 0.1
 WEIGHT_DECAY = 0.05
 GRAD_CLIP = 1.0
-
-
-from gear.ablations import demo_needed  # noqa: E402  (re-exported: where the stage decides to train)
 
 
 def build_demo(params, manifest: dict) -> DemoViT:

@@ -30,20 +30,17 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
 from gear import paths
-from gear.artifacts import load_tokenizer, load_weights, read_config
+from gear.artifacts import check_arm, load_tokenizer, read_tokens_manifest
 from gear.config import ParamsError
 from gear.data.loader import TrainStream, augment, decode_image, decode_label, eval_batches, to_tensor
-from gear.io import ArtifactError, atomic_dir, save_tensors, write_json
-from gear.models.ar import GPT, GPTConfig
+from gear.io import atomic_dir, save_tensors, write_json
 from gear.runtime import Runtime, seed_everything, setup, teardown
-from gear.stages.tokenize import check_arm, read_tokens_manifest
 from gear.study import resolve_seed, seeded
 from gear.teachers import load_teacher
 from gear.train.ar_objective import build_ar, val_ntp
@@ -53,17 +50,6 @@ from gear.train.loop import Loop
 STAGE = "train_ar"
 VAL_IMAGES = 512
 EVAL_BATCH = 128
-
-
-def load_ar(directory: str | Path, device: str | torch.device = "cpu", name: str = "ar") -> tuple[GPT, dict]:
-    """(AR in eval mode, frozen; its config.json) from a folder written by train-ar.
-    name: `ar` (EMA) or `ar_raw`."""
-    cfg = read_config(directory, "AR")
-    if "gpt" not in cfg:
-        raise ArtifactError(f"{directory}/config.json holds no AR config")
-    model = GPT(GPTConfig.from_dict(cfg["gpt"]))
-    load_weights(model, Path(directory) / f"{name}.safetensors", "AR weights")
-    return model.to(device).eval().requires_grad_(False), cfg
 
 
 class TokenDecoder:

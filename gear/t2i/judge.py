@@ -1,4 +1,4 @@
-"""`gear t2i-judge`: train the prompt-following judge, and the API that scores generated images.
+"""`gear t2i-judge`: train the prompt-following judge that scores generated images.
 
 The embedded pairs draw one shape of one colour at one position, and each sample's json member
 says which (the manifest lists the values). The judge (gear/models/judge.py) is a small CNN with
@@ -18,7 +18,8 @@ trained on). Metrics (dvclive) in t2i/metrics/judge/: train_loss, train_acc (all
 lr, then the val accuracies. Pairs without attributes (a folder or JSONL source) have no judge:
 config.json then says {"available": false, "reason": ...} and load_judge gives None.
 
-    from gear.t2i.judge import load_judge, prompt_accuracy
+    from gear.models.judge import prompt_accuracy
+    from gear.t2i.data import load_judge
     judge = load_judge("cuda")                                # None: no attributes to judge
     prompt_accuracy(judge, images_uint8, [{"shape": "circle", "colour": "red", "position": "top left"}, ...])
 """
@@ -32,11 +33,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from gear.artifacts import load_weights, read_config
 from gear.data.loader import TrainStream, augment, decode_image, eval_batches, to_tensor
 from gear.data.shard import DataError
-from gear.io import ArtifactError, atomic_dir, save_tensors, write_json
-from gear.models.judge import Judge
+from gear.io import atomic_dir, save_tensors, write_json
+from gear.models.judge import ARCH, ATTRIBUTES, Judge, attribute_indices, predict_indices
 from gear.runtime import Runtime, barrier, seed_everything, setup, teardown
 from gear.t2i import paths
 from gear.t2i.data import read_pairs_manifest, shards_digest
@@ -45,8 +45,6 @@ from gear.train.schedule import lr_at
 from gear.train.state import NonFiniteLossError
 
 STAGE = "t2i-judge"
-ATTRIBUTES = ("shape", "colour", "position")
-ARCH = dict(width=32, depth=3, grid=4, max_side=64)
 WEIGHT_DECAY = 0.01
 EVAL_BATCH = 256
 METRICS_DIR = paths.judge_metrics_dir()
@@ -65,16 +63,6 @@ def vocab_of(manifest: dict) -> dict[str, list[str]] | None:
         raise DataError(f"{paths.manifest()}: 'attributes' must list two or more values of each of "
                         f"{', '.join(ATTRIBUTES)}; run `gear t2i-shard` again")
     return {a: [str(v) for v in attrs[a]] for a in ATTRIBUTES}
-
-
-def attribute_indices(vocab: dict[str, list[str]], attributes: dict) -> list[int]:
-    """[shape, colour, position] value indices of one sample's attributes (ValueError if unknown)."""
-    out = []
-    for a in ATTRIBUTES:
-        if attributes.get(a) not in vocab[a]:
-            raise ValueError(f"{a} {attributes.get(a)!r} is not one of the judge's {', '.join(vocab[a])}")
-        out.append(vocab[a].index(attributes[a]))
-    return out
 
 
 class AttributeDecoder:
@@ -97,76 +85,6 @@ def _pattern() -> str:
 
 
 # ----------------------------------------------------------------------------------------------
-# scoring
-
-
-@torch.no_grad()
-def _predict_indices(judge: Judge, images_uint8: np.ndarray, batch_size: int = EVAL_BATCH) -> np.ndarray:
-    """(N, 3) predicted value indices (shape, colour, position) of uint8 images (N, H, W, 3)."""
-    images = np.asarray(images_uint8)
-    side = judge.image_size
-    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (side, side, 3):
-        raise ValueError(f"judge: images must be uint8 (N, {side}, {side}, 3), got {images.dtype} {images.shape}")
-    device = next(judge.parameters()).device
-    was_training = judge.training
-    judge.eval()
-    out = []
-    for s in range(0, len(images), batch_size):
-        # the same conversion as the loader's to_tensor: real val images score here as in training
-        x = torch.from_numpy(images[s:s + batch_size].astype(np.float32) / 127.5 - 1.0).permute(0, 3, 1, 2)
-        logits = judge(x.to(device).contiguous(memory_format=torch.channels_last))
-        out.append(torch.stack([logits[a].argmax(-1) for a in ATTRIBUTES], 1).cpu())
-    judge.train(was_training)
-    return torch.cat(out).numpy() if out else np.zeros((0, len(ATTRIBUTES)), np.int64)
-
-
-def predict(judge: Judge, images_uint8: np.ndarray) -> dict[str, np.ndarray]:
-    """{attribute: (N,) predicted value names} of uint8 images (N, H, W, 3)."""
-    idx = _predict_indices(judge, images_uint8)
-    return {a: np.asarray(judge.vocab[a], dtype=str)[idx[:, i]] for i, a in enumerate(ATTRIBUTES)}
-
-
-def prompt_accuracy(judge: Judge, images_uint8: np.ndarray, attributes: list[dict]) -> dict:
-    """Share of images whose shape / colour / position (and all three at once) the judge reads as
-    their prompt asked: {"shape", "colour", "position", "all": float, "n": N}."""
-    if len(images_uint8) != len(attributes):
-        raise ValueError(f"prompt_accuracy: {len(images_uint8)} images but {len(attributes)} attribute sets")
-    if len(attributes) == 0:
-        raise ValueError("prompt_accuracy: no images to judge")
-    want = np.array([attribute_indices(judge.vocab, a) for a in attributes])  # unknown values fail before compute
-    hit = _predict_indices(judge, images_uint8) == want
-    return {**{a: float(hit[:, i].mean()) for i, a in enumerate(ATTRIBUTES)},
-            "all": float(hit.all(1).mean()), "n": len(attributes)}
-
-
-def load_judge(device: str | torch.device = "cpu") -> Judge | None:
-    """The trained judge (eval mode, frozen) or None when the pairs have no attributes. A judge
-    missing, corrupt, or trained on other pairs than the current manifest's is an ArtifactError."""
-    cfg = read_config(paths.JUDGE_DIR, "judge")
-    if "available" not in cfg:
-        raise ArtifactError(f"judge config {paths.JUDGE_DIR / 'config.json'} has no 'available' key; "
-                            f"run `gear t2i-judge` again")
-    try:
-        digest = shards_digest(read_pairs_manifest())
-    except DataError as e:
-        raise ArtifactError(str(e)) from None
-    # checked for "no judge" too: pairs that gained attributes since would go unjudged, silently
-    if cfg.get("pairs_sha256") != digest:
-        raise ArtifactError(f"judge in {paths.JUDGE_DIR} was made for other pairs than {paths.manifest()} "
-                            f"describes (pairs_sha256 differs); run `gear t2i-judge` again")
-    if not cfg["available"]:
-        return None
-    try:
-        judge = Judge(image_size=cfg["arch"]["image_size"], vocab=cfg["attributes"],
-                      **{k: cfg["arch"][k] for k in ARCH})
-    except (KeyError, TypeError, ValueError) as e:
-        raise ArtifactError(f"judge config {paths.JUDGE_DIR / 'config.json'} is incomplete "
-                            f"({type(e).__name__}: {e}); run `gear t2i-judge` again") from None
-    load_weights(judge, paths.JUDGE_DIR / "judge.safetensors", "judge weights")
-    return judge.to(device, memory_format=torch.channels_last).eval().requires_grad_(False)
-
-
-# ----------------------------------------------------------------------------------------------
 # the stage
 
 
@@ -180,7 +98,7 @@ def evaluate(params, judge: Judge) -> tuple[dict[str, float], int]:
         images.append(((x.permute(0, 2, 3, 1).numpy() + 1.0) * 127.5).round().astype(np.uint8))
         labels.append(y.numpy())
     want = np.concatenate(labels)
-    hit = _predict_indices(judge, np.concatenate(images)) == want
+    hit = predict_indices(judge, np.concatenate(images)) == want
     acc = {a: float(hit[:, i].mean()) for i, a in enumerate(ATTRIBUTES)}
     return {**acc, "all": float(hit.all(1).mean())}, len(want)
 

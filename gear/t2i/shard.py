@@ -45,6 +45,7 @@ import numpy as np
 from tqdm import tqdm
 
 from gear.guard import as_dict
+from gear.io import swap_in
 from gear.data.shard import ORDER_SEED, DataError, TarShards, _encode, _not_a_file, _pool_map, shown
 from gear.t2i import paths, scenes
 
@@ -219,16 +220,6 @@ def _write_split(split: str, jobs: list[tuple], results, folder: Path, params) -
     return {"count": writer.count, "shards": shards}, skipped, seen
 
 
-def _swap_in(tmp: Path, out: Path) -> None:
-    """Replace `out` by the finished `tmp`: stale shards of an older run go with the old folder."""
-    old = out.parent / f".{out.name}.old"
-    shutil.rmtree(old, ignore_errors=True)
-    if out.exists():
-        out.rename(old)
-    tmp.rename(out)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def run(params) -> None:
     """Build the pairs, manifest and prompts of params.t2i.data into paths.SHARD_DIR, atomically."""
     d, t = params.data, params.t2i.data
@@ -272,7 +263,7 @@ def run(params) -> None:
             with contextlib.suppress(OSError):
                 p.rmdir()
         raise
-    _swap_in(tmp, out)
+    swap_in(tmp, out)
     n_skip = len(manifest["skipped"])
     print(f"t2i-shard: {manifest['splits']['train']['count']} train / {manifest['splits']['val']['count']} val "
           f"pairs ({t.source}), {len(prompts)} held-out prompts -> {out}"

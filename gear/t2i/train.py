@@ -31,18 +31,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from gear import paths as main_paths
-from gear.artifacts import load_weights, read_config
 from gear.config import ParamsError
 from gear.data.loader import TrainStream, eval_batches
-from gear.io import ArtifactError, atomic_dir, save_tensors, sha256_file, write_json
+from gear.io import ArtifactError, atomic_dir, save_tensors, write_json
 from gear.models.ar import GPT, GPTConfig, Projector
 from gear.runtime import seed_everything, setup, teardown
-from gear.stages.tokenize import frozen_tokenizer
 from gear.study import resolve_seed, seeded
 from gear.t2i import paths
-from gear.t2i.data import TokenSample, pattern, read_tokens_manifest, shards_digest
-from gear.t2i.tokenize import arm_seed, check_arm, hint
+from gear.t2i.data import TokenSample, arm_seed, check_arm, pattern, snapshot_name, tokens_manifest
 from gear.teachers import load_teacher
 from gear.train.ar_objective import val_ntp
 from gear.train.ar_trainer import ARTrainer, summary
@@ -51,30 +47,6 @@ from gear.train.loop import Loop
 STAGE = "t2i_train"
 VAL_PAIRS = 512
 EVAL_BATCH = 128
-
-
-def tokens_manifest(params, arm: str, seed: int | None) -> dict:
-    """The arm's token manifest, checked against its frozen tokenizer and the caption shards."""
-    from gear.t2i.encode import read_captions_manifest
-
-    _, sha = frozen_tokenizer(params, arm, seed)
-    return read_tokens_manifest(paths.tokens_dir(arm, seed), sha, shards_digest(read_captions_manifest(params)),
-                                hint(arm, seed))
-
-
-def load_t2i(directory: str | Path, device="cpu", name: str = "ar") -> tuple[GPT, dict]:
-    """(caption-conditioned AR in eval mode, frozen; its config.json) from a folder written by
-    t2i-train. name: `ar` (final EMA), `ar_raw` or `ema_step<S>`. The config sits under
-    "t2i_gpt" (the seed's T2IConfig fields, which GPTConfig reads as a caption condition)."""
-    cfg = read_config(directory, "T2I AR")
-    if "t2i_gpt" not in cfg:
-        raise ArtifactError(f"{directory}/config.json holds no T2I AR config")
-    gpt = GPTConfig.from_dict(cfg["t2i_gpt"])
-    if gpt.condition != "caption":
-        raise ArtifactError(f"{directory}/config.json: t2i_gpt is not a caption-conditioned AR")
-    model = GPT(gpt)
-    load_weights(model, Path(directory) / f"{name}.safetensors", "T2I AR weights")
-    return model.to(device).eval().requires_grad_(False), cfg
 
 
 def val_pairs(params, folder: Path, text_len: int, limit: int = VAL_PAIRS):
@@ -87,10 +59,6 @@ def val_pairs(params, folder: Path, text_len: int, limit: int = VAL_PAIRS):
         if n >= limit:
             break
     return [torch.cat(p)[:limit] for p in zip(*parts)]
-
-
-def snapshot_name(step: int) -> str:
-    return f"ema_step{step}"
 
 
 def run(params, arm: str, seed: int | None = None) -> None:
@@ -171,15 +139,3 @@ def run(params, arm: str, seed: int | None = None) -> None:
             (state_dir / f"{snapshot_name(s)}.safetensors").unlink(missing_ok=True)
     loop.finish()
     teardown(rt)
-
-
-def check_trained_on(params, arm: str, seed: int) -> dict:
-    """The AR folder's config, checked to be trained on the arm's current frozen tokenizer."""
-    tok_seed = arm_seed(params, arm, seed)
-    cfg = read_config(paths.ar_dir(arm, seed), "T2I AR")
-    sha = sha256_file(main_paths.frozen_dir(arm, tok_seed) / "tokenizer.safetensors")
-    if cfg.get("tokenizer_sha256") != sha:
-        raise ArtifactError(f"T2I AR {paths.ar_dir(arm, seed)} was trained on another tokenizer than "
-                            f"{main_paths.frozen_dir(arm, tok_seed)}; rerun `gear t2i-tokenize` and `gear t2i-train "
-                            f"--arm {arm} --seed {seed}`")
-    return cfg
