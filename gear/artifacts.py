@@ -85,16 +85,17 @@ def check_tokenizer_matches(cfg: dict, params, directory: Path) -> None:
 
 # ---- AR weights (`gear train-ar`) ------------------------------------------------------------------
 
-def load_ar(directory: str | Path, device: str | torch.device = "cpu", name: str = "ar") -> tuple[GPT, dict]:
-    """(AR in eval mode, frozen; its config.json) from a folder written by train-ar.
-    name: `ar` (EMA) or `ar_raw`."""
+def load_ar(directory: str | Path, device: str | torch.device = "cpu", name: str = "ar", key: str = "gpt",
+            what: str = "AR") -> tuple[GPT, dict]:
+    """(AR in eval mode, frozen; its config.json) from a folder written by train-ar. name: `ar`
+    (EMA) or `ar_raw`; `key`: where config.json holds the GPTConfig (t2i-train's: t2i_gpt)."""
     from gear.models.ar import GPT, GPTConfig
 
-    cfg = read_config(directory, "AR")
-    if "gpt" not in cfg:
-        raise ArtifactError(f"{directory}/config.json holds no AR config")
-    model = GPT(GPTConfig.from_dict(cfg["gpt"]))
-    load_weights(model, Path(directory) / f"{name}.safetensors", "AR weights")
+    cfg = read_config(directory, what)
+    if key not in cfg:
+        raise ArtifactError(f"{directory}/config.json holds no {what} config")
+    model = GPT(GPTConfig.from_dict(cfg[key]))
+    load_weights(model, Path(directory) / f"{name}.safetensors", f"{what} weights")
     return model.to(device).eval().requires_grad_(False), cfg
 
 

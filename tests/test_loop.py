@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from gear.runtime import Runtime
-from gear.train.loop import Loop, TensorState
+from gear.train.loop import Loop, part
 from gear.train.state import STOP_SIGNALS
 
 STEPS = 5
@@ -19,7 +19,7 @@ STEPS = 5
 def make_loop(tmp_path, sums: torch.Tensor, count_done: bool = False) -> Loop:
     params = SimpleNamespace(compute=SimpleNamespace(log_every=2, save_every=2))
     return Loop(params, Runtime(device=torch.device("cpu")), name="toy", steps=STEPS, state_dir=tmp_path / "state",
-                compat={"toy": 1}, metrics_dir=tmp_path / "metrics", parts={"sums": TensorState(sums)},
+                compat={"toy": 1}, metrics_dir=tmp_path / "metrics", parts={"sums": part(sums.cpu, sums.copy_)},
                 count_done=count_done)
 
 
@@ -73,4 +73,4 @@ def test_a_state_of_another_config_is_refused(tmp_path):
     from gear.io import ArtifactError
     with pytest.raises(ArtifactError, match="another config"):
         Loop(params, Runtime(device=torch.device("cpu")), name="toy", steps=STEPS, state_dir=tmp_path / "state",
-             compat={"toy": 2}, metrics_dir=tmp_path / "metrics", parts={"sums": TensorState(sums)})
+             compat={"toy": 2}, metrics_dir=tmp_path / "metrics", parts={"sums": part(sums.cpu, sums.copy_)})

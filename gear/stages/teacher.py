@@ -26,7 +26,7 @@ from gear.data.loader import TrainStream, eval_batches, read_manifest
 from gear.io import atomic_dir, save_tensors, write_json
 from gear.models.demo_teacher import DemoViT
 from gear.runtime import Runtime, seed_everything, setup, teardown
-from gear.train.loop import Loop, TensorState, untrained_metrics
+from gear.train.loop import Loop, part, untrained_metrics
 from gear.train.parallel import DataParallel
 from gear.train.schedule import lr_at
 
@@ -96,7 +96,7 @@ def run(params) -> None:
                 compat={"architecture": model.config, "classes": manifest["classes"], "steps": t.demo_steps,
                         "batch_size": t.demo_batch_size, "lr": t.demo_lr, "seed": params.compute.seed},
                 metrics_dir=paths.metrics_dir(STAGE), count_done=True,
-                parts={"model": model, "opt": opt, "data": stream, "window": TensorState(window)})
+                parts={"model": model, "opt": opt, "data": stream, "window": part(window.cpu, window.copy_)})
 
     def step_fn(step: int) -> float:
         x, y = next(stream)

@@ -2,12 +2,9 @@
 
 Recipe (LlamaGen-REPA): L = CE(next token) + align_weight_ar * (-cos(P(h_l), y)) at the tap layer
 l = ar.align_layer_for(S), with teacher features y computed online from the shard's image (see
-gear/train/ar_objective.py). AdamW (nanoGPT decay groups) over AR + projector, linear warm-up
-over ar.warmup_steps then constant lr, grad clipping, EMA of the AR, bf16 autocast, optional
-torch.compile, gradient accumulation (no_sync on non-final micro-steps under DDP). Under torchrun
-the AR and projector train with DDP, or with compute.fsdp sharded by FSDP2 (gear/train/parallel.py:
-parameters, gradients, AdamW state and the EMA split across processes; saved state and outputs
-are the same full tensors either way).
+gear/train/ar_objective.py), bf16 autocast; the optimizer, schedule, EMA, gradient accumulation
+and DDP / FSDP2 (compute.fsdp: saved state and outputs are the same full tensors either way) are
+gear/train/ar_trainer.py's, shared with t2i-train.
 
 Data: the token shards of `gear tokenize`. Augmentation is the horizontal flip only: a coin
 flip from the loader's per-sample rng picks the mirrored image *and* its mirrored token grid, so
@@ -44,7 +41,7 @@ from gear.runtime import Runtime, seed_everything, setup, teardown
 from gear.study import resolve_seed, seeded
 from gear.teachers import load_teacher
 from gear.train.ar_objective import build_ar, val_ntp
-from gear.train.ar_trainer import ARTrainer, summary
+from gear.train.ar_trainer import ARTrainer, micro_batch
 from gear.train.loop import Loop
 
 STAGE = "train_ar"
@@ -92,10 +89,7 @@ def run(params, arm: str, size: str, seed: int | None = None) -> None:
     man = read_tokens_manifest(params, arm, seed)  # missing or stale tokens: error before any compute
     a = params.ar
     rt = setup(params)
-    if a.batch_size % (rt.world * a.grad_accum):
-        raise ParamsError(f"ar.batch_size = {a.batch_size}: must be divisible by processes ({rt.world}) x "
-                          f"ar.grad_accum ({a.grad_accum})")
-    micro = a.batch_size // (rt.world * a.grad_accum)
+    micro = micro_batch(a, rt, "ar")
     grid, L = man["grid"], man["grid"] ** 2
     align_layer = a.align_layer_for(size, params.align_layer)
     teacher = load_teacher(params, rt.device)
@@ -127,12 +121,9 @@ def run(params, arm: str, size: str, seed: int | None = None) -> None:
     loop.run(lambda step: trainer.step(step, stream, teacher, grid, align_layer, params.align_weight_ar, loop),
              lambda step, out: trainer.row(out, loop, a.batch_size * L, val), show=("ntp", "val_ntp"))
 
-    final = {**trainer.final(val), "unigram_entropy": man["unigram_entropy"]}
+    final = trainer.finish(loop, val, f"train-ar[{arm}/{size}]", unigram_entropy=man["unigram_entropy"])
     weights = trainer.weights()
     if rt.is_main:
-        loop.log.log(a.steps, **final)
-        final.update({k: loop.log.last(k) for k in ("ntp", "align") if loop.log.last(k) is not None})
-        print(summary(f"train-ar[{arm}/{size}]", final, rt))
         with atomic_dir(paths.ar_dir(arm, size, seed)) as out:
             for name, sd in weights.items():
                 save_tensors(out / f"{name}.safetensors", sd)

@@ -18,12 +18,12 @@ import numpy as np
 import torch
 
 from gear import paths as main_paths
-from gear.artifacts import frozen_tokenizer, load_weights, read_config
+from gear.artifacts import frozen_tokenizer, load_ar, load_weights, read_config
 from gear.config import ParamsError
 from gear.data.loader import decode_image, to_tensor
 from gear.data.shard import DataError
 from gear.io import ArtifactError, read_json, reading, sha256_file
-from gear.models.ar import GPT, GPTConfig
+from gear.models.ar import GPT
 from gear.models.judge import ARCH, Judge
 from gear.study import resolve_seed
 from gear.t2i import paths
@@ -195,15 +195,10 @@ def load_t2i(directory: str | Path, device="cpu", name: str = "ar") -> tuple[GPT
     """(caption-conditioned AR in eval mode, frozen; its config.json) from a folder written by
     t2i-train. name: `ar` (final EMA), `ar_raw` or `ema_step<S>`. The config sits under
     "t2i_gpt" (the seed's T2IConfig fields, which GPTConfig reads as a caption condition)."""
-    cfg = read_config(directory, "T2I AR")
-    if "t2i_gpt" not in cfg:
-        raise ArtifactError(f"{directory}/config.json holds no T2I AR config")
-    gpt = GPTConfig.from_dict(cfg["t2i_gpt"])
-    if gpt.condition != "caption":
+    model, cfg = load_ar(directory, device, name, key="t2i_gpt", what="T2I AR")
+    if model.cfg.condition != "caption":
         raise ArtifactError(f"{directory}/config.json: t2i_gpt is not a caption-conditioned AR")
-    model = GPT(gpt)
-    load_weights(model, Path(directory) / f"{name}.safetensors", "T2I AR weights")
-    return model.to(device).eval().requires_grad_(False), cfg
+    return model, cfg
 
 
 def check_trained_on(params, arm: str, seed: int) -> dict:

@@ -40,7 +40,7 @@ from gear.models.judge import ARCH, ATTRIBUTES, Judge, attribute_indices, predic
 from gear.runtime import Runtime, barrier, seed_everything, setup, teardown
 from gear.t2i import paths
 from gear.t2i.data import read_pairs_manifest, shards_digest
-from gear.train.loop import Loop, TensorState, untrained_metrics
+from gear.train.loop import Loop, part, untrained_metrics
 from gear.train.schedule import lr_at
 from gear.train.state import NonFiniteLossError
 
@@ -151,7 +151,7 @@ def run(params) -> None:
     loop = Loop(params, alone, name=STAGE, steps=j.steps, state_dir=_state_dir(params), count_done=True,
                 compat={"arch": judge.config, "steps": j.steps, "batch_size": j.batch_size, "lr": j.lr,
                         "seed": params.compute.seed, "pairs_sha256": digest},
-                metrics_dir=METRICS_DIR, parts={"judge": judge, "opt": opt, "data": stream, "window": TensorState(window)})
+                metrics_dir=METRICS_DIR, parts={"judge": judge, "opt": opt, "data": stream, "window": part(window.cpu, window.copy_)})
 
     def step_fn(step: int) -> float:
         x, y = next(stream)

@@ -2,13 +2,11 @@
 arm A (the seed's "LlamaGen-REPA-1.0B vs GEAR-1.0B": only the tokenizer differs between arms).
 
 Recipe, as the class-conditional train-ar: L = CE(next token) + t2i.ar.align_weight * REPA at
-block t2i.ar.align_layer (teacher features of the pair's image, computed online), AdamW
-(nanoGPT decay groups) over AR + projector, linear warm-up then constant lr, grad clipping, EMA,
-caption dropout to the null caption (CFG), bf16 autocast when compute.precision is bf16, DDP or
-FSDP2 under torchrun (gear/train/parallel.py), gradient accumulation over t2i.ar.grad_accum
-micro-steps and gradient checkpointing (compute.grad_checkpointing): the one AR (gear/models/ar.py,
-caption condition) and the micro-step train-ar runs (gear/train/ar_objective.py). No augmentation
-(captions say left and right). t2i.ar.batch_size is the global batch per optimizer step.
+block t2i.ar.align_layer (teacher features of the pair's image, computed online), caption dropout
+to the null caption (CFG); the one AR (gear/models/ar.py, caption condition) trained by the one AR
+trainer (gear/train/ar_trainer.py: AdamW, warm-up then constant lr, EMA, gradient accumulation,
+DDP or FSDP2). No augmentation (captions say left and right). t2i.ar.batch_size is the global
+batch per optimizer step.
 
 EMA snapshots at t2i.ar.eval_steps are what t2i-sample and t2i-evaluate measure (the seed's
 table is at 50k .. 390k steps); they are written into the resumable state folder as training
@@ -31,7 +29,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from gear.config import ParamsError
 from gear.data.loader import TrainStream, eval_batches
 from gear.io import ArtifactError, atomic_dir, save_tensors, write_json
 from gear.models.ar import GPT, GPTConfig, Projector
@@ -41,7 +38,7 @@ from gear.t2i import paths
 from gear.t2i.data import TokenSample, arm_seed, check_arm, pattern, snapshot_name, tokens_manifest
 from gear.teachers import load_teacher
 from gear.train.ar_objective import val_ntp
-from gear.train.ar_trainer import ARTrainer, summary
+from gear.train.ar_trainer import ARTrainer, micro_batch
 from gear.train.loop import Loop
 
 STAGE = "t2i_train"
@@ -69,10 +66,7 @@ def run(params, arm: str, seed: int | None = None) -> None:
     man = tokens_manifest(params, arm, tok_seed)  # missing or stale tokens: one line, before any compute
     a = params.t2i.ar
     rt = setup(params)
-    if a.batch_size % (rt.world * a.grad_accum):
-        raise ParamsError(f"t2i.ar.batch_size = {a.batch_size}: must be divisible by processes ({rt.world}) x "
-                          f"t2i.ar.grad_accum ({a.grad_accum})")
-    micro = a.batch_size // (rt.world * a.grad_accum)
+    micro = micro_batch(a, rt, "t2i.ar")
     grid, L = man["grid"], man["grid"] ** 2
     folder = paths.tokens_dir(arm, tok_seed)
     teacher = load_teacher(params, rt.device)
@@ -112,16 +106,13 @@ def run(params, arm: str, seed: int | None = None) -> None:
     ar.train(); proj.train()
     loop.run(step_fn, lambda step, out: trainer.row(out, loop, a.batch_size * L, val), show=("ntp", "val_ntp"))
 
-    final = {**trainer.final(val), "unigram_entropy": man["unigram_entropy"]}
+    final = trainer.finish(loop, val, f"t2i-train[{arm}]", unigram_entropy=man["unigram_entropy"])
     weights = trainer.weights()
     if rt.is_main:
         missing = [s for s in a.eval_steps if not (state_dir / f"{snapshot_name(s)}.safetensors").is_file()]
         if missing:
             raise ArtifactError(f"EMA snapshots of steps {missing} are missing from {state_dir} (deleted during the "
                                 f"run?); delete {loop.ckpt.path} and rerun `gear t2i-train --arm {arm} --seed {study_seed}`")
-        loop.log.log(a.steps, **final)
-        final.update({k: loop.log.last(k) for k in ("ntp", "align") if loop.log.last(k) is not None})
-        print(summary(f"t2i-train[{arm}]", final, rt))
         with atomic_dir(paths.ar_dir(arm, study_seed)) as out:
             for name, sd in weights.items():
                 save_tensors(out / f"{name}.safetensors", sd)

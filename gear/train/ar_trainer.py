@@ -13,6 +13,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from gear.config import ParamsError
 from gear.models.ar import configure_optimizer
 from gear.runtime import Runtime, all_reduce_mean
 from gear.train.ar_objective import accumulate_grads, train_micro_step
@@ -72,8 +73,17 @@ class ARTrainer:
         row["val_ntp"] = val(self.ema.model)
         return row
 
-    def final(self, val: Callable[[nn.Module], float]) -> dict:
-        return {"val_ntp": val(self.ema.model), "val_ntp_raw": val(self.ar)}
+    def finish(self, loop, val: Callable[[nn.Module], float], name: str, **extra: float) -> dict:
+        """The final metrics (a collective): val CE of the EMA and the raw AR, logged at the last
+        step and printed on rank 0 with the last train losses."""
+        final = {"val_ntp": val(self.ema.model), "val_ntp_raw": val(self.ar), **extra}
+        if self.rt.is_main:
+            loop.log.log(self.recipe.steps, **final)
+            final.update({k: loop.log.last(k) for k in ("ntp", "align") if loop.log.last(k) is not None})
+            print(f"{name}: ntp {final.get('ntp', float('nan')):.4f}, val_ntp {final['val_ntp']:.4f} (EMA), "
+                  f"{final['val_ntp_raw']:.4f} (raw), unigram entropy {final['unigram_entropy']:.4f} nats, "
+                  f"{self.rt.world} process{'es' if self.rt.world > 1 else ''} on {self.rt.device.type}")
+        return final
 
     def weights(self) -> dict[str, dict]:
         """The outputs' state dicts (a collective under FSDP: full tensors on rank 0, {} elsewhere)."""
@@ -81,7 +91,9 @@ class ARTrainer:
         return {"ar": dp.state_dict(self.ema.model), "ar_raw": dp.state_dict(self.ar), "projector": dp.state_dict(self.proj)}
 
 
-def summary(name: str, final: dict, rt: Runtime) -> str:
-    return (f"{name}: ntp {final.get('ntp', float('nan')):.4f}, val_ntp {final['val_ntp']:.4f} (EMA), "
-            f"{final['val_ntp_raw']:.4f} (raw), unigram entropy {final['unigram_entropy']:.4f} nats, "
-            f"{rt.world} process{'es' if rt.world > 1 else ''} on {rt.device.type}")
+def micro_batch(recipe, rt: Runtime, section: str) -> int:
+    """Per-process micro-batch: recipe.batch_size is the global batch of one optimizer step."""
+    if recipe.batch_size % (rt.world * recipe.grad_accum):
+        raise ParamsError(f"{section}.batch_size = {recipe.batch_size}: must be divisible by processes ({rt.world}) "
+                          f"x {section}.grad_accum ({recipe.grad_accum})")
+    return recipe.batch_size // (rt.world * recipe.grad_accum)

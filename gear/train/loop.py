@@ -1,9 +1,8 @@
-"""The one training loop of every training stage: resume, the step bar, the log and save cadence,
-stop signals.
+"""The one training loop of every training stage: resume, the log and save cadence, stop signals,
+the progress bar and the metrics log (dvclive, gear/train/logger.py).
 
-A stage builds its models, optimizers and data stream, then makes a `Loop` from what its
-resumable state is made of (`parts`: objects with state_dict / load_state_dict) and runs its step
-body in it:
+A stage builds its models, optimizers and data stream, makes a `Loop` from what its resumable
+state is made of (`parts`: objects with state_dict / load_state_dict), and runs its step body:
 
     loop = Loop(params, rt, name="tokenizer_init", steps=t.steps, state_dir=..., compat={...},
                 metrics_dir=..., parts={"tokenizer": tok, "opt_g": opt_g, "data": stream, ...})
@@ -11,17 +10,17 @@ body in it:
     ... final evaluation, outputs written (rank 0), loop.log.log(...) ...
     loop.finish()                                  # publish the metrics, drop the state
 
-Making the loop resumes: the state under compute.state_dir is loaded into the parts (and every
-process's RNG restored) right there, so a stage makes it after everything that draws random
-numbers at start-up. Then, per step: the body, the metrics row when a log is due (every
-compute.log_every steps and at the last), a StopRequest check (SIGTERM / SIGUSR1, agreed across
-processes), and the state saved every compute.save_every steps or on a stop. The loop draws no
-random numbers, so a resumed run makes exactly the draws of an uninterrupted one.
+Making the loop resumes (the parts loaded, every process's RNG restored), so a stage makes it
+after everything that draws random numbers at start-up; the loop itself draws none, so a resumed
+run makes exactly the draws of an uninterrupted one. A row is logged every compute.log_every
+steps and at the last; the state is saved every compute.save_every steps and on SIGTERM /
+SIGUSR1 (agreed across processes), then the process exits for requeue.
 """
 from __future__ import annotations
 
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Callable
 
 import torch
@@ -31,17 +30,10 @@ from gear.train.logger import MetricsLog
 from gear.train.state import Checkpointer, StopRequest, check_finite, restores_stop_signals
 
 
-class TensorState:
-    """A running-sum tensor as a loop part (updated in place by the step body)."""
-
-    def __init__(self, tensor: torch.Tensor):
-        self.tensor = tensor
-
-    def state_dict(self) -> torch.Tensor:
-        return self.tensor.cpu()
-
-    def load_state_dict(self, state: torch.Tensor) -> None:
-        self.tensor.copy_(state)
+def part(state_dict: Callable[[], Any], load_state_dict: Callable[[Any], Any]) -> SimpleNamespace:
+    """A loop part made of two functions: a running-sum tensor's (`part(t.cpu, t.copy_)`), a
+    sharded module's full state (gear/train/parallel.py)."""
+    return SimpleNamespace(state_dict=state_dict, load_state_dict=load_state_dict)
 
 
 class Loop:
