@@ -40,7 +40,7 @@ from gear.io import atomic_dir, save_tensors, write_json
 from gear.runtime import Runtime, seed_everything, setup, teardown
 from gear.study import resolve_seed, seeded
 from gear.teachers import load_teacher
-from gear.train.ar_objective import build_ar, val_ntp
+from gear.train.ar_objective import build_ar, first_rows, val_ntp
 from gear.train.ar_trainer import ARTrainer, micro_batch
 from gear.train.loop import Loop
 
@@ -67,16 +67,12 @@ class TokenDecoder:
 @torch.no_grad()
 def val_tokens(params, tok: nn.Module, rt: Runtime, limit: int = VAL_IMAGES) -> tuple[torch.Tensor, torch.Tensor]:
     """Tokens (N, L) and labels (N,) of the first `limit` val images (center crops, no flip)."""
-    toks, labels, n = [], [], 0
-    for x, y in eval_batches(params, "val", EVAL_BATCH):
-        with rt.autocast():
-            _, q = tok.encode(x.to(rt.device))
-        toks.append(q.indices.flatten(1))
-        labels.append(y.to(rt.device))
-        n += len(y)
-        if n >= limit:
-            break
-    return torch.cat(toks)[:limit], torch.cat(labels)[:limit]
+    def encoded():
+        for x, y in eval_batches(params, "val", EVAL_BATCH):
+            with rt.autocast():
+                _, q = tok.encode(x.to(rt.device))
+            yield q.indices.flatten(1), y.to(rt.device)
+    return tuple(first_rows(encoded(), limit))
 
 
 def run(params, arm: str, size: str, seed: int | None = None) -> None:

@@ -26,7 +26,6 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from gear.data.loader import TrainStream, eval_batches
@@ -37,7 +36,7 @@ from gear.study import resolve_seed, seeded
 from gear.t2i import paths
 from gear.t2i.data import TokenSample, arm_seed, check_arm, pattern, snapshot_name, tokens_manifest
 from gear.teachers import load_teacher
-from gear.train.ar_objective import val_ntp
+from gear.train.ar_objective import first_rows, val_ntp
 from gear.train.ar_trainer import ARTrainer, micro_batch
 from gear.train.loop import Loop
 
@@ -48,14 +47,8 @@ EVAL_BATCH = 128
 
 def val_pairs(params, folder: Path, text_len: int, limit: int = VAL_PAIRS):
     """(tokens, captions, masks) of the first `limit` val pairs."""
-    parts, n = [], 0
-    for _, tokens, text, mask in eval_batches(params, "val", EVAL_BATCH, pattern=pattern(folder),
-                                              decode=TokenSample(text_len)):
-        parts.append((tokens, text, mask))
-        n += len(tokens)
-        if n >= limit:
-            break
-    return [torch.cat(p)[:limit] for p in zip(*parts)]
+    batches = eval_batches(params, "val", EVAL_BATCH, pattern=pattern(folder), decode=TokenSample(text_len))
+    return first_rows((batch[1:] for batch in batches), limit)
 
 
 def run(params, arm: str, seed: int | None = None) -> None:
