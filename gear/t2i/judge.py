@@ -151,7 +151,8 @@ def run(params) -> None:
     loop = Loop(params, alone, name=STAGE, steps=j.steps, state_dir=_state_dir(params), count_done=True,
                 compat={"arch": judge.config, "steps": j.steps, "batch_size": j.batch_size, "lr": j.lr,
                         "seed": params.compute.seed, "pairs_sha256": digest},
-                metrics_dir=METRICS_DIR, parts={"judge": judge, "opt": opt, "data": stream, "window": part(window.cpu, window.copy_)})
+                metrics_dir=METRICS_DIR,
+                parts={"judge": judge, "opt": opt, "data": stream, "window": part(window.cpu, window.copy_)})
 
     def step_fn(step: int) -> float:
         x, y = next(stream)

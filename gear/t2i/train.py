@@ -105,7 +105,8 @@ def run(params, arm: str, seed: int | None = None) -> None:
         missing = [s for s in a.eval_steps if not (state_dir / f"{snapshot_name(s)}.safetensors").is_file()]
         if missing:
             raise ArtifactError(f"EMA snapshots of steps {missing} are missing from {state_dir} (deleted during the "
-                                f"run?); delete {loop.ckpt.path} and rerun `gear t2i-train --arm {arm} --seed {study_seed}`")
+                                f"run?); delete {loop.ckpt.path} and rerun "
+                                f"`gear t2i-train --arm {arm} --seed {study_seed}`")
         with atomic_dir(paths.ar_dir(arm, study_seed)) as out:
             for name, sd in weights.items():
                 save_tensors(out / f"{name}.safetensors", sd)

@@ -88,7 +88,8 @@ class ARTrainer:
     def weights(self) -> dict[str, dict]:
         """The outputs' state dicts (a collective under FSDP: full tensors on rank 0, {} elsewhere)."""
         dp = self.dp
-        return {"ar": dp.state_dict(self.ema.model), "ar_raw": dp.state_dict(self.ar), "projector": dp.state_dict(self.proj)}
+        return {"ar": dp.state_dict(self.ema.model), "ar_raw": dp.state_dict(self.ar),
+                "projector": dp.state_dict(self.proj)}
 
 
 def micro_batch(recipe, rt: Runtime, section: str) -> int:
