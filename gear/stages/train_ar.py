@@ -96,7 +96,7 @@ def run(params, arm: str, size: str, seed: int | None = None) -> None:
                         init=a.init, init_key=a.init_key)  # ar.init: a released GPT (steps 0: as is)
     ar, proj = ar.to(rt.device), proj.to(rt.device)
     ar.grad_checkpointing = params.compute.grad_checkpointing
-    trainer = ARTrainer(params, rt, ar, proj, a)
+    trainer = ARTrainer(params, rt, ar, proj, a, steps=a.steps, warmup=a.warmup_steps)
     stream = TrainStream(params, "train", micro, rank=rt.rank, world=rt.world, augment=True,
                          pattern=str(paths.tokens_dir(arm, seed) / "{split}-*.tar"), decode=TokenDecoder(man["hflip"]))
     val_x, val_y = val_tokens(params, tok, rt)

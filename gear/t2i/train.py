@@ -71,7 +71,7 @@ def run(params, arm: str, seed: int | None = None) -> None:
     ar = GPT(cfg).to(rt.device)
     ar.grad_checkpointing = params.compute.grad_checkpointing
     proj = Projector(cfg.dim, teacher.dim, hidden=a.projector_hidden).to(rt.device)
-    trainer = ARTrainer(params, rt, ar, proj, a)
+    trainer = ARTrainer(params, rt, ar, proj, a, steps=a.steps, warmup=a.warmup_steps)
     stream = TrainStream(params, "train", micro, rank=rt.rank, world=rt.world, augment=False,
                          pattern=pattern(folder), decode=TokenSample(cfg.text_len))
     val_tokens, *val_cond = (v.to(rt.device) for v in val_pairs(params, folder, cfg.text_len))

@@ -4,7 +4,9 @@ AdamW with nanoGPT decay groups, linear warm-up then constant lr, gradient accum
 clipping, an EMA of the AR and optional torch.compile. It gives the training loop
 (gear/train/loop.py) its parts, step body and metrics row; the stage keeps its data and outputs.
 
-`recipe` is the stage's AR section (params.ar or params.t2i.ar: the same field names).
+`recipe` is the stage's AR section (params.ar or params.t2i.ar: the same field names); `steps`
+and `warmup` are the run's (the stage decides them: recipe.steps and recipe.warmup_steps for a
+fresh AR).
 """
 from __future__ import annotations
 
@@ -23,8 +25,9 @@ from gear.train.schedule import lr_at
 
 
 class ARTrainer:
-    def __init__(self, params, rt: Runtime, ar: nn.Module, proj: nn.Module, recipe):
+    def __init__(self, params, rt: Runtime, ar: nn.Module, proj: nn.Module, recipe, *, steps: int, warmup: int):
         self.rt, self.recipe, self.ar, self.proj = rt, recipe, ar, proj
+        self.steps, self.warmup = steps, warmup
         self.ema = EMA(ar, recipe.ema_decay)  # copied before sharding (a sharded module cannot be copied)
         self.dp = DataParallel(rt, fsdp=params.compute.fsdp)
         self.ar_w, self.proj_w = self.dp.wrap(ar), self.dp.wrap(proj)
@@ -48,7 +51,7 @@ class ARTrainer:
     def step(self, step: int, stream, teacher, grid: int, align_layer: int, align_weight: float, loop):
         """One optimizer step over recipe.grad_accum micro-batches; (loss sums, grad norm, lr)."""
         r = self.recipe
-        lr = lr_at(step, r.steps, r.lr, r.warmup_steps)
+        lr = lr_at(step, self.steps, r.lr, self.warmup)
         for group in self.opt.param_groups:
             group["lr"] = lr
 
@@ -78,7 +81,7 @@ class ARTrainer:
         step and printed on rank 0 with the last train losses."""
         final = {"val_ntp": val(self.ema.model), "val_ntp_raw": val(self.ar), **extra}
         if self.rt.is_main:
-            loop.log.log(self.recipe.steps, **final)
+            loop.log.log(self.steps, **final)
             final.update({k: loop.log.last(k) for k in ("ntp", "align") if loop.log.last(k) is not None})
             print(f"{name}: ntp {final.get('ntp', float('nan')):.4f}, val_ntp {final['val_ntp']:.4f} (EMA), "
                   f"{final['val_ntp_raw']:.4f} (raw), unigram entropy {final['unigram_entropy']:.4f} nats, "
