@@ -7,7 +7,8 @@ stage then asks it whether a generated image shows what its prompt asked for. It
 instrument, so its recipe is fixed and plain: AdamW at t2i.judge.lr with a short warm-up then
 cosine decay, the sum of the heads' cross-entropies, fp32, seeded by compute.seed. The only
 augmentation is the loader's random crop (a few pixels of shift): no flip, which would swap left
-and right, and no colour jitter. One process trains it (under torchrun the other ranks wait).
+and right, and no colour jitter. One process trains it (under torchrun the other ranks wait),
+resumably (state in <state_dir>/t2i/judge/, gear/train/loop.py).
 At the params.yaml defaults (32 px, 3000 train pairs, 400 steps) it reads all 480 val pairs
 right (seeds 0 and 1) in ~35 s on 2 CPU cores, and stays >= 0.99 under blur, 2x down-up
 sampling or noise of std 20 levels.
