@@ -11,7 +11,7 @@ import sys
 import pytest
 import yaml
 
-from dags import ENV, smk_jobs
+from dags import ENV, dvc_stages, smk_jobs
 from gear import ablations, paths
 from gear.config import load_params
 from gear.report.paper import PAPER_TABLES
@@ -168,6 +168,15 @@ def test_report_refuses_an_empty_grid_in_one_line(tmp_path):
     assert "no ablation row has outputs" in r.stderr and not (tmp_path / "reports").exists()
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning:dvc")  # pygtrie's step.value inside DVC's index
+def test_the_files_an_experiment_is_read_from_are_outs_of_the_real_dvc_yaml():
+    """What from_experiments reads at each experiment's commit: stage outs of the main dvc.yaml."""
+    p = load_params(ROOT / "params.yaml")
+    outs = {o for stage in dvc_stages("dvc.yaml").values() for o in stage["outs"]}
+    for seed in p.study.seeds:
+        assert {f.as_posix() for f in ablations.outputs(p, ablations.DEFAULT, seed).values()} <= outs
+
+
 # The stand-in for the main DAG's eval stages: per seed, the default row's three eval files
 # (ablations.outputs) as plain cached outs, as dvc.yaml declares them, with values from the params.
 WRITE_EVAL = """import json, sys, yaml
@@ -276,3 +285,22 @@ def test_ablation_report_cli_from_dvc_runs_dvc_exp_show(dvc_repo):
     md = (d / "reports" / "ablations.md").read_text()
     assert f"| tau-0.05 | partial: 1 of 2 seeds (missing: {files[1]['tokenizer']} in abl-tau-0.05 (+2)) | 1 |" in md
     assert "| tau-0.01 | missing: experiment abl-tau-0.01 is queued | 0 |" in md
+
+
+def test_report_from_dvc_elsewhere_says_so_in_one_line(dvc_repo, tmp_path, monkeypatch):
+    """A saved show read outside the repo refuses up front; a commit this git lacks (a show saved in
+    another clone) leaves its row missing with the reason."""
+    from gear.io import ArtifactError
+    from gear.report import ablations as ablation_report
+
+    d, p, _ = dvc_repo
+    text = (d / "show.json").read_text()
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ArtifactError, match=r"run it at its root \(no \.dvc/ here\)"):
+        ablation_report.from_experiments(p, json.loads(text))
+    monkeypatch.chdir(d)
+    rev = ablation_report.dvc_experiments(json.loads(text))["abl-default"]["rev"]
+    values, problems, _ = ablation_report.from_experiments(p, json.loads(text.replace(rev, "0" * 40)))
+    assert "default" not in values and "tau-0.5" in values
+    assert problems["default"] == ("missing: abl-default at 0000000 cannot be read here: "
+                                   f"unknown Git revision '{'0' * 40}'")

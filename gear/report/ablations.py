@@ -126,8 +126,9 @@ def _read_experiment(params, name: str, rev: str) -> tuple[dict[int, dict], str 
     run, or not in this repo's DVC cache) is "missing: <path> in <name>"."""
     from dvc.api import DVCFileSystem
     from dvc.exceptions import DvcException
+    from scmrepo.exceptions import SCMError  # git's own errors, not all DvcExceptions
 
-    fs = DVCFileSystem(".", rev=rev)
+    fs = DVCFileSystem(".", rev=rev)  # lazy: opens the repo at rev on the first read
     values, problem = {}, None
     try:
         for seed in params.study.seeds:
@@ -151,7 +152,7 @@ def _read_experiment(params, name: str, rev: str) -> tuple[dict[int, dict], str 
                 problem = problem or f"missing: {absent[0]} in {name}{uncached}{more}"
                 continue
             values[seed] = _pick(files)
-    except DvcException as e:  # its commit not in this git (a saved show from elsewhere), no git here
+    except (DvcException, SCMError) as e:  # its commit not in this git (a saved show from elsewhere)
         return {}, f"missing: {name} at {rev[:7]} cannot be read here: {(str(e) or type(e).__name__).splitlines()[0]}"
     finally:
         fs.close()
@@ -161,6 +162,9 @@ def _read_experiment(params, name: str, rev: str) -> tuple[dict[int, dict], str 
 def from_experiments(params, show: list) -> tuple[dict, dict, dict]:
     """(values, problems, sources[row]) read from the experiments abl-<row> that `dvc exp show
     --json` lists, each at its own commit."""
+    if not Path(".dvc").is_dir():
+        raise ArtifactError("--from-dvc reads the experiments' files from the DVC repository: run it at its root "
+                            "(no .dvc/ here)")
     exps = dvc_experiments(show)
     values, problems, sources = {}, {}, {}
     for row in ab.grid(params):
