@@ -149,7 +149,7 @@ def _read_experiment(params, name: str, rev: str) -> tuple[dict[int, dict], str 
                 in_lock = fs.exists(absent[0].as_posix())  # listed at that commit, bytes not here
                 uncached = " (in its dvc.lock, not in this repo's DVC cache: dvc pull)" if in_lock else ""
                 more = f" (+{len(absent) - 1})" if len(absent) > 1 else ""
-                problem = problem or f"missing: {absent[0]} in {name}{uncached}{more}"
+                problem = problem or f"missing: {absent[0]} in {name}{more}{uncached}"
                 continue
             values[seed] = _pick(files)
     except (DvcException, SCMError) as e:  # its commit not in this git (a saved show from elsewhere)
