@@ -80,16 +80,22 @@ def _atomic_dir(path: Path) -> Iterator[Path]:
     os.chmod(tmp, 0o755)  # mkdtemp makes 0700; outputs are ordinary folders
     try:
         yield tmp
-        old = path.with_name(f".{path.name}.old")
-        if old.exists():
-            shutil.rmtree(old)
-        if path.exists():
-            os.replace(path, old)
-        os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
+        swap_in(tmp, path)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def swap_in(tmp: Path, path: Path) -> None:
+    """Replace folder `path` by the finished folder `tmp` (beside it): the old one is renamed away
+    first (a folder cannot be renamed over a non-empty one) and deleted after, so a crash between
+    the renames leaves it at .<name>.old, never a half-written folder at `path`."""
+    old = path.with_name(f".{path.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if path.exists():
+        os.replace(path, old)
+    os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -111,12 +117,8 @@ def _atomic_entries(folder: Path, names: list[str]) -> Iterator[Path]:
         yield tmp
         for name in names:
             new, dest = tmp / name, folder / name
-            if new.is_dir() and dest.exists():
-                old = folder / f".{name}.old"
-                shutil.rmtree(old, ignore_errors=True)
-                os.replace(dest, old)
-                os.replace(new, dest)
-                shutil.rmtree(old, ignore_errors=True)
+            if new.is_dir():
+                swap_in(new, dest)
             else:
                 os.replace(new, dest)
     finally:

@@ -1,6 +1,6 @@
 """The ablation grid (gear/ablations.py): the paper's rows, one-line errors, row params and paths,
 what the Snakemake target shares (a dry run of the real DAG), the DVC queue's commands, and the
-report from a partial grid, from files and from a real `dvc exp show --json`."""
+report from a partial grid, from files and from real DVC experiments, each read at its commit."""
 from __future__ import annotations
 
 import json
@@ -9,8 +9,9 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
-from dags import ENV, smk_jobs
+from dags import ENV, dvc_stages, smk_jobs
 from gear import ablations, paths
 from gear.config import load_params
 from gear.report.paper import PAPER_TABLES
@@ -167,46 +168,139 @@ def test_report_refuses_an_empty_grid_in_one_line(tmp_path):
     assert "no ablation row has outputs" in r.stderr and not (tmp_path / "reports").exists()
 
 
-WRITE_METRICS = """import json, yaml
+@pytest.mark.filterwarnings("ignore::DeprecationWarning:dvc")  # pygtrie's step.value inside DVC's index
+def test_the_files_an_experiment_is_read_from_are_outs_of_the_real_dvc_yaml():
+    """What from_experiments reads at each experiment's commit: stage outs of the main dvc.yaml."""
+    p = load_params(ROOT / "params.yaml")
+    outs = {o for stage in dvc_stages("dvc.yaml").values() for o in stage["outs"]}
+    for seed in p.study.seeds:
+        assert {f.as_posix() for f in ablations.outputs(p, ablations.DEFAULT, seed).values()} <= outs
+
+
+# The stand-in for the main DAG's eval stages: per seed, the default row's three eval files
+# (ablations.outputs) as plain cached outs, as dvc.yaml declares them, with values from the params.
+WRITE_EVAL = """import json, sys, yaml
 from pathlib import Path
-p = yaml.safe_load(open("params.yaml"))
-for kind, path in json.load(open("files.json")).items():
+seed, p = int(sys.argv[1]), yaml.safe_load(open("params.yaml"))
+for kind, path in json.load(open("files.json"))[str(seed)].items():
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    value = {"samples": {"fid": 100 * p["tau"]}, "tokenizer": {"rfid": 2.0, "effective_size": 9.0, "entropy": 2.0},
-             "train_ar": {"ntp": 5.0}}[kind]
+    value = {"samples": {"fid": 100 * p["tau"] + seed},
+             "tokenizer": {"rfid": 2.0 + seed, "effective_size": 9.0, "entropy": 2.0}, "train_ar": {"ntp": 5.0}}[kind]
     Path(path).write_text(json.dumps(value))
 """
 
 
-def test_report_from_real_dvc_experiments(tmp_path):
-    """Two real `dvc exp run`s of a stand-in stage that writes the main DAG's metric files."""
-    from gear.report import ablations as ablation_report
-
-    p = load_params(ROOT / "params.yaml")
-    files = {k: str(v) for k, v in ablations.outputs(p, ablations.DEFAULT, 0).items()}
-    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
-    (tmp_path / "files.json").write_text(json.dumps(files))
-    (tmp_path / "write.py").write_text(WRITE_METRICS)
-    metrics = "".join(f"      - {f}:\n          cache: false\n" for f in files.values())
-    (tmp_path / "dvc.yaml").write_text(f"stages:\n  ev:\n    cmd: {sys.executable} write.py\n    deps: [write.py]\n"
-                                       f"    params: [tau]\n    metrics:\n{metrics}")
+@pytest.fixture(scope="module")
+def dvc_repo(tmp_path_factory):
+    """A git + DVC repo at two seeds, the DAG reproduced and committed, then real experiments off HEAD
+    (--temp, like the queue: the workspace keeps its params):
+    abl-default; abl-tau-0.5 with its seed-1 samples file gone from the cache; abl-tau-0.05 at
+    one seed (no seed-1 files); abl-align_weight-0.25 mislabelled; abl-tau-0.01 queued, not run."""
+    d = tmp_path_factory.mktemp("abl_dvc")
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["study"]["seeds"] = [0, 1]
+    (d / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    p = load_params(d / "params.yaml")
+    files = {s: {k: v.as_posix() for k, v in ablations.outputs(p, ablations.DEFAULT, s).items()} for s in (0, 1)}
+    assert all("seed0/" in f for f in files[0].values())
+    (d / "files.json").write_text(json.dumps(files))
+    (d / "write.py").write_text(WRITE_EVAL)
+    outs = "".join(f"      - {f.replace('seed0/', 'seed${item}/')}\n" for f in files[0].values())
+    (d / "dvc.yaml").write_text("stages:\n  evaluate:\n    foreach: ${study.seeds}\n    do:\n"
+                                f"      cmd: {sys.executable} write.py ${{item}}\n      deps: [write.py, files.json]\n"
+                                f"      params: [tau]\n      outs:\n{outs}")
 
     def sh(*cmd):
-        r = subprocess.run(cmd, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300)
+        r = subprocess.run(cmd, cwd=d, env=ENV, capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stdout[-1500:] + r.stderr[-1500:]
         return r.stdout
 
     sh("git", "init", "-q")
-    sh("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "root")
+    sh("git", "config", "user.name", "t")
+    sh("git", "config", "user.email", "t@t")
     sh("dvc", "init", "-q")
+    sh("dvc", "repro", "-q")  # the main DAG, committed: HEAD's dvc.lock names the default row's files
     sh("git", "add", "-A")
-    sh("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "init")
-    sh("dvc", "exp", "run", "-q", "-n", "abl-default")
-    sh("dvc", "exp", "run", "-q", "-n", "abl-tau-0.5", "-S", "tau=0.5")
-    sh("dvc", "exp", "run", "-q", "-n", "abl-tau-0.05", "-S", "tau=0.01")  # mislabelled: stale
+    sh("git", "commit", "-q", "-m", "repro")
+    sh("dvc", "exp", "run", "-q", "--temp", "-n", "abl-default")
+    sh("dvc", "exp", "run", "-q", "--temp", "-n", "abl-tau-0.5", "-S", "tau=0.5")
+    sh("dvc", "exp", "run", "-q", "--temp", "-n", "abl-tau-0.05", "-S", "tau=0.05", "-S", "study.seeds=[0]")
+    sh("dvc", "exp", "run", "-q", "--temp", "-n", "abl-align_weight-0.25", "-S", "align_weight=0.5")
+    sh("dvc", "exp", "run", "-q", "--queue", "-n", "abl-tau-0.01", "-S", "tau=0.01")
     show = json.loads(sh("dvc", "exp", "show", "--json"))
-    values, problems, _ = ablation_report.from_dvc(p, show)
-    assert values["default"][0]["fid"] == pytest.approx(100 * p.tau)
-    assert values["tau-0.5"][0]["fid"] == pytest.approx(50.0) and values["tau-0.5"][0]["ntp"] == 5.0
-    assert problems["tau-0.05"].startswith("stale: experiment abl-tau-0.05 has tau = 0.01")
-    assert problems["tau-0.01"] == "missing: no experiment abl-tau-0.01"
+    from gear.report.ablations import dvc_experiments
+
+    lock = yaml.safe_load(sh("git", "show", dvc_experiments(show)["abl-tau-0.5"]["rev"] + ":dvc.lock"))
+    gone = files[1]["samples"]
+    md5 = next(o["md5"] for st in lock["stages"].values() for o in st["outs"] if o["path"] == gone)
+    (d / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]).unlink()
+    (d / "show.json").write_text(json.dumps(show))
+    return d, p, files
+
+
+def _expected(p, files: dict) -> tuple[dict, dict]:
+    def seed(tau, s):
+        return {"fid": pytest.approx(100 * tau + s), "rfid": 2.0 + s, "effective_size": 9.0, "entropy": 2.0, "ntp": 5.0}
+
+    values = {"default": {0: seed(p.tau, 0), 1: seed(p.tau, 1)}, "tau-0.5": {0: seed(0.5, 0)},
+              "tau-0.05": {0: seed(0.05, 0)}}
+    problems = {
+        "tau-0.5": f"missing: {files[1]['samples']} in abl-tau-0.5 (in its dvc.lock, not in this repo's DVC cache: dvc pull)",
+        "tau-0.05": f"missing: {files[1]['tokenizer']} in abl-tau-0.05 (+2)",
+        "tau-0.01": "missing: experiment abl-tau-0.01 is queued",
+        "align_weight-0.25": "stale: experiment abl-align_weight-0.25 has align_weight = 0.5, the row 0.25",
+        "init-scratch": "missing: no experiment abl-init-scratch"}
+    return values, problems
+
+
+def test_report_reads_each_dvc_experiment_at_its_commit(dvc_repo, monkeypatch):
+    """Per-seed values read from each experiment's own files; a file it lacks (not run, not in the
+    cache), a queued or mislabelled experiment reads as such, never as another run's numbers. The
+    saved `dvc exp show --json` (--from-dvc F) gives the commits; the files come from the repo."""
+    from gear.report import ablations as ablation_report
+
+    d, p, files = dvc_repo
+    monkeypatch.chdir(d)
+    values, problems, sources = ablation_report.from_experiments(p, json.loads((d / "show.json").read_text()))
+    want_values, want_problems = _expected(p, files)
+    assert values == want_values
+    assert {r: problems[r] for r in want_problems} == want_problems
+    others = {r.name for r in ablations.runnable(p)} - set(values) - set(want_problems)
+    assert others and all(problems[r] == f"missing: no experiment abl-{r}" for r in others)
+    assert sources["default"][0].as_posix().startswith("abl-default@")
+    ablation_report.run(p, from_dvc="show.json")
+    saved = json.loads((d / "reports" / "ablations.json").read_text())
+    assert saved["values"] == {row: {str(s): v for s, v in seeds.items()} for row, seeds in want_values.items()}
+    assert saved["problems"] == problems
+
+
+def test_ablation_report_cli_from_dvc_runs_dvc_exp_show(dvc_repo):
+    """The README's `gear ablation-report --from-dvc`, in the repo: the partial row and the queued one."""
+    d, p, files = dvc_repo
+    r = subprocess.run([sys.executable, "-m", "gear.cli", "ablation-report", "--from-dvc", "--params", "params.yaml"],
+                       capture_output=True, text=True, cwd=d, env=ENV, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    saved = json.loads((d / "reports" / "ablations.json").read_text())
+    assert saved["values"]["default"]["1"]["fid"] == pytest.approx(100 * p.tau + 1)
+    md = (d / "reports" / "ablations.md").read_text()
+    assert f"| tau-0.05 | partial: 1 of 2 seeds (missing: {files[1]['tokenizer']} in abl-tau-0.05 (+2)) | 1 |" in md
+    assert "| tau-0.01 | missing: experiment abl-tau-0.01 is queued | 0 |" in md
+
+
+def test_report_from_dvc_elsewhere_says_so_in_one_line(dvc_repo, tmp_path, monkeypatch):
+    """A saved show read outside the repo refuses up front; a commit this git lacks (a show saved in
+    another clone) leaves its row missing with the reason."""
+    from gear.io import ArtifactError
+    from gear.report import ablations as ablation_report
+
+    d, p, _ = dvc_repo
+    text = (d / "show.json").read_text()
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ArtifactError, match=r"run it at its root \(no \.dvc/ here\)"):
+        ablation_report.from_experiments(p, json.loads(text))
+    monkeypatch.chdir(d)
+    rev = ablation_report.dvc_experiments(json.loads(text))["abl-default"]["rev"]
+    values, problems, _ = ablation_report.from_experiments(p, json.loads(text.replace(rev, "0" * 40)))
+    assert "default" not in values and "tau-0.5" in values
+    assert problems["default"] == ("missing: abl-default at 0000000 cannot be read here: "
+                                   f"unknown Git revision '{'0' * 40}'")

@@ -13,13 +13,14 @@ import numpy as np
 import pytest
 import torch
 
-from gear import cli, paths
+from gear import artifacts, cli, paths
 from gear.artifacts import load_tokenizer, write_tokenizer
 from gear.config import params_from_dict
 from gear.data.loader import decode_image, read_manifest, to_tensor
 from gear.io import ArtifactError
 from gear.models.tokenizer import Tokenizer, TokenizerConfig
 from gear.stages import sample, tokenize, train_ar
+from gear.train import loop as train_loop
 from gear.train.recon_check import to_uint8
 from tiny import ar_world, build_ar_world, history, interrupt, tree_bytes
 
@@ -57,7 +58,7 @@ def test_tokenize_shards_are_consistent_and_byte_identical(ws):
     first.pop("provenance.json")  # the runner's record (gear/cli.py); this calls the stage itself
     tokenize.run(params, ARM)
     assert tree_bytes(paths.tokens_dir(ARM)) == first
-    man = tokenize.read_tokens_manifest(params, ARM, SEED)
+    man = artifacts.read_tokens_manifest(params, ARM, SEED)
     data_man = read_manifest(params)
     assert man["count"] == data_man["splits"]["train"]["count"] == 20 * len(data_man["classes"])
     assert (man["grid"], man["codebook_size"], man["views"], man["dtype"]) == (GRID, K, 2, "int16")
@@ -84,11 +85,11 @@ def test_stale_tokens_are_an_error(ws):
     tok = Tokenizer(TokenizerConfig.from_params(params))  # new weights in the frozen folder
     write_tokenizer(paths.frozen_dir(ARM), tok, {"arm": ARM})
     with pytest.raises(ArtifactError, match="stale"):
-        tokenize.read_tokens_manifest(params, ARM, SEED)
+        artifacts.read_tokens_manifest(params, ARM, SEED)
     tokenize.run(params, ARM)
-    tokenize.read_tokens_manifest(params, ARM, SEED)
+    artifacts.read_tokens_manifest(params, ARM, SEED)
     with pytest.raises(ArtifactError, match="hflip"):
-        tokenize.read_tokens_manifest(make_params("data.hflip=false"), ARM, SEED)
+        artifacts.read_tokens_manifest(make_params("data.hflip=false"), ARM, SEED)
 
 
 @pytest.mark.parametrize("stage, missing, message", [
@@ -128,8 +129,8 @@ def test_train_ar_learns_and_writes_its_outputs(ws):
     assert {"align", "lr", "grad_norm", "unigram_entropy", "val_ntp_raw"} <= set(rows)
     assert [s for s, _ in rows["lr"]][:2] == ["0", "5"] and float(rows["lr"][1][1]) == pytest.approx(3e-3)
 
-    model, cfg = train_ar.load_ar(paths.ar_dir(ARM, SIZE, SEED))
-    raw, _ = train_ar.load_ar(paths.ar_dir(ARM, SIZE, SEED), name="ar_raw")
+    model, cfg = artifacts.load_ar(paths.ar_dir(ARM, SIZE, SEED))
+    raw, _ = artifacts.load_ar(paths.ar_dir(ARM, SIZE, SEED), name="ar_raw")
     assert not model.training and cfg["gpt"]["vocab_size"] == K and cfg["gpt"]["grid"] == GRID
     assert cfg["align_layer"] == 1 and cfg["teacher"] == "demo" and cfg["teacher_dim"] == 16
     assert cfg["final"]["val_ntp"] == pytest.approx(val[-1])
@@ -171,7 +172,7 @@ def test_train_ar_resumes_exactly(base, tmp_path, monkeypatch, kill):
     shutil.copytree(base, run)
     monkeypatch.chdir(run)
     # sigterm: preemption during step 9, state saved after it; crash: right after the save at step 7
-    interrupt(train_ar, lambda: train_ar.run(make_params(*over), ARM, SIZE), kill, 9, monkeypatch)
+    interrupt(train_loop, lambda: train_ar.run(make_params(*over), ARM, SIZE), kill, 9, monkeypatch)
     saved_step = 10 if kill == "sigterm" else 7
     state = torch.load(paths.state_dir(make_params(), "train_ar", paths.seed_part(SEED), ARM, SIZE) / "state.pt",
                        weights_only=True)

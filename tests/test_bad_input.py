@@ -1045,7 +1045,8 @@ def test_lpips_without_weights_fails_before_any_work(stage, weights, shards, tmp
 
 @pytest.mark.parametrize("kind", ("truncated", "empty", "not_a_zip", "array_cut_short"))
 def test_damaged_samples_file_is_one_line(kind, tmp_path):
-    from gear.stages.sample import read_samples, save_npz
+    from gear.artifacts import read_samples
+    from gear.npz import save_npz
 
     path = tmp_path / "samples.npz"
     save_npz(path, images=np.zeros((12, 4, 4, 3), np.uint8), labels=np.zeros(12, np.int64))

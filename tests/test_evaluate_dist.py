@@ -22,7 +22,8 @@ from gear.metrics.fidelity import cache_real_statistics, compute_generation_metr
 from gear.models.demo_teacher import DemoViT
 from gear.runtime import Runtime
 from gear.stages import evaluate
-from gear.stages.sample import read_samples, save_npz
+from gear.artifacts import read_samples
+from gear.npz import save_npz
 from gear.teachers import DemoTeacher
 from tiny import EVAL_CLI, env, smooth_images, tree_bytes
 

@@ -23,6 +23,7 @@ import yaml
 from safetensors.torch import load_file
 from torch import nn
 
+from gear import artifacts
 from gear.config import params_from_dict
 from gear.models.ar import configure_optimizer
 from gear.stages import train_ar
@@ -115,7 +116,7 @@ def test_fsdp_follows_one_process_and_writes_what_ddp_writes(base, fsdp_run, tmp
     for k in a:
         torch.testing.assert_close(torch.tensor(b[k]), torch.tensor(a[k]), rtol=1e-4, atol=1e-6, msg=k)
 
-    model, cfg = train_ar.load_ar(fsdp_run / OUT)  # the normal loader (as `gear sample` uses it)
+    model, cfg = artifacts.load_ar(fsdp_run / OUT)  # the normal loader (as `gear sample` uses it)
     assert not model.training and cfg["final"]["val_ntp"] == pytest.approx(b["val_ntp"][-1])
     assert not (fsdp_run / STATE).exists()
 

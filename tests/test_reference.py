@@ -19,7 +19,7 @@ from gear.cli import main
 from gear import paths
 from gear.io import read_json
 from gear.stages import evaluate
-from gear.stages.sample import read_samples
+from gear.artifacts import read_samples
 from tiny import EVAL_CLI, eval_params, gear_cli, stamp_eval_world
 
 

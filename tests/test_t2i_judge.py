@@ -15,9 +15,10 @@ import pytest
 from PIL import Image
 
 from gear.io import ArtifactError
+from gear.models.judge import predict, prompt_accuracy
 from gear.t2i import paths
-from gear.t2i.data import shards_digest
-from gear.t2i.judge import METRICS_DIR, load_judge, predict, prompt_accuracy
+from gear.t2i.data import load_judge, shards_digest
+from gear.t2i.judge import METRICS_DIR
 from tiny import gear_cli
 
 STEPS = 30  # the trained fixture: enough for the heads to beat chance on the tiny pairs
@@ -101,6 +102,28 @@ def test_stage_is_deterministic(room):
     assert gear_cli(["t2i-judge"]) == 0
     assert (paths.JUDGE_DIR / "judge.safetensors").read_bytes() == first
     assert config() == first_cfg
+
+
+def test_a_crashed_run_resumes_to_the_same_judge(trained, room, monkeypatch):
+    """The judge trains in the one training loop: a run that dies after a periodic save resumes
+    from it and ends with the uninterrupted run's weights and curve."""
+    from gear.train import loop as train_loop
+
+    real_save = train_loop.Checkpointer.save
+
+    def save_then_die(self, state):
+        real_save(self, state)
+        raise RuntimeError("node lost")
+
+    with monkeypatch.context() as m:
+        m.setattr(train_loop.Checkpointer, "save", save_then_die)
+        with pytest.raises(RuntimeError, match="node lost"):
+            gear_cli(["t2i-judge"], f"t2i.judge.steps={STEPS}", "compute.save_every=7")
+    assert not paths.JUDGE_DIR.exists()
+    assert gear_cli(["t2i-judge"], f"t2i.judge.steps={STEPS}", "compute.save_every=7") == 0
+    got, loss = (paths.JUDGE_DIR / "judge.safetensors").read_bytes(), tsv("train_loss")
+    monkeypatch.chdir(trained)
+    assert got == (paths.JUDGE_DIR / "judge.safetensors").read_bytes() and loss == tsv("train_loss")
 
 
 # ---- the scoring API ------------------------------------------------------------------------------

@@ -134,7 +134,7 @@ SEED_T2I_KEYS = {"text_emb.null", "text_emb.mlp.0.weight", "text_emb.mlp.0.bias"
 
 
 def test_a_saved_t2i_ar_keeps_loading(tmp_path):
-    from gear.t2i.train import load_t2i
+    from gear.t2i.data import load_t2i
 
     m = model(caption_dropout=0.1, token_dropout=0.1)
     assert m.cfg.to_dict() == SEED_T2I_CONFIG and set(m.state_dict()) == SEED_T2I_KEYS

@@ -21,6 +21,7 @@ from gear.io import save_tensors, write_json
 from gear.models.demo_teacher import DemoViT
 from gear.models.tokenizer import Tokenizer, TokenizerConfig
 from gear.t2i import paths, train
+from gear.train import loop as train_loop
 from tiny import PARAMS, TINY, gear_cli, history, interrupt, stamp, tree_bytes
 
 SEED = 0
@@ -115,7 +116,7 @@ def test_t2i_train_resumes_exactly(base, tmp_path, monkeypatch, kill):
     shutil.copytree(base, run)
     monkeypatch.chdir(run)
     # sigterm: preemption during step 5 (after the step-4 snapshot); crash: right after the save at step 3
-    interrupt(train, lambda: train.run(params(*over), "gear"), kill, 5, monkeypatch)
+    interrupt(train_loop, lambda: train.run(params(*over), "gear"), kill, 5, monkeypatch)
     assert not paths.ar_dir("gear", SEED).exists()
     train.run(params(*over), "gear")
     assert tree_bytes(paths.ar_dir("gear", SEED)) == want

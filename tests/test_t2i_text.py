@@ -173,7 +173,7 @@ def _members(tar_path: Path) -> list[tuple[str, bytes]]:
 
 
 def test_encode_stage_byte_identical_and_stale_detection(tmp_path, monkeypatch):
-    from gear.t2i import encode, shard
+    from gear.t2i import data, encode, shard
 
     monkeypatch.chdir(tmp_path)
     p = tiny_params()
@@ -181,13 +181,13 @@ def test_encode_stage_byte_identical_and_stale_detection(tmp_path, monkeypatch):
         encode.run(p)
     shard.run(p)
     with pytest.raises(ArtifactError, match="run `gear t2i-encode` first"):
-        encode.read_captions_manifest(p)
+        data.read_captions_manifest(p)
     encode.run(p)
     first = _digests(paths.CAPTIONS_DIR)
     encode.run(p)
     assert _digests(paths.CAPTIONS_DIR) == first  # same inputs -> the same bytes, every file
 
-    man = encode.read_captions_manifest(p)
+    man = data.read_captions_manifest(p)
     pairs = json.loads(paths.manifest().read_text())
     assert man["format"] == "gear-t2i-captions" and man["encoder"] == fingerprint(p)
     assert (man["dim"], man["max_len"], man["resolution"]) == (16, 10, pairs["resolution"])
@@ -211,7 +211,7 @@ def test_encode_stage_byte_identical_and_stale_detection(tmp_path, monkeypatch):
 
     for changed in ("t2i.text.demo_dim=24", "t2i.text.max_len=12"):
         with pytest.raises(ArtifactError, match="stale .*rerun `gear t2i-encode`"):
-            encode.read_captions_manifest(tiny_params(changed))
+            data.read_captions_manifest(tiny_params(changed))
     shard.run(tiny_params("t2i.data.embedded_train=80"))  # other pairs
     with pytest.raises(ArtifactError, match="pairs .* changed.*rerun `gear t2i-encode`"):
-        encode.read_captions_manifest(p)
+        data.read_captions_manifest(p)

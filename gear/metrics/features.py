@@ -25,8 +25,11 @@ from torch_fidelity.metric_isc import KEY_METRIC_ISC_MEAN, KEY_METRIC_ISC_STD, i
 from torch_fidelity.metric_prc import KEY_METRIC_PRECISION, KEY_METRIC_RECALL, prc_features_to_metric
 from torch_fidelity.utils import create_feature_extractor
 
-from gear.io import ArtifactError, load_torch, read_json
-from gear.metrics.fidelity import Extractor, Images, cache_files, meta_path, probe_logits, write_meta
+from gear import paths
+from gear.io import ArtifactError, load_torch, read_json, sha256_file
+from gear.metrics.fidelity import (DINOV2_ARCH, Extractor, Images, cache_files, make_extractor, meta_path,
+                                  probe_logits, write_meta)
+from gear.teachers import HUB_TEACHERS, load_teacher
 
 Features = dict[str, torch.Tensor]  # layer name -> (N, D) float features on the CPU
 SPATIAL = "spatial"  # ADM's sFID features (Inception only): Mixed_6d 1x1 branch, 7 channels, (H, W, C) order
@@ -200,3 +203,43 @@ def generation_metrics(feats: Features, real: RealSet, fm: FeatureModel, pr_k: i
            "num_real": real.num_real, "fid": frechet_distance(fid_statistics(gen), real.stats),
            **precision_recall(gen, real.features, pr_k)}
     return res | (inception_score(feats[fm.isc_layer], isc_splits) if fm.isc_layer else {})
+
+
+# ---- the params' feature space (gear evaluate, gear t2i-evaluate) ---------------------------------
+
+DEMO_EXTRACTOR = "demo-teacher"
+
+
+def space_fingerprint(params) -> dict:
+    """What the feature space is built from; eval/real is stale when this changes."""
+    m, space = params.metrics, params.metrics.feature_space
+    if space == "demo":
+        weights = str(paths.teacher_dir() / "model.safetensors")
+    elif space == "inception":
+        weights = m.inception_weights
+    else:
+        weights = params.teachers.weights if params.teacher.startswith("dinov2") else None
+    if weights is not None and not Path(weights).is_file():
+        raise ArtifactError(f"feature space {space}: weights file {weights} not found")
+    return {"feature_space": space, "weights": weights,
+            "weights_sha256": sha256_file(weights) if weights is not None else None}
+
+
+def feature_extractor(params, device: torch.device) -> Extractor:
+    """The params' feature space as a torch-fidelity extractor on `device`."""
+    space = params.metrics.feature_space
+    try:
+        if space == "demo":
+            teacher = load_teacher(params, device, name="demo")
+
+            def fn(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                x = x.float() / 127.5 - 1  # the teacher reads [-1, 1] images
+                return teacher.pooled(x), teacher.logits(x)
+            return make_extractor("custom", fn=fn, name=DEMO_EXTRACTOR)
+        if space == "inception":
+            return make_extractor("inception", weights_path=params.metrics.inception_weights)
+        dino = params.teacher.startswith("dinov2")  # reuse the teacher's DINOv2 and its local weights
+        return make_extractor("dinov2", weights_path=params.teachers.weights if dino else None,
+                              arch=HUB_TEACHERS[params.teacher].arch if dino else DINOV2_ARCH)
+    except RuntimeError as e:  # weights that cannot be loaded: one line, before any compute
+        raise ArtifactError(f"feature space {space}: {e}") from None

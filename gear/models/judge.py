@@ -12,6 +12,7 @@ In eval mode it uses the running statistics of training: a fixed instrument, per
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -50,3 +51,59 @@ class Judge(nn.Module):
             x = F.interpolate(x, size=(self.side, self.side), mode="bilinear", antialias=True, align_corners=False)
         h = F.adaptive_avg_pool2d(self.features(x), self.grid).flatten(1)
         return {k: head(h) for k, head in self.heads.items()}
+
+
+# ---- reading images: what the evaluate stage asks the trained judge -------------------------------
+
+ATTRIBUTES = ("shape", "colour", "position")
+ARCH = dict(width=32, depth=3, grid=4, max_side=64)  # the fixed instrument `gear t2i-judge` trains
+SCORE_BATCH = 256
+
+
+def attribute_indices(vocab: dict[str, list[str]], attributes: dict) -> list[int]:
+    """[shape, colour, position] value indices of one sample's attributes (ValueError if unknown)."""
+    out = []
+    for a in ATTRIBUTES:
+        if attributes.get(a) not in vocab[a]:
+            raise ValueError(f"{a} {attributes.get(a)!r} is not one of the judge's {', '.join(vocab[a])}")
+        out.append(vocab[a].index(attributes[a]))
+    return out
+
+
+@torch.no_grad()
+def predict_indices(judge: Judge, images_uint8: np.ndarray, batch_size: int = SCORE_BATCH) -> np.ndarray:
+    """(N, 3) predicted value indices (shape, colour, position) of uint8 images (N, H, W, 3)."""
+    images = np.asarray(images_uint8)
+    side = judge.image_size
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (side, side, 3):
+        raise ValueError(f"judge: images must be uint8 (N, {side}, {side}, 3), got {images.dtype} {images.shape}")
+    device = next(judge.parameters()).device
+    was_training = judge.training
+    judge.eval()
+    out = []
+    for s in range(0, len(images), batch_size):
+        # the same conversion as the loader's to_tensor: real val images score here as in training
+        x = torch.from_numpy(images[s:s + batch_size].astype(np.float32) / 127.5 - 1.0).permute(0, 3, 1, 2)
+        logits = judge(x.to(device).contiguous(memory_format=torch.channels_last))
+        out.append(torch.stack([logits[a].argmax(-1) for a in ATTRIBUTES], 1).cpu())
+    judge.train(was_training)
+    return torch.cat(out).numpy() if out else np.zeros((0, len(ATTRIBUTES)), np.int64)
+
+
+def predict(judge: Judge, images_uint8: np.ndarray) -> dict[str, np.ndarray]:
+    """{attribute: (N,) predicted value names} of uint8 images (N, H, W, 3)."""
+    idx = predict_indices(judge, images_uint8)
+    return {a: np.asarray(judge.vocab[a], dtype=str)[idx[:, i]] for i, a in enumerate(ATTRIBUTES)}
+
+
+def prompt_accuracy(judge: Judge, images_uint8: np.ndarray, attributes: list[dict]) -> dict:
+    """Share of images whose shape / colour / position (and all three at once) the judge reads as
+    their prompt asked: {"shape", "colour", "position", "all": float, "n": N}."""
+    if len(images_uint8) != len(attributes):
+        raise ValueError(f"prompt_accuracy: {len(images_uint8)} images but {len(attributes)} attribute sets")
+    if len(attributes) == 0:
+        raise ValueError("prompt_accuracy: no images to judge")
+    want = np.array([attribute_indices(judge.vocab, a) for a in attributes])  # unknown values fail before compute
+    hit = predict_indices(judge, images_uint8) == want
+    return {**{a: float(hit[:, i].mean()) for i, a in enumerate(ATTRIBUTES)},
+            "all": float(hit.all(1).mean()), "n": len(attributes)}

@@ -3,9 +3,11 @@ the paper's ablation tables (GEAR.md section 9, gear/report/paper.py) regenerate
 pipeline's own outputs.
 
     gear ablation-report                 # after `snakemake ablations`: reads ablations/<row>/...
-    gear ablation-report --from-dvc      # after `gear ablation-queue` + `dvc queue start`: reads
-                                         # `dvc exp show --json`, experiments abl-<row>
-    gear ablation-report --from-dvc F    # the same from a saved `dvc exp show --json > F`
+    gear ablation-report --from-dvc      # after `gear ablation-queue` + `dvc queue start`: the
+                                         # experiments abl-<row> of `dvc exp show --json`, each
+                                         # row's eval files read at its commit from the DVC cache
+    gear ablation-report --from-dvc F    # the same from a saved `dvc exp show --json > F`: F only
+                                         # names the commits; the files still come from this repo
 
 One table per axis in the paper's layout: each row's gFID and rFID (with effective codebook size,
 usage entropy and the eval AR's final NTP), the paper's label, gFID and rFID beside it, the default
@@ -79,17 +81,36 @@ def from_pipeline(params) -> tuple[dict, dict, dict]:
     return values, problems, sources
 
 
+# An experiment abl-<row> is the whole dvc.yaml DAG at the row's params; `dvc exp show --json`
+# names its commit. The eval JSONs are plain cached outs (dvc.yaml's only metric is
+# reports/headline.json), so they are read at that commit through DVC's file system: its
+# dvc.lock names each file's hash, the bytes come from this repository's DVC cache.
+
+FINISHED = "success"  # `dvc exp show` executor state; a workspace `dvc exp run` has no executor
+
+
 def dvc_experiments(show: list) -> dict[str, dict]:
-    """`dvc exp show --json` -> {experiment name: its data}, the newest of a name."""
+    """`dvc exp show --json` -> {experiment name: {rev, state, params, timestamp}}: of one name, a
+    finished run before a queued, running or failed one, then the newest."""
     found = {}
     for commit in show:
         for exp in commit.get("experiments") or []:
+            state = (exp.get("executor") or {}).get("state") or FINISHED
             for rev in exp.get("revs") or []:
                 data = rev.get("data") or {}
                 name = rev.get("name") or exp.get("name")
-                if name and (name not in found or (data.get("timestamp") or "") > (found[name].get("timestamp") or "")):
-                    found[name] = data
+                if not name or not rev.get("rev"):
+                    continue
+                e = {"rev": rev["rev"], "state": "failed" if rev.get("error") else state,
+                     "params": ((data.get("params") or {}).get("params.yaml") or {}).get("data") or {},
+                     "timestamp": data.get("timestamp") or ""}
+                if name not in found or _rank(e) > _rank(found[name]):
+                    found[name] = e
     return found
+
+
+def _rank(exp: dict) -> tuple:
+    return exp["state"] == FINISHED, exp["timestamp"]
 
 
 def _dotted(d: dict, key: str):
@@ -100,37 +121,83 @@ def _dotted(d: dict, key: str):
     return d
 
 
-def from_dvc(params, show: list) -> tuple[dict, dict, dict]:
-    """(values, problems, sources[row]) from the experiments abl-<row> of `dvc exp show --json`."""
+def _read_experiment(params, name: str, rev: str) -> tuple[dict[int, dict], str | None]:
+    """({seed: values}, the first problem) of the experiment at commit `rev`: a file it lacks (not
+    run, or not in this repo's DVC cache) is "missing: <path> in <name>"."""
+    from dvc.api import DVCFileSystem
+    from dvc.exceptions import DvcException
+    from scmrepo.exceptions import SCMError  # git's own errors, not all DvcExceptions
+
+    fs = DVCFileSystem(".", rev=rev)  # lazy: opens the repo at rev on the first read
+    values, problem = {}, None
+    try:
+        for seed in params.study.seeds:
+            files, absent = {}, []
+            for kind, path in ab.outputs(params, ab.DEFAULT, seed).items():  # an experiment runs the main DAG
+                try:
+                    text = fs.read_text(path.as_posix())
+                except FileNotFoundError:
+                    absent.append(path)
+                    continue
+                try:
+                    files[kind] = json.loads(text)
+                except json.JSONDecodeError as e:
+                    raise ArtifactError(f"{path} in {name}: not valid JSON ({e})") from None
+                if not isinstance(files[kind], dict):
+                    raise ArtifactError(f"{path} in {name}: expected a JSON object")
+            if absent:
+                in_lock = fs.exists(absent[0].as_posix())  # listed at that commit, bytes not here
+                uncached = " (in its dvc.lock, not in this repo's DVC cache: dvc pull)" if in_lock else ""
+                more = f" (+{len(absent) - 1})" if len(absent) > 1 else ""
+                problem = problem or f"missing: {absent[0]} in {name}{more}{uncached}"
+                continue
+            values[seed] = _pick(files)
+    except (DvcException, SCMError) as e:  # its commit not in this git (a saved show from elsewhere)
+        return {}, f"missing: {name} at {rev[:7]} cannot be read here: {(str(e) or type(e).__name__).splitlines()[0]}"
+    finally:
+        fs.close()
+    return values, problem
+
+
+def from_experiments(params, show: list) -> tuple[dict, dict, dict]:
+    """(values, problems, sources[row]) read from the experiments abl-<row> that `dvc exp show
+    --json` lists, each at its own commit."""
+    if not Path(".dvc").is_dir():
+        raise ArtifactError("--from-dvc reads the experiments' files from the DVC repository: run it at its root "
+                            "(no .dvc/ here)")
     exps = dvc_experiments(show)
-    values, problems = {}, {}
+    values, problems, sources = {}, {}, {}
     for row in ab.grid(params):
         if ab.skip_reason(params, row):
             continue
-        data = exps.get(experiment_name(row))
-        if data is None:
-            problems[row.name] = f"missing: no experiment {experiment_name(row)}"
+        name = experiment_name(row)
+        exp = exps.get(name)
+        if exp is None:
+            problems[row.name] = f"missing: no experiment {name}"
             continue
-        exp_params = ((data.get("params") or {}).get("params.yaml") or {}).get("data") or {}
-        wrong = [(k, v) for k, v in row.overrides if _dotted(exp_params, k) != v]
+        if exp["state"] != FINISHED:
+            problems[row.name] = (f"failed: experiment {name} (dvc queue logs {name})" if exp["state"] == "failed"
+                                  else f"missing: experiment {name} is {exp['state']}")
+            continue
+        wrong = [(k, v) for k, v in row.overrides if _dotted(exp["params"], k) != v]
         if wrong:
             k, v = wrong[0]
-            problems[row.name] = f"stale: experiment {experiment_name(row)} has {k} = {_dotted(exp_params, k)!r}, the row {v!r}"
+            problems[row.name] = f"stale: experiment {name} has {k} = {_dotted(exp['params'], k)!r}, the row {v!r}"
             continue
-        metrics = data.get("metrics") or {}
-        for seed in params.study.seeds:
-            files = {k: (metrics.get(p.as_posix()) or {}).get("data")
-                     for k, p in ab.outputs(params, ab.DEFAULT, seed).items()}  # an experiment runs the main DAG
-            absent = [k for k, d in files.items() if d is None]
-            if absent:
-                problems.setdefault(row.name, f"missing: {experiment_name(row)} has no {absent[0]} metrics for seed {seed}")
-                continue
-            values.setdefault(row.name, {})[seed] = _pick(files)
-    return values, problems, {r: [Path(f"dvc exp show --json: {EXPERIMENT_PREFIX}{r}")] for r in values}
+        seeds, problem = _read_experiment(params, name, exp["rev"])
+        if problem:
+            problems[row.name] = problem
+        if seeds:
+            values[row.name] = seeds
+            sources[row.name] = [Path(f"{name}@{exp['rev'][:7]}")]
+    return values, problems, sources
 
 
 def read_dvc_show(source: str) -> list:
-    """The parsed `dvc exp show --json`: from a saved file, or (source "") by running it."""
+    """The parsed `dvc exp show --json`: from a saved file, or (source "") by running it. A saved file
+    gives only each experiment's commit: its files are still read from this repository's git and DVC
+    cache, so save it in this repository (e.g. `dvc exp show --json -A` for the experiments of every
+    commit, where plain `dvc exp show` lists those of HEAD)."""
     if source:
         text = Path(source).read_text() if Path(source).is_file() else None
         if text is None:
@@ -228,8 +295,8 @@ def run(params, from_dvc: str | None = None) -> None:
         values, problems, sources = from_pipeline(params)
         origin = "this pipeline's outputs (`snakemake ablations`)"
     else:
-        values, problems, sources = from_dvc(params, read_dvc_show(from_dvc))
-        origin = "`dvc exp show --json` (experiments abl-<row>)"
+        values, problems, sources = from_experiments(params, read_dvc_show(from_dvc))
+        origin = "the DVC experiments abl-<row> (`dvc exp show --json`), each read at its commit"
     if not values:
         first = next(iter(problems.items()), ("?", "no rows"))
         raise ArtifactError(f"no ablation row has outputs yet ({first[0]}: {first[1]}); run `snakemake ablations` "

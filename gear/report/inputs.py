@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gear import paths
+from gear.ablations import demo_needed
 from gear.report.readers import Need, check_present, read_curve, read_object, tsv
-from gear.stages.teacher import demo_needed
 
 AR_CURVES = {"ntp": "NTP loss", "align": "alignment loss"}  # metrics/train_ar/seed<N>/<A>/<S>/plots/metrics/
 CODEBOOK = {"usage": "usage", "usage_entropy": "entropy (nats)", "effective_size": "effective size"}

@@ -10,6 +10,8 @@ shards, teacher, warm-up and the baseline arm cached; a quantizer row reruns the
 with it the baseline arm (the Snakemake target runs only the GEAR arm of a row, so it is the
 cheaper of the two). The default row is experiment abl-default (params as they are). Rows whose
 teacher cannot load here are not queued: they are printed as skipped, with the reason.
+The report reads each finished experiment's eval files at its commit from this repo's DVC cache,
+where the queue's runs leave them (gear/report/ablations.py).
 """
 from __future__ import annotations
 

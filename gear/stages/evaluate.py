@@ -34,7 +34,6 @@ the same images whatever N, so N processes give the numbers of one.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
@@ -47,19 +46,19 @@ from gear.config import ParamsError
 from gear.data.loader import TrainStream, read_batches, read_manifest, split_size
 from gear.io import ArtifactError, atomic_dir, read_json, sha256_file, write_json
 from gear.metrics.codebook import CodebookAccumulator, histogram_stats, soft_assignment_stats
-from gear.metrics.features import (FeatureModel, RealSet, concat, fid_statistics, frechet_distance,
-                                   generation_metrics, read_real_cache, write_real_cache)
+from gear.metrics.features import (FeatureModel, RealSet, concat, feature_extractor, fid_statistics,
+                                   frechet_distance, generation_metrics, read_real_cache, space_fingerprint,
+                                   write_real_cache)
 from gear.metrics import reference
-from gear.metrics.fidelity import DINOV2_ARCH, Extractor, make_extractor
+from gear.metrics.fidelity import Extractor
 from gear.metrics.patches import PatchSample, patches
 from gear.metrics.recon import psnr, ssim
 from gear.runtime import Runtime, barrier, gather_to_main, setup, teardown
 from gear.study import resolve_seed
-from gear.teachers import HUB_TEACHERS, load_teacher
+from gear.teachers import load_teacher
 from gear.train.recon_check import to_uint8
 
 ISC_SPLITS = 10          # torch-fidelity / ADM default
-DEMO_EXTRACTOR = "demo-teacher"
 
 
 def precheck(params, what: str, **_) -> None:
@@ -85,45 +84,6 @@ def run(params, what: str, arm: str | None = None, size: str | None = None, seed
         evaluate_samples(params, arm, size, resolve_seed(params, seed))
     else:
         raise ParamsError(f"gear evaluate {what!r}: must be real, tokenizer or samples")
-
-
-# ----------------------------------------------------------------------------------------------
-# feature space
-
-
-def space_fingerprint(params) -> dict:
-    """What the feature space is built from; eval/real is stale when this changes."""
-    m, space = params.metrics, params.metrics.feature_space
-    if space == "demo":
-        weights = str(paths.teacher_dir() / "model.safetensors")
-    elif space == "inception":
-        weights = m.inception_weights
-    else:
-        weights = params.teachers.weights if params.teacher.startswith("dinov2") else None
-    if weights is not None and not Path(weights).is_file():
-        raise ArtifactError(f"feature space {space}: weights file {weights} not found")
-    return {"feature_space": space, "weights": weights,
-            "weights_sha256": sha256_file(weights) if weights is not None else None}
-
-
-def feature_extractor(params, device: torch.device) -> Extractor:
-    """The params' feature space as a torch-fidelity extractor on `device`."""
-    space = params.metrics.feature_space
-    try:
-        if space == "demo":
-            teacher = load_teacher(params, device, name="demo")
-
-            def fn(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-                x = x.float() / 127.5 - 1  # the teacher reads [-1, 1] images
-                return teacher.pooled(x), teacher.logits(x)
-            return make_extractor("custom", fn=fn, name=DEMO_EXTRACTOR)
-        if space == "inception":
-            return make_extractor("inception", weights_path=params.metrics.inception_weights)
-        dino = params.teacher.startswith("dinov2")  # reuse the teacher's DINOv2 and its local weights
-        return make_extractor("dinov2", weights_path=params.teachers.weights if dino else None,
-                              arch=HUB_TEACHERS[params.teacher].arch if dino else DINOV2_ARCH)
-    except RuntimeError as e:  # weights that cannot be loaded: one line, before any compute
-        raise ArtifactError(f"feature space {space}: {e}") from None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -344,8 +304,7 @@ def _features(fm: FeatureModel, images: np.ndarray, batch_size: int, rt: Runtime
 
 
 def evaluate_samples(params, arm: str, size: str, seed: int) -> dict | None:
-    from gear.stages.sample import read_samples  # each file's reader lives with its writer
-    from gear.stages.train_ar import load_ar
+    from gear.artifacts import load_ar, read_samples
 
     m = params.metrics
     ref = reference.check(params)  # ADM's reference batch, or (None) our own real statistics

@@ -12,7 +12,7 @@ from gear.metrics import reference
 from gear.metrics.features import FeatureModel
 from gear.runtime import setup
 from gear.stages.evaluate import ISC_SPLITS, check_real, feature_extractor, finish, real_summary, score_samples
-from gear.stages.sample import read_samples
+from gear.artifacts import read_samples
 
 
 def precheck(params, name: str, **_) -> None:

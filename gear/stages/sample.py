@@ -27,15 +27,13 @@ from tqdm import tqdm
 
 from gear.guard import as_dict
 from gear import paths
-from gear.artifacts import load_tokenizer, read_config
+from gear.artifacts import check_arm, frozen_tokenizer, load_ar, load_tokenizer, read_config
 from gear.config import ParamsError
-from gear.io import ArtifactError, atomic_dir, reading, write_json
+from gear.io import ArtifactError, atomic_dir, write_json
 from gear.metrics import reference
 from gear.models.sampling import generate
-from gear.npz import load_array, members, save_npz  # noqa: F401  (save_npz: gear/t2i writes with it)
+from gear.npz import save_npz
 from gear.runtime import setup, teardown
-from gear.stages.tokenize import check_arm, frozen_tokenizer
-from gear.stages.train_ar import load_ar
 from gear.study import resolve_seed, seeded
 from gear.train.recon_check import image_grid, to_uint8
 
@@ -47,35 +45,6 @@ CLASS_MAX = 32         # samples shown in class_<c>.png
 def batch_seed(seed: int, batch: int) -> int:
     """Seed of batch `batch`'s generator: well mixed, the same in every process."""
     return int(np.random.SeedSequence([seed, batch]).generate_state(1)[0])
-
-
-def _names(path: Path) -> list[str]:
-    try:
-        return members(path)
-    except ValueError as e:
-        raise ArtifactError(str(e)) from None
-
-
-def _npz_array(path: Path, name: str) -> np.ndarray:
-    """Array `name` of a .npz, memory-mapped when stored uncompressed (np.savez, save_npz):
-    each rank then reads only the rows it uses. A damaged file is one ArtifactError line."""
-    with reading(path, "samples file"):
-        names = _names(path)
-        if name not in names:
-            raise ArtifactError(f"{path} holds no {name!r} array (has {', '.join(names)})")
-        return load_array(path, name)
-
-
-def read_samples(directory: Path) -> np.ndarray:
-    """The images of a samples folder (what `gear evaluate samples` reads): `arr_0`, or `images`
-    in files written before the ADM layout."""
-    path = directory / "samples.npz"
-    if not path.is_file():
-        raise ArtifactError(f"samples file {path} not found; run `gear sample` first")
-    images = _npz_array(path, "images" if "images" in _names(path) else "arr_0")
-    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
-        raise ArtifactError(f"{path}: images must be uint8 (N, H, W, 3), got {images.dtype} {images.shape}")
-    return images
 
 
 def write_grids(out: Path, images: np.ndarray, labels: np.ndarray, num_classes: int) -> None:

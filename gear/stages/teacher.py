@@ -17,28 +17,23 @@ the stage only writes config.json saying so, which keeps the pipeline's DAG the 
 """
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
-from torch.nn.parallel import DistributedDataParallel as DDP
-from tqdm import tqdm
 
 from gear import paths
+from gear.ablations import demo_needed
 from gear.data.loader import TrainStream, eval_batches, read_manifest
 from gear.io import atomic_dir, save_tensors, write_json
 from gear.models.demo_teacher import DemoViT
 from gear.runtime import Runtime, seed_everything, setup, teardown
-from gear.train.logger import MetricsLog
+from gear.train.loop import Loop, part, untrained_metrics
+from gear.train.parallel import DataParallel
 from gear.train.schedule import lr_at
-from gear.train.state import Checkpointer, StopRequest, check_finite, restores_stop_signals
 
 STAGE = "teacher"
 LABEL_SMOOTHING = 0.1
 WEIGHT_DECAY = 0.05
 GRAD_CLIP = 1.0
-
-
-from gear.ablations import demo_needed  # noqa: E402  (re-exported: where the stage decides to train)
 
 
 def build_demo(params, manifest: dict) -> DemoViT:
@@ -71,7 +66,6 @@ def evaluate(params, model: DemoViT, rt: Runtime) -> float:
     return (counts[0] / counts[1].clamp(min=1)).item()
 
 
-@restores_stop_signals
 def run(params) -> None:
     t = params.teachers
     if not demo_needed(params):
@@ -82,10 +76,8 @@ def run(params) -> None:
             with atomic_dir(paths.teacher_dir()) as out:
                 write_json(out / "config.json", {"teacher": params.teacher, "trained": False,
                                                  "note": "hub teacher: loaded from the hub or teachers.weights"})
-        log = MetricsLog(paths.metrics_dir(STAGE), rt,  # the stage's declared metrics exist either way
-                        staging=paths.state_dir(params, STAGE) / "dvclive")
-        log.log(0, trained=0.0)
-        log.close()
+        # the stage's declared metrics exist either way
+        untrained_metrics(paths.metrics_dir(STAGE), rt, staging=paths.state_dir(params, STAGE) / "dvclive")
         teardown(rt)
         return
     manifest = read_manifest(params)  # clear error before any compute if shards are missing
@@ -95,28 +87,18 @@ def run(params) -> None:
                          f"{rt.world} processes")
     seed_everything(params.compute.seed)  # same initial weights on every rank
     model = build_demo(params, manifest).to(rt.device)
-    ddp = DDP(model) if rt.distributed else model
+    ddp = DataParallel(rt, fsdp=False).wrap(model)  # a small ViT: DDP (compute.fsdp shards the ARs)
     opt = make_optimizer(model, t.demo_lr)
     stream = TrainStream(params, "train", t.demo_batch_size // rt.world, rank=rt.rank, world=rt.world, augment=True)
+    window = torch.zeros(3, device=rt.device)  # loss sum, correct, samples since the last log
 
-    ckpt = Checkpointer(paths.state_dir(params, STAGE), rt,
-                        compat={"architecture": model.config, "classes": manifest["classes"],
-                                "steps": t.demo_steps, "batch_size": t.demo_batch_size, "lr": t.demo_lr,
-                                "seed": params.compute.seed})
-    state = ckpt.load()
-    step, window = 0, torch.zeros(3, device=rt.device)  # window: loss sum, correct, samples
-    if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        stream.load_state_dict(state["data"])
-        step, window = state["step"], state["window"].to(rt.device)
-    log = MetricsLog(paths.metrics_dir(STAGE), rt, state["metrics"] if state else None,
-                    staging=ckpt.path.parent / "dvclive")
-    stop = StopRequest()
+    loop = Loop(params, rt, name=STAGE, steps=t.demo_steps, state_dir=paths.state_dir(params, STAGE),
+                compat={"architecture": model.config, "classes": manifest["classes"], "steps": t.demo_steps,
+                        "batch_size": t.demo_batch_size, "lr": t.demo_lr, "seed": params.compute.seed},
+                metrics_dir=paths.metrics_dir(STAGE), count_done=True,
+                parts={"model": model, "opt": opt, "data": stream, "window": part(window.cpu, window.copy_)})
 
-    model.train()
-    bar = tqdm(total=t.demo_steps, initial=step, desc=STAGE, disable=not rt.is_main)
-    while step < t.demo_steps:
+    def step_fn(step: int) -> float:
         x, y = next(stream)
         x, y = x.to(rt.device, non_blocking=True), y.to(rt.device, non_blocking=True)
         lr = lr_at(step, t.demo_steps, t.demo_lr, warmup=max(1, t.demo_steps // 20), decay="cosine")
@@ -125,41 +107,33 @@ def run(params) -> None:
         with rt.autocast():
             logits = ddp(x)
         loss = F.cross_entropy(logits.float(), y, label_smoothing=LABEL_SMOOTHING)
-        check_finite(STAGE, step, ckpt.path, loss=loss)
+        loop.check_finite(step, loss=loss)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
         opt.step()
-        step += 1
-        window += torch.stack([loss.detach() * len(y), (logits.argmax(-1) == y).sum().float(),
-                               torch.tensor(float(len(y)), device=rt.device)])
-        bar.update(1)
+        window.add_(torch.stack([loss.detach() * len(y), (logits.argmax(-1) == y).sum().float(),
+                                 torch.tensor(float(len(y)), device=rt.device)]))
+        return lr
 
-        if step % params.compute.log_every == 0 or step == t.demo_steps:
-            totals = window.clone()
-            if rt.distributed:
-                torch.distributed.all_reduce(totals)
-            loss_avg, acc = (totals[0] / totals[2]).item(), (totals[1] / totals[2]).item()
-            log.log(step, train_loss=loss_avg, train_acc=acc, lr=lr)
-            bar.set_postfix(loss=f"{loss_avg:.3f}", acc=f"{acc:.3f}")
-            window.zero_()
-        stopping = stop.agreed(rt)  # every process saves at the same step
-        if step % params.compute.save_every == 0 or stopping:
-            ckpt.save({"step": step, "model": model.state_dict(), "opt": opt.state_dict(),
-                       "data": stream.state_dict(), "window": window.cpu(), "metrics": log.state_dict()})
-            if stopping:
-                stop.exit_after_save(STAGE, step, rt)
-    bar.close()
+    def row_fn(step: int, lr: float) -> dict:
+        totals = window.clone()
+        if rt.distributed:
+            torch.distributed.all_reduce(totals)
+        window.zero_()
+        return {"train_loss": (totals[0] / totals[2]).item(), "train_acc": (totals[1] / totals[2]).item(), "lr": lr}
+
+    model.train()
+    loop.run(step_fn, row_fn, show=("train_loss", "train_acc"))
 
     val_acc = evaluate(params, model, rt)
     if rt.is_main:
-        log.log(t.demo_steps, val_acc=val_acc)
+        loop.log.log(t.demo_steps, val_acc=val_acc)
         print(f"gear teacher: val accuracy {val_acc:.4f} over {len(manifest['classes'])} classes")
         with atomic_dir(paths.teacher_dir()) as out:
             save_tensors(out / "model.safetensors", model.state_dict())
             write_json(out / "config.json", {
                 "teacher": "demo", "trained": True, "architecture": model.config, "classes": manifest["classes"],
                 "val_acc": val_acc, "steps": t.demo_steps})
-    log.close()
-    ckpt.clear()
+    loop.finish()
     teardown(rt)

@@ -15,7 +15,6 @@ batched under bf16 autocast (the quantizer itself runs in fp32).
 """
 from __future__ import annotations
 
-import hashlib
 import io
 
 import numpy as np
@@ -23,63 +22,15 @@ import torch
 from tqdm import tqdm
 
 from gear import paths
-from gear.artifacts import check_tokenizer_matches, load_tokenizer, read_config
-from gear.config import ParamsError
+from gear.artifacts import TOKENS_MANIFEST, check_arm, frozen_tokenizer, load_tokenizer, source_digest
 from gear.data.loader import decode_image, decode_label, eval_batches, read_manifest, to_tensor
 from gear.data.shard import TarShards
-from gear.io import ArtifactError, atomic_dir, read_json, sha256_file, write_json
+from gear.io import ArtifactError, atomic_dir, write_json
 from gear.metrics.codebook import histogram_stats
 from gear.runtime import setup, teardown
 from gear.study import resolve_seed
 
 BATCH = 64
-MANIFEST = "manifest.json"
-
-
-def _seed_flag(arm: str, seed: int | None) -> str:
-    return f" --seed {seed}" if paths.tokenizer_seeded(arm) else ""
-
-
-def check_arm(arm: str) -> None:
-    if arm not in paths.FRESH_AR_ARMS:
-        raise ParamsError(f"--arm {arm!r}: must be one of {', '.join(paths.FRESH_AR_ARMS)}")
-
-
-def frozen_tokenizer(params, arm: str, seed: int | None) -> tuple[dict, str]:
-    """(config, sha256 of the weights) of the frozen tokenizer of `arm`, checked against params."""
-    directory = paths.frozen_dir(arm, seed)
-    if not (directory / "tokenizer.safetensors").is_file():
-        raise ArtifactError(f"frozen tokenizer {directory}/tokenizer.safetensors not found; run `gear freeze --arm {arm}{_seed_flag(arm, seed)}` first")
-    cfg = read_config(directory, "tokenizer")
-    check_tokenizer_matches(cfg, params, directory)
-    return cfg, sha256_file(directory / "tokenizer.safetensors")
-
-
-def source_digest(data_manifest: dict) -> str:
-    """sha256 over the train shards' sha256s: identifies the exact source images."""
-    shas = [s["sha256"] for s in data_manifest["splits"]["train"]["shards"]]
-    return hashlib.sha256("".join(shas).encode()).hexdigest()
-
-
-def read_tokens_manifest(params, arm: str, seed: int | None) -> dict:
-    """The token-shard manifest of `arm`, checked against the frozen tokenizer, the source shards
-    and data.hflip (a clear error when the tokens are missing or stale)."""
-    path = paths.tokens_dir(arm, seed) / MANIFEST
-    if not path.is_file():
-        raise ArtifactError(f"token shards {path} not found; run `gear tokenize --arm {arm}{_seed_flag(arm, seed)}` first")
-    man = read_json(path, "token-shard manifest")
-    _, sha = frozen_tokenizer(params, arm, seed)
-    stale = None
-    if man["tokenizer_sha256"] != sha:
-        stale = f"the frozen tokenizer {paths.frozen_dir(arm, seed)} changed"
-    elif man["source_digest"] != source_digest(read_manifest(params)):
-        stale = f"the source shards in {paths.shard_dir(params)} changed"
-    elif man["hflip"] != params.data.hflip:
-        stale = f"they were written with data.hflip={man['hflip']}, params give {params.data.hflip}"
-    if stale:
-        raise ArtifactError(f"token shards {paths.tokens_dir(arm, seed)} are stale ({stale}); rerun "
-                            f"`gear tokenize --arm {arm}{_seed_flag(arm, seed)}`")
-    return man
 
 
 class _SourceDecoder:
@@ -129,7 +80,7 @@ def run(params, arm: str, seed: int | None = None) -> None:
         if writer.count == 0:
             raise ArtifactError(f"tokenize[{arm}]: no readable train samples in {paths.shard_dir(params)}")
         stats = histogram_stats(hist)
-        write_json(out / MANIFEST, {
+        write_json(out / TOKENS_MANIFEST, {
             "format": "gear-tokens", "arm": arm, "seed": seed, "count": writer.count, "grid": grid, "codebook_size": K,
             "dtype": np.dtype(dtype).name, "hflip": hflip, "views": 2 if hflip else 1,
             "image_format": fmt, "resolution": data_man["resolution"], "classes": data_man["classes"],

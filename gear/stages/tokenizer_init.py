@@ -8,10 +8,6 @@ metrics/tokenizer_init/ (dvclive). Resumable state lives in <state_dir>/tokenize
 """
 from __future__ import annotations
 
-import torch
-from torch.nn.parallel import DistributedDataParallel as DDP
-from tqdm import tqdm
-
 from gear import paths
 from gear.artifacts import write_model, write_tokenizer
 from gear.data.loader import TrainStream, read_manifest
@@ -19,10 +15,11 @@ from gear.io import atomic_dir
 from gear.models.perceptual import check_perceptual
 from gear.runtime import seed_everything, setup, teardown
 from gear.train.ema import EMA
-from gear.train.logger import MetricsLog, WindowMean
+from gear.train.logger import WindowMean
+from gear.train.loop import Loop
+from gear.train.parallel import DataParallel
 from gear.train.recon_check import reconstruction_check
 from gear.train.schedule import lr_at
-from gear.train.state import Checkpointer, StopRequest, check_finite, restores_stop_signals
 from gear.train.tokenizer_objective import (CodebookWindow, TokenizerObjective, adamw, build_discriminator,
                                             build_perceptual, build_tokenizer, clip_and_step)
 
@@ -34,7 +31,6 @@ def precheck(params, **_) -> None:
     check_perceptual(params.tokenizer)
 
 
-@restores_stop_signals
 def run(params) -> None:
     check_perceptual(params.tokenizer)  # lpips without its weights: one line before any work
     read_manifest(params)  # clear error before any compute if shards are missing
@@ -45,33 +41,24 @@ def run(params) -> None:
     disc = rt.prepare_conv(build_discriminator(params))
     perceptual = build_perceptual(params, rt.device)
     ema = EMA(tok, t.ema_decay)
-    tok_ddp = DDP(tok) if rt.distributed else tok
-    disc_ddp = DDP(disc) if rt.distributed else disc
+    dp = DataParallel(rt, fsdp=False)  # the conv tokenizer trains with DDP (compute.fsdp shards the ARs)
+    tok_ddp, disc_ddp = dp.wrap(tok), dp.wrap(disc)
     objective = TokenizerObjective(params, perceptual, disc_ddp)
     opt_g = adamw(tok.parameters(), t.lr, t.betas, t.weight_decay)
     opt_d = adamw(disc.parameters(), t.disc_lr, t.betas, t.weight_decay)
     stream = TrainStream(params, "train", t.batch_size, rank=rt.rank, world=rt.world, augment=True)
-
-    ckpt = Checkpointer(paths.state_dir(params, STAGE), rt,
-                        compat={"tokenizer": tok.config.to_dict(), "disc": [t.disc_ch, t.disc_layers],
-                                "batch_size": t.batch_size, "seed": params.compute.seed})
-    state = ckpt.load()
-    start = 0
-    if state is not None:
-        tok.load_state_dict(state["tokenizer"]); disc.load_state_dict(state["disc"])
-        ema.load_state_dict(state["ema"]); opt_g.load_state_dict(state["opt_g"]); opt_d.load_state_dict(state["opt_d"])
-        stream.load_state_dict(state["data"]); start = state["step"]
-    log = MetricsLog(paths.metrics_dir(STAGE), rt, state["metrics"] if state else None,
-                    staging=ckpt.path.parent / "dvclive")
     usage = CodebookWindow(tok.codebook_size, rt.device)
-    window = WindowMean()  # logged losses are means over the log window, not one batch
-    if state is not None:
-        usage.load_state_dict(state["usage"]); window.load_state_dict(state["window"], rt.device)
-    stop = StopRequest()
+    window = WindowMean(rt.device)  # logged losses are means over the log window, not one batch
+
+    loop = Loop(params, rt, name=STAGE, steps=t.steps, state_dir=paths.state_dir(params, STAGE),
+                compat={"tokenizer": tok.config.to_dict(), "disc": [t.disc_ch, t.disc_layers],
+                        "batch_size": t.batch_size, "seed": params.compute.seed},
+                metrics_dir=paths.metrics_dir(STAGE),
+                parts={"tokenizer": tok, "disc": disc, "ema": ema, "opt_g": opt_g, "opt_d": opt_d, "data": stream,
+                       "usage": usage, "window": window})
     batches = iter(stream)
 
-    bar = tqdm(range(start, t.steps), initial=start, total=t.steps, desc=STAGE, disable=not rt.is_main)
-    for step in bar:
+    def step_fn(step: int) -> None:
         x, _ = next(batches)
         x = x.to(rt.device, non_blocking=True)
         for group in opt_g.param_groups:
@@ -80,40 +67,32 @@ def run(params) -> None:
         with rt.conv_autocast():
             out = tok_ddp(x)
             loss_g, logs = objective.generator_loss(x, out, step)
-        check_finite(STAGE, step, ckpt.path, loss=loss_g)
+        loop.check_finite(step, loss=loss_g)
         logs["grad_norm_g"] = clip_and_step(loss_g, opt_g, t.grad_clip)
         if objective.gan_active(step):
             with rt.conv_autocast():
                 loss_d, logs_d = objective.discriminator_loss(x, out.recon)
-            check_finite(STAGE, step, ckpt.path, loss_d=loss_d)
+            loop.check_finite(step, loss_d=loss_d)
             clip_and_step(loss_d, opt_d, t.grad_clip)
             logs.update(logs_d)
         ema.update(tok)
         usage.update(out.q.indices)
         window.add(logs)
 
-        if step % params.compute.log_every == 0 or step == t.steps - 1:
-            row = window.result(rt)
-            row.update(usage.result(rt), lr=opt_g.param_groups[0]["lr"])
-            log.log(step, loss=row["recon"], **row)
-            bar.set_postfix(recon=f"{row['recon']:.4f}", usage=f"{row['usage']:.2f}")
-        stopping = stop.agreed(rt)  # every process saves at the same step
-        if (step + 1) % params.compute.save_every == 0 or stopping:
-            ckpt.save({"step": step + 1, "tokenizer": tok.state_dict(), "disc": disc.state_dict(),
-                       "ema": ema.state_dict(), "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
-                       "data": stream.state_dict(), "metrics": log.state_dict(),
-                       "usage": usage.state_dict(), "window": window.state_dict()})
-            if stopping:
-                stop.exit_after_save(STAGE, step + 1, rt)
+    def row_fn(step: int, _) -> dict:
+        row = window.result(rt)
+        row.update(usage.result(rt), lr=opt_g.param_groups[0]["lr"])
+        return {"loss": row["recon"], **row}
+
+    loop.run(step_fn, row_fn, show=("recon", "usage"))
 
     check = reconstruction_check(params, ema.model, rt)
     if rt.is_main:
-        log.log(t.steps, **{f"val_{k}": v for k, v in check.metrics.items()})
+        loop.log.log(t.steps, **{f"val_{k}": v for k, v in check.metrics.items()})
         with atomic_dir(paths.tokenizer_init_dir()) as out_dir:
             write_tokenizer(out_dir, ema.model, {"stage": STAGE, "steps": t.steps, "val": check.metrics})
             write_model(out_dir, "tokenizer_raw", tok)
             write_model(out_dir, "discriminator", disc)
             check.grid.save(out_dir / "recon.png")
-    log.close()
-    ckpt.clear()
+    loop.finish()
     teardown(rt)

@@ -2,12 +2,9 @@
 
 Recipe (LlamaGen-REPA): L = CE(next token) + align_weight_ar * (-cos(P(h_l), y)) at the tap layer
 l = ar.align_layer_for(S), with teacher features y computed online from the shard's image (see
-gear/train/ar_objective.py). AdamW (nanoGPT decay groups) over AR + projector, linear warm-up
-over ar.warmup_steps then constant lr, grad clipping, EMA of the AR, bf16 autocast, optional
-torch.compile, gradient accumulation (no_sync on non-final micro-steps under DDP). Under torchrun
-the AR and projector train with DDP, or with compute.fsdp sharded by FSDP2 (gear/train/parallel.py:
-parameters, gradients, AdamW state and the EMA split across processes; saved state and outputs
-are the same full tensors either way).
+gear/train/ar_objective.py), bf16 autocast; the optimizer, schedule, EMA, gradient accumulation
+and DDP / FSDP2 (compute.fsdp: saved state and outputs are the same full tensors either way) are
+gear/train/ar_trainer.py's, shared with t2i-train.
 
 Data: the token shards of `gear tokenize`. Augmentation is the horizontal flip only: a coin
 flip from the loader's per-sample rng picks the mirrored image *and* its mirrored token grid, so
@@ -30,44 +27,26 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import time
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from gear import paths
-from gear.artifacts import load_tokenizer, load_weights, read_config
+from gear.artifacts import check_arm, load_tokenizer, read_tokens_manifest
 from gear.config import ParamsError
 from gear.data.loader import TrainStream, augment, decode_image, decode_label, eval_batches, to_tensor
-from gear.io import ArtifactError, atomic_dir, save_tensors, write_json
-from gear.models.ar import GPT, GPTConfig, configure_optimizer
-from gear.runtime import Runtime, all_reduce_mean, seed_everything, setup, teardown
-from gear.stages.tokenize import check_arm, read_tokens_manifest
+from gear.io import atomic_dir, save_tensors, write_json
+from gear.runtime import Runtime, seed_everything, setup, teardown
 from gear.study import resolve_seed, seeded
 from gear.teachers import load_teacher
-from gear.train.ar_objective import accumulate_grads, build_ar, train_micro_step, val_ntp
-from gear.train.ema import EMA
-from gear.train.logger import MetricsLog
-from gear.train.parallel import DataParallel
-from gear.train.state import Checkpointer, StopRequest, check_finite, restores_stop_signals
+from gear.train.ar_objective import build_ar, first_rows, val_ntp
+from gear.train.ar_trainer import ARTrainer, micro_batch
+from gear.train.loop import Loop
 
 STAGE = "train_ar"
 VAL_IMAGES = 512
 EVAL_BATCH = 128
-
-
-def load_ar(directory: str | Path, device: str | torch.device = "cpu", name: str = "ar") -> tuple[GPT, dict]:
-    """(AR in eval mode, frozen; its config.json) from a folder written by train-ar.
-    name: `ar` (EMA) or `ar_raw`."""
-    cfg = read_config(directory, "AR")
-    if "gpt" not in cfg:
-        raise ArtifactError(f"{directory}/config.json holds no AR config")
-    model = GPT(GPTConfig.from_dict(cfg["gpt"]))
-    load_weights(model, Path(directory) / f"{name}.safetensors", "AR weights")
-    return model.to(device).eval().requires_grad_(False), cfg
 
 
 class TokenDecoder:
@@ -85,27 +64,17 @@ class TokenDecoder:
         return to_tensor(img), torch.from_numpy(views[int(flip)].reshape(-1).astype(np.int64)), decode_label(sample)
 
 
-def lr_at(step: int, peak: float, warmup: int) -> float:
-    """Linear warm-up over `warmup` steps, then constant."""
-    return peak * (step + 1) / warmup if step < warmup else peak
-
-
 @torch.no_grad()
 def val_tokens(params, tok: nn.Module, rt: Runtime, limit: int = VAL_IMAGES) -> tuple[torch.Tensor, torch.Tensor]:
     """Tokens (N, L) and labels (N,) of the first `limit` val images (center crops, no flip)."""
-    toks, labels, n = [], [], 0
-    for x, y in eval_batches(params, "val", EVAL_BATCH):
-        with rt.autocast():
-            _, q = tok.encode(x.to(rt.device))
-        toks.append(q.indices.flatten(1))
-        labels.append(y.to(rt.device))
-        n += len(y)
-        if n >= limit:
-            break
-    return torch.cat(toks)[:limit], torch.cat(labels)[:limit]
+    def encoded():
+        for x, y in eval_batches(params, "val", EVAL_BATCH):
+            with rt.autocast():
+                _, q = tok.encode(x.to(rt.device))
+            yield q.indices.flatten(1), y.to(rt.device)
+    return tuple(first_rows(encoded(), limit))
 
 
-@restores_stop_signals
 def run(params, arm: str, size: str, seed: int | None = None) -> None:
     check_arm(arm)
     if size not in params.ar.sizes:
@@ -116,10 +85,7 @@ def run(params, arm: str, size: str, seed: int | None = None) -> None:
     man = read_tokens_manifest(params, arm, seed)  # missing or stale tokens: error before any compute
     a = params.ar
     rt = setup(params)
-    if a.batch_size % (rt.world * a.grad_accum):
-        raise ParamsError(f"ar.batch_size = {a.batch_size}: must be divisible by processes ({rt.world}) x "
-                          f"ar.grad_accum ({a.grad_accum})")
-    micro = a.batch_size // (rt.world * a.grad_accum)
+    micro = micro_batch(a, rt, "ar")
     grid, L = man["grid"], man["grid"] ** 2
     align_layer = a.align_layer_for(size, params.align_layer)
     teacher = load_teacher(params, rt.device)
@@ -130,86 +96,30 @@ def run(params, arm: str, size: str, seed: int | None = None) -> None:
                         init=a.init, init_key=a.init_key)  # ar.init: a released GPT (steps 0: as is)
     ar, proj = ar.to(rt.device), proj.to(rt.device)
     ar.grad_checkpointing = params.compute.grad_checkpointing
-    ema = EMA(ar, a.ema_decay)  # copied before sharding (a sharded module cannot be copied)
-    dp = DataParallel(rt, fsdp=params.compute.fsdp)
-    ar_w, proj_w = dp.wrap(ar), dp.wrap(proj)
-    dp.shard_copy(ema.model)
-    trained = nn.ModuleList([ar, proj])
-    opt = configure_optimizer(trained, a.lr, a.betas, a.weight_decay)  # over the shards under FSDP
-    fwd = torch.compile(ar_w) if params.compute.compile else ar_w
+    trainer = ARTrainer(params, rt, ar, proj, a, steps=a.steps, warmup=a.warmup_steps)
     stream = TrainStream(params, "train", micro, rank=rt.rank, world=rt.world, augment=True,
                          pattern=str(paths.tokens_dir(arm, seed) / "{split}-*.tar"), decode=TokenDecoder(man["hflip"]))
     val_x, val_y = val_tokens(params, tok, rt)
     del tok
     seed_everything(params.compute.seed + rt.rank)  # dropout masks differ across processes
 
-    ckpt = Checkpointer(paths.state_dir(params, STAGE, paths.seed_part(seed), arm, size), rt, compat={
-        "ar": ar.cfg.to_dict(), "projector_hidden": a.projector_hidden, "teacher": params.teacher,
-        "align": [params.align_weight_ar, align_layer], "tokenizer_sha256": man["tokenizer_sha256"],
-        "optim": [a.lr, list(a.betas), a.weight_decay, a.warmup_steps, a.grad_clip, a.ema_decay],
-        "batch_size": a.batch_size, "grad_accum": a.grad_accum, "seed": params.compute.seed})
-    state = ckpt.load()
-    start = 0
-    if state is not None:
-        for key, module in (("ar", ar), ("proj", proj), ("ema", ema.model)):
-            dp.load_state_dict(module, state[key])
-        dp.load_optim_state_dict(trained, opt, state["opt"])
-        stream.load_state_dict(state["data"])
-        start = state["step"]
-    log = MetricsLog(paths.train_ar_metrics_dir(arm, size, seed), rt, state["metrics"] if state else None,
-                    staging=ckpt.path.parent / "dvclive")
-    stop = StopRequest()
+    loop = Loop(params, rt, name=f"{STAGE}[{arm}/{size}]", steps=a.steps,
+                state_dir=paths.state_dir(params, STAGE, paths.seed_part(seed), arm, size), compat={
+                    "ar": ar.cfg.to_dict(), "projector_hidden": a.projector_hidden, "teacher": params.teacher,
+                    "align": [params.align_weight_ar, align_layer], "tokenizer_sha256": man["tokenizer_sha256"],
+                    **trainer.compat(), "seed": params.compute.seed},
+                metrics_dir=paths.train_ar_metrics_dir(arm, size, seed), parts=trainer.parts(stream))
 
-    params_all = [*ar.parameters(), *proj.parameters()]
+    def val(model: nn.Module) -> float:
+        return val_ntp(model, val_x, (val_y,), rt, EVAL_BATCH)
+
     ar.train(); proj.train()
-    t_window, steps_window = time.perf_counter(), 0
-    bar = tqdm(range(start, a.steps), initial=start, total=a.steps, desc=f"{STAGE}[{arm}/{size}]",
-               disable=not rt.is_main)
-    for step in bar:
-        lr = lr_at(step, a.lr, a.warmup_steps)
-        for group in opt.param_groups:
-            group["lr"] = lr
+    loop.run(lambda step: trainer.step(step, stream, teacher, grid, align_layer, params.align_weight_ar, loop),
+             lambda step, out: trainer.row(out, loop, a.batch_size * L, val), show=("ntp", "val_ntp"))
 
-        def micro_step():
-            loss, logs = train_micro_step(fwd, proj_w, next(stream), teacher, grid, align_layer,
-                                          params.align_weight_ar, rt)
-            check_finite(f"{STAGE}[{arm}/{size}]", step, ckpt.path, loss=loss)
-            return loss, logs
-
-        sums = accumulate_grads(a.grad_accum, dp, (ar_w, proj_w), micro_step)
-        grad_norm = dp.clip_grad_norm_(params_all, a.grad_clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        ema.update(ar)
-        steps_window += 1
-
-        if step % params.compute.log_every == 0 or step == a.steps - 1:
-            row = {k: all_reduce_mean(v, rt).item() for k, v in sums.items()}
-            row.update(lr=lr, grad_norm=grad_norm.item(),
-                       tokens_per_s=steps_window * a.batch_size * L / (time.perf_counter() - t_window))
-            row["val_ntp"] = val_ntp(ema.model, val_x, (val_y,), rt, EVAL_BATCH)
-            log.log(step, **row)
-            bar.set_postfix(ntp=f"{row['ntp']:.3f}", val=f"{row['val_ntp']:.3f}")
-            t_window, steps_window = time.perf_counter(), 0
-        stopping = stop.agreed(rt)  # every process saves at the same step
-        if (step + 1) % params.compute.save_every == 0 or stopping:
-            ckpt.save({"step": step + 1, "ar": dp.state_dict(ar), "proj": dp.state_dict(proj),
-                       "ema": dp.state_dict(ema.model), "opt": dp.optim_state_dict(trained, opt),
-                       "data": stream.state_dict(), "metrics": log.state_dict()})
-            if stopping:
-                stop.exit_after_save(f"{STAGE}[{arm}/{size}]", step + 1, rt)
-    bar.close()
-
-    final = {"val_ntp": val_ntp(ema.model, val_x, (val_y,), rt, EVAL_BATCH),
-             "val_ntp_raw": val_ntp(ar, val_x, (val_y,), rt, EVAL_BATCH),
-             "unigram_entropy": man["unigram_entropy"]}
-    weights = {"ar": dp.state_dict(ema.model), "ar_raw": dp.state_dict(ar), "projector": dp.state_dict(proj)}
+    final = trainer.finish(loop, val, f"train-ar[{arm}/{size}]", unigram_entropy=man["unigram_entropy"])
+    weights = trainer.weights()
     if rt.is_main:
-        log.log(a.steps, **final)
-        final.update({k: log.last(k) for k in ("ntp", "align") if log.last(k) is not None})
-        print(f"train-ar[{arm}/{size}]: ntp {final.get('ntp', float('nan')):.4f}, val_ntp {final['val_ntp']:.4f} (EMA), "
-              f"{final['val_ntp_raw']:.4f} (raw), unigram entropy {final['unigram_entropy']:.4f} nats, "
-              f"{rt.world} process{'es' if rt.world > 1 else ''} on {rt.device.type}")
         with atomic_dir(paths.ar_dir(arm, size, seed)) as out:
             for name, sd in weights.items():
                 save_tensors(out / f"{name}.safetensors", sd)
@@ -221,6 +131,5 @@ def run(params, arm: str, size: str, seed: int | None = None) -> None:
                 "tokenizer_config_digest": hashlib.sha256(
                     json.dumps(man["tokenizer_config"], sort_keys=True).encode()).hexdigest()[:16],
                 "steps": a.steps, "batch_size": a.batch_size, "final": final, "init": a.init})
-    log.close()
-    ckpt.clear()
+    loop.finish()
     teardown(rt)

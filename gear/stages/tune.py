@@ -1,9 +1,9 @@
 """`gear tune --variant V`: GEAR end-to-end tuning of the tokenizer together with an AR.
 
 Variant `gear` runs params.e2e_mode (default gear); an ablation variant (e.g. `ste`) runs that
-mode under the same budget, for the report. Variant `continue` is the equal-compute control (issue
-31): the same budget, data order and seed on the tokenizer's own losses (reconstruction, VQ, GAN),
-with no AR step and no alignment term; its AR is built but never trained. Each iteration: teacher features (no grad) ->
+mode under the same budget, for the report; `continue` is the equal-compute control (issue 31):
+the same budget, data order and seed on the tokenizer's own losses (reconstruction, VQ, GAN), no
+AR step, no alignment term (its AR is built, never trained). Each iteration: teacher features (no grad) ->
 tokenizer step (L_VQ + lambda L_align^s through the frozen AR, early exit) -> discriminator step
 -> AR step (CE + lambda_ar L_align^h on hard indices) -> EMAs. See gear/train/gear_step.py.
 
@@ -13,8 +13,6 @@ tokenizer_raw, discriminator, ar (EMA), projector, config.json. Metrics: metrics
 from __future__ import annotations
 
 import torch
-from torch.nn.parallel import DistributedDataParallel as DDP
-from tqdm import tqdm
 
 from gear import paths
 from gear.artifacts import write_model, write_tokenizer
@@ -29,9 +27,10 @@ from gear.teachers import load_teacher
 from gear.train.ar_objective import build_ar
 from gear.train.ema import EMA
 from gear.train.gear_step import GearKnobs, GearModels, ar_step, ste_joint_step, tokenizer_step
-from gear.train.logger import MetricsLog, WindowMean
+from gear.train.logger import WindowMean
+from gear.train.loop import Loop
+from gear.train.parallel import DataParallel
 from gear.train.recon_check import reconstruction_check
-from gear.train.state import Checkpointer, StopRequest, check_finite, restores_stop_signals
 from gear.train.tokenizer_objective import (CodebookWindow, TokenizerObjective, adamw, build_discriminator,
                                             build_perceptual, build_tokenizer, clip_and_step)
 
@@ -51,7 +50,6 @@ def precheck(params, **_) -> None:
     check_perceptual(params.tokenizer)
 
 
-@restores_stop_signals
 def run(params, variant: str = "gear", seed: int | None = None) -> None:
     check_perceptual(params.tokenizer)  # lpips without its weights: one line before any work
     mode = variant_mode(params, variant)
@@ -74,9 +72,9 @@ def run(params, variant: str = "gear", seed: int | None = None) -> None:
     ar, proj = ar.to(rt.device), proj.to(rt.device)
     ar.grad_checkpointing = params.compute.grad_checkpointing
     ema_tok, ema_ar = EMA(tok, tn.ema_decay), EMA(ar, tn.ema_decay)
-    wrap = (lambda mod: DDP(mod)) if rt.distributed else (lambda mod: mod)
-    disc_w = wrap(disc)
-    models = GearModels(wrap(tok), wrap(ar), wrap(proj),
+    dp = DataParallel(rt, fsdp=False)  # DDP: the guide AR is small next to the tokenizer it tunes
+    disc_w = dp.wrap(disc)
+    models = GearModels(dp.wrap(tok), dp.wrap(ar), dp.wrap(proj),
                         TokenizerObjective(params, build_perceptual(params, rt.device), disc_w, gan=tn.gan,
                                            gan_start=tn.gan_start))
     knobs = GearKnobs(mode=mode, tau=params.tau, align_weight=params.align_weight,
@@ -87,31 +85,21 @@ def run(params, variant: str = "gear", seed: int | None = None) -> None:
     opt_ar = adamw([*ar.parameters(), *proj.parameters()], tn.lr_ar, betas, tn.weight_decay)
     opt_d = adamw(disc.parameters(), tn.lr_disc, betas, tn.weight_decay)
     stream = TrainStream(params, "train", tn.batch_size, rank=rt.rank, world=rt.world, augment=True)
-
-    ckpt = Checkpointer(paths.state_dir(params, STAGE, paths.seed_part(seed), variant), rt, compat={
-        "mode": mode, "tokenizer": tok.config.to_dict(), "ar": ar.cfg.to_dict(), "init": tn.init,
-        "tau": params.tau, "align": [params.align_weight, params.align_weight_ar, params.align_layer],
-        "teacher": params.teacher, "batch_size": tn.batch_size, "seed": params.compute.seed})
-    state = ckpt.load()
-    start = 0
-    if state is not None:
-        for name, obj in (("tokenizer", tok), ("disc", disc), ("ar", ar), ("proj", proj), ("ema_tok", ema_tok),
-                          ("ema_ar", ema_ar), ("opt_tok", opt_tok), ("opt_ar", opt_ar), ("opt_d", opt_d),
-                          ("data", stream)):
-            obj.load_state_dict(state[name])
-        start = state["step"]
-    log = MetricsLog(paths.tune_metrics_dir(variant, seed), rt, state["metrics"] if state else None,
-                    staging=ckpt.path.parent / "dvclive")
     usage = CodebookWindow(tok.codebook_size, rt.device)
-    window = WindowMean()  # logged losses are means over the log window, not one batch
-    if state is not None:
-        usage.load_state_dict(state["usage"]); window.load_state_dict(state["window"], rt.device)
-    stop = StopRequest()
+    window = WindowMean(rt.device)  # logged losses are means over the log window, not one batch
+
+    loop = Loop(params, rt, name=f"{STAGE}[{variant}/seed {seed}]", steps=tn.steps,
+                state_dir=paths.state_dir(params, STAGE, paths.seed_part(seed), variant), compat={
+                    "mode": mode, "tokenizer": tok.config.to_dict(), "ar": ar.cfg.to_dict(), "init": tn.init,
+                    "tau": params.tau, "align": [params.align_weight, params.align_weight_ar, params.align_layer],
+                    "teacher": params.teacher, "batch_size": tn.batch_size, "seed": params.compute.seed},
+                metrics_dir=paths.tune_metrics_dir(variant, seed),
+                parts={"tokenizer": tok, "disc": disc, "ar": ar, "proj": proj, "ema_tok": ema_tok, "ema_ar": ema_ar,
+                       "opt_tok": opt_tok, "opt_ar": opt_ar, "opt_d": opt_d, "data": stream, "usage": usage,
+                       "window": window})
     batches = iter(stream)
 
-    bar = tqdm(range(start, tn.steps), initial=start, total=tn.steps, desc=f"{STAGE}[{variant}/seed {seed}]",
-               disable=not rt.is_main)
-    for step in bar:
+    def step_fn(step: int):
         x, labels = next(batches)
         x, labels = x.to(rt.device), labels.to(rt.device)
         with torch.no_grad(), rt.autocast():
@@ -133,30 +121,23 @@ def run(params, variant: str = "gear", seed: int | None = None) -> None:
                 loss_d, logs_d = models.objective.discriminator_loss(x, out.recon)
             clip_and_step(loss_d, opt_d, tn.grad_clip)
             logs.update(logs_d)
-        check_finite(f"{STAGE}[{variant}]", step, ckpt.path, **{k: v for k, v in logs.items() if v.dim() == 0})
+        loop.check_finite(step, **{k: v for k, v in logs.items() if v.dim() == 0})
         ema_tok.update(tok); ema_ar.update(ar)
         usage.update(out.q.indices)
         window.add(logs)
+        return out
 
-        if step % params.compute.log_every == 0 or step == tn.steps - 1:
-            row = window.result(rt)
-            row.update(usage.result(rt))
-            row.update(soft_assignment_stats(out.q.dist.detach().float(), params.tau))
-            log.log(step, **row)
-            bar.set_postfix(ntp=f"{row.get('ntp', float('nan')):.3f}", usage=f"{row['usage']:.2f}")
-        stopping = stop.agreed(rt)  # every process saves at the same step
-        if (step + 1) % params.compute.save_every == 0 or stopping:
-            ckpt.save({"step": step + 1, "tokenizer": tok.state_dict(), "disc": disc.state_dict(),
-                       "ar": ar.state_dict(), "proj": proj.state_dict(), "ema_tok": ema_tok.state_dict(),
-                       "ema_ar": ema_ar.state_dict(), "opt_tok": opt_tok.state_dict(), "opt_ar": opt_ar.state_dict(),
-                       "opt_d": opt_d.state_dict(), "data": stream.state_dict(), "metrics": log.state_dict(),
-                       "usage": usage.state_dict(), "window": window.state_dict()})
-            if stopping:
-                stop.exit_after_save(f"{STAGE}[{variant}]", step + 1, rt)
+    def row_fn(step: int, out) -> dict:
+        row = window.result(rt)
+        row.update(usage.result(rt))
+        row.update(soft_assignment_stats(out.q.dist.detach().float(), params.tau))
+        return row
+
+    loop.run(step_fn, row_fn, show=("usage",) if mode == "continue" else ("ntp", "usage"))
 
     check = reconstruction_check(params, ema_tok.model, rt)
     if rt.is_main:
-        log.log(tn.steps, **{f"val_{k}": v for k, v in check.metrics.items()})
+        loop.log.log(tn.steps, **{f"val_{k}": v for k, v in check.metrics.items()})
         with atomic_dir(paths.tune_dir(variant, seed)) as out_dir:
             write_tokenizer(out_dir, ema_tok.model, {
                 "stage": STAGE, "variant": variant, "seed": seed, "e2e_mode": mode, "tau": params.tau,
@@ -167,6 +148,5 @@ def run(params, variant: str = "gear", seed: int | None = None) -> None:
             write_model(out_dir, "ar", ema_ar.model)
             write_model(out_dir, "projector", proj)
             check.grid.save(out_dir / "recon.png")
-    log.close()
-    ckpt.clear()
+    loop.finish()
     teardown(rt)

@@ -8,7 +8,7 @@ prompts.jsonl). Output, atomically in gear.t2i.paths.CAPTIONS_DIR (t2i/data/capt
       1 <= n <= t2i.text.max_len: the valid positions only (readers left-pad, gear/t2i/data.py)
   prompts.npz     `emb` float16 (N, max_len, D) and `mask` bool (N, max_len) of the held-out
       prompts, left-padded by text_encoders.pad_left (valid positions at the end); fixed zip
-      timestamps (gear.stages.sample.save_npz)
+      timestamps (gear.npz.save_npz)
   prompts.jsonl   copied from the pairs, row i = prompts.npz row i
   manifest.json   {"format": "gear-t2i-captions", "encoder": fingerprint, "dim", "max_len",
       "splits": {split: {"count", "shards": [{name, count, sha256, bytes}]}},
@@ -31,16 +31,13 @@ from tqdm import tqdm
 
 from gear.data.loader import eval_batches, split_size
 from gear.data.shard import DataError, TarShards
-from gear.io import ArtifactError, atomic_dir, read_json, sha256_file, write_json
+from gear.io import ArtifactError, atomic_dir, sha256_file, write_json
 from gear.runtime import setup, teardown
-from gear.stages.sample import save_npz
+from gear.npz import save_npz
 from gear.t2i import paths
-from gear.t2i.data import pattern, read_pairs_manifest, shards_digest
-from gear.t2i.text_encoders import fingerprint, load_text_encoder, pad_left
+from gear.t2i.data import CAPTIONS_FORMAT, CAPTIONS_MANIFEST, pattern, read_pairs_manifest, shards_digest
+from gear.t2i.text_encoders import load_text_encoder, pad_left
 
-FORMAT = "gear-t2i-captions"
-MANIFEST = "manifest.json"
-RERUN = "rerun `gear t2i-encode`"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -150,8 +147,8 @@ def run(params) -> None:
         save_npz(out / "prompts.npz", emb=_half(x, "the held-out prompts"), mask=mask)
         (out / "prompts.jsonl").write_bytes(paths.prompts_file().read_bytes())
 
-        write_json(out / MANIFEST, {
-            "format": FORMAT, "encoder": enc.fingerprint, "dim": enc.dim, "max_len": enc.max_len,
+        write_json(out / CAPTIONS_MANIFEST, {
+            "format": CAPTIONS_FORMAT, "encoder": enc.fingerprint, "dim": enc.dim, "max_len": enc.max_len,
             "splits": splits, "truncated": truncated, "prompts": len(prompts),
             "pairs_sha256": shards_digest(pairs), "prompts_sha256": sha256_file(paths.prompts_file()),
             "resolution": pairs["resolution"], "image_format": fmt, "attributes": pairs.get("attributes")})
@@ -163,42 +160,3 @@ def run(params) -> None:
     counts = " / ".join(f"{s['count']} {name}" for name, s in splits.items())
     print(f"t2i-encode: {counts} captions and {len(prompts)} prompts, {enc.name} {enc.dim}-d, <= {enc.max_len} "
           f"positions -> {paths.CAPTIONS_DIR}")
-
-
-def read_captions_manifest(params) -> dict:
-    """The caption-shard manifest, checked against the current pairs and prompts, the encoder of
-    params (name, weights, demo dim) and t2i.text.max_len: a clear error when missing or stale."""
-    folder = paths.CAPTIONS_DIR
-    path = folder / MANIFEST
-    if not path.is_file():
-        raise ArtifactError(f"caption embeddings {path} not found; run `gear t2i-encode` first")
-    man = read_json(path, "caption-shard manifest")
-    if man.get("format") != FORMAT:
-        raise ArtifactError(f"{path} is not a {FORMAT} manifest; {RERUN}")
-    pairs, want = read_pairs_manifest(), fingerprint(params)
-    stale = None
-    if man.get("pairs_sha256") != shards_digest(pairs):
-        stale = f"the image-caption pairs in {paths.SHARD_DIR} changed"
-    elif not paths.prompts_file().is_file() or man.get("prompts_sha256") != sha256_file(paths.prompts_file()):
-        stale = f"the held-out prompts {paths.prompts_file()} changed"
-    elif man.get("encoder") != want:
-        stale = f"encoded with {_describe(man.get('encoder'))}, params give {_describe(want)}"
-    elif man.get("max_len") != params.t2i.text.max_len:
-        stale = f"encoded with t2i.text.max_len={man.get('max_len')}, params give {params.t2i.text.max_len}"
-    else:
-        for info in man["splits"].values():
-            for s in info["shards"]:
-                f = folder / s["name"]
-                if not f.is_file() or f.stat().st_size != s["bytes"]:
-                    stale = f"shard {f} is missing or changed"
-        if not (folder / "prompts.npz").is_file():
-            stale = f"{folder / 'prompts.npz'} is missing"
-    if stale:
-        raise ArtifactError(f"caption embeddings in {folder} are stale ({stale}); {RERUN}")
-    return man
-
-
-def _describe(fp) -> str:
-    if not isinstance(fp, dict):
-        return repr(fp)
-    return " ".join(f"{k}={v}" for k, v in fp.items())

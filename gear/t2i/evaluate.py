@@ -20,17 +20,17 @@ import math
 import numpy as np
 import torch
 
+from gear.artifacts import npz_array
 from gear.config import ParamsError
 from gear.data.loader import eval_batches
 from gear.io import ArtifactError, atomic_dir, load_torch, read_json, write_json
-from gear.metrics.features import FeatureModel, fid_statistics, frechet_distance, precision_recall
+from gear.metrics.features import (FeatureModel, feature_extractor, fid_statistics, frechet_distance, precision_recall,
+                                   space_fingerprint)
+from gear.models.judge import prompt_accuracy
 from gear.runtime import setup, teardown
-from gear.stages.evaluate import feature_extractor, space_fingerprint
-from gear.stages.sample import _npz_array
 from gear.study import resolve_seed
 from gear.t2i import paths
-from gear.t2i.data import pattern
-from gear.t2i.tokenize import check_arm
+from gear.t2i.data import check_arm, load_judge, pattern, read_prompts
 from gear.train.recon_check import to_uint8
 
 FEATURES = "features.pt"
@@ -98,16 +98,13 @@ def _finite(x: float | None) -> float | None:
 
 
 def evaluate_samples(params, arm: str, seed: int) -> dict:
-    from gear.t2i.judge import load_judge, prompt_accuracy
-    from gear.t2i.sample import read_prompts
-
     m = params.metrics
     summary, real = read_real(params)
     folder = paths.samples_dir(arm, seed)
     if not (folder / "samples.npz").is_file():
         raise ArtifactError(f"T2I samples {folder}/samples.npz not found; run `gear t2i-sample --arm {arm} --seed {seed}`")
-    cols = {k: np.asarray(_npz_array(folder / "samples.npz", k)) for k in ("prompt", "step", "cfg")}
-    images = _npz_array(folder / "samples.npz", "images")
+    cols = {k: np.asarray(npz_array(folder / "samples.npz", k)) for k in ("prompt", "step", "cfg")}
+    images = npz_array(folder / "samples.npz", "images")
     prompts, _, _ = read_prompts(params)
     if cols["prompt"].max() >= len(prompts):
         raise ArtifactError(f"{folder} was sampled from more prompts than t2i.sample.prompts = {len(prompts)}; "

@@ -1,4 +1,4 @@
-"""`gear t2i-judge`: train the prompt-following judge, and the API that scores generated images.
+"""`gear t2i-judge`: train the prompt-following judge that scores generated images.
 
 The embedded pairs draw one shape of one colour at one position, and each sample's json member
 says which (the manifest lists the values). The judge (gear/models/judge.py) is a small CNN with
@@ -7,7 +7,8 @@ stage then asks it whether a generated image shows what its prompt asked for. It
 instrument, so its recipe is fixed and plain: AdamW at t2i.judge.lr with a short warm-up then
 cosine decay, the sum of the heads' cross-entropies, fp32, seeded by compute.seed. The only
 augmentation is the loader's random crop (a few pixels of shift): no flip, which would swap left
-and right, and no colour jitter. One process trains it (under torchrun the other ranks wait).
+and right, and no colour jitter. One process trains it (under torchrun the other ranks wait),
+resumably (state in <state_dir>/t2i/judge/, gear/train/loop.py).
 At the params.yaml defaults (32 px, 3000 train pairs, 400 steps) it reads all 480 val pairs
 right (seeds 0 and 1) in ~35 s on 2 CPU cores, and stays >= 0.99 under blur, 2x down-up
 sampling or noise of std 20 levels.
@@ -18,7 +19,8 @@ trained on). Metrics (dvclive) in t2i/metrics/judge/: train_loss, train_acc (all
 lr, then the val accuracies. Pairs without attributes (a folder or JSONL source) have no judge:
 config.json then says {"available": false, "reason": ...} and load_judge gives None.
 
-    from gear.t2i.judge import load_judge, prompt_accuracy
+    from gear.models.judge import prompt_accuracy
+    from gear.t2i.data import load_judge
     judge = load_judge("cuda")                                # None: no attributes to judge
     prompt_accuracy(judge, images_uint8, [{"shape": "circle", "colour": "red", "position": "top left"}, ...])
 """
@@ -31,23 +33,19 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
-from gear.artifacts import load_weights, read_config
 from gear.data.loader import TrainStream, augment, decode_image, eval_batches, to_tensor
 from gear.data.shard import DataError
-from gear.io import ArtifactError, atomic_dir, save_tensors, write_json
-from gear.models.judge import Judge
-from gear.runtime import barrier, seed_everything, setup, teardown
+from gear.io import atomic_dir, save_tensors, write_json
+from gear.models.judge import ARCH, ATTRIBUTES, Judge, attribute_indices, predict_indices
+from gear.runtime import Runtime, barrier, seed_everything, setup, teardown
 from gear.t2i import paths
 from gear.t2i.data import read_pairs_manifest, shards_digest
-from gear.train.logger import MetricsLog
+from gear.train.loop import Loop, part, untrained_metrics
 from gear.train.schedule import lr_at
 from gear.train.state import NonFiniteLossError
 
 STAGE = "t2i-judge"
-ATTRIBUTES = ("shape", "colour", "position")
-ARCH = dict(width=32, depth=3, grid=4, max_side=64)
 WEIGHT_DECAY = 0.01
 EVAL_BATCH = 256
 METRICS_DIR = paths.judge_metrics_dir()
@@ -66,16 +64,6 @@ def vocab_of(manifest: dict) -> dict[str, list[str]] | None:
         raise DataError(f"{paths.manifest()}: 'attributes' must list two or more values of each of "
                         f"{', '.join(ATTRIBUTES)}; run `gear t2i-shard` again")
     return {a: [str(v) for v in attrs[a]] for a in ATTRIBUTES}
-
-
-def attribute_indices(vocab: dict[str, list[str]], attributes: dict) -> list[int]:
-    """[shape, colour, position] value indices of one sample's attributes (ValueError if unknown)."""
-    out = []
-    for a in ATTRIBUTES:
-        if attributes.get(a) not in vocab[a]:
-            raise ValueError(f"{a} {attributes.get(a)!r} is not one of the judge's {', '.join(vocab[a])}")
-        out.append(vocab[a].index(attributes[a]))
-    return out
 
 
 class AttributeDecoder:
@@ -98,76 +86,6 @@ def _pattern() -> str:
 
 
 # ----------------------------------------------------------------------------------------------
-# scoring
-
-
-@torch.no_grad()
-def _predict_indices(judge: Judge, images_uint8: np.ndarray, batch_size: int = EVAL_BATCH) -> np.ndarray:
-    """(N, 3) predicted value indices (shape, colour, position) of uint8 images (N, H, W, 3)."""
-    images = np.asarray(images_uint8)
-    side = judge.image_size
-    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (side, side, 3):
-        raise ValueError(f"judge: images must be uint8 (N, {side}, {side}, 3), got {images.dtype} {images.shape}")
-    device = next(judge.parameters()).device
-    was_training = judge.training
-    judge.eval()
-    out = []
-    for s in range(0, len(images), batch_size):
-        # the same conversion as the loader's to_tensor: real val images score here as in training
-        x = torch.from_numpy(images[s:s + batch_size].astype(np.float32) / 127.5 - 1.0).permute(0, 3, 1, 2)
-        logits = judge(x.to(device).contiguous(memory_format=torch.channels_last))
-        out.append(torch.stack([logits[a].argmax(-1) for a in ATTRIBUTES], 1).cpu())
-    judge.train(was_training)
-    return torch.cat(out).numpy() if out else np.zeros((0, len(ATTRIBUTES)), np.int64)
-
-
-def predict(judge: Judge, images_uint8: np.ndarray) -> dict[str, np.ndarray]:
-    """{attribute: (N,) predicted value names} of uint8 images (N, H, W, 3)."""
-    idx = _predict_indices(judge, images_uint8)
-    return {a: np.asarray(judge.vocab[a], dtype=str)[idx[:, i]] for i, a in enumerate(ATTRIBUTES)}
-
-
-def prompt_accuracy(judge: Judge, images_uint8: np.ndarray, attributes: list[dict]) -> dict:
-    """Share of images whose shape / colour / position (and all three at once) the judge reads as
-    their prompt asked: {"shape", "colour", "position", "all": float, "n": N}."""
-    if len(images_uint8) != len(attributes):
-        raise ValueError(f"prompt_accuracy: {len(images_uint8)} images but {len(attributes)} attribute sets")
-    if len(attributes) == 0:
-        raise ValueError("prompt_accuracy: no images to judge")
-    want = np.array([attribute_indices(judge.vocab, a) for a in attributes])  # unknown values fail before compute
-    hit = _predict_indices(judge, images_uint8) == want
-    return {**{a: float(hit[:, i].mean()) for i, a in enumerate(ATTRIBUTES)},
-            "all": float(hit.all(1).mean()), "n": len(attributes)}
-
-
-def load_judge(device: str | torch.device = "cpu") -> Judge | None:
-    """The trained judge (eval mode, frozen) or None when the pairs have no attributes. A judge
-    missing, corrupt, or trained on other pairs than the current manifest's is an ArtifactError."""
-    cfg = read_config(paths.JUDGE_DIR, "judge")
-    if "available" not in cfg:
-        raise ArtifactError(f"judge config {paths.JUDGE_DIR / 'config.json'} has no 'available' key; "
-                            f"run `gear t2i-judge` again")
-    try:
-        digest = shards_digest(read_pairs_manifest())
-    except DataError as e:
-        raise ArtifactError(str(e)) from None
-    # checked for "no judge" too: pairs that gained attributes since would go unjudged, silently
-    if cfg.get("pairs_sha256") != digest:
-        raise ArtifactError(f"judge in {paths.JUDGE_DIR} was made for other pairs than {paths.manifest()} "
-                            f"describes (pairs_sha256 differs); run `gear t2i-judge` again")
-    if not cfg["available"]:
-        return None
-    try:
-        judge = Judge(image_size=cfg["arch"]["image_size"], vocab=cfg["attributes"],
-                      **{k: cfg["arch"][k] for k in ARCH})
-    except (KeyError, TypeError, ValueError) as e:
-        raise ArtifactError(f"judge config {paths.JUDGE_DIR / 'config.json'} is incomplete "
-                            f"({type(e).__name__}: {e}); run `gear t2i-judge` again") from None
-    load_weights(judge, paths.JUDGE_DIR / "judge.safetensors", "judge weights")
-    return judge.to(device, memory_format=torch.channels_last).eval().requires_grad_(False)
-
-
-# ----------------------------------------------------------------------------------------------
 # the stage
 
 
@@ -181,7 +99,7 @@ def evaluate(params, judge: Judge) -> tuple[dict[str, float], int]:
         images.append(((x.permute(0, 2, 3, 1).numpy() + 1.0) * 127.5).round().astype(np.uint8))
         labels.append(y.numpy())
     want = np.concatenate(labels)
-    hit = _predict_indices(judge, np.concatenate(images)) == want
+    hit = predict_indices(judge, np.concatenate(images)) == want
     acc = {a: float(hit[:, i].mean()) for i, a in enumerate(ATTRIBUTES)}
     return {**acc, "all": float(hit.all(1).mean())}, len(want)
 
@@ -192,9 +110,9 @@ def _write_unavailable(reason: str, digest: str) -> None:
         write_json(out / "config.json", {"available": False, "reason": reason, "pairs_sha256": digest})
 
 
-def _staging(params) -> Path:
-    """Where the live metrics go until they are published with the judge (train/logger.py)."""
-    return Path(params.compute.state_dir) / paths.ROOT / "judge" / "dvclive"
+def _state_dir(params) -> Path:
+    """Resumable state, and the live metrics until they are published with the judge."""
+    return Path(params.compute.state_dir) / paths.ROOT / "judge"
 
 
 def run(params) -> None:
@@ -207,9 +125,8 @@ def run(params) -> None:
         if rt.is_main:
             _write_unavailable(f"the {manifest.get('source', '?')} pairs carry no shape / colour / position "
                                f"attributes (only the embedded source does)", digest)
-        log = MetricsLog(METRICS_DIR, rt, staging=_staging(params))  # the declared metrics exist either way
-        log.log(0, trained=0.0)
-        log.close()
+        # the declared metrics exist either way
+        untrained_metrics(METRICS_DIR, rt, staging=_state_dir(params) / "dvclive")
         teardown(rt)
         return
     resolution = manifest.get("resolution", params.data.resolution)
@@ -230,11 +147,15 @@ def run(params) -> None:
                             lr=j.lr, betas=(0.9, 0.999))
     stream = TrainStream(params, "train", j.batch_size, augment=True, pattern=_pattern(),
                          decode=AttributeDecoder(vocab))
-    log = MetricsLog(METRICS_DIR, rt, staging=_staging(params))
     window = torch.zeros(3)  # loss sum, all-heads-right count, samples
+    alone = Runtime(device=rt.device, precision=rt.precision)  # the loop of this one process
+    loop = Loop(params, alone, name=STAGE, steps=j.steps, state_dir=_state_dir(params), count_done=True,
+                compat={"arch": judge.config, "steps": j.steps, "batch_size": j.batch_size, "lr": j.lr,
+                        "seed": params.compute.seed, "pairs_sha256": digest},
+                metrics_dir=METRICS_DIR,
+                parts={"judge": judge, "opt": opt, "data": stream, "window": part(window.cpu, window.copy_)})
 
-    judge.train()
-    for step in tqdm(range(j.steps), desc=STAGE):
+    def step_fn(step: int) -> float:
         x, y = next(stream)
         x = x.to(rt.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         y = y.to(rt.device, non_blocking=True)
@@ -249,20 +170,26 @@ def run(params) -> None:
         loss.backward()
         opt.step()
         right = torch.stack([logits[a].argmax(-1) == y[:, i] for i, a in enumerate(ATTRIBUTES)], 1).all(1)
-        window += torch.tensor([loss.item() * len(y), right.sum().item(), len(y)])
-        if (step + 1) % params.compute.log_every == 0 or step + 1 == j.steps:
-            log.log(step + 1, train_loss=window[0] / window[2], train_acc=window[1] / window[2], lr=lr)
-            window.zero_()
+        window.add_(torch.tensor([loss.item() * len(y), right.sum().item(), len(y)]))
+        return lr
+
+    def row_fn(step: int, lr: float) -> dict:
+        row = {"train_loss": window[0] / window[2], "train_acc": window[1] / window[2], "lr": lr}
+        window.zero_()
+        return row
+
+    judge.train()
+    loop.run(step_fn, row_fn, show=("train_loss", "train_acc"))
 
     val, n_val = evaluate(params, judge)
-    log.log(j.steps, **{f"val_acc_{k}": v for k, v in val.items()})
+    loop.log.log(j.steps, **{f"val_acc_{k}": v for k, v in val.items()})
     with atomic_dir(paths.JUDGE_DIR) as out:
         save_tensors(out / "judge.safetensors", judge.state_dict())
         write_json(out / "config.json", {
             "available": True, "attributes": vocab, "arch": judge.config, "steps": j.steps,
             "batch_size": j.batch_size, "lr": j.lr, "seed": params.compute.seed, "val_accuracy": val,
             "val_count": n_val, "pairs_sha256": digest})
-    log.close()  # metrics published with the model, never before it
+    loop.finish()  # metrics published with the model, never before it
     print(f"gear t2i-judge: val accuracy all {val['all']:.4f} (shape {val['shape']:.4f}, colour {val['colour']:.4f}, "
           f"position {val['position']:.4f}) after {j.steps} steps -> {paths.JUDGE_DIR}")
     barrier(rt)

@@ -16,7 +16,6 @@ Outputs (atomic) in t2i/samples/seed<N>/A/:
 """
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import torch
@@ -26,14 +25,13 @@ from gear.guard import as_dict
 from gear import paths as main_paths
 from gear.artifacts import load_tokenizer
 from gear.config import ParamsError
-from gear.io import ArtifactError, atomic_dir, reading, write_json
+from gear.io import atomic_dir, write_json
 from gear.models.sampling import generate
 from gear.runtime import gather_to_main, setup, teardown
-from gear.stages.sample import save_npz
+from gear.npz import save_npz
 from gear.study import resolve_seed, seeded
 from gear.t2i import paths
-from gear.t2i.tokenize import arm_seed, check_arm
-from gear.t2i.train import check_trained_on, load_t2i, snapshot_name
+from gear.t2i.data import arm_seed, check_arm, check_trained_on, load_t2i, read_prompts, snapshot_name
 from gear.train.recon_check import image_grid, to_uint8
 
 GRID_PROMPTS = 8
@@ -41,26 +39,6 @@ GRID_PROMPTS = 8
 
 def batch_seed(seed: int, step: int, cfg: float, batch: int) -> int:
     return int(np.random.SeedSequence([seed, step, round(cfg * 1000), batch]).generate_state(1)[0])
-
-
-def read_prompts(params) -> tuple[list[dict], torch.Tensor, torch.Tensor]:
-    """(prompts [{caption, attributes}], embeddings (n, P, D), masks (n, P)) of the first
-    t2i.sample.prompts held-out prompts, as t2i-encode stored them."""
-    folder = paths.CAPTIONS_DIR
-    lines_path, npz_path = folder / "prompts.jsonl", folder / "prompts.npz"
-    for p in (lines_path, npz_path):
-        if not p.is_file():
-            raise ArtifactError(f"held-out prompts {p} not found; run `gear t2i-encode` first")
-    with reading(lines_path, "held-out prompts"):
-        prompts = [json.loads(line) for line in lines_path.read_text().splitlines() if line.strip()]
-    with reading(npz_path, "held-out prompt embeddings"), np.load(npz_path) as f:
-        emb, mask = f["emb"], f["mask"]
-    if len(emb) != len(prompts):
-        raise ArtifactError(f"{npz_path} holds {len(emb)} prompts but {lines_path} lists {len(prompts)}; rerun `gear t2i-encode`")
-    n = params.t2i.sample.prompts
-    if n > len(prompts):
-        raise ParamsError(f"t2i.sample.prompts = {n}: the prompt file {lines_path} has only {len(prompts)}")
-    return prompts[:n], torch.from_numpy(emb[:n].astype(np.float32)), torch.from_numpy(mask[:n])
 
 
 def run(params, arm: str, seed: int | None = None) -> None:

@@ -20,34 +20,17 @@ import torch
 from tqdm import tqdm
 
 from gear import paths as main_paths
-from gear.artifacts import load_tokenizer
-from gear.config import ParamsError
+from gear.artifacts import frozen_tokenizer, load_tokenizer
 from gear.data.loader import decode_image, eval_batches, to_tensor
 from gear.data.shard import TarShards
 from gear.io import ArtifactError, atomic_dir, write_json
 from gear.metrics.codebook import histogram_stats
 from gear.runtime import setup, teardown
-from gear.stages.tokenize import frozen_tokenizer
-from gear.study import resolve_seed
 from gear.t2i import paths
-from gear.t2i.data import TOKENS_MANIFEST, pattern, shards_digest
+from gear.t2i.data import TOKENS_MANIFEST, arm_seed, check_arm, pattern, read_captions_manifest, shards_digest
 
 BATCH = 64
 COPIED = ("txt", "json", "emb.npy")
-
-
-def check_arm(arm: str) -> None:
-    if arm not in paths.ARMS:
-        raise ParamsError(f"--arm {arm!r}: must be one of {', '.join(paths.ARMS)}")
-
-
-def arm_seed(params, arm: str, seed: int | None) -> int | None:
-    """The seed of arm A's tokens: None for the shared baseline tokenizer."""
-    return resolve_seed(params, seed) if main_paths.tokenizer_seeded(arm) else None
-
-
-def hint(arm: str, seed: int | None) -> str:
-    return f"gear t2i-tokenize --arm {arm}" + (f" --seed {seed}" if seed is not None else "")
 
 
 class _Source:
@@ -62,8 +45,6 @@ class _Source:
 
 
 def run(params, arm: str, seed: int | None = None) -> None:
-    from gear.t2i.encode import read_captions_manifest
-
     check_arm(arm)
     seed = arm_seed(params, arm, seed)
     cap = read_captions_manifest(params)  # missing or stale captions: one line, before any compute

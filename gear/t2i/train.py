@@ -2,13 +2,11 @@
 arm A (the seed's "LlamaGen-REPA-1.0B vs GEAR-1.0B": only the tokenizer differs between arms).
 
 Recipe, as the class-conditional train-ar: L = CE(next token) + t2i.ar.align_weight * REPA at
-block t2i.ar.align_layer (teacher features of the pair's image, computed online), AdamW
-(nanoGPT decay groups) over AR + projector, linear warm-up then constant lr, grad clipping, EMA,
-caption dropout to the null caption (CFG), bf16 autocast when compute.precision is bf16, DDP or
-FSDP2 under torchrun (gear/train/parallel.py), gradient accumulation over t2i.ar.grad_accum
-micro-steps and gradient checkpointing (compute.grad_checkpointing): the one AR (gear/models/ar.py,
-caption condition) and the micro-step train-ar runs (gear/train/ar_objective.py). No augmentation
-(captions say left and right). t2i.ar.batch_size is the global batch per optimizer step.
+block t2i.ar.align_layer (teacher features of the pair's image, computed online), caption dropout
+to the null caption (CFG); the one AR (gear/models/ar.py, caption condition) trained by the one AR
+trainer (gear/train/ar_trainer.py: AdamW, warm-up then constant lr, EMA, gradient accumulation,
+DDP or FSDP2). No augmentation (captions say left and right). t2i.ar.batch_size is the global
+batch per optimizer step.
 
 EMA snapshots at t2i.ar.eval_steps are what t2i-sample and t2i-evaluate measure (the seed's
 table is at 50k .. 390k steps); they are written into the resumable state folder as training
@@ -26,82 +24,33 @@ projector.safetensors, ema_step<S>.safetensors per eval step, config.json. Resum
 from __future__ import annotations
 
 import shutil
-import time
 from pathlib import Path
 
-import torch
 from torch import nn
-from tqdm import tqdm
 
-from gear import paths as main_paths
-from gear.artifacts import load_weights, read_config
-from gear.config import ParamsError
 from gear.data.loader import TrainStream, eval_batches
-from gear.io import ArtifactError, atomic_dir, save_tensors, sha256_file, write_json
-from gear.models.ar import GPT, GPTConfig, Projector, configure_optimizer
-from gear.runtime import all_reduce_mean, seed_everything, setup, teardown
-from gear.stages.tokenize import frozen_tokenizer
+from gear.io import ArtifactError, atomic_dir, save_tensors, write_json
+from gear.models.ar import GPT, GPTConfig, Projector
+from gear.runtime import seed_everything, setup, teardown
 from gear.study import resolve_seed, seeded
 from gear.t2i import paths
-from gear.t2i.data import TokenSample, pattern, read_tokens_manifest, shards_digest
-from gear.t2i.tokenize import arm_seed, check_arm, hint
+from gear.t2i.data import TokenSample, arm_seed, check_arm, pattern, snapshot_name, tokens_manifest
 from gear.teachers import load_teacher
-from gear.train.ar_objective import accumulate_grads, train_micro_step, val_ntp
-from gear.train.ema import EMA
-from gear.train.logger import MetricsLog
-from gear.train.parallel import DataParallel
-from gear.train.state import Checkpointer, StopRequest, check_finite, restores_stop_signals
+from gear.train.ar_objective import first_rows, val_ntp
+from gear.train.ar_trainer import ARTrainer, micro_batch
+from gear.train.loop import Loop
 
 STAGE = "t2i_train"
 VAL_PAIRS = 512
 EVAL_BATCH = 128
 
 
-def tokens_manifest(params, arm: str, seed: int | None) -> dict:
-    """The arm's token manifest, checked against its frozen tokenizer and the caption shards."""
-    from gear.t2i.encode import read_captions_manifest
-
-    _, sha = frozen_tokenizer(params, arm, seed)
-    return read_tokens_manifest(paths.tokens_dir(arm, seed), sha, shards_digest(read_captions_manifest(params)),
-                                hint(arm, seed))
-
-
-def load_t2i(directory: str | Path, device="cpu", name: str = "ar") -> tuple[GPT, dict]:
-    """(caption-conditioned AR in eval mode, frozen; its config.json) from a folder written by
-    t2i-train. name: `ar` (final EMA), `ar_raw` or `ema_step<S>`. The config sits under
-    "t2i_gpt" (the seed's T2IConfig fields, which GPTConfig reads as a caption condition)."""
-    cfg = read_config(directory, "T2I AR")
-    if "t2i_gpt" not in cfg:
-        raise ArtifactError(f"{directory}/config.json holds no T2I AR config")
-    gpt = GPTConfig.from_dict(cfg["t2i_gpt"])
-    if gpt.condition != "caption":
-        raise ArtifactError(f"{directory}/config.json: t2i_gpt is not a caption-conditioned AR")
-    model = GPT(gpt)
-    load_weights(model, Path(directory) / f"{name}.safetensors", "T2I AR weights")
-    return model.to(device).eval().requires_grad_(False), cfg
-
-
-def lr_at(step: int, peak: float, warmup: int) -> float:
-    return peak * (step + 1) / warmup if step < warmup else peak
-
-
 def val_pairs(params, folder: Path, text_len: int, limit: int = VAL_PAIRS):
     """(tokens, captions, masks) of the first `limit` val pairs."""
-    parts, n = [], 0
-    for _, tokens, text, mask in eval_batches(params, "val", EVAL_BATCH, pattern=pattern(folder),
-                                              decode=TokenSample(text_len)):
-        parts.append((tokens, text, mask))
-        n += len(tokens)
-        if n >= limit:
-            break
-    return [torch.cat(p)[:limit] for p in zip(*parts)]
+    batches = eval_batches(params, "val", EVAL_BATCH, pattern=pattern(folder), decode=TokenSample(text_len))
+    return first_rows((batch[1:] for batch in batches), limit)
 
 
-def snapshot_name(step: int) -> str:
-    return f"ema_step{step}"
-
-
-@restores_stop_signals
 def run(params, arm: str, seed: int | None = None) -> None:
     check_arm(arm)
     study_seed = resolve_seed(params, seed)
@@ -110,10 +59,7 @@ def run(params, arm: str, seed: int | None = None) -> None:
     man = tokens_manifest(params, arm, tok_seed)  # missing or stale tokens: one line, before any compute
     a = params.t2i.ar
     rt = setup(params)
-    if a.batch_size % (rt.world * a.grad_accum):
-        raise ParamsError(f"t2i.ar.batch_size = {a.batch_size}: must be divisible by processes ({rt.world}) x "
-                          f"t2i.ar.grad_accum ({a.grad_accum})")
-    micro = a.batch_size // (rt.world * a.grad_accum)
+    micro = micro_batch(a, rt, "t2i.ar")
     grid, L = man["grid"], man["grid"] ** 2
     folder = paths.tokens_dir(arm, tok_seed)
     teacher = load_teacher(params, rt.device)
@@ -125,93 +71,42 @@ def run(params, arm: str, seed: int | None = None) -> None:
     ar = GPT(cfg).to(rt.device)
     ar.grad_checkpointing = params.compute.grad_checkpointing
     proj = Projector(cfg.dim, teacher.dim, hidden=a.projector_hidden).to(rt.device)
-    ema = EMA(ar, a.ema_decay)
-    dp = DataParallel(rt, fsdp=params.compute.fsdp)
-    ar_w, proj_w = dp.wrap(ar), dp.wrap(proj)
-    dp.shard_copy(ema.model)
-    trained = nn.ModuleList([ar, proj])
-    opt = configure_optimizer(trained, a.lr, a.betas, a.weight_decay)
-    fwd = torch.compile(ar_w) if params.compute.compile else ar_w
+    trainer = ARTrainer(params, rt, ar, proj, a, steps=a.steps, warmup=a.warmup_steps)
     stream = TrainStream(params, "train", micro, rank=rt.rank, world=rt.world, augment=False,
                          pattern=pattern(folder), decode=TokenSample(cfg.text_len))
     val_tokens, *val_cond = (v.to(rt.device) for v in val_pairs(params, folder, cfg.text_len))
     seed_everything(params.compute.seed + rt.rank)  # dropout masks differ across processes
 
     state_dir = paths.state_dir(params, arm, study_seed)
-    ckpt = Checkpointer(state_dir, rt, compat={
-        "t2i_gpt": cfg.to_dict(), "projector_hidden": a.projector_hidden, "teacher": params.teacher,
-        "align": [a.align_weight, a.align_layer], "tokenizer_sha256": man["tokenizer_sha256"],
-        "captions_digest": man["captions_digest"], "eval_steps": a.eval_steps,
-        "optim": [a.lr, list(a.betas), a.weight_decay, a.warmup_steps, a.grad_clip, a.ema_decay],
-        "batch_size": a.batch_size, "grad_accum": a.grad_accum, "seed": params.compute.seed})
-    state = ckpt.load()
-    start = 0
-    if state is not None:
-        for key, module in (("ar", ar), ("proj", proj), ("ema", ema.model)):
-            dp.load_state_dict(module, state[key])
-        dp.load_optim_state_dict(trained, opt, state["opt"])
-        stream.load_state_dict(state["data"])
-        start = state["step"]
-    log = MetricsLog(paths.train_metrics_dir(arm, study_seed), rt, state["metrics"] if state else None,
-                    staging=ckpt.path.parent / "dvclive")
-    stop = StopRequest()
+    loop = Loop(params, rt, name=f"t2i-train[{arm}]", steps=a.steps, state_dir=state_dir, compat={
+                    "t2i_gpt": cfg.to_dict(), "projector_hidden": a.projector_hidden, "teacher": params.teacher,
+                    "align": [a.align_weight, a.align_layer], "tokenizer_sha256": man["tokenizer_sha256"],
+                    "captions_digest": man["captions_digest"], "eval_steps": a.eval_steps, **trainer.compat(),
+                    "seed": params.compute.seed},
+                metrics_dir=paths.train_metrics_dir(arm, study_seed), parts=trainer.parts(stream))
 
-    params_all = [*ar.parameters(), *proj.parameters()]
-    ar.train(); proj.train()
-    t_window, steps_window = time.perf_counter(), 0
-    bar = tqdm(range(start, a.steps), initial=start, total=a.steps, desc=f"t2i-train[{arm}]", disable=not rt.is_main)
-    for step in bar:
-        lr = lr_at(step, a.lr, a.warmup_steps)
-        for group in opt.param_groups:
-            group["lr"] = lr
+    def val(model: nn.Module) -> float:
+        return val_ntp(model, val_tokens, val_cond, rt, EVAL_BATCH)
 
-        def micro_step():
-            loss, logs = train_micro_step(fwd, proj_w, next(stream), teacher, grid, a.align_layer, a.align_weight, rt)
-            check_finite(f"t2i-train[{arm}]", step, ckpt.path, loss=loss)
-            return loss, logs
-
-        logs = accumulate_grads(a.grad_accum, dp, (ar_w, proj_w), micro_step)
-        grad_norm = dp.clip_grad_norm_(params_all, a.grad_clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        ema.update(ar)
-        steps_window += 1
-
-        if step % params.compute.log_every == 0 or step == a.steps - 1:
-            row = {k: all_reduce_mean(v, rt).item() for k, v in logs.items()}
-            row.update(lr=lr, grad_norm=grad_norm.item(),
-                       tokens_per_s=steps_window * a.batch_size * L / (time.perf_counter() - t_window))
-            row["val_ntp"] = val_ntp(ema.model, val_tokens, val_cond, rt, EVAL_BATCH)
-            log.log(step, **row)
-            bar.set_postfix(ntp=f"{row['ntp']:.3f}", val=f"{row['val_ntp']:.3f}")
-            t_window, steps_window = time.perf_counter(), 0
+    def step_fn(step: int):
+        out = trainer.step(step, stream, teacher, grid, a.align_layer, a.align_weight, loop)
         if step + 1 in a.eval_steps:  # every process joins the gather; rank 0 writes
-            sd = dp.state_dict(ema.model)
+            sd = trainer.dp.state_dict(trainer.ema.model)
             if rt.is_main:
                 save_tensors(state_dir / f"{snapshot_name(step + 1)}.safetensors", sd)
-        stopping = stop.agreed(rt)
-        if (step + 1) % params.compute.save_every == 0 or stopping:
-            ckpt.save({"step": step + 1, "ar": dp.state_dict(ar), "proj": dp.state_dict(proj),
-                       "ema": dp.state_dict(ema.model), "opt": dp.optim_state_dict(trained, opt),
-                       "data": stream.state_dict(), "metrics": log.state_dict()})
-            if stopping:
-                stop.exit_after_save(f"t2i-train[{arm}]", step + 1, rt)
-    bar.close()
+        return out
 
-    final = {"val_ntp": val_ntp(ema.model, val_tokens, val_cond, rt, EVAL_BATCH),
-             "val_ntp_raw": val_ntp(ar, val_tokens, val_cond, rt, EVAL_BATCH),
-             "unigram_entropy": man["unigram_entropy"]}
-    weights = {"ar": dp.state_dict(ema.model), "ar_raw": dp.state_dict(ar), "projector": dp.state_dict(proj)}
+    ar.train(); proj.train()
+    loop.run(step_fn, lambda step, out: trainer.row(out, loop, a.batch_size * L, val), show=("ntp", "val_ntp"))
+
+    final = trainer.finish(loop, val, f"t2i-train[{arm}]", unigram_entropy=man["unigram_entropy"])
+    weights = trainer.weights()
     if rt.is_main:
         missing = [s for s in a.eval_steps if not (state_dir / f"{snapshot_name(s)}.safetensors").is_file()]
         if missing:
             raise ArtifactError(f"EMA snapshots of steps {missing} are missing from {state_dir} (deleted during the "
-                                f"run?); delete {ckpt.path} and rerun `gear t2i-train --arm {arm} --seed {study_seed}`")
-        log.log(a.steps, **final)
-        final.update({k: log.last(k) for k in ("ntp", "align") if log.last(k) is not None})
-        print(f"t2i-train[{arm}]: ntp {final.get('ntp', float('nan')):.4f}, val_ntp {final['val_ntp']:.4f} (EMA), "
-              f"{final['val_ntp_raw']:.4f} (raw), unigram entropy {final['unigram_entropy']:.4f} nats, "
-              f"{rt.world} process{'es' if rt.world > 1 else ''} on {rt.device.type}")
+                                f"run?); delete {loop.ckpt.path} and rerun "
+                                f"`gear t2i-train --arm {arm} --seed {study_seed}`")
         with atomic_dir(paths.ar_dir(arm, study_seed)) as out:
             for name, sd in weights.items():
                 save_tensors(out / f"{name}.safetensors", sd)
@@ -227,18 +122,5 @@ def run(params, arm: str, seed: int | None = None) -> None:
                 "final": final})
         for s in a.eval_steps:
             (state_dir / f"{snapshot_name(s)}.safetensors").unlink(missing_ok=True)
-    log.close()
-    ckpt.clear()
+    loop.finish()
     teardown(rt)
-
-
-def check_trained_on(params, arm: str, seed: int) -> dict:
-    """The AR folder's config, checked to be trained on the arm's current frozen tokenizer."""
-    tok_seed = arm_seed(params, arm, seed)
-    cfg = read_config(paths.ar_dir(arm, seed), "T2I AR")
-    sha = sha256_file(main_paths.frozen_dir(arm, tok_seed) / "tokenizer.safetensors")
-    if cfg.get("tokenizer_sha256") != sha:
-        raise ArtifactError(f"T2I AR {paths.ar_dir(arm, seed)} was trained on another tokenizer than "
-                            f"{main_paths.frozen_dir(arm, tok_seed)}; rerun `gear t2i-tokenize` and `gear t2i-train "
-                            f"--arm {arm} --seed {seed}`")
-    return cfg

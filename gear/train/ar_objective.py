@@ -7,7 +7,7 @@ block l (1-indexed) at the position that predicts token k, and y is teacher patc
 from __future__ import annotations
 
 import contextlib
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -78,6 +78,18 @@ def accumulate_grads(k: int, dp, wrapped: tuple[nn.Module, ...],
         for name, v in logs.items():
             sums[name] = sums.get(name, 0.0) + v.float() / k
     return sums
+
+
+def first_rows(batches: Iterator[tuple[Tensor, ...]], limit: int) -> list[Tensor]:
+    """The first `limit` rows of each field of a stream of batches (the val set of val_ntp): the
+    stream is read no further than they need."""
+    parts, n = [], 0
+    for batch in batches:
+        parts.append(batch)
+        n += len(batch[0])
+        if n >= limit:
+            break
+    return [torch.cat(p)[:limit] for p in zip(*parts)]
 
 
 @torch.no_grad()

@@ -77,7 +77,8 @@ class WindowMean:
     gan_start), each averaged over the steps it was seen. Part of the resumable state, so a run
     stopped between two logs resumes to the same numbers."""
 
-    def __init__(self):
+    def __init__(self, device=None):
+        self.device = device  # where a loaded window's sums go
         self.sums: dict[str, torch.Tensor] = {}
         self.counts: dict[str, int] = {}
 
@@ -99,6 +100,6 @@ class WindowMean:
     def state_dict(self) -> dict:
         return {"sums": {k: v.cpu() for k, v in self.sums.items()}, "counts": dict(self.counts)}
 
-    def load_state_dict(self, state: dict, device=None) -> None:
-        self.sums = {k: v.to(device) for k, v in state["sums"].items()}
+    def load_state_dict(self, state: dict) -> None:
+        self.sums = {k: v.to(self.device) for k, v in state["sums"].items()}
         self.counts = dict(state["counts"])

@@ -26,6 +26,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from gear.runtime import Runtime
+from gear.train.loop import part
 
 # The projector returns a Linear's (reshaped, i.e. view) output; FSDP warns that an in-place edit
 # of a view would skip its backward hook. Nothing edits these outputs in place.
@@ -117,6 +118,13 @@ class DataParallel:
         full = {"state": {names[i]: v for i, v in state["state"].items()},
                 "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in state["param_groups"]]}
         set_optimizer_state_dict(model, opt, full, options=_full(load=True))
+
+    def part(self, module: nn.Module):
+        """`module` as a training-loop part (gear/train/loop.py) whose state is the full dict."""
+        return part(lambda: self.state_dict(module), lambda sd: self.load_state_dict(module, sd))
+
+    def optim_part(self, model: nn.Module, opt: torch.optim.Optimizer):
+        return part(lambda: self.optim_state_dict(model, opt), lambda sd: self.load_optim_state_dict(model, opt, sd))
 
     @staticmethod
     def _names(model: nn.Module, opt: torch.optim.Optimizer) -> list[str]:
