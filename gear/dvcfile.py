@@ -115,7 +115,11 @@ def dvc_file(params, room: str) -> dict:
     wdir = None if room == "main" else ".."
     out = {"stages": {s.name: dvc_stage(s, params, wdir) for s in stages}}
     if room == "scaling":
-        out["stages"] = {**ladder_stages(params, wdir), **out["stages"]}
+        from gear import scaling
+
+        # the control's stages only where its tune runs (`continue` in tune.ablations: ./dvc.yaml's freeze)
+        keep = {k: v for k, v in out["stages"].items() if scaling.control(params) or not k.endswith("_continue")}
+        out["stages"] = {**ladder_stages(params, wdir), **keep}
     if room != "main":
         out = {"vars": ["../params.yaml"], **out}
     return out

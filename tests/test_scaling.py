@@ -154,3 +154,79 @@ def torch_equal(a, b) -> bool:
     import torch
 
     return torch.equal(a, b)
+
+
+# ---- the `scaling` target in both tools ---------------------------------------------------------
+
+STUDY = ["study.seeds=[0, 1]", "scaling.ladder_seeds=[1]", "tune.ablations=[ste, continue]"]
+
+
+def _scratch(tmp_path):
+    """A workflow copy whose params.yaml is params.yaml with STUDY set (the DVC files generated from it)."""
+    from gear.config import params_yaml
+    from tiny import copy_workflow
+
+    d = copy_workflow(tmp_path)
+    text = params_yaml(load_params(d / "params.yaml", STUDY), d / "params.yaml", STUDY, d / "params.yaml")
+    (d / "params.yaml").write_text(text)
+    return d
+
+
+def test_snakemake_scaling_target(tmp_path):
+    from dags import smk_jobs
+
+    d = _scratch(tmp_path)
+    jobs = smk_jobs(d, "params.yaml", target="scaling")["params.yaml"]
+    by = {}
+    for j in jobs:
+        by.setdefault(j["rule"], []).append(j)
+    p = load_params(d / "params.yaml")
+    rows = {r.name for r in scaling.rows(p)}
+    assert rows == {"guide-nano", "guide-micro", "guide-mini", "guide-mini-lambda-2"}
+    # the ladder: tune, freeze, evaluate tokenizer per row, on ladder seed 1 only, reading the main
+    # shards, teacher and warm-up; no fresh AR of its own
+    for rule in ("ablation_tune", "ablation_freeze", "ablation_evaluate_tokenizer"):
+        assert {(j["wildcards"]["row"], j["wildcards"]["seed"]) for j in by[rule]} == {(r, "1") for r in rows}
+    assert not any(r.startswith("ablation_") and r not in ("ablation_tune", "ablation_freeze",
+                                                           "ablation_evaluate_tokenizer") for r in by)
+    nano = next(j for j in by["ablation_tune"] if j["wildcards"]["row"] == "guide-nano")
+    assert {"models/teacher", "models/tokenizer_init"} <= set(nano["input"])
+    assert nano["params"]["cmd"].startswith("gear tune --variant gear --seed 1 --params params.yaml --ablation guide-nano")
+    assert len(by["tokenizer_init"]) == len(by["teacher"]) == 1
+    # the control: its tune in the main rules (every seed), its own tokens and fresh AR
+    assert {j["wildcards"]["variant"] for j in by["tune"]} == {"gear", "ste", "continue"}
+    assert {j["wildcards"]["seed"] for j in by["train_ar_continue"]} == {"0", "1"}
+    tok = by["tokenize_continue"][0]
+    assert "models/frozen/seed0/continue" in tok["input"] or "models/frozen/seed1/continue" in tok["input"]
+    assert {j["wildcards"]["variant"] for j in by["tokenize"]} == {"gear"}  # the gear rule is not the control's
+    # the report reads everything: the main report's jobs too
+    assert len(by["scaling_report"]) == 1 and "report" not in by and len(by["evaluate_samples_gear"]) == 2
+
+
+def test_dvc_scaling_file(tmp_path):
+    """scaling/dvc.yaml as DVC reads it: the ladder's matrix, the control's stages wired to
+    ./dvc.yaml's freeze, the report last."""
+    import subprocess
+
+    from gear import dvcfile
+    from dags import ENV
+
+    d = _scratch(tmp_path)
+    (d / "scaling").mkdir(exist_ok=True)
+    with __import__("contextlib").chdir(d):
+        dvcfile.write_dvc_files(load_params("params.yaml"))
+    subprocess.run(["dvc", "init", "--no-scm", "-q"], cwd=d, env=ENV, check=True)
+    from dvc.repo import Repo
+
+    with Repo(str(d)) as repo:
+        stages = {s.addressing.split(":")[-1]: s for s in repo.index.stages if s.dvcfile.relpath.endswith("scaling/dvc.yaml")}
+        edges = {(a.addressing.split(":")[-1], b.addressing.split(":")[-1]) for a, b in repo.index.graph.edges}
+    assert set(stages) >= {"ladder_tune@guide-nano-1-gear", "ladder_evaluate_tokenizer@guide-mini-lambda-2-1-gear",
+                           "tokenize_continue@0", "train_ar_continue@1-tiny", "evaluate_samples_continue@0-tiny",
+                           "scaling_report"}
+    assert not any(k.startswith("ladder_tune@") and "-0-" in k for k in stages)  # ladder seed 1 only
+    assert stages["ladder_tune@guide-nano-1-gear"].cmd == \
+        "gear tune --variant gear --seed 1 --params params.yaml --ablation guide-nano"
+    assert ("tokenize_continue@0", "freeze@0-continue") in edges
+    assert ("ladder_freeze@guide-nano-1-gear", "ladder_tune@guide-nano-1-gear") in edges
+    assert ("ladder_tune@guide-nano-1-gear", "tokenizer_init") in edges
