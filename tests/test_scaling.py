@@ -230,3 +230,17 @@ def test_dvc_scaling_file(tmp_path):
     assert ("tokenize_continue@0", "freeze@0-continue") in edges
     assert ("ladder_freeze@guide-nano-1-gear", "ladder_tune@guide-nano-1-gear") in edges
     assert ("ladder_tune@guide-nano-1-gear", "tokenizer_init") in edges
+
+
+def test_the_preset_is_the_measured_study():
+    """presets/scaling.yaml: >= 4 guide sizes growing in depth and width, >= 3 ladder seeds, >= 4 claim
+    seeds, the control listed, the same tune budget for every arm (the header's cost measurement)."""
+    from gear import dag
+    from gear.models.registry import ar_shape
+    from tiny import ROOT
+
+    p = dag.load_params(ROOT / "presets/scaling.yaml")
+    shapes = [ar_shape(s)[:2] for s, _ in scaling.ladder(p)]
+    assert len(shapes) >= 4 and all(a[0] < b[0] and a[1] < b[1] for a, b in zip(shapes, shapes[1:]))
+    assert len(scaling.ladder_seeds(p)) >= 3 and len(p.study.seeds) >= 4 and scaling.control(p)
+    assert {j.stage for j in scaling.jobs(p)} >= {"tune", "train_ar_continue", "evaluate_tokenizer"}
