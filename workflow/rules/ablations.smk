@@ -29,7 +29,7 @@ rule ablation_tune_copy_ste:
 
 def ablation_report_inputs():
     """Every row's (the default's: the main DAG's) per-seed output files, as the rules declare them."""
-    rows = [AB.DEFAULT, *AB_ROWS.values()]
+    rows = [AB.DEFAULT, *AB.runnable(P)]  # the grid's rows (AB_ROWS also holds the scaling ladder's)
     return [str(p) for row in rows for seed in SEEDS for p in AB.outputs(P, row, seed).values()]
 
 
