@@ -164,6 +164,8 @@ def skip_reason(params, row: Row) -> str | None:
     if row.axis == "teacher" and row.value != "demo" and not params.ablations.hub_teachers:
         return (f"teacher {row.value} needs hub weights: set ablations.hub_teachers true where they load "
                 "(the Hugging Face cache or network)")
+    if row.axis == "tune_ar_size" and params.stage2 == "ar-init":
+        return "stage2 = ar-init guides stage 1 with each AR's own size (tune.ar_size is not read)"
     return None
 
 

@@ -36,8 +36,10 @@ BATCH = 64
 MANIFEST = "manifest.json"
 
 
-def _seed_flag(arm: str, seed: int | None) -> str:
-    return f" --seed {seed}" if paths.tokenizer_seeded(arm) else ""
+def _seed_flag(arm: str, seed: int | None, size: str | None = None) -> str:
+    if not paths.tokenizer_seeded(arm):
+        return ""
+    return f" --seed {seed}" + (f" --size {size}" if paths.sized() and size else "")
 
 
 def check_arm(arm: str) -> None:
@@ -45,11 +47,11 @@ def check_arm(arm: str) -> None:
         raise ParamsError(f"--arm {arm!r}: must be one of {', '.join(paths.AR_ARMS)}")
 
 
-def frozen_tokenizer(params, arm: str, seed: int | None) -> tuple[dict, str]:
+def frozen_tokenizer(params, arm: str, seed: int | None, size: str | None = None) -> tuple[dict, str]:
     """(config, sha256 of the weights) of the frozen tokenizer of `arm`, checked against params."""
-    directory = paths.frozen_dir(arm, seed)
+    directory = paths.frozen_dir(arm, seed, size)
     if not (directory / "tokenizer.safetensors").is_file():
-        raise ArtifactError(f"frozen tokenizer {directory}/tokenizer.safetensors not found; run `gear freeze --arm {arm}{_seed_flag(arm, seed)}` first")
+        raise ArtifactError(f"frozen tokenizer {directory}/tokenizer.safetensors not found; run `gear freeze --arm {arm}{_seed_flag(arm, seed, size)}` first")
     cfg = read_config(directory, "tokenizer")
     check_tokenizer_matches(cfg, params, directory)
     return cfg, sha256_file(directory / "tokenizer.safetensors")
@@ -61,24 +63,24 @@ def source_digest(data_manifest: dict) -> str:
     return hashlib.sha256("".join(shas).encode()).hexdigest()
 
 
-def read_tokens_manifest(params, arm: str, seed: int | None) -> dict:
+def read_tokens_manifest(params, arm: str, seed: int | None, size: str | None = None) -> dict:
     """The token-shard manifest of `arm`, checked against the frozen tokenizer, the source shards
     and data.hflip (a clear error when the tokens are missing or stale)."""
-    path = paths.tokens_dir(arm, seed) / MANIFEST
+    path = paths.tokens_dir(arm, seed, size) / MANIFEST
     if not path.is_file():
-        raise ArtifactError(f"token shards {path} not found; run `gear tokenize --arm {arm}{_seed_flag(arm, seed)}` first")
+        raise ArtifactError(f"token shards {path} not found; run `gear tokenize --arm {arm}{_seed_flag(arm, seed, size)}` first")
     man = read_json(path, "token-shard manifest")
-    _, sha = frozen_tokenizer(params, arm, seed)
+    _, sha = frozen_tokenizer(params, arm, seed, size)
     stale = None
     if man["tokenizer_sha256"] != sha:
-        stale = f"the frozen tokenizer {paths.frozen_dir(arm, seed)} changed"
+        stale = f"the frozen tokenizer {paths.frozen_dir(arm, seed, size)} changed"
     elif man["source_digest"] != source_digest(read_manifest(params)):
         stale = f"the source shards in {paths.shard_dir(params)} changed"
     elif man["hflip"] != params.data.hflip:
         stale = f"they were written with data.hflip={man['hflip']}, params give {params.data.hflip}"
     if stale:
-        raise ArtifactError(f"token shards {paths.tokens_dir(arm, seed)} are stale ({stale}); rerun "
-                            f"`gear tokenize --arm {arm}{_seed_flag(arm, seed)}`")
+        raise ArtifactError(f"token shards {paths.tokens_dir(arm, seed, size)} are stale ({stale}); rerun "
+                            f"`gear tokenize --arm {arm}{_seed_flag(arm, seed, size)}`")
     return man
 
 
@@ -92,22 +94,22 @@ class _SourceDecoder:
         return to_tensor(decode_image(sample)), decode_label(sample), sample[self.ext], sample["__key__"]
 
 
-def run(params, arm: str, seed: int | None = None) -> None:
+def run(params, arm: str, seed: int | None = None, size: str | None = None) -> None:
     check_arm(arm)
     seed = resolve_seed(params, seed) if paths.tokenizer_seeded(arm) else None
     data_man = read_manifest(params)
-    cfg, sha = frozen_tokenizer(params, arm, seed)
+    cfg, sha = frozen_tokenizer(params, arm, seed, size)
     rt = setup(params)
     if not rt.is_main:  # light stage: rank 0 does all of it
         teardown(rt)
         return
-    tok = load_tokenizer(paths.frozen_dir(arm, seed), device=rt.device)
+    tok = load_tokenizer(paths.frozen_dir(arm, seed, size), device=rt.device)
     K, grid = tok.codebook_size, tok.grid_size(params.data.resolution)
     dtype = np.int16 if K <= np.iinfo(np.int16).max + 1 else np.int32
     fmt, hflip = data_man["image_format"], params.data.hflip
     hist = torch.zeros(K, dtype=torch.long)
 
-    with atomic_dir(paths.tokens_dir(arm, seed)) as out:
+    with atomic_dir(paths.tokens_dir(arm, seed, size)) as out:
         writer = TarShards(out, "train", params.data.samples_per_shard)
         batches = eval_batches(params, "train", BATCH, decode=_SourceDecoder(fmt))
         with tqdm(total=data_man["splits"]["train"]["count"], desc=f"tokenize[{arm}]", unit="img") as bar:
@@ -133,10 +135,10 @@ def run(params, arm: str, seed: int | None = None) -> None:
             "format": "gear-tokens", "arm": arm, "seed": seed, "count": writer.count, "grid": grid, "codebook_size": K,
             "dtype": np.dtype(dtype).name, "hflip": hflip, "views": 2 if hflip else 1,
             "image_format": fmt, "resolution": data_man["resolution"], "classes": data_man["classes"],
-            "num_classes": len(data_man["classes"]), "tokenizer_dir": str(paths.frozen_dir(arm, seed)),
+            "num_classes": len(data_man["classes"]), "tokenizer_dir": str(paths.frozen_dir(arm, seed, size)),
             "tokenizer_sha256": sha, "tokenizer_config": cfg["tokenizer"],
             "source_digest": source_digest(data_man), "shards": shards,
             "unigram_entropy": stats["entropy"], "usage": stats["usage"]})
     print(f"tokenize[{arm}]: {writer.count} samples x {2 if hflip else 1} views of {grid}x{grid} tokens, "
-          f"usage {stats['usage']:.3f}, unigram entropy {stats['entropy']:.3f} nats -> {paths.tokens_dir(arm, seed)}")
+          f"usage {stats['usage']:.3f}, unigram entropy {stats['entropy']:.3f} nats -> {paths.tokens_dir(arm, seed, size)}")
     teardown(rt)

@@ -42,10 +42,11 @@ from gear import paths
 from gear.artifacts import load_tokenizer, load_weights, read_config
 from gear.config import ParamsError
 from gear.data.loader import TrainStream, augment, decode_image, decode_label, eval_batches, to_tensor
-from gear.io import ArtifactError, atomic_dir, save_tensors, write_json
+from gear.io import ArtifactError, atomic_dir, save_tensors, sha256_file, write_json
 from gear.models.ar import GPT, GPTConfig, configure_optimizer
 from gear.runtime import Runtime, all_reduce_mean, seed_everything, setup, teardown
 from gear.stages.tokenize import check_arm, read_tokens_manifest
+from gear.stage2 import continued_steps
 from gear.study import resolve_seed, seeded
 from gear.teachers import load_teacher
 from gear.train.ar_objective import accumulate_grads, build_ar, train_micro_step, val_ntp
@@ -85,6 +86,37 @@ class TokenDecoder:
         return to_tensor(img), torch.from_numpy(views[int(flip)].reshape(-1).astype(np.int64)), decode_label(sample)
 
 
+def budget(params, arm: str) -> tuple[int, int]:
+    """(steps this run trains, its warm-up steps). Under stage2 = ar-init the GEAR arm's AR continues
+    the stage-1 AR of its size: the stage-1 steps count toward ar.steps (the release: 400k of 4M, so
+    3.6M here) and the run keeps its lr from the first step (stage 1 warmed it up; the release's
+    src/train_ar.py has no schedule). Every other AR trains fresh for ar.steps after ar.warmup_steps."""
+    a = params.ar
+    if arm == "gear" and paths.sized():
+        steps = continued_steps(params)
+        if steps <= 0:
+            raise ParamsError(f"stage2 = ar-init: ar.steps ({a.steps}) must exceed tune.steps ({params.tune.steps})")
+        return steps, 0
+    return a.steps, a.warmup_steps
+
+
+def load_stage1(ar: nn.Module, proj: nn.Module, directory: Path, size: str) -> dict:
+    """The stage-1 AR (its EMA, as the release's --ar-init-ckpt reads `ema` first) and projector of
+    `gear tune` into fresh modules: weights only (the optimizer starts fresh, as in the release).
+    An AR of another size or shape is refused in one line before any tensor is read."""
+    cfg = read_config(directory, "tuned tokenizer")
+    have, want = cfg.get("ar") or {}, ar.cfg.to_dict()
+    if have != want:
+        shape = lambda c: f"{c.get('n_layer')} layers x {c.get('dim')}"  # noqa: E731
+        diff = next(k for k in sorted(set(have) | set(want)) if have.get(k) != want.get(k))
+        raise ArtifactError(f"{directory} holds a stage-1 AR of {shape(have)} ({diff} = {have.get(diff)!r}), not "
+                            f"the {size} AR of {shape(want)} ({diff} = {want.get(diff)!r}) that stage2 = ar-init "
+                            f"continues; remake it: `gear tune --variant gear --size {size}`")
+    load_weights(ar, directory / "ar.safetensors", "stage-1 AR weights")
+    load_weights(proj, directory / "projector.safetensors", "stage-1 projector weights")
+    return cfg
+
+
 def lr_at(step: int, peak: float, warmup: int) -> float:
     """Linear warm-up over `warmup` steps, then constant."""
     return peak * (step + 1) / warmup if step < warmup else peak
@@ -113,8 +145,10 @@ def run(params, arm: str, size: str, seed: int | None = None) -> None:
                           f"--set 'ar.sizes=[{size}]')")
     seed = resolve_seed(params, seed)
     params = seeded(params, seed)  # the AR's init, data order and dropout
-    man = read_tokens_manifest(params, arm, seed)  # missing or stale tokens: error before any compute
+    man = read_tokens_manifest(params, arm, seed, size)  # missing or stale tokens: error before any compute
     a = params.ar
+    steps, warmup = budget(params, arm)
+    warm = arm == "gear" and paths.sized()  # stage2 = ar-init: continue the stage-1 AR of this size
     rt = setup(params)
     if a.batch_size % (rt.world * a.grad_accum):
         raise ParamsError(f"ar.batch_size = {a.batch_size}: must be divisible by processes ({rt.world}) x "
@@ -123,11 +157,14 @@ def run(params, arm: str, size: str, seed: int | None = None) -> None:
     grid, L = man["grid"], man["grid"] ** 2
     align_layer = a.align_layer_for(size, params.align_layer)
     teacher = load_teacher(params, rt.device)
-    tok = load_tokenizer(paths.frozen_dir(arm, seed), device=rt.device)
+    tok = load_tokenizer(paths.frozen_dir(arm, seed, size), device=rt.device)
 
     seed_everything(params.compute.seed)  # the same initial weights on every process
     ar, proj = build_ar(params, size, man["codebook_size"], grid, man["num_classes"], teacher.dim,
                         init=a.init, init_key=a.init_key)  # ar.init: a released GPT (steps 0: as is)
+    stage1 = paths.tune_dir("gear", seed, size) if warm else None
+    if warm:  # before the EMA is copied: it starts from the stage-1 weights too
+        load_stage1(ar, proj, stage1, size)
     ar, proj = ar.to(rt.device), proj.to(rt.device)
     ar.grad_checkpointing = params.compute.grad_checkpointing
     ema = EMA(ar, a.ema_decay)  # copied before sharding (a sharded module cannot be copied)
@@ -138,7 +175,7 @@ def run(params, arm: str, size: str, seed: int | None = None) -> None:
     opt = configure_optimizer(trained, a.lr, a.betas, a.weight_decay)  # over the shards under FSDP
     fwd = torch.compile(ar_w) if params.compute.compile else ar_w
     stream = TrainStream(params, "train", micro, rank=rt.rank, world=rt.world, augment=True,
-                         pattern=str(paths.tokens_dir(arm, seed) / "{split}-*.tar"), decode=TokenDecoder(man["hflip"]))
+                         pattern=str(paths.tokens_dir(arm, seed, size) / "{split}-*.tar"), decode=TokenDecoder(man["hflip"]))
     val_x, val_y = val_tokens(params, tok, rt)
     del tok
     seed_everything(params.compute.seed + rt.rank)  # dropout masks differ across processes
@@ -147,7 +184,8 @@ def run(params, arm: str, size: str, seed: int | None = None) -> None:
         "ar": ar.cfg.to_dict(), "projector_hidden": a.projector_hidden, "teacher": params.teacher,
         "align": [params.align_weight_ar, align_layer], "tokenizer_sha256": man["tokenizer_sha256"],
         "optim": [a.lr, list(a.betas), a.weight_decay, a.warmup_steps, a.grad_clip, a.ema_decay],
-        "batch_size": a.batch_size, "grad_accum": a.grad_accum, "seed": params.compute.seed})
+        "batch_size": a.batch_size, "grad_accum": a.grad_accum, "seed": params.compute.seed,
+        **({"stage1": sha256_file(stage1 / "ar.safetensors"), "steps": steps} if warm else {})})
     state = ckpt.load()
     start = 0
     if state is not None:
@@ -163,10 +201,10 @@ def run(params, arm: str, size: str, seed: int | None = None) -> None:
     params_all = [*ar.parameters(), *proj.parameters()]
     ar.train(); proj.train()
     t_window, steps_window = time.perf_counter(), 0
-    bar = tqdm(range(start, a.steps), initial=start, total=a.steps, desc=f"{STAGE}[{arm}/{size}]",
+    bar = tqdm(range(start, steps), initial=start, total=steps, desc=f"{STAGE}[{arm}/{size}]",
                disable=not rt.is_main)
     for step in bar:
-        lr = lr_at(step, a.lr, a.warmup_steps)
+        lr = lr_at(step, a.lr, warmup)
         for group in opt.param_groups:
             group["lr"] = lr
 
@@ -183,7 +221,7 @@ def run(params, arm: str, size: str, seed: int | None = None) -> None:
         ema.update(ar)
         steps_window += 1
 
-        if step % params.compute.log_every == 0 or step == a.steps - 1:
+        if step % params.compute.log_every == 0 or step == steps - 1:
             row = {k: all_reduce_mean(v, rt).item() for k, v in sums.items()}
             row.update(lr=lr, grad_norm=grad_norm.item(),
                        tokens_per_s=steps_window * a.batch_size * L / (time.perf_counter() - t_window))
@@ -205,7 +243,7 @@ def run(params, arm: str, size: str, seed: int | None = None) -> None:
              "unigram_entropy": man["unigram_entropy"]}
     weights = {"ar": dp.state_dict(ema.model), "ar_raw": dp.state_dict(ar), "projector": dp.state_dict(proj)}
     if rt.is_main:
-        log.log(a.steps, **final)
+        log.log(steps, **final)
         final.update({k: log.last(k) for k in ("ntp", "align") if log.last(k) is not None})
         print(f"train-ar[{arm}/{size}]: ntp {final.get('ntp', float('nan')):.4f}, val_ntp {final['val_ntp']:.4f} (EMA), "
               f"{final['val_ntp_raw']:.4f} (raw), unigram entropy {final['unigram_entropy']:.4f} nats, "
@@ -220,7 +258,8 @@ def run(params, arm: str, size: str, seed: int | None = None) -> None:
                 "tokenizer_sha256": man["tokenizer_sha256"],
                 "tokenizer_config_digest": hashlib.sha256(
                     json.dumps(man["tokenizer_config"], sort_keys=True).encode()).hexdigest()[:16],
-                "steps": a.steps, "batch_size": a.batch_size, "final": final, "init": a.init})
+                "steps": steps, "batch_size": a.batch_size, "final": final, "init": a.init,
+                **({"stage2": params.stage2, "init": str(stage1), "budget": a.steps} if warm else {})})
     log.close()
     ckpt.clear()
     teardown(rt)
