@@ -166,6 +166,8 @@ def skip_reason(params, row: Row) -> str | None:
                 "(the Hugging Face cache or network)")
     if row.axis == "tune_ar_size" and params.stage2 == "ar-init":
         return "stage2 = ar-init guides stage 1 with each AR's own size (tune.ar_size is not read)"
+    if row.axis == "align_layer" and params.stage2 == "ar-init" and params.ar.align_layers:
+        return "stage2 = ar-init taps each size at its entry of ar.align_layers (align_layer is not read)"
     return None
 
 

@@ -120,6 +120,11 @@ def _size_part(size: str | None) -> list[str]:
     return [size or _layout.guide] if sized() else []
 
 
+def guide_flag() -> str:
+    """` --size <guide>` of a size-free reader's command for a tuned arm under ar-init, else ''."""
+    return f" --size {_layout.guide}" if sized() else ""
+
+
 def _arm_dir(root: Path, arm: str, seed: int | None, size: str | None = None) -> Path:
     if not tokenizer_seeded(arm):
         return root / arm

@@ -160,3 +160,42 @@ def test_dvc_lists_the_ar_init_dag(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     assert "tune@0-gear-tiny" in out.stdout and "tokenize@0-gear-tiny" in out.stdout, out.stdout
     assert "tune@0-gear\"" not in out.stdout
+
+
+# ---- the warm start, through the real stages at smoke budgets -------------------------------------
+
+def test_ar_init_train_ar_starts_from_the_stage1_ar_and_trains_the_rest_of_the_budget(tmp_path, monkeypatch):
+    import torch
+
+    from gear.artifacts import load_tensors
+    from gear.stages import train_ar
+    from tiny import gear_cli
+
+    monkeypatch.chdir(tmp_path)
+    mode = ("stage2=ar-init", "tune.ablations=[]", "ar.steps=9", "ar.lr=0.01")  # tune.steps 6: 3 steps here
+    for args in (["shard"], ["teacher"], ["tokenizer-init"], ["tune", "--size", "custom"],
+                 ["freeze", "--arm", "gear", "--size", "custom"], ["tokenize", "--arm", "gear", "--size", "custom"]):
+        assert gear_cli(args, *mode) == 0, args
+    stage1 = Path("models/tune/seed0/custom/gear")
+    seen = {}
+    real = train_ar.configure_optimizer
+
+    def spy(trained, *a, **k):  # the AR and projector as the optimizer gets them: step 0
+        seen.update({k: v.detach().clone() for k, v in trained.state_dict().items()})
+        return real(trained, *a, **k)
+
+    monkeypatch.setattr(train_ar, "configure_optimizer", spy)
+    lrs, real_lr = [], train_ar.lr_at
+    monkeypatch.setattr(train_ar, "lr_at", lambda step, peak, warmup: lrs.append(real_lr(step, peak, warmup)) or lrs[-1])
+    assert gear_cli(["train-ar", "--arm", "gear", "--size", "custom"], *mode) == 0
+    for i, name in enumerate(("ar", "projector")):
+        want = load_tensors(stage1 / f"{name}.safetensors", what=name)
+        got = {k.split(".", 1)[1]: v for k, v in seen.items() if k.startswith(f"{i}.")}
+        assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want), name
+    assert lrs == [0.01] * 3  # ar.steps - tune.steps steps, at full lr: no second warm-up (ar.warmup_steps 2)
+    out = Path("models/ar/seed0/gear/custom")
+    cfg = json.loads((out / "config.json").read_text())
+    assert (cfg["steps"], cfg["budget"], cfg["stage2"], cfg["init"]) == (3, 9, "ar-init", str(stage1))
+    rec = json.loads((out / "provenance.json").read_text())
+    assert rec["params"]["stage2"] == "ar-init" and rec["params"]["tune.steps"] == 6
+    assert str(stage1) in rec["deps"] and "models/frozen/seed0/custom/gear" in rec["deps"]
