@@ -22,6 +22,7 @@ is refused when params load, before any work.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -196,7 +197,10 @@ def eval_size(params) -> str:
 def outputs(params, row: Row, seed: int) -> dict[str, Path]:
     """The files a row's report numbers come from, for one study seed (the default row: the main DAG's)."""
     size = eval_size(params)
-    with paths.using(layout(params, row)):
+    lay = layout(params, row)
+    if params.stage2 == "ar-init":  # a row's tokenizer is the one tuned for its eval size
+        lay = dataclasses.replace(lay, guide=size)
+    with paths.using(lay):
         return {"tokenizer": paths.eval_tokenizer_json("gear", seed),
                 "samples": paths.eval_samples_json("gear", size, seed),
                 "train_ar": paths.train_ar_metrics_dir("gear", size, seed) / "metrics.json"}

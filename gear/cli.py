@@ -33,7 +33,7 @@ STAGES: dict[str, tuple[str, str, list[tuple[str, dict]]]] = {
         ("--arm", dict(required=True, help="baseline | gear | an ablation name")), SEED, GUIDE, ROW]),
     "tokenize": ("gear.stages.tokenize", "pre-extract token shards of the train split with a frozen tokenizer", [
         ("--arm", dict(required=True, help="baseline | gear")), SEED, GUIDE, ROW]),
-    "train-ar": ("gear.stages.train_ar", "train a fresh AR on a frozen tokenizer (LlamaGen-REPA recipe)", [
+    "train-ar": ("gear.stages.train_ar", "train an AR on a frozen tokenizer (LlamaGen-REPA recipe): fresh, or (stage2 = ar-init) the GEAR arm continuing stage 1", [
         ("--arm", dict(required=True, help="baseline | gear")),
         ("--size", dict(required=True, help="AR size: tiny | small | B | L | XL | custom")), SEED, ROW]),
     "sample": ("gear.stages.sample", "class-conditional sampling with KV cache and CFG", [

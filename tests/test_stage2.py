@@ -73,6 +73,22 @@ def test_generated_dvc_yaml_follows_the_mode():
     assert "models/frozen/seed${item.seed}/${tune.ar_size}/gear" in t2i["t2i_tokenize"]["deps"]
 
 
+def test_ablation_rows_follow_the_mode():
+    from gear import ablations
+
+    p = dag.load_params(ROOT / "params.yaml", ["stage2=ar-init"])
+    row = ablations.find(p, "tau-0.5")
+    assert ablations.outputs(p, row, 0)["tokenizer"] == Path("ablations/tau-0.5/eval/tokenizer/seed0/tiny/gear.json")
+    assert ablations.outputs(p, ablations.DEFAULT, 0)["tokenizer"] == Path("eval/tokenizer/seed0/tiny/gear.json")
+    tune = dag.Job.of("tune", {"seed": 0, "variant": "gear", "size": "tiny"}, "tau-0.5", "ar-init")
+    assert str(dag.primary(tune, p)) == "ablations/tau-0.5/models/tune/seed0/tiny/gear"
+    skipped = {r.name for r in ablations.grid(p)} - {r.name for r in ablations.runnable(p)}
+    assert "tune_ar_size-small" in skipped  # ar-init's guide is each AR's own size
+    fresh = load_params(ROOT / "params.yaml")
+    assert "tune_ar_size-small" in {r.name for r in ablations.runnable(fresh)}
+    assert ablations.outputs(fresh, row, 0)["tokenizer"] == Path("ablations/tau-0.5/eval/tokenizer/seed0/gear.json")
+
+
 # ---- the budget and the one-line refusals ---------------------------------------------------------
 
 def test_budget_counts_the_stage1_steps():

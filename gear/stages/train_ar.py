@@ -1,4 +1,6 @@
-"""`gear train-ar --arm A --size S`: a fresh AR on the frozen tokenizer of arm A (reference stage 2).
+"""`gear train-ar --arm A --size S`: a fresh AR on the frozen tokenizer of arm A (reference stage 2);
+under stage2 = ar-init the GEAR arm's AR instead continues the stage-1 AR of size S for
+ar.steps - tune.steps (`budget`, `load_stage1`; gear/stage2.py).
 
 Recipe (LlamaGen-REPA): L = CE(next token) + align_weight_ar * (-cos(P(h_l), y)) at the tap layer
 l = ar.align_layer_for(S), with teacher features y computed online from the shard's image (see

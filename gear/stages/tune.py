@@ -5,6 +5,8 @@ mode under the same budget, for the report. Each iteration: teacher features (no
 tokenizer step (L_VQ + lambda L_align^s through the frozen AR, early exit) -> discriminator step
 -> AR step (CE + lambda_ar L_align^h on hard indices) -> EMAs. See gear/train/gear_step.py.
 
+Under stage2 = ar-init stage 1 runs per AR size (--size S: guide S at its entry of ar.align_layers)
+into models/tune/seed<N>/S/V/, and the GEAR arm's train-ar continues that AR (gear/stage2.py).
 Per study seed (--seed): outputs (atomic) in models/tune/seed<N>/V/: tokenizer.safetensors (EMA: what `gear freeze` exports),
 tokenizer_raw, discriminator, ar (EMA), projector, config.json. Metrics: metrics/tune/seed<N>/V/.
 """
