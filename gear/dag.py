@@ -164,7 +164,8 @@ STAGES: dict[str, Stage] = _s(
           (Dep("sample_gear"), Dep("train_ar_gear"), Dep("freeze", (("variant", "gear"),)), Dep("teacher"),
            Dep("evaluate_real", read_if="own_real_stats"), Dep("shard")), ("seed", "size"), root="tuned"),
     Stage("report", "report", ("study", "teacher", "quantizer", "tau", "align_weight", "align_weight_ar", "tune.steps",
-                               "tune.ablations", "ar.sizes", "ar.steps", "stage2", "tune.ar_size", "tokenizer.codebook_size", "metrics.pr_k"),
+                               "tune.ablations", "ar.sizes", "ar.steps", "stage2", "tune.ar_size",
+                               "tokenizer.codebook_size", "metrics.pr_k"),
           (Out("reports/claims.json", "file", cache=False), Out("reports/figures"), Out("reports/index.md", "file"),
            Out("reports/index.html", "file"), Out("reports/headline.json", "file", "metrics", cache=False)),
           code=("gear/report",), heavy=False, launch=False, room="report"),
@@ -236,9 +237,9 @@ NEEDS = {"teacher_perceptual": lambda p: p.tokenizer.perceptual == "teacher" and
 # Tencent-Hunyuan/GEAR): stage 1 runs once per AR size, guided by an AR of that size tapped at its
 # entry of ar.align_layers, and the GEAR arm's AR continues that stage-1 AR (train_ar_gear reads
 # the tune output of its size and tune.steps: its budget is ar.steps - tune.steps). The tuned
-# arms' tokenizer stages gain the size wildcard (seed<N>/<size>/<variant>: beside fresh's seed<N>/<variant>,
-# never inside it, so switching modes deletes nothing); the baseline and
-# every path of stage2 = fresh stay as they are.
+# arms' tokenizer stages gain the size wildcard: seed<N>/<size>/<variant>, beside fresh's
+# seed<N>/<variant> and never inside it, so switching modes deletes nothing. The baseline and
+# every path of stage2 = fresh stay as they are (gear/stage2.py).
 
 def _by_size(s: Stage, keys: tuple = ()) -> Stage:
     sized = lambda p: p.replace("{variant}", "{size}/{variant}")  # noqa: E731  (beside fresh's folders)
@@ -430,12 +431,13 @@ def _job_for(cli_stage: str, args: dict, row: str | None, params) -> Job | None:
     def tuned(stage: str, variant: str) -> Job:
         """A tuned arm's tokenizer job: --size names its stage-1 guide under ar-init, and only there."""
         size = args.get("size")
+        regen = "; a dvc.yaml made for the other mode: regenerate it, `gear dag`"
         if mode == "ar-init" and size not in params.ar.sizes:
             raise ParamsError(f"--size {size!r}: stage2 = ar-init tunes the GEAR arm once per AR size, "
-                              f"name one of ar.sizes {params.ar.sizes}")
+                              f"name one of ar.sizes {params.ar.sizes}{regen}")
         if mode == "fresh" and size is not None:
             raise ParamsError(f"--size {size!r}: the tuned arms have a size only under stage2 = ar-init "
-                              f"(stage2 = fresh: one guide, tune.ar_size)")
+                              f"(stage2 = fresh: one guide, tune.ar_size){regen}")
         return Job.of(stage, {"seed": seed(), "variant": variant, "size": size}, row, mode)
 
     if cli_stage == "tune":

@@ -46,7 +46,8 @@ def _samples_cmd(arm: str, size: str, seed: int) -> str:
 def _seed_files(params, seed: int) -> list[Need]:
     sizes, names, variants = params.ar.sizes, ar_curve_names(params), paths.tune_variants(params)
     need = [(paths.eval_tokenizer_json(v, seed), _tok_cmd(v, seed)) for v in variants]
-    need += [(paths.freeze_stats_json(v, seed), f"gear freeze --arm {v} --seed {seed}{paths.guide_flag()}") for v in variants]
+    need += [(paths.freeze_stats_json(v, seed), f"gear freeze --arm {v} --seed {seed}{paths.guide_flag()}")
+             for v in variants]
     need += [(paths.eval_samples_json(a, s, seed), _samples_cmd(a, s, seed)) for s in sizes for a in paths.AR_ARMS]
     train = f"gear train-ar --arm {{a}} --size {{s}} --seed {seed}"
     need += [(tsv(paths.train_ar_metrics_dir(a, s, seed), c), train.format(a=a, s=s))

@@ -77,7 +77,8 @@ def run(params, what: str, arm: str | None = None, size: str | None = None, seed
         sized = paths.sized() and paths.tokenizer_seeded(arm)  # stage2 = ar-init: a tuned arm per AR size
         if arm not in paths.tokenizer_arms(params) or (size is not None) != sized:
             raise ParamsError(f"gear evaluate tokenizer needs --arm in {', '.join(paths.tokenizer_arms(params))} "
-                              f"and {'--size (stage2 = ar-init)' if sized else 'no --size'} (got --arm {arm}, --size {size})")
+                              f"and {'--size (stage2 = ar-init)' if sized else 'no --size'} "
+                              f"(got --arm {arm}, --size {size})")
         evaluate_tokenizer(params, arm, resolve_seed(params, seed) if paths.tokenizer_seeded(arm) else None, size)
     elif what == "samples":
         if arm not in paths.AR_ARMS or size not in params.ar.sizes:

@@ -177,7 +177,8 @@ def run(params, arm: str, size: str, seed: int | None = None) -> None:
     opt = configure_optimizer(trained, a.lr, a.betas, a.weight_decay)  # over the shards under FSDP
     fwd = torch.compile(ar_w) if params.compute.compile else ar_w
     stream = TrainStream(params, "train", micro, rank=rt.rank, world=rt.world, augment=True,
-                         pattern=str(paths.tokens_dir(arm, seed, size) / "{split}-*.tar"), decode=TokenDecoder(man["hflip"]))
+                         pattern=str(paths.tokens_dir(arm, seed, size) / "{split}-*.tar"),
+                         decode=TokenDecoder(man["hflip"]))
     val_x, val_y = val_tokens(params, tok, rt)
     del tok
     seed_everything(params.compute.seed + rt.rank)  # dropout masks differ across processes
