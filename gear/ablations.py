@@ -22,6 +22,7 @@ is refused when params load, before any work.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -167,6 +168,10 @@ def skip_reason(params, row: Row) -> str | None:
     if row.axis == "teacher" and row.value != "demo" and not params.ablations.hub_teachers:
         return (f"teacher {row.value} needs hub weights: set ablations.hub_teachers true where they load "
                 "(the Hugging Face cache or network)")
+    if row.axis == "tune_ar_size" and params.stage2 == "ar-init":
+        return "stage2 = ar-init guides stage 1 with each AR's own size (tune.ar_size is not read)"
+    if row.axis == "align_layer" and params.stage2 == "ar-init" and params.ar.align_layers:
+        return "stage2 = ar-init taps each size at its entry of ar.align_layers (align_layer is not read)"
     return None
 
 
@@ -195,7 +200,10 @@ def eval_size(params) -> str:
 def outputs(params, row: Row, seed: int) -> dict[str, Path]:
     """The files a row's report numbers come from, for one study seed (the default row: the main DAG's)."""
     size = eval_size(params)
-    with paths.using(layout(params, row)):
+    lay = layout(params, row)
+    if params.stage2 == "ar-init":  # a row's tokenizer is the one tuned for its eval size
+        lay = dataclasses.replace(lay, guide=size)
+    with paths.using(lay):
         return {"tokenizer": paths.eval_tokenizer_json("gear", seed),
                 "samples": paths.eval_samples_json("gear", size, seed),
                 "train_ar": paths.train_ar_metrics_dir("gear", size, seed) / "metrics.json"}

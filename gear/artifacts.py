@@ -104,8 +104,10 @@ def load_ar(directory: str | Path, device: str | torch.device = "cpu", name: str
 TOKENS_MANIFEST = "manifest.json"
 
 
-def _seed_flag(arm: str, seed: int | None) -> str:
-    return f" --seed {seed}" if paths.tokenizer_seeded(arm) else ""
+def _seed_flag(arm: str, seed: int | None, size: str | None = None) -> str:
+    if not paths.tokenizer_seeded(arm):
+        return ""
+    return f" --seed {seed}" + (f" --size {size}" if paths.sized() and size else "")
 
 
 def check_arm(arm: str) -> None:
@@ -113,11 +115,11 @@ def check_arm(arm: str) -> None:
         raise ParamsError(f"--arm {arm!r}: must be one of {', '.join(paths.FRESH_AR_ARMS)}")
 
 
-def frozen_tokenizer(params, arm: str, seed: int | None) -> tuple[dict, str]:
+def frozen_tokenizer(params, arm: str, seed: int | None, size: str | None = None) -> tuple[dict, str]:
     """(config, sha256 of the weights) of the frozen tokenizer of `arm`, checked against params."""
-    directory = paths.frozen_dir(arm, seed)
+    directory = paths.frozen_dir(arm, seed, size)
     if not (directory / "tokenizer.safetensors").is_file():
-        raise ArtifactError(f"frozen tokenizer {directory}/tokenizer.safetensors not found; run `gear freeze --arm {arm}{_seed_flag(arm, seed)}` first")
+        raise ArtifactError(f"frozen tokenizer {directory}/tokenizer.safetensors not found; run `gear freeze --arm {arm}{_seed_flag(arm, seed, size)}` first")
     cfg = read_config(directory, "tokenizer")
     check_tokenizer_matches(cfg, params, directory)
     return cfg, sha256_file(directory / "tokenizer.safetensors")
@@ -129,24 +131,24 @@ def source_digest(data_manifest: dict) -> str:
     return hashlib.sha256("".join(shas).encode()).hexdigest()
 
 
-def read_tokens_manifest(params, arm: str, seed: int | None) -> dict:
+def read_tokens_manifest(params, arm: str, seed: int | None, size: str | None = None) -> dict:
     """The token-shard manifest of `arm`, checked against the frozen tokenizer, the source shards
     and data.hflip (a clear error when the tokens are missing or stale)."""
-    path = paths.tokens_dir(arm, seed) / TOKENS_MANIFEST
+    path = paths.tokens_dir(arm, seed, size) / TOKENS_MANIFEST
     if not path.is_file():
-        raise ArtifactError(f"token shards {path} not found; run `gear tokenize --arm {arm}{_seed_flag(arm, seed)}` first")
+        raise ArtifactError(f"token shards {path} not found; run `gear tokenize --arm {arm}{_seed_flag(arm, seed, size)}` first")
     man = read_json(path, "token-shard manifest")
-    _, sha = frozen_tokenizer(params, arm, seed)
+    _, sha = frozen_tokenizer(params, arm, seed, size)
     stale = None
     if man["tokenizer_sha256"] != sha:
-        stale = f"the frozen tokenizer {paths.frozen_dir(arm, seed)} changed"
+        stale = f"the frozen tokenizer {paths.frozen_dir(arm, seed, size)} changed"
     elif man["source_digest"] != source_digest(read_manifest(params)):
         stale = f"the source shards in {paths.shard_dir(params)} changed"
     elif man["hflip"] != params.data.hflip:
         stale = f"they were written with data.hflip={man['hflip']}, params give {params.data.hflip}"
     if stale:
-        raise ArtifactError(f"token shards {paths.tokens_dir(arm, seed)} are stale ({stale}); rerun "
-                            f"`gear tokenize --arm {arm}{_seed_flag(arm, seed)}`")
+        raise ArtifactError(f"token shards {paths.tokens_dir(arm, seed, size)} are stale ({stale}); rerun "
+                            f"`gear tokenize --arm {arm}{_seed_flag(arm, seed, size)}`")
     return man
 
 

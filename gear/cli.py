@@ -16,6 +16,7 @@ import sys
 from gear.config import ParamsError
 from gear.dag import load_params
 
+GUIDE = ("--size", dict(default=None, help="stage2 = ar-init only: the AR size that guides stage 1 (one of ar.sizes)"))
 SEED = ("--seed", dict(type=int, default=None, help="study seed (one of study.seeds; default: the only one)"))
 ROW = ("--ablation", dict(default=None, metavar="ROW",
                           help="run this stage for an ablation row (gear/ablations.py) under ablations/ROW/"))
@@ -27,12 +28,12 @@ STAGES: dict[str, tuple[str, str, list[tuple[str, dict]]]] = {
     "tokenizer-init": ("gear.stages.tokenizer_init", "warm-up tokenizer training (reconstruction + GAN)", [ROW]),
     "tune": ("gear.stages.tune", "GEAR end-to-end tuning of tokenizer + AR", [
         ("--variant", dict(default="gear", help="gear (uses params e2e_mode) or an ablation in tune.ablations")), SEED,
-        ROW]),
+        GUIDE, ROW]),
     "freeze": ("gear.stages.freeze", "export a tokenizer EMA as a frozen artifact + codebook stats", [
-        ("--arm", dict(required=True, help="baseline | gear | an ablation name")), SEED, ROW]),
+        ("--arm", dict(required=True, help="baseline | gear | an ablation name")), SEED, GUIDE, ROW]),
     "tokenize": ("gear.stages.tokenize", "pre-extract token shards of the train split with a frozen tokenizer", [
-        ("--arm", dict(required=True, help="baseline | gear")), SEED, ROW]),
-    "train-ar": ("gear.stages.train_ar", "train a fresh AR on a frozen tokenizer (LlamaGen-REPA recipe)", [
+        ("--arm", dict(required=True, help="baseline | gear")), SEED, GUIDE, ROW]),
+    "train-ar": ("gear.stages.train_ar", "train an AR on a frozen tokenizer (LlamaGen-REPA recipe): fresh, or (stage2 = ar-init) the GEAR arm continuing stage 1", [
         ("--arm", dict(required=True, help="baseline | gear")),
         ("--size", dict(required=True, help="AR size: tiny | small | B | L | XL | custom")), SEED, ROW]),
     "sample": ("gear.stages.sample", "class-conditional sampling with KV cache and CFG", [
@@ -124,7 +125,7 @@ def run_stage(stage: str, params, params_file: str, extra: dict, row: str | None
         return
     stage_params, layout = dag.layout_for(params, row)
     audit = os.environ.get("GEAR_AUDIT_READS")  # a file: record what the stage reads instead of refusing
-    view = ParamsView(stage_params, None if audit else dag.declared(job.stage), job.stage, free=dag.FREE)
+    view = ParamsView(stage_params, None if audit else dag.declared(job.stage, job.mode), job.stage, free=dag.FREE)
     if hasattr(module, "precheck"):  # the stage's own cheap checks of params and named files first
         module.precheck(stage_params, **extra)  # (checks only: what they read makes no output)
     provenance.check_inputs(job, params, params_file)

@@ -221,6 +221,12 @@ def validate(p: Params) -> Params:
         if sec.init in (None, "scratch"):
             _check(sec.steps > 0, f"{sec_name}.steps", sec.steps, f"must be > 0 (0 only with {sec_name}.init)")
 
+    if p.stage2 == "ar-init":  # stage 1 runs per AR size; its steps count toward the AR's budget
+        _check(p.ar.steps > p.tune.steps, "stage2", p.stage2,
+               f"needs ar.steps ({p.ar.steps}) > tune.steps ({p.tune.steps}): the stage-1 AR's steps count "
+               f"toward the budget, so ar-init continues it for ar.steps - tune.steps")
+        _check(p.ar.init is None, "stage2", p.stage2, f"starts the GEAR AR from stage 1, not ar.init ({p.ar.init})")
+
     st = p.study
     _check(len(st.seeds) > 0, "study.seeds", st.seeds, "must list at least one seed")
     _check(len(set(st.seeds)) == len(st.seeds), "study.seeds", st.seeds, "must not repeat a seed")

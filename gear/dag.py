@@ -21,9 +21,10 @@ This module imports no torch: the Snakefile parses in a second.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
+GUIDE = "@guide"  # Dep.fix value: the guide size (tune.ar_size) of a reader that has no size of its own
 SEEDED = "seed"  # the wildcard a study seed fills; it replaces compute.seed in the stage (gear/study.py)
 
 
@@ -49,9 +50,10 @@ class Dep:
     fix: tuple = ()        # ((wildcard, value), ...) set on the producer; others carry over by name
     read_if: str | None = None  # name of a NEEDS predicate: the stage reads this input only when it holds
 
-    def wildcards(self, wc: dict) -> dict:
-        fixed = dict(self.fix)
-        want = STAGES[self.stage].wildcards
+    def wildcards(self, wc: dict, mode: str = "fresh", guide: str | None = None) -> dict:
+        """The producer's wildcards (a fixed value GUIDE is the guide size: params tune.ar_size)."""
+        fixed = {k: guide if v == GUIDE else v for k, v in self.fix}
+        want = table(mode)[self.stage].wildcards
         return {k: fixed.get(k, wc.get(k)) for k in want}
 
 
@@ -163,7 +165,8 @@ STAGES: dict[str, Stage] = _s(
           (Dep("sample_gear"), Dep("train_ar_gear"), Dep("freeze", (("variant", "gear"),)), Dep("teacher"),
            Dep("evaluate_real", read_if="own_real_stats"), Dep("shard")), ("seed", "size"), root="tuned"),
     Stage("report", "report", ("study", "teacher", "quantizer", "tau", "align_weight", "align_weight_ar", "tune.steps",
-                               "tune.ablations", "ar.sizes", "ar.steps", "tokenizer.codebook_size", "metrics.pr_k"),
+                               "tune.ablations", "ar.sizes", "ar.steps", "stage2", "tune.ar_size",
+                               "tokenizer.codebook_size", "metrics.pr_k"),
           (Out("reports/claims.json", "file", cache=False), Out("reports/figures"), Out("reports/index.md", "file"),
            Out("reports/index.html", "file"), Out("reports/headline.json", "file", "metrics")),
           code=("gear/report",), heavy=False, launch=False, room="report"),
@@ -172,11 +175,12 @@ STAGES: dict[str, Stage] = _s(
 # The text-to-image room (gear/t2i/): its own target and DVC file; the frozen tokenizers are the
 # class-conditional DAG's.
 T2I_TEACHER = TEACHER
+FROZEN_GEAR = Dep("freeze", (("variant", "gear"), ("size", GUIDE)))  # size fixed only under ar-init (its guide)
 
 
 def _t2i_arm(arm: str) -> tuple:
     tokens = Dep("t2i_tokenize_baseline") if arm == "baseline" else Dep("t2i_tokenize")
-    frozen = Dep("freeze_baseline") if arm == "baseline" else Dep("freeze", (("variant", "gear"),))
+    frozen = Dep("freeze_baseline") if arm == "baseline" else FROZEN_GEAR
     train = Stage(f"t2i_train_{arm}", f"t2i-train --arm {arm} --seed {{seed}}",
                   ("t2i.ar", "t2i.text", "quantizer", "tokenizer", "ar.custom_layers", "ar.custom_dim", "ar.custom_heads")
                   + T2I_TEACHER + TRAIN + ("compute.fsdp", "compute.compile", "compute.grad_checkpointing"),
@@ -210,7 +214,7 @@ STAGES.update(_s(
           (Out("t2i/data/tokens/baseline"),), (Dep("freeze_baseline"), Dep("t2i_encode")), heavy=False, launch=False,
           room="t2i"),
     Stage("t2i_tokenize", "t2i-tokenize --arm gear --seed {seed}", T2I_TOKENIZE,
-          (Out(f"t2i/data/tokens/{SEED}/gear"),), (Dep("freeze", (("variant", "gear"),)), Dep("t2i_encode")), ("seed",),
+          (Out(f"t2i/data/tokens/{SEED}/gear"),), (FROZEN_GEAR, Dep("t2i_encode")), ("seed",),
           heavy=False, launch=False, room="t2i"),
     *_t2i_arm("baseline"), *_t2i_arm("gear"),
     Stage("t2i_evaluate_real", "t2i-evaluate real", METRICS + ("t2i.feature_space", "data.resolution") + T2I_TEACHER + RUN,
@@ -304,6 +308,39 @@ NEEDS = {"teacher_perceptual": lambda p: p.tokenizer.perceptual == "teacher" and
          "own_real_stats": lambda p: p.metrics.reference is None,  # else ADM's reference batch
          "demo_space": lambda p: p.metrics.feature_space == "demo"}
 
+# ----------------------------------------------------------------------------------------------
+# stage 2's ar-init mode (params `stage2`; the release's default, scripts/train/train_ar_gear.sh of
+# Tencent-Hunyuan/GEAR): stage 1 runs once per AR size, guided by an AR of that size tapped at its
+# entry of ar.align_layers, and the GEAR arm's AR continues that stage-1 AR (train_ar_gear reads
+# the tune output of its size and tune.steps: its budget is ar.steps - tune.steps). The tuned
+# arms' tokenizer stages gain the size wildcard: seed<N>/<size>/<variant>, beside fresh's
+# seed<N>/<variant> and never inside it, so switching modes deletes nothing. The baseline and
+# every path of stage2 = fresh stay as they are (gear/stage2.py).
+
+def _by_size(s: Stage, keys: tuple = ()) -> Stage:
+    sized = lambda p: p.replace("{variant}", "{size}/{variant}")  # noqa: E731  (beside fresh's folders)
+    return dataclasses.replace(s, cli=s.cli + " --size {size}", keys=s.keys + keys,
+                               outs=tuple(dataclasses.replace(o, path=sized(o.path)) for o in s.outs),
+                               wildcards=s.wildcards + ("size",))
+
+
+AR_INIT: dict[str, Stage] = {
+    "tune": _by_size(STAGES["tune"], ("ar.align_layers",)),  # the guide's tap is its size's
+    **{n: _by_size(STAGES[n]) for n in ("freeze", "tokenize", "evaluate_tokenizer")},
+    "train_ar_gear": dataclasses.replace(
+        STAGES["train_ar_gear"], keys=STAGES["train_ar_gear"].keys + ("stage2", "tune.steps"),
+        deps=STAGES["train_ar_gear"].deps + (Dep("tune", (("variant", "gear"),)),)),
+}
+STAGE2_MODES = ("fresh", "ar-init")
+
+
+def table(mode: str = "fresh") -> dict[str, Stage]:
+    """The stage table of a stage-2 mode (params `stage2`): STAGES, or STAGES with AR_INIT laid over."""
+    if mode not in STAGE2_MODES:
+        raise ValueError(f"stage-2 mode {mode!r}: not one of {STAGE2_MODES}")
+    return STAGES if mode == "fresh" else {**STAGES, **AR_INIT}
+
+
 # dvc.yaml's matrix axes (a seed in each seeded stage's name and command, never in its params:
 # adding a seed runs only that seed's stages)
 AXES_DVC = {"seed": "${study.seeds}", "size": "${ar.sizes}"}
@@ -311,19 +348,21 @@ AXES_DVC = {"seed": "${study.seeds}", "size": "${ar.sizes}"}
 
 @dataclass(frozen=True)
 class Job:
-    """One run of a stage: its wildcards and the ablation row it belongs to (None: the main DAG)."""
+    """One run of a stage: its wildcards, the ablation row it belongs to (None: the main DAG) and
+    the stage-2 mode whose table declares it (params `stage2`)."""
     stage: str
     wc: tuple = ()         # sorted ((wildcard, value), ...)
     row: str | None = None
+    mode: str = "fresh"
 
     @classmethod
-    def of(cls, stage: str, wc: dict | None = None, row: str | None = None) -> "Job":
-        want = STAGES[stage].wildcards
+    def of(cls, stage: str, wc: dict | None = None, row: str | None = None, mode: str = "fresh") -> "Job":
+        want = table(mode)[stage].wildcards
         wc = wc or {}
         missing = [k for k in want if wc.get(k) is None]
         if missing:
             raise ValueError(f"job {stage}: wildcards {missing} missing")
-        return cls(stage, tuple((k, wc[k]) for k in want), row)
+        return cls(stage, tuple((k, wc[k]) for k in want), row, mode)
 
     @property
     def wildcards(self) -> dict:
@@ -331,7 +370,7 @@ class Job:
 
     @property
     def decl(self) -> Stage:
-        return STAGES[self.stage]
+        return table(self.mode)[self.stage]
 
     def command(self, params_file: str = "params.yaml") -> str:
         """The command that (re)makes this job's outputs."""
@@ -352,12 +391,14 @@ def layout_for(params, row: str | None):
     """(the row's params, its Layout): the main DAG's for row None (gear/ablations.py)."""
     from gear import paths
 
+    ar_init = params.stage2 == "ar-init"  # the tuned arms' folders are per size; `guide`: see paths.Layout
     if row is None:
-        return params, paths.Layout()
+        return params, paths.Layout(guide=params.tune.ar_size if ar_init else None)
     from gear import ablations
 
-    r = ablations.find(params, row)
-    return ablations.row_params(params, r), ablations.layout(params, r)
+    r = ablations.find(params, row)  # a row runs its GEAR arm at the eval size only: that is its guide
+    guide = ablations.eval_size(params) if ar_init else None
+    return ablations.row_params(params, r), dataclasses.replace(ablations.layout(params, r), guide=guide)
 
 
 def render(template: str, params, wc: dict) -> str:
@@ -393,10 +434,11 @@ def deps(job: Job, params) -> list[Job]:
     _, layout = layout_for(params, job.row)
     out = []
     for d in job.decl.deps:
-        prod = STAGES[d.stage]
+        prod = table(job.mode)[d.stage]
         own = job.row is not None and {"teacher": layout.teacher, "warmup": layout.warmup,
                                         "tuned": layout.tuned}.get(prod.root, Path(".")) != Path(".")
-        out.append(Job.of(d.stage, d.wildcards(job.wildcards), job.row if own else None))
+        out.append(Job.of(d.stage, d.wildcards(job.wildcards, job.mode, layout.guide), job.row if own else None,
+                          job.mode))
     return out
 
 
@@ -409,16 +451,20 @@ def tune_variants(params) -> list[str]:
 
 
 def main_jobs(params) -> list[Job]:
-    seeds, sizes, variants = params.study.seeds, params.ar.sizes, tune_variants(params)
-    jobs = [Job.of(s) for s in ("shard", "teacher", "tokenizer_init", "freeze_baseline", "tokenize_baseline",
-                                "evaluate_real", "evaluate_tokenizer_baseline")]
+    seeds, sizes, variants, mode = params.study.seeds, params.ar.sizes, tune_variants(params), params.stage2
+    # the tuned arms' tokenizer stages: once per seed, or under ar-init once per seed and AR size
+    guides = sizes if mode == "ar-init" else [None]
+    jobs = [Job.of(s, mode=mode) for s in ("shard", "teacher", "tokenizer_init", "freeze_baseline",
+                                           "tokenize_baseline", "evaluate_real", "evaluate_tokenizer_baseline")]
     for seed in seeds:
-        for v in variants:
-            jobs += [Job.of(s, {"seed": seed, "variant": v}) for s in ("tune", "freeze", "evaluate_tokenizer")]
-        jobs.append(Job.of("tokenize", {"seed": seed, "variant": "gear"}))
+        for g in guides:
+            for v in variants:
+                jobs += [Job.of(s, {"seed": seed, "variant": v, "size": g}, mode=mode)
+                         for s in ("tune", "freeze", "evaluate_tokenizer")]
+            jobs.append(Job.of("tokenize", {"seed": seed, "variant": "gear", "size": g}, mode=mode))
         for size in sizes:
             for arm in ("baseline", "gear"):
-                jobs += [Job.of(f"{s}_{arm}", {"seed": seed, "size": size})
+                jobs += [Job.of(f"{s}_{arm}", {"seed": seed, "size": size}, mode=mode)
                          for s in ("train_ar", "sample", "evaluate_samples")]
     return jobs
 
@@ -429,11 +475,13 @@ def report_deps(params) -> list[Job]:
 
 
 def t2i_jobs(params) -> list[Job]:
-    jobs = [Job.of(s) for s in ("t2i_shard", "t2i_encode", "t2i_judge", "t2i_tokenize_baseline", "t2i_evaluate_real")]
+    m = params.stage2  # the GEAR tokenizer they read is the guide size's under ar-init
+    jobs = [Job.of(s, mode=m) for s in ("t2i_shard", "t2i_encode", "t2i_judge", "t2i_tokenize_baseline",
+                                        "t2i_evaluate_real")]
     for seed in params.study.seeds:
-        jobs.append(Job.of("t2i_tokenize", {"seed": seed}))
+        jobs.append(Job.of("t2i_tokenize", {"seed": seed}, mode=m))
         for arm in ("baseline", "gear"):
-            jobs += [Job.of(f"t2i_{s}_{arm}", {"seed": seed}) for s in ("train", "sample", "evaluate")]
+            jobs += [Job.of(f"t2i_{s}_{arm}", {"seed": seed}, mode=m) for s in ("train", "sample", "evaluate")]
     return jobs
 
 
@@ -465,30 +513,49 @@ REPORTS = {"report": report_deps, "t2i_report": t2i_report_deps, "scaling_report
 def job_for(cli_stage: str, args: dict, row: str | None, params) -> Job | None:
     """The declared job a `gear <cli_stage> ...` command runs; None for a command outside the DAG
     or arguments that name no job (an unknown arm: the stage itself says why)."""
+    job = _job_for(cli_stage, args, row, params)
+    return None if job is None else dataclasses.replace(job, mode=params.stage2)
+
+
+def _job_for(cli_stage: str, args: dict, row: str | None, params) -> Job | None:
+    from gear.config import ParamsError
     from gear.study import resolve_seed
 
-    arm, what = args.get("arm"), args.get("what")
+    arm, what, mode = args.get("arm"), args.get("what"), params.stage2
     seed = lambda: resolve_seed(params, args.get("seed"))  # noqa: E731  (a ParamsError names a bad --seed)
     name = cli_stage.replace("-", "_")
+
+    def tuned(stage: str, variant: str) -> Job:
+        """A tuned arm's tokenizer job: --size names its stage-1 guide under ar-init, and only there."""
+        size = args.get("size")
+        regen = "; a dvc.yaml made for the other mode: regenerate it, `gear dag`"
+        if mode == "ar-init" and size not in params.ar.sizes:
+            raise ParamsError(f"--size {size!r}: stage2 = ar-init tunes the GEAR arm once per AR size, "
+                              f"name one of ar.sizes {params.ar.sizes}{regen}")
+        if mode == "fresh" and size is not None:
+            raise ParamsError(f"--size {size!r}: the tuned arms have a size only under stage2 = ar-init "
+                              f"(stage2 = fresh: one guide, tune.ar_size){regen}")
+        return Job.of(stage, {"seed": seed(), "variant": variant, "size": size}, row, mode)
+
     if cli_stage == "tune":
         variant = args.get("variant") or "gear"
-        return Job.of("tune", {"seed": seed(), "variant": variant}, row) if variant in tune_variants(params) else None
+        return tuned("tune", variant) if variant in tune_variants(params) else None
     if cli_stage in ("freeze", "tokenize") or (cli_stage == "evaluate" and what == "tokenizer"):
         base = "evaluate_tokenizer" if cli_stage == "evaluate" else name
         if arm == "baseline":
             return Job.of(f"{base}_baseline", {}, row)
         if base == "tokenize":
-            if arm == "continue" and row is None and arm in tune_variants(params):
+            if arm == "continue" and row is None and arm in tune_variants(params) and mode == "fresh":
                 return Job.of("tokenize_continue", {"seed": seed()})
-            return Job.of(base, {"seed": seed(), "variant": "gear"}, row) if arm == "gear" else None
-        return Job.of(base, {"seed": seed(), "variant": arm}, row) if arm in tune_variants(params) else None
+            return tuned(base, "gear") if arm == "gear" else None
+        return tuned(base, arm) if arm in tune_variants(params) else None
     if cli_stage in ("train-ar", "sample") or (cli_stage == "evaluate" and what == "samples"):
         base = "evaluate_samples" if cli_stage == "evaluate" else name
         if arm not in ("baseline", "gear", "continue") or args.get("size") not in params.ar.sizes:
             return None
-        if arm == "continue" and (row is not None or arm not in tune_variants(params)):
+        if arm == "continue" and (row is not None or arm not in tune_variants(params) or mode != "fresh"):
             return None  # the control runs in the main DAG's folders only, when tune.ablations lists it
-        return Job.of(f"{base}_{arm}", {"seed": seed(), "size": args["size"]}, row)
+        return Job.of(f"{base}_{arm}", {"seed": seed(), "size": args["size"]}, row, mode)
     if cli_stage == "evaluate":
         return Job.of("evaluate_real", {}, row) if what == "real" else None
     if cli_stage.startswith("released-") and cli_stage != "released-report":
@@ -516,8 +583,8 @@ def leaves(keys) -> list[str]:
     return [k for k in keys if not any(k.startswith(o + ".") for o in keys if o != k)]
 
 
-def declared(stage: str) -> frozenset[str]:
-    return frozenset(STAGES[stage].keys)
+def declared(stage: str, mode: str = "fresh") -> frozenset[str]:
+    return frozenset(table(mode)[stage].keys)
 
 
 def load_params(path="params.yaml", overrides: list[str] | None = None):
@@ -528,4 +595,8 @@ def load_params(path="params.yaml", overrides: list[str] | None = None):
     params = config.load_params(path, overrides)
     ablations.check_grid(params)
     scaling.check(params)
+    if params.stage2 == "ar-init" and params.tune.ar_size not in params.ar.sizes:  # (rows: their eval size)
+        raise config.ParamsError(f"tune.ar_size = {params.tune.ar_size!r}: must be one of ar.sizes {params.ar.sizes} "
+                                 f"under stage2 = ar-init (the size whose tuned tokenizer the size-free readers "
+                                 f"take: the report's tokenizer tables, the t2i room)")
     return params

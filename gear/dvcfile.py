@@ -35,8 +35,10 @@ def dvc_stage(stage: dag.Stage, params, wdir: str | None = None) -> dict:
         d["wdir"] = wdir
     args = {w: "${item." + w + "}" for w in stage.wildcards}
     d["cmd"] = f"gear {stage.cli.format(**args)} --params params.yaml"
-    d["deps"] = [*stage.code, *[_dvc_path(dag.STAGES[x.stage].outs[0].path.format_map(
-        _Fixed(dict(x.fix), args))) for x in stage.deps]]
+    prods = dag.table(params.stage2)
+    fix = lambda x: {k: "${tune.ar_size}" if v == dag.GUIDE else v for k, v in x.fix}  # noqa: E731
+    d["deps"] = [*stage.code, *[_dvc_path(prods[x.stage].outs[0].path.format_map(
+        _Fixed(fix(x), args))) for x in stage.deps]]
     if stage.name == "report":
         d["deps"] += ["eval", "metrics", "samples"]
     if stage.name == "scaling_report":
@@ -111,7 +113,8 @@ def ladder_stages(params, wdir: str) -> dict:
 
 
 def dvc_file(params, room: str) -> dict:
-    stages = [s for s in dag.STAGES.values() if (s.room in ("main", "report") if room == "main" else s.room == room)]
+    stages = [s for s in dag.table(params.stage2).values()
+              if (s.room in ("main", "report") if room == "main" else s.room == room)]
     wdir = None if room == "main" else ".."
     out = {"stages": {s.name: dvc_stage(s, params, wdir) for s in stages}}
     if room == "scaling":
@@ -135,7 +138,8 @@ DVC_HEADER = {
              "declarations there, never this file (tests/test_dag.py checks it is up to date). Each stage runs\n"
              "one `gear <stage>`; `params:` lists exactly the keys the stage reads (it cannot read others), so\n"
              "`dvc exp run -S tau=0.5` reruns tune and what follows. Seeds and AR sizes are matrix axes read\n"
-             "from params.yaml; the tuned arms (gear + tune.ablations) are listed: regenerate after changing them.\n"),
+             "from params.yaml; the tuned arms (gear + tune.ablations) are listed, and the stage-2 mode (stage2)\n"
+             "shapes the DAG (ar-init: stage 1 per AR size): regenerate after changing them.\n"),
     "t2i": ("The text-to-image room (DVC): `dvc repro t2i/dvc.yaml`. GENERATED from gear/dag.py by\n"
             "`gear dag`. Every stage runs from the repository root (wdir: ..); the frozen tokenizers are\n"
             "outputs of ./dvc.yaml's freeze stages, which DVC runs first when they are stale.\n"),

@@ -59,6 +59,10 @@ class Layout:
     teacher: Path = Path(".")
     warmup: Path = Path(".")
     tuned: Path = Path(".")
+    # stage2 = ar-init: stage 1 runs per AR size, so a tuned arm lives in seed<N>/<size>/<arm> (beside,
+    # never inside, fresh's seed<N>/<arm>: switching modes deletes nothing); `guide`
+    # is the size whose tokenizer the size-free readers take (tune.ar_size). None: stage2 = fresh.
+    guide: str | None = None
 
     def root(self, stage: str) -> Path:
         return {"teacher": self.teacher, "tokenizer_init": self.warmup}.get(stage, self.tuned)
@@ -108,16 +112,31 @@ def tokenizer_seeded(arm: str) -> bool:
     return arm != "baseline"
 
 
-def _arm_dir(root: Path, arm: str, seed: int | None) -> Path:
+def sized() -> bool:
+    """stage2 = ar-init: the tuned arms are per AR size (the stage-1 guide is that size)."""
+    return _layout.guide is not None
+
+
+def _size_part(size: str | None) -> list[str]:
+    """[the size folder] above a tuned arm under ar-init (the guide size when the reader has none), else []."""
+    return [size or _layout.guide] if sized() else []
+
+
+def guide_flag() -> str:
+    """` --size <guide>` of a size-free reader's command for a tuned arm under ar-init, else ''."""
+    return f" --size {_layout.guide}" if sized() else ""
+
+
+def _arm_dir(root: Path, arm: str, seed: int | None, size: str | None = None) -> Path:
     if not tokenizer_seeded(arm):
         return root / arm
     if seed is None:
         raise ValueError(f"arm {arm!r} is per seed: a seed is needed for its path")
-    return _layout.tuned / root / seed_part(seed) / arm
+    return _layout.tuned.joinpath(root, seed_part(seed), *_size_part(size), arm)
 
 
-def tune_dir(variant: str, seed: int) -> Path:
-    return _layout.tuned / TUNE_DIR / seed_part(seed) / variant
+def tune_dir(variant: str, seed: int, size: str | None = None) -> Path:
+    return _layout.tuned.joinpath(TUNE_DIR, seed_part(seed), *_size_part(size), variant)
 
 
 def tune_variants(params) -> list[str]:
@@ -128,12 +147,12 @@ def tokenizer_arms(params) -> list[str]:
     return ["baseline", *tune_variants(params)]
 
 
-def frozen_dir(arm: str, seed: int | None = None) -> Path:
-    return _arm_dir(FROZEN_DIR, arm, seed)
+def frozen_dir(arm: str, seed: int | None = None, size: str | None = None) -> Path:
+    return _arm_dir(FROZEN_DIR, arm, seed, size)
 
 
-def tokens_dir(arm: str, seed: int | None = None) -> Path:
-    return _arm_dir(TOKENS_DIR, arm, seed)
+def tokens_dir(arm: str, seed: int | None = None, size: str | None = None) -> Path:
+    return _arm_dir(TOKENS_DIR, arm, seed, size)
 
 
 def ar_dir(arm: str, size: str, seed: int) -> Path:
@@ -149,8 +168,8 @@ def metrics_dir(stage: str, *parts: str) -> Path:
     return _layout.root(stage) / METRICS_DIR.joinpath(stage, *parts)
 
 
-def tune_metrics_dir(variant: str, seed: int) -> Path:
-    return metrics_dir("tune", seed_part(seed), variant)
+def tune_metrics_dir(variant: str, seed: int, size: str | None = None) -> Path:
+    return metrics_dir("tune", seed_part(seed), *_size_part(size), variant)
 
 
 def train_ar_metrics_dir(arm: str, size: str, seed: int) -> Path:
@@ -161,8 +180,8 @@ def real_stats_dir() -> Path:
     return EVAL_DIR / "real"
 
 
-def eval_tokenizer_json(arm: str, seed: int | None = None) -> Path:
-    return _arm_dir(EVAL_DIR / "tokenizer", arm, seed).with_suffix(".json")
+def eval_tokenizer_json(arm: str, seed: int | None = None, size: str | None = None) -> Path:
+    return _arm_dir(EVAL_DIR / "tokenizer", arm, seed, size).with_suffix(".json")
 
 
 def eval_samples_json(arm: str, size: str, seed: int) -> Path:
@@ -185,11 +204,11 @@ def state_dir(params, stage: str, *parts: str) -> Path:
     return Path(params.compute.state_dir) / _layout.root(stage) / Path(stage, *parts)
 
 
-def freeze_stats_json(arm: str, seed: int | None = None) -> Path:
+def freeze_stats_json(arm: str, seed: int | None = None, size: str | None = None) -> Path:
     """Codebook statistics of a frozen tokenizer over the val split (written by `gear freeze`)."""
-    return _arm_dir(METRICS_DIR / "freeze", arm, seed).with_suffix(".json")
+    return _arm_dir(METRICS_DIR / "freeze", arm, seed, size).with_suffix(".json")
 
 
-def freeze_source_dir(arm: str, seed: int | None = None) -> Path:
+def freeze_source_dir(arm: str, seed: int | None = None, size: str | None = None) -> Path:
     """Where `gear freeze --arm <arm>` reads the tokenizer EMA from."""
-    return tokenizer_init_dir() if not tokenizer_seeded(arm) else tune_dir(arm, seed)
+    return tokenizer_init_dir() if not tokenizer_seeded(arm) else tune_dir(arm, seed, size)

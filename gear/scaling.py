@@ -134,6 +134,8 @@ def jobs(params) -> list:
     from gear.dag import Job
 
     out = []
+    if params.stage2 != "fresh":  # the control and the ladder are fresh-mode studies; ar-init adds its claims
+        return out
     for seed in params.study.seeds:
         if control(params):
             out.append(Job.of("tokenize_continue", {"seed": seed}))

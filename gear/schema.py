@@ -18,6 +18,7 @@ TOKENIZER_ARCHS = ("vq16", "lfq16", "ibq16")  # gear/models/tokenizer.py ARCHS
 TEACHERS = ("demo", "dinov2_vitb14", "dinov2_vitl14", "dinov3_vitb16", "siglip2_vitb16", "clip_vitb16",
             "vjepa2_vitl16")
 E2E_MODES = ("gear", "ste", "none", "continue")
+STAGE2_MODES = ("fresh", "ar-init")  # how the GEAR arm's stage-2 AR starts (params.yaml `stage2`)
 AR_SIZES = ("nano", "micro", "tiny", "mini", "small", "B", "L", "XL", "1B", "custom")
 TEXT_ENCODERS = ("demo", "qwen3_1.7b", "flan_t5_xl", "clip_vitb16")  # gear/t2i/text_encoders.py
 
@@ -421,6 +422,7 @@ class Params:
     teacher: Literal[TEACHERS]
     quantizer: Literal[QUANTIZERS]
     e2e_mode: Literal[E2E_MODES]
+    stage2: Literal[STAGE2_MODES]
     data: Data
     teachers: Teachers
     tokenizer: Tokenizer

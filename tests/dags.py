@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
+
 from tiny import ROOT
 
 BIN = Path(sys.executable).parent
@@ -125,3 +127,15 @@ def gear_argv(command: str) -> tuple[list[str], list[str]]:
     tokens = tokens[: tokens.index(">")] if ">" in tokens else tokens
     i = tokens.index("gear")  # the first `gear` is the command (`gear` is also an arm)
     return tokens[:i], tokens[i + 1:]
+
+
+def set_params(d: Path, **changes) -> None:
+    """Set dotted keys of the params.yaml in `d` (a copied workflow), as a user edits it."""
+    raw = yaml.safe_load((d / "params.yaml").read_text())
+    for key, value in changes.items():
+        node = raw
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node[part]
+        node[leaf] = value
+    (d / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))

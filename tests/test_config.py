@@ -142,8 +142,9 @@ BEFORE = json.loads((Path(__file__).parent / "presets_before.json").read_text())
 # but the code's t2i defaults equalled params.yaml's, so nothing changes there.
 LOST = {"imagenet256": {"teachers.demo_depth": (4, 3), "teachers.demo_steps": (600, 300)}}
 # Set on purpose since the snapshot: the release's stage-2 optimizer and GPT dropouts (issue 29),
-# ADM's reference batch (issue 32), hub teachers available on the cluster (ablation rows).
-CHANGED = {"imagenet256": {"ar.resid_dropout": 0.1, "ar.ffn_dropout": 0.1, "ar.betas": [0.9, 0.999],
+# ADM's reference batch (issue 32), hub teachers available on the cluster (ablation rows), the
+# release's default stage-2 mode (issue 29 part 2).
+CHANGED = {"imagenet256": {"stage2": "ar-init", "ar.resid_dropout": 0.1, "ar.ffn_dropout": 0.1, "ar.betas": [0.9, 0.999],
                            "ar.weight_decay": 0.0, "t2i.ar.resid_dropout": 0.1, "t2i.ar.ffn_dropout": 0.1,
                            "t2i.ar.betas": [0.9, 0.999], "t2i.ar.weight_decay": 0.0,
                            "metrics.reference": "data/VIRTUAL_imagenet256_labeled.npz", "ablations.hub_teachers": True}}

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dags import BIN, ENV, dvc_changed, smk_dry
+from dags import BIN, ENV, dvc_changed, set_params as _params, smk_dry
 from gear import dag, dvcfile, provenance
 from gear.config import load_params
 from gear.guard import ParamsView, UndeclaredParam
@@ -84,17 +84,6 @@ def test_parsing_the_snakefile_imports_no_torch(tmp_path):
 
 
 # ---- a tree made by one tool, rerun by the other ------------------------------------------------
-
-def _params(d: Path, **changes) -> None:
-    raw = yaml.safe_load((d / "params.yaml").read_text())
-    for key, value in changes.items():
-        node = raw
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node[part]
-        node[leaf] = value
-    (d / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-
 
 DOWNSTREAM_OF_TUNE = {"tune", "freeze", "evaluate_tokenizer", "tokenize", "train_ar_gear", "sample_gear",
                       "evaluate_samples_gear", "report", "all"}

@@ -29,14 +29,14 @@ def shared_folders(params) -> list[tuple[str, Path, str]]:
 
 def seed_folders(params, seed: int) -> list[tuple[str, Path, str]]:
     """(label, dvclive folder, command) of the training stages of one seed."""
-    out = [(f"tune/{v}", paths.tune_metrics_dir(v, seed), f"gear tune --variant {v} --seed {seed}")
+    out = [(f"tune/{v}", paths.tune_metrics_dir(v, seed), f"gear tune --variant {v} --seed {seed}{paths.guide_flag()}")
            for v in paths.tune_variants(params)]
     return out + [(f"train_ar/{a}/{s}", paths.train_ar_metrics_dir(a, s, seed),
                    f"gear train-ar --arm {a} --size {s} --seed {seed}") for s in params.ar.sizes for a in paths.AR_ARMS]
 
 
 def _tok_cmd(arm: str, seed: int | None = None) -> str:
-    return f"gear evaluate tokenizer --arm {arm}" + ("" if seed is None else f" --seed {seed}")
+    return f"gear evaluate tokenizer --arm {arm}" + ("" if seed is None else f" --seed {seed}{paths.guide_flag()}")
 
 
 def _samples_cmd(arm: str, size: str, seed: int) -> str:
@@ -46,12 +46,13 @@ def _samples_cmd(arm: str, size: str, seed: int) -> str:
 def _seed_files(params, seed: int) -> list[Need]:
     sizes, names, variants = params.ar.sizes, ar_curve_names(params), paths.tune_variants(params)
     need = [(paths.eval_tokenizer_json(v, seed), _tok_cmd(v, seed)) for v in variants]
-    need += [(paths.freeze_stats_json(v, seed), f"gear freeze --arm {v} --seed {seed}") for v in variants]
+    need += [(paths.freeze_stats_json(v, seed), f"gear freeze --arm {v} --seed {seed}{paths.guide_flag()}")
+             for v in variants]
     need += [(paths.eval_samples_json(a, s, seed), _samples_cmd(a, s, seed)) for s in sizes for a in paths.AR_ARMS]
     train = f"gear train-ar --arm {{a}} --size {{s}} --seed {seed}"
     need += [(tsv(paths.train_ar_metrics_dir(a, s, seed), c), train.format(a=a, s=s))
              for s in sizes for a in paths.AR_ARMS for c in names]
-    need += [(tsv(paths.tune_metrics_dir(v, seed), c), f"gear tune --variant {v} --seed {seed}")
+    need += [(tsv(paths.tune_metrics_dir(v, seed), c), f"gear tune --variant {v} --seed {seed}{paths.guide_flag()}")
              for v in variants for c in CODEBOOK]
     need += [(folder / "metrics.json", cmd) for _, folder, cmd in seed_folders(params, seed)]
     return need + [(paths.samples_dir(a, s, seed) / "grid.png", f"gear sample --arm {a} --size {s} --seed {seed}")

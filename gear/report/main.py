@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from gear import paths
+from gear import paths, stage2
 from gear.io import atomic_entries, write_json
 from gear.report.claims import claims
 from gear.report.document import Plot, Table, per_seed, table, to_html, to_markdown
@@ -91,6 +91,7 @@ def header(r: Results, params) -> list:
               f"the evaluations; data, teacher and warm-up are shared). Differences are paired by seed, "
               f"arm - baseline, with two-sided Student t intervals at {params.study.confidence:.0%} "
               "(n - 1 degrees of freedom); an interval that contains 0 is written as within noise."]
+    blocks.append(stage2.describe(params))
     if len(r.seeds) == 1:
         blocks.append(one_seed_note("(e.g. `presets/cpu-study.yaml`)"))
     return blocks

@@ -73,10 +73,12 @@ def run(params, what: str, arm: str | None = None, size: str | None = None, seed
             raise ParamsError("gear evaluate real takes no --arm / --size / --seed")
         evaluate_real(params)
     elif what == "tokenizer":
-        if arm not in paths.tokenizer_arms(params) or size is not None:
+        sized = paths.sized() and paths.tokenizer_seeded(arm)  # stage2 = ar-init: a tuned arm per AR size
+        if arm not in paths.tokenizer_arms(params) or (size is not None) != sized:
             raise ParamsError(f"gear evaluate tokenizer needs --arm in {', '.join(paths.tokenizer_arms(params))} "
-                              f"and no --size (got --arm {arm}, --size {size})")
-        evaluate_tokenizer(params, arm, resolve_seed(params, seed) if paths.tokenizer_seeded(arm) else None)
+                              f"and {'--size (stage2 = ar-init)' if sized else 'no --size'} "
+                              f"(got --arm {arm}, --size {size})")
+        evaluate_tokenizer(params, arm, resolve_seed(params, seed) if paths.tokenizer_seeded(arm) else None, size)
     elif what == "samples":
         if arm not in paths.FRESH_AR_ARMS or size not in params.ar.sizes:
             raise ParamsError(f"gear evaluate samples needs --arm in {', '.join(paths.FRESH_AR_ARMS)} and --size in "
@@ -209,10 +211,10 @@ def _finite(d: dict) -> dict:
 
 
 @torch.no_grad()
-def evaluate_tokenizer(params, arm: str, seed: int | None) -> dict | None:
+def evaluate_tokenizer(params, arm: str, seed: int | None, size: str | None = None) -> dict | None:
     m = params.metrics
     summary = real_summary(params)
-    directory = paths.frozen_dir(arm, seed)
+    directory = paths.frozen_dir(arm, seed, size)
     rt = setup(params)
     tok = load_tokenizer(directory, device=rt.device)
     teacher = load_teacher(params, rt.device)
@@ -258,7 +260,7 @@ def evaluate_tokenizer(params, arm: str, seed: int | None) -> dict | None:
             **{k: v / stats["num_tokens"] for k, v in soft.items()},
             "teacher": params.teacher, "num_patches": len(sample.keys), "cknna_k": m.cknna_k,
             "cka_pre": pre["cka"], "cknna_pre": pre["cknna"], "cka_post": post["cka"], "cknna_post": post["cknna"]})
-        write_json(paths.eval_tokenizer_json(arm, seed), result)
+        write_json(paths.eval_tokenizer_json(arm, seed, size), result)
         print(f"evaluate tokenizer[{arm}]: rFID {rfid:.3f} ({summary['feature_space']}), PSNR "
               f"{result['psnr']:.2f}, SSIM {result['ssim']:.4f}, usage {stats['usage']:.3f}, CKA pre/post "
               f"{pre['cka']:.3f}/{post['cka']:.3f}")
@@ -318,12 +320,12 @@ def evaluate_samples(params, arm: str, size: str, seed: int) -> dict | None:
     fm = FeatureModel(feature_extractor(params, rt.device), rt.device, images.shape[1:3],
                       spatial=ref is not None and ref.mu_s is not None)
     real = check_real(summary, fm.ext) if ref is None else None
-    tok = load_tokenizer(paths.frozen_dir(arm, seed), device=rt.device)
+    tok = load_tokenizer(paths.frozen_dir(arm, seed, size), device=rt.device)
     ar, ar_cfg = load_ar(paths.ar_dir(arm, size, seed), rt.device)
     ar.eval()
-    if ar_cfg.get("tokenizer_sha256") != sha256_file(paths.frozen_dir(arm, seed) / "tokenizer.safetensors"):
+    if ar_cfg.get("tokenizer_sha256") != sha256_file(paths.frozen_dir(arm, seed, size) / "tokenizer.safetensors"):
         raise ArtifactError(f"the AR in {paths.ar_dir(arm, size, seed)} was trained on other tokens than the frozen "
-                            f"tokenizer {paths.frozen_dir(arm, seed)}; rerun `gear train-ar --arm {arm} --size {size} --seed {seed}`")
+                            f"tokenizer {paths.frozen_dir(arm, seed, size)}; rerun `gear train-ar --arm {arm} --size {size} --seed {seed}`")
     _check_val(params, tok.grid_size(params.data.resolution))
     teacher = load_teacher(params, rt.device)
 
@@ -333,7 +335,7 @@ def evaluate_samples(params, arm: str, size: str, seed: int) -> dict | None:
     if rt.is_main:
         result = _finite({
             "arm": arm, "size": size, "seed": seed, "samples": str(paths.samples_dir(arm, size, seed) / "samples.npz"),
-            "ar": str(paths.ar_dir(arm, size, seed)), "tokenizer": str(paths.frozen_dir(arm, seed)),
+            "ar": str(paths.ar_dir(arm, size, seed)), "tokenizer": str(paths.frozen_dir(arm, seed, size)),
             "extractor": fm.ext.name, "num_samples": len(images), **gen,
             "teacher": params.teacher, "cknna_k": m.cknna_k, **layers})
         write_json(paths.eval_samples_json(arm, size, seed), result)

@@ -20,12 +20,12 @@ from gear.runtime import setup
 from gear.study import resolve_seed
 
 
-def run(params, arm: str, seed: int | None = None) -> None:
+def run(params, arm: str, seed: int | None = None, size: str | None = None) -> None:
     if arm not in paths.tokenizer_arms(params):
         raise ParamsError(f"--arm {arm!r}: must be one of {', '.join(paths.tokenizer_arms(params))}")
     seed = resolve_seed(params, seed) if paths.tokenizer_seeded(arm) else None
     read_manifest(params)
-    src = paths.freeze_source_dir(arm, seed)
+    src = paths.freeze_source_dir(arm, seed, size)
     src_cfg = read_config(src, "tokenizer")
     check_tokenizer_matches(src_cfg, params, src)
     rt = setup(params)
@@ -39,12 +39,12 @@ def run(params, arm: str, seed: int | None = None) -> None:
             acc.update(q.indices)
     stats = acc.result()
 
-    with atomic_dir(paths.frozen_dir(arm, seed)) as out:
+    with atomic_dir(paths.frozen_dir(arm, seed, size)) as out:
         write_tokenizer(out, tok, {
             "arm": arm, "seed": seed, "source": str(src), "quantizer": tok.config.quantizer,
             "codebook_size": tok.codebook_size, "tau": src_cfg.get("tau"), "e2e_mode": src_cfg.get("e2e_mode")})
     # what made it: provenance.json (gear/provenance.py), written by the stage runner
-    write_json(paths.freeze_stats_json(arm, seed), {"arm": arm, "seed": seed, **{k: (v.tolist() if torch.is_tensor(v) else v)
+    write_json(paths.freeze_stats_json(arm, seed, size), {"arm": arm, "seed": seed, **{k: (v.tolist() if torch.is_tensor(v) else v)
                                                              for k, v in stats.items()}})
     print(f"freeze[{arm}]: usage {stats['usage']:.3f}, effective size {stats['effective_size']:.1f} "
           f"of {tok.codebook_size}")

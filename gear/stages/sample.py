@@ -68,15 +68,15 @@ def run(params, arm: str, size: str, seed: int | None = None) -> None:
     s = params.sample
     ar_dir, weights = paths.ar_dir(arm, size, seed), "ar" if s.use_ema else "ar_raw"
     ar_cfg = read_config(ar_dir, "AR")  # missing AR or tokenizer: one-line error before any compute
-    _, sha = frozen_tokenizer(params, arm, seed)
+    _, sha = frozen_tokenizer(params, arm, seed, size)
     if ar_cfg.get("tokenizer_sha256") != sha:
-        raise ArtifactError(f"AR {ar_dir} was trained on another tokenizer than {paths.frozen_dir(arm, seed)}; "
+        raise ArtifactError(f"AR {ar_dir} was trained on another tokenizer than {paths.frozen_dir(arm, seed, size)}; "
                             f"rerun `gear tokenize` and `gear train-ar --arm {arm} --size {size} --seed {seed}`")
     rt = setup(params)
     model, _ = load_ar(ar_dir, rt.device, weights)
     if s.top_k > model.cfg.vocab_size:
         raise ParamsError(f"sample.top_k = {s.top_k}: must be <= the codebook size {model.cfg.vocab_size}")
-    tok = load_tokenizer(paths.frozen_dir(arm, seed), device=rt.device)
+    tok = load_tokenizer(paths.frozen_dir(arm, seed, size), device=rt.device)
     C = model.cfg.num_classes
 
     labels = torch.arange(C).repeat_interleave(s.per_class)

@@ -43,22 +43,22 @@ class _SourceDecoder:
         return to_tensor(decode_image(sample)), decode_label(sample), sample[self.ext], sample["__key__"]
 
 
-def run(params, arm: str, seed: int | None = None) -> None:
+def run(params, arm: str, seed: int | None = None, size: str | None = None) -> None:
     check_arm(arm)
     seed = resolve_seed(params, seed) if paths.tokenizer_seeded(arm) else None
     data_man = read_manifest(params)
-    cfg, sha = frozen_tokenizer(params, arm, seed)
+    cfg, sha = frozen_tokenizer(params, arm, seed, size)
     rt = setup(params)
     if not rt.is_main:  # light stage: rank 0 does all of it
         teardown(rt)
         return
-    tok = load_tokenizer(paths.frozen_dir(arm, seed), device=rt.device)
+    tok = load_tokenizer(paths.frozen_dir(arm, seed, size), device=rt.device)
     K, grid = tok.codebook_size, tok.grid_size(params.data.resolution)
     dtype = np.int16 if K <= np.iinfo(np.int16).max + 1 else np.int32
     fmt, hflip = data_man["image_format"], params.data.hflip
     hist = torch.zeros(K, dtype=torch.long)
 
-    with atomic_dir(paths.tokens_dir(arm, seed)) as out:
+    with atomic_dir(paths.tokens_dir(arm, seed, size)) as out:
         writer = TarShards(out, "train", params.data.samples_per_shard)
         batches = eval_batches(params, "train", BATCH, decode=_SourceDecoder(fmt))
         with tqdm(total=data_man["splits"]["train"]["count"], desc=f"tokenize[{arm}]", unit="img") as bar:
@@ -84,10 +84,10 @@ def run(params, arm: str, seed: int | None = None) -> None:
             "format": "gear-tokens", "arm": arm, "seed": seed, "count": writer.count, "grid": grid, "codebook_size": K,
             "dtype": np.dtype(dtype).name, "hflip": hflip, "views": 2 if hflip else 1,
             "image_format": fmt, "resolution": data_man["resolution"], "classes": data_man["classes"],
-            "num_classes": len(data_man["classes"]), "tokenizer_dir": str(paths.frozen_dir(arm, seed)),
+            "num_classes": len(data_man["classes"]), "tokenizer_dir": str(paths.frozen_dir(arm, seed, size)),
             "tokenizer_sha256": sha, "tokenizer_config": cfg["tokenizer"],
             "source_digest": source_digest(data_man), "shards": shards,
             "unigram_entropy": stats["entropy"], "usage": stats["usage"]})
     print(f"tokenize[{arm}]: {writer.count} samples x {2 if hflip else 1} views of {grid}x{grid} tokens, "
-          f"usage {stats['usage']:.3f}, unigram entropy {stats['entropy']:.3f} nats -> {paths.tokens_dir(arm, seed)}")
+          f"usage {stats['usage']:.3f}, unigram entropy {stats['entropy']:.3f} nats -> {paths.tokens_dir(arm, seed, size)}")
     teardown(rt)

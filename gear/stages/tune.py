@@ -7,6 +7,8 @@ AR step, no alignment term (its AR is built, never trained). Each iteration: tea
 tokenizer step (L_VQ + lambda L_align^s through the frozen AR, early exit) -> discriminator step
 -> AR step (CE + lambda_ar L_align^h on hard indices) -> EMAs. See gear/train/gear_step.py.
 
+Under stage2 = ar-init stage 1 runs per AR size (--size S: guide S at its entry of ar.align_layers)
+into models/tune/seed<N>/S/V/, and the GEAR arm's train-ar continues that AR (gear/stage2.py).
 Per study seed (--seed): outputs (atomic) in models/tune/seed<N>/V/: tokenizer.safetensors (EMA: what `gear freeze` exports),
 tokenizer_raw, discriminator, ar (EMA), projector, config.json. Metrics: metrics/tune/seed<N>/V/.
 """
@@ -50,7 +52,7 @@ def precheck(params, **_) -> None:
     check_perceptual(params.tokenizer)
 
 
-def run(params, variant: str = "gear", seed: int | None = None) -> None:
+def run(params, variant: str = "gear", seed: int | None = None, size: str | None = None) -> None:
     check_perceptual(params.tokenizer)  # lpips without its weights: one line before any work
     mode = variant_mode(params, variant)
     seed = resolve_seed(params, seed)
@@ -61,6 +63,11 @@ def run(params, variant: str = "gear", seed: int | None = None) -> None:
     seed_everything(params.compute.seed + rt.rank)
     t, tn = params.tokenizer, params.tune
     grid = params.data.resolution // t.downsample
+    # stage2 = ar-init (--size): stage 1 runs per AR size, guided by that size at its tap (its entry
+    # of ar.align_layers), and stage 2 continues this AR; fresh: one guide, tune.ar_size at align_layer
+    guide = size or tn.ar_size
+    tap = params.ar.align_layer_for(size, params.align_layer) if size else params.align_layer
+    sized = (size,) if size else ()
 
     teacher = load_teacher(params, rt.device)
     tok = rt.prepare_conv(build_tokenizer(params, init=init))
@@ -68,7 +75,7 @@ def run(params, variant: str = "gear", seed: int | None = None) -> None:
     if tn.init == "warmup":  # recover the warm-up discriminator too (reference stage 0's purpose)
         from gear.artifacts import load_weights
         load_weights(disc, paths.tokenizer_init_dir() / "discriminator.safetensors", "discriminator weights")
-    ar, proj = build_ar(params, tn.ar_size, tok.codebook_size, grid, len(manifest["classes"]), teacher.dim)
+    ar, proj = build_ar(params, guide, tok.codebook_size, grid, len(manifest["classes"]), teacher.dim)
     ar, proj = ar.to(rt.device), proj.to(rt.device)
     ar.grad_checkpointing = params.compute.grad_checkpointing
     ema_tok, ema_ar = EMA(tok, tn.ema_decay), EMA(ar, tn.ema_decay)
@@ -78,7 +85,7 @@ def run(params, variant: str = "gear", seed: int | None = None) -> None:
                         TokenizerObjective(params, build_perceptual(params, rt.device), disc_w, gan=tn.gan,
                                            gan_start=tn.gan_start))
     knobs = GearKnobs(mode=mode, tau=params.tau, align_weight=params.align_weight,
-                      align_weight_ar=params.align_weight_ar, align_layer=params.align_layer,
+                      align_weight_ar=params.align_weight_ar, align_layer=tap,
                       soft_forward=tn.soft_forward, grad_clip=tn.grad_clip)
     betas = tuple(tn.betas)
     opt_tok = adamw(tok.parameters(), tn.lr_tokenizer, betas, tn.weight_decay)
@@ -89,11 +96,11 @@ def run(params, variant: str = "gear", seed: int | None = None) -> None:
     window = WindowMean(rt.device)  # logged losses are means over the log window, not one batch
 
     loop = Loop(params, rt, name=f"{STAGE}[{variant}/seed {seed}]", steps=tn.steps,
-                state_dir=paths.state_dir(params, STAGE, paths.seed_part(seed), variant), compat={
+                state_dir=paths.state_dir(params, STAGE, paths.seed_part(seed), variant, *sized), compat={
                     "mode": mode, "tokenizer": tok.config.to_dict(), "ar": ar.cfg.to_dict(), "init": tn.init,
-                    "tau": params.tau, "align": [params.align_weight, params.align_weight_ar, params.align_layer],
+                    "tau": params.tau, "align": [params.align_weight, params.align_weight_ar, tap],
                     "teacher": params.teacher, "batch_size": tn.batch_size, "seed": params.compute.seed},
-                metrics_dir=paths.tune_metrics_dir(variant, seed),
+                metrics_dir=paths.tune_metrics_dir(variant, seed, size),
                 parts={"tokenizer": tok, "disc": disc, "ar": ar, "proj": proj, "ema_tok": ema_tok, "ema_ar": ema_ar,
                        "opt_tok": opt_tok, "opt_ar": opt_ar, "opt_d": opt_d, "data": stream, "usage": usage,
                        "window": window})
@@ -138,10 +145,10 @@ def run(params, variant: str = "gear", seed: int | None = None) -> None:
     check = reconstruction_check(params, ema_tok.model, rt)
     if rt.is_main:
         loop.log.log(tn.steps, **{f"val_{k}": v for k, v in check.metrics.items()})
-        with atomic_dir(paths.tune_dir(variant, seed)) as out_dir:
+        with atomic_dir(paths.tune_dir(variant, seed, size)) as out_dir:
             write_tokenizer(out_dir, ema_tok.model, {
                 "stage": STAGE, "variant": variant, "seed": seed, "e2e_mode": mode, "tau": params.tau,
-                "align_weight": params.align_weight, "align_layer": params.align_layer, "teacher": params.teacher,
+                "align_weight": params.align_weight, "align_layer": tap, "teacher": params.teacher,
                 "steps": tn.steps, "ar": ar.cfg.to_dict(), "val": check.metrics})
             write_model(out_dir, "tokenizer_raw", tok)
             write_model(out_dir, "discriminator", disc)

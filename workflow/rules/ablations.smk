@@ -9,13 +9,18 @@
 # says why: the job set follows from params alone.
 
 
+# under stage2 = ar-init a row's tuning is its eval size's (gear/dag.py layout_for)
+with paths.using(paths.Layout(guide=AB.eval_size(P) if P.stage2 == "ar-init" else None)):
+    AB_STE_RUN, AB_STE_COPY = str(paths.tune_dir("ste", "{seed}")), str(paths.tune_dir("gear", "{seed}"))
+
+
 rule ablation_tune_copy_ste:
     # training-ste is the main DAG's `tune --variant ste` run (same params but e2e_mode, which the
     # variant sets): copy it rather than train it twice.
     input:
-        str(paths.tune_dir("ste", "{seed}")),
+        AB_STE_RUN,
     output:
-        directory(str(paths.ablation_root("{row}") / paths.tune_dir("gear", "{seed}"))),
+        directory(str(paths.ablation_root("{row}") / AB_STE_COPY)),
     wildcard_constraints:
         row=st_rows_regex(AB_COPIED),
     log:

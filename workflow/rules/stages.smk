@@ -37,7 +37,7 @@ def st_wc(stage, wildcards):
 
 
 def st_job(stage, wildcards, row):
-    return dag.Job.of(stage.name, st_wc(stage, wildcards), row)
+    return dag.Job.of(stage.name, st_wc(stage, wildcards), row, P.stage2)
 
 
 def st_pattern(template: str, prefix: str) -> str:
@@ -62,19 +62,19 @@ def st_row_jobs():
     for name in [r.name for r in AB.runnable(P)]:
         for stage in ("teacher", "tokenizer_init"):
             if st_row_owns(name, dag.STAGES[stage].root):
-                yield dag.Job.of(stage, {}, name)
+                yield dag.Job.of(stage, {}, name, P.stage2)
         for seed in SEEDS:
             for stage in ("tune", "freeze", "evaluate_tokenizer", "tokenize", "train_ar_gear", "sample_gear",
                           "evaluate_samples_gear"):
                 if not (stage == "tune" and name in AB_COPIED):
-                    yield dag.Job.of(stage, {"seed": seed, "variant": "gear", "size": size}, name)
+                    yield dag.Job.of(stage, {"seed": seed, "variant": "gear", "size": size}, name, P.stage2)
 
 
 # Every job's stamp is made (or touched) here, before Snakemake builds its DAG: a file that an
 # input function created while Snakemake was already listing folders can read as missing.
-for st_stamped in [*dag.main_jobs(P), dag.Job.of("report"), *dag.t2i_jobs(P), dag.Job.of("t2i_report"),
-                   *dag.released_jobs(P), dag.Job.of("released_report"), *st_row_jobs(),
-                   *dag.scaling_jobs(P), dag.Job.of("scaling_report")]:
+for st_stamped in [*dag.main_jobs(P), dag.Job.of("report", mode=P.stage2), *dag.t2i_jobs(P),
+                   dag.Job.of("t2i_report", mode=P.stage2), *dag.released_jobs(P), dag.Job.of("released_report"),
+                   *st_row_jobs(), *dag.scaling_jobs(P), dag.Job.of("scaling_report", mode=P.stage2)]:
     provenance.stamp(st_stamped, P)
 
 
@@ -107,7 +107,8 @@ def st_constraints(stage, row_rule):
     return {"row": st_rows_regex(rows), "variant": "gear", "size": re.escape(AB.eval_size(P))}
 
 
-for st_stage, st_row_rule in [(s, r) for s in dag.STAGES.values() for r in (False, True)
+# the stage-2 mode's table (params stage2): under ar-init the tuned arms' stages run per AR size
+for st_stage, st_row_rule in [(s, r) for s in dag.table(P.stage2).values() for r in (False, True)
                           if not r or (r and s.name in AB_STAGES)]:
     st_name = f"ablation_{st_stage.name}" if st_row_rule else st_stage.name
     st_wcs = ["row"] * st_row_rule + list(st_stage.wildcards)
