@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: repro test test-slurm bench
+.PHONY: repro test test-slurm bench scaling
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -14,6 +14,13 @@ $(STAMP): pyproject.toml
 
 repro: $(STAMP)  ## run the whole embedded DAG (dvc repro) and write reports/
 	PATH=$(abspath $(VENV))/bin:$$PATH dvc repro
+
+# Issue 31's study (README "Scaling study"), both stage-2 modes: ar-init first (its claims against the
+# baseline, kept in reports/scaling.ar-init.json; the shared stages and the baseline arm made once),
+# then fresh (the control, the guide ladder and the full reports/scaling.md beside ar-init's claims).
+scaling: $(STAMP)  ## the scaling study on 2 cores: reports/scaling.md (+ html, json)
+	PATH=$(abspath $(VENV))/bin:$$PATH snakemake --cores 2 scaling --config params=presets/scaling-arinit.yaml
+	PATH=$(abspath $(VENV))/bin:$$PATH snakemake --cores 2 scaling --config params=presets/scaling.yaml
 
 TESTENV := HF_HUB_OFFLINE=1 PATH=$(abspath $(VENV))/bin:$$PATH
 PYTEST := $(TESTENV) $(PY) -m pytest

@@ -56,7 +56,7 @@ def _env() -> dict:
     return dict(os.environ, PYTHONPATH=str(HERE), HF_HUB_OFFLINE="1")
 
 
-def extrapolate(params, ms: dict) -> dict:
+def extrapolate(params, ms: dict, ar_init=None) -> dict:
     """Core-seconds the study adds to the CPU study, and the whole study's wall time on 2 cores."""
     from gear import scaling
 
@@ -74,7 +74,13 @@ def extrapolate(params, ms: dict) -> dict:
     control_cs = control_tune_cs + n_seeds * arm_cs
     # the claims under stage2 = ar-init: per seed the GEAR arm again (its tune at the guide of each
     # AR size, here one, and its continued AR, sampled and evaluated); the baseline is shared
-    ar_init_cs = n_seeds * len(params.ar.sizes) * (tune_cs + arm_cs)
+    # with ar_init's params (presets/scaling-arinit.yaml): an arm's downstream scaled by its AR steps,
+    # the baseline's fresh AR (ar.steps there) and GEAR's continued one (ar.steps - tune.steps)
+    if ar_init is None:
+        ar_init_cs = n_seeds * len(params.ar.sizes) * (tune_cs + arm_cs)
+    else:
+        base, cont = ar_init.ar.steps, ar_init.ar.steps - ar_init.tune.steps
+        ar_init_cs = n_seeds * len(params.ar.sizes) * (tune_cs + arm_cs * (base + cont) / params.ar.steps)
     main_s = CPU_STUDY_SHARED_S + n_seeds * CPU_STUDY_PER_SEED_S
     extra_s = (ladder_cs + control_cs + ar_init_cs) / 2
     return {"rows": [r.name for _, r in rows], "ladder_core_s": ladder_cs, "control_core_s": control_cs,
@@ -91,6 +97,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--params", default="presets/scaling.yaml")
+    ap.add_argument("--ar-init", default="presets/scaling-arinit.yaml", help="the ar-init pass's params")
     args = ap.parse_args()
     params = load_params(HERE / args.params)
     sizes = list(params.scaling.guides)
@@ -105,7 +112,7 @@ def main() -> None:
     for s in sizes:
         layers, dim, _ = ar_shape(s)
         print(f"{s:8s}{f'{layers}x{dim}':>10s}{ms[s]['gear_ms']:14.0f}{ms[s]['ar_ms']:12.0f}{ms[s]['control_ms']:12.0f}")
-    e = extrapolate(params, ms)
+    e = extrapolate(params, ms, load_params(HERE / args.ar_init))
     print(f"\n{args.params}: rows {e['rows']}; ladder {e['ladder_core_s']:.0f} core-s, control "
           f"{e['control_core_s']:.0f} core-s, ar-init claims {e['ar_init_core_s']:.0f} core-s; the CPU study's part {e['main_wall_s'] / 60:.0f} min (README), the "
           f"study's own {e['extra_wall_s'] / 60:.0f} min: about {e['total_wall_s'] / 60:.0f} min on 2 cores")

@@ -289,7 +289,7 @@ def _control_stages() -> list[Stage]:
               (Dep(f"sample_{arm}"), Dep(f"train_ar_{arm}"), frozen, Dep("teacher"),
                Dep("evaluate_real", read_if="own_real_stats"), Dep("shard")), ("seed", "size"), root="tuned",
               room="scaling"),
-        Stage("scaling_report", "scaling-report", ("study", "scaling", "tune.steps", "tune.ar_size", "tune.ablations",
+        Stage("scaling_report", "scaling-report", ("study", "scaling", "stage2", "tune.steps", "tune.ar_size", "tune.ablations",
                                                    "align_weight", "align_layer", "ar.sizes", "ar.steps",
                                                    "tokenizer.codebook_size"),
               (Out("reports/scaling.json", "file", cache=False), Out("reports/scaling_figures"),

@@ -88,6 +88,24 @@ def test_scaling_report_from_a_tiny_world(tmp_path, monkeypatch):
     assert "data:image/png;base64," in (paths.REPORTS_DIR / "scaling.html").read_text()
 
 
+def test_scaling_report_shows_the_other_stage2_modes_claims(tmp_path, monkeypatch):
+    """A fresh run's report puts the ar-init run's claims (its snapshot) beside its own, and leaves
+    its own snapshot for the other mode."""
+    from gear.io import write_json
+
+    p = scaling_world(tmp_path, monkeypatch, [0, 1, 2])
+    ours = {"C3": {"verdict": "contradicted", "ours": "val entropy GEAR - baseline +0.1 [+0.05, +0.15] nats"}}
+    write_json(scaling_report.snapshot("ar-init"), {"mode": "ar-init", "seeds": [0, 1, 2, 3],
+                                                    "claims": {"baseline": ours}})
+    scaling_report.run(p)
+    md = (paths.REPORTS_DIR / "scaling.md").read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| C3 |"))
+    assert "| holds |" in row and "+0.1 [+0.05, +0.15] nats | contradicted |" in row
+    assert "ar-init: seeds [0, 1, 2, 3]" in md and "fresh: GEAR vs baseline" in md
+    own = json.loads(scaling_report.snapshot("fresh").read_text())
+    assert own["mode"] == "fresh" and own["claims"]["control"]["C3"]["verdict"] == "holds"
+
+
 def test_scaling_report_refuses_a_missing_rung_in_one_line(tmp_path, monkeypatch):
     from gear.io import ArtifactError
 

@@ -7,6 +7,10 @@ Sections, every number read from the pipeline's outputs and every verdict from t
 - the guide-capacity ladder: the tokenizer-side claims (C3 entropy, C4 reconstruction, C5
   tokenizer teacher-likeness) per guide size, with intervals, tabled and plotted against the
   guide's block parameters; then lambda at the largest guide;
+- the claims under each stage-2 mode (params `stage2`): the control and the ladder are fresh-mode
+  studies; a run under ar-init measures its claims against the baseline and leaves them in
+  reports/scaling.ar-init.json, which the fresh run's report shows beside its own (each run writes
+  reports/scaling.<mode>.json; `make scaling` runs ar-init first, then fresh);
 - what holds, in plain words, generated from those verdicts (no number written by hand).
 """
 from __future__ import annotations
@@ -16,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gear import paths, scaling
+from gear import paths, scaling, stage2
 from gear.io import atomic_entries, write_json
 from gear.models.registry import ar_shape
 from gear.report.claims import claims
@@ -42,10 +46,15 @@ def _row_cmd(row, seed: int) -> str:
     return f"gear evaluate tokenizer --arm gear --seed {seed}" + ("" if row.default else f" --ablation {row.name}")
 
 
+def snapshot(mode: str) -> Path:
+    """A stage-2 mode's measured claims, written by the scaling report run under that mode."""
+    return paths.REPORTS_DIR / f"scaling.{mode}.json"
+
+
 def required(params) -> list[tuple[Path, str]]:
     """The study's own inputs (the main report's are load_results'), each with its command."""
     need = []
-    for seed in params.study.seeds:
+    for seed in params.study.seeds if params.stage2 == "fresh" else ():
         if scaling.control(params):
             for s in params.ar.sizes:
                 need.append((paths.eval_samples_json(CONTROL, s, seed), _samples_cmd(s, seed)))
@@ -76,7 +85,7 @@ def load(params) -> Study:
                     p = tsv(paths.train_ar_metrics_dir(CONTROL, s, seed), c)
                     r.ar_curves[(seed, CONTROL, s, c)] = read_curve(p, cmd[p])
     rungs = {}
-    for _, row in [*scaling.ladder(params), *scaling.lambdas(params)]:
+    for _, row in [*scaling.ladder(params), *scaling.lambdas(params)] if params.stage2 == "fresh" else ():
         for seed in scaling.ladder_seeds(params):
             p = scaling.row_tokenizer_json(params, row, seed)
             rungs[(row.name, seed)] = read_object(p, cmd[p])
@@ -95,10 +104,12 @@ def speedups(r, params, ref: str) -> dict:
 def control_section(st: Study, params) -> tuple[list, dict, list]:
     r = st.r
     base = claims(r, params, speedups(r, params, "baseline"))
-    if not scaling.control(params):
+    if not scaling.control(params) or params.stage2 != "fresh":
         return (["## GEAR against the baseline and the equal-compute control",
-                 f"The control is not run here: list `{CONTROL}` in tune.ablations (presets/scaling.yaml does)."],
-                {"baseline": {c.id: c.to_dict() for c in base}}, [(c, None) for c in base])
+                 f"The control is not run here: list `{CONTROL}` in tune.ablations (presets/scaling.yaml does), "
+                "stage2 = fresh.", table([{"claim": f"{c.id}: {c.claim}", "GEAR vs baseline": c.ours,
+                                           "verdict": c.verdict} for c in base], [Path("eval/")])],
+                {"baseline": _claims_js(base)}, [(c, None) for c in base])
     ctrl = {c.id: c for c in claims(r, params, speedups(r, params, CONTROL), ref=CONTROL)}
     pairs = [(c, ctrl.get(c.id) if not c.id.startswith("C1") else None) for c in base]
     rows = [{"claim": f"{b.id}: {b.claim}", "GEAR vs baseline": b.ours, "verdict": b.verdict,
@@ -108,8 +119,43 @@ def control_section(st: Study, params) -> tuple[list, dict, list]:
             "data order, then frozen, tokenized and given its own fresh AR. GEAR - control separates alignment from "
             f"more training. {LEGEND}")
     src = [Path("eval/tokenizer/"), Path("eval/samples/seed*/"), Path("metrics/train_ar/seed*/")]
-    js = {"baseline": {b.id: b.to_dict() for b, _ in pairs}, "control": {c.id: c.to_dict() for _, c in pairs if c}}
+    js = {"baseline": _claims_js(base), "control": _claims_js([c for _, c in pairs if c])}
     return ["## GEAR against the baseline and the equal-compute control", text, table(rows, src)], js, pairs
+
+
+def _claims_js(found: list) -> dict:
+    return {c.id: {**c.to_dict(), "ours": c.ours} for c in found}
+
+
+def modes_section(params, own: dict) -> list:
+    """The claims against the baseline under each stage-2 mode measured so far: this run's, and
+    every other mode's snapshot (reports/scaling.<mode>.json) present, with the seeds it ran."""
+    found = {params.stage2: own}
+    for mode in stage2_modes():
+        if mode != params.stage2 and snapshot(mode).is_file():
+            found[mode] = read_object(snapshot(mode), f"snakemake --cores 2 scaling (stage2 = {mode})")
+    ids = list(dict.fromkeys(k for js in found.values() for k in js["claims"]["baseline"]))
+    rows = []
+    for cid in ids:
+        row = {"claim": cid}
+        for mode, js in found.items():
+            c = js["claims"]["baseline"].get(cid)
+            row[f"{mode}: GEAR vs baseline"] = c["ours"] if c else "-"
+            row[f"{mode}: verdict"] = c["verdict"] if c else "-"
+        rows.append(row)
+    missing = [m for m in stage2_modes() if m not in found]
+    text = ("The claims against the baseline under each stage-2 mode (params `stage2`; " + "; ".join(
+        f"{m}: seeds {js['seeds']}" for m, js in found.items()) + ")."
+            + (f" Not measured yet: {', '.join(missing)} (run the scaling target under it; `make scaling` "
+               "runs both)." if missing else ""))
+    return ["## The claims under each stage-2 mode", stage2.describe(params), text,
+            table(rows, [snapshot(m) for m in found])]
+
+
+def stage2_modes() -> tuple:
+    from gear.dag import STAGE2_MODES
+
+    return STAGE2_MODES
 
 
 def rung_claims(st: Study, params, row) -> dict:
@@ -219,15 +265,23 @@ def header(st: Study, params) -> list:
 
 def run(params) -> None:
     st = load(params)  # every input checked (one-line error) before any work
-    with atomic_entries(paths.REPORTS_DIR, FILES) as out:
+    fresh = params.stage2 == "fresh"
+    with atomic_entries(paths.REPORTS_DIR, [*FILES, snapshot(params.stage2).name]) as out:
         (out / FIG).mkdir()
         blocks = header(st, params)
         ctrl_blocks, ctrl_js, pairs = control_section(st, params)
-        lad_blocks, lad_js, lad = ladder_section(st, params, out)
-        lam_blocks, lam_js, lam = lambda_section(st, params)
-        blocks += summary(params, pairs, lad, lam) + ctrl_blocks + lad_blocks + lam_blocks
+        own = {"mode": params.stage2, "seeds": st.r.seeds, "confidence": params.study.confidence, "claims": ctrl_js}
+        mode_blocks = modes_section(params, own)
+        if fresh:
+            lad_blocks, own["ladder"], lad = ladder_section(st, params, out)
+            lam_blocks, own["lambda"], lam = lambda_section(st, params)
+            blocks += summary(params, pairs, lad, lam) + ctrl_blocks + mode_blocks + lad_blocks + lam_blocks
+        else:
+            blocks += mode_blocks + ["The control and the guide ladder are fresh-mode studies: run the scaling "
+                                     "target under stage2 = fresh for them (`make scaling` runs both modes)."]
         (out / "scaling.md").write_text(to_markdown(blocks))
         (out / "scaling.html").write_text(to_html(blocks, out, title="GEAR scaling study"))
-        write_json(out / "scaling.json", {"seeds": st.r.seeds, "confidence": params.study.confidence,
-                                          "claims": ctrl_js, "ladder": lad_js, "lambda": lam_js})
-    print(f"scaling report: {paths.REPORTS_DIR / 'scaling.md'}, scaling.html, scaling.json ({len(st.r.seeds)} seeds)")
+        write_json(out / "scaling.json", own)
+        write_json(out / snapshot(params.stage2).name, own)
+    print(f"scaling report ({params.stage2}): {paths.REPORTS_DIR / 'scaling.md'}, scaling.html, scaling.json, "
+          f"{snapshot(params.stage2).name} ({len(st.r.seeds)} seeds)")
