@@ -91,7 +91,7 @@ def ladder_stages(params, wdir: str) -> dict:
     from gear import scaling
 
     rows = [r.name for r in scaling.rows(params)]
-    if not rows:
+    if not rows or params.stage2 != "fresh":  # fresh-mode studies (gear/scaling.py `jobs`)
         return {}
     out = {}
     for name in scaling.LADDER_STAGES:
@@ -121,7 +121,8 @@ def dvc_file(params, room: str) -> dict:
         from gear import scaling
 
         # the control's stages only where its tune runs (`continue` in tune.ablations: ./dvc.yaml's freeze)
-        keep = {k: v for k, v in out["stages"].items() if scaling.control(params) or not k.endswith("_continue")}
+        control = scaling.control(params) and params.stage2 == "fresh"
+        keep = {k: v for k, v in out["stages"].items() if control or not k.endswith("_continue")}
         out["stages"] = {**ladder_stages(params, wdir), **keep}
     if room != "main":
         out = {"vars": ["../params.yaml"], **out}
