@@ -114,7 +114,8 @@ def main() -> None:
         print(f"{s:8s}{f'{layers}x{dim}':>10s}{ms[s]['gear_ms']:14.0f}{ms[s]['ar_ms']:12.0f}{ms[s]['control_ms']:12.0f}")
     e = extrapolate(params, ms, load_params(HERE / args.ar_init))
     print(f"\n{args.params}: rows {e['rows']}; ladder {e['ladder_core_s']:.0f} core-s, control "
-          f"{e['control_core_s']:.0f} core-s, ar-init claims {e['ar_init_core_s']:.0f} core-s; the CPU study's part {e['main_wall_s'] / 60:.0f} min (README), the "
+          f"{e['control_core_s']:.0f} core-s, ar-init claims {e['ar_init_core_s']:.0f} core-s; the CPU study's "
+          f"part {e['main_wall_s'] / 60:.0f} min (README), the "
           f"study's own {e['extra_wall_s'] / 60:.0f} min: about {e['total_wall_s'] / 60:.0f} min on 2 cores")
 
 

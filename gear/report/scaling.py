@@ -60,7 +60,8 @@ def required(params) -> list[tuple[Path, str]]:
                 need.append((paths.eval_samples_json(CONTROL, s, seed), _samples_cmd(s, seed)))
                 need += [(tsv(paths.train_ar_metrics_dir(CONTROL, s, seed), c),
                           f"gear train-ar --arm {CONTROL} --size {s} --seed {seed}") for c in ar_curve_names(params)]
-        for _, row in [*scaling.ladder(params), *scaling.lambdas(params)] if seed in scaling.ladder_seeds(params) else ():
+        ladder = seed in scaling.ladder_seeds(params)
+        for _, row in [*scaling.ladder(params), *scaling.lambdas(params)] if ladder else ():
             need.append((scaling.row_tokenizer_json(params, row, seed), _row_cmd(row, seed)))
     return list(dict.fromkeys(need))
 
@@ -245,8 +246,10 @@ def summary(params, pairs: list, ladder: dict, lambdas: dict) -> list:
     ws = list(lambdas)
     for cid in TOKENIZER_CLAIMS:
         seq = [lambdas[w][cid].verdict for w in ws]
-        lines.append(f"- At the largest guide, lambda {' / '.join(f'{w:g}' for w in ws)}: {cid} reads {' / '.join(seq)}.")
-    return ["## What holds", "Generated from the verdicts of the tables below (one line per claim; nothing here is written by hand):",
+        lines.append(f"- At the largest guide, lambda {' / '.join(f'{w:g}' for w in ws)}: {cid} reads "
+                     f"{' / '.join(seq)}.")
+    return ["## What holds",
+            "Generated from the verdicts of the tables below (one line per claim; nothing here is written by hand):",
             "\n".join(lines)]
 
 
