@@ -42,7 +42,7 @@ def dvc_stage(stage: dag.Stage, params, wdir: str | None = None) -> dict:
     if stage.name == "report":
         d["deps"] += ["eval", "metrics", "samples"]
     if stage.name == "scaling_report":
-        d["deps"] += ["eval", "metrics", "ablations"]
+        d["deps"] += ["eval", "metrics", "samples", "ablations"]
     if stage.name == "t2i_report":
         d["deps"] += ["t2i/eval", "t2i/metrics/train", "t2i/samples", "t2i/models/judge"]
     d["params"] = dag.leaves(stage.keys)

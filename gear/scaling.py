@@ -154,6 +154,10 @@ def report_deps(params) -> list:
 
 
 def row_tokenizer_json(params, row: ablations.Row, seed: int) -> Path:
-    """The tokenizer evaluation of a rung (the default row: the main DAG's GEAR arm)."""
-    with paths.using(ablations.layout(params, row)):
+    """The tokenizer evaluation of a rung (the default row: the main DAG's GEAR arm). A rung changes
+    neither the teacher nor the warm-up (its keys: the guide, its tap, lambda), so its layout is
+    its own folder for the tuned arm alone (ablations.layout, without building the row's params:
+    the report reads only its declared keys)."""
+    layout = paths.Layout() if row.default else paths.Layout(tuned=paths.ablation_root(row.name))
+    with paths.using(layout):
         return paths.eval_tokenizer_json("gear", seed)

@@ -32,7 +32,9 @@ def test_ladder_rows_grow_and_tap_the_middle_block():
     assert (w0, r0) == (p.align_weight, by["mini"]) and w1 == 2.0 and r1.name == "guide-mini-lambda-2"
     assert ablations.find(p, "guide-mini-lambda-2") == r1  # the CLI's --ablation finds ladder rows
     lay = ablations.layout(p, r1)  # a rung shares the teacher and the warm-up, owns its tune
-    assert str(lay.tuned) == "ablations/guide-mini-lambda-2" and str(lay.warmup) == "."
+    assert str(lay.tuned) == "ablations/guide-mini-lambda-2" and str(lay.warmup) == "." == str(lay.teacher)
+    with paths.using(lay):  # the report's shortcut to a rung's evaluation is the row's own layout
+        assert scaling.row_tokenizer_json(p, r1, 3) == paths.eval_tokenizer_json("gear", 3)
 
 
 def test_ladder_seeds_pick_the_seeds_the_rows_run():
