@@ -190,4 +190,5 @@ def scaling_world(tmp_path, monkeypatch, seeds):
             path = scaling.row_tokenizer_json(p, row, seed)
             path.parent.mkdir(parents=True, exist_ok=True)
             write_json(path, dict(TOK, arm="gear", seed=seed, psnr=24.8 + j, entropy=5.4 + j, cka_pre=cka + j))
+    stamp(p, *scaling.report_deps(p))  # the records the stages these files stand in for would write
     return p

@@ -90,6 +90,17 @@ def test_scaling_report_from_a_tiny_world(tmp_path, monkeypatch):
     assert "data:image/png;base64," in (paths.REPORTS_DIR / "scaling.html").read_text()
 
 
+def test_scaling_report_through_the_cli_reads_only_its_declared_keys(tmp_path, monkeypatch):
+    """`gear scaling-report` as the DAG runs it: its inputs checked against their records, the stage
+    given a params view that refuses any key its declaration does not list."""
+    from gear.cli import main
+
+    scaling_world(tmp_path, monkeypatch, [0, 1, 2])
+    argv = [f"--params={PARAMS}", "--set=study.seeds=[0, 1, 2]", "--set=tune.ablations=[ste, continue]"]
+    assert main(["scaling-report", *argv]) == 0
+    assert json.loads((paths.REPORTS_DIR / "scaling.json").read_text())["mode"] == "fresh"
+
+
 def test_scaling_report_shows_the_other_stage2_modes_claims(tmp_path, monkeypatch):
     """A fresh run's report puts the ar-init run's claims (its snapshot) beside its own, and leaves
     its own snapshot for the other mode."""
