@@ -47,14 +47,12 @@ import importlib.util
 import os
 import statistics
 import sys
-import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
 from bench_ar import SMALL, Timer
 from bench_kernels import GEMM_N, kernel_share

@@ -46,7 +46,9 @@ STAGES: dict[str, tuple[str, str, list[tuple[str, dict]]]] = {
                        "and lambda (gear/scaling.py)", []),
     "ablation-report": ("gear.report.ablations", "write reports/ablations.{md,html,json}: the paper's ablation tables", [
         ("--from-dvc", dict(nargs="?", const="", default=None, metavar="JSON",
-                            help="read `dvc exp show --json` (run now, or a saved file) instead of ablations/"))]),
+                            help="the experiments abl-<row> of `dvc exp show --json` (run now, or a saved file, "
+                                 "which only names their commits) instead of ablations/: each row's files "
+                                 "are read from this repository's DVC cache at its experiment's commit"))]),
     "ablation-queue": ("gear.stages.ablation_queue", "queue the ablation grid as DVC experiments abl-<row>", [
         ("--dry", dict(action="store_true", help="print the dvc commands, queue nothing"))]),
     # the text-to-image room (gear/t2i/): its own stages, paths (gear/t2i/paths.py) and report

@@ -58,12 +58,6 @@ def values(job: Job, params, keys=None) -> dict:
     return {k: current(job, params, k) for k in sorted(dag.leaves(job.decl.keys) if keys is None else keys)}
 
 
-def _plain(v):
-    import dataclasses
-
-    return dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v
-
-
 def _without_free(key: str, value):
     if not isinstance(value, dict):
         return value

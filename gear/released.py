@@ -12,7 +12,7 @@ Tokenizers are measured as the release states (GEAR.md section 10): the val imag
 shards, data.*) resized bicubic to the family's resolution, reconstructed, rFID against those val
 images, PSNR and SSIM. GPTs (LlamaGen's c2i, decoded by its VQ-16 `vq_original`) sample
 released.per_class images per class with their published settings, resized bicubic to eval_size
-as LlamaGen's sampler does, and are scored like our samples (gear/stages/evaluate.py
+as LlamaGen's sampler does, and are scored like our samples (gear/metrics/evaluation.py
 `score_samples`: metrics.reference, or our real statistics when it is null).
 
 This module imports no torch at import time: gear/dag.py reads the catalogue.

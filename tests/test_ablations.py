@@ -4,7 +4,6 @@ report from a partial grid, from files and from real DVC experiments, each read 
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 

@@ -981,18 +981,18 @@ DAMAGE = ("truncated", "empty", "code_pickle", "plain_pickle", "wrong_content")
 @pytest.mark.parametrize("which", ("features", "stats"))
 @pytest.mark.parametrize("kind", DAMAGE)
 def test_damaged_real_cache_is_one_line_before_evaluation(kind, which, tmp_path, monkeypatch):
+    from gear.metrics import evaluation
     from gear.metrics.features import read_real_cache
-    from gear.stages import evaluate
 
     ext, feat_file, stat_file = real_cache(tmp_path)
     real = read_real_cache(tmp_path, "k", ext)
     assert real.num_real == 20 and real.stats["sigma"].shape == (8, 8)
     target = feat_file if which == "features" else stat_file
     damage(kind, target, tmp_path / "MARKER")
-    # the check every rank runs before any compute (evaluate.check_real) is the read itself
-    monkeypatch.setattr(evaluate.paths, "real_stats_dir", lambda: tmp_path)
+    # the check every rank runs before any compute (evaluation.check_real) is the read itself
+    monkeypatch.setattr(evaluation.paths, "real_stats_dir", lambda: tmp_path)
     with pytest.raises(ArtifactError) as e:
-        evaluate.check_real({"cache_key": "k"}, ext)
+        evaluation.check_real({"cache_key": "k"}, ext)
     assert str(target) in str(e.value) and "rerun `gear evaluate real`" in str(e.value) and "\n" not in str(e.value)
     assert not (tmp_path / "MARKER").exists()
 

@@ -9,10 +9,10 @@ change params and ask each tool what it would run (`dvc status`, `snakemake -n`)
 """
 from __future__ import annotations
 
+import ast
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
@@ -24,6 +24,28 @@ from gear.guard import ParamsView, UndeclaredParam
 from tiny import ROOT, copy_workflow, fake_run, retouch
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:dvc")
+
+
+def test_no_module_imports_a_stage_but_the_cli():
+    """Stages hold only their run(): what two stages share lives in a library module, so the CLI's
+    stage runner is the only importer of a stage module (gear/stages/*, gear/t2i/<stage>)."""
+    from gear.cli import STAGES
+
+    stages = {m for m, _, _ in STAGES.values() if m.startswith(("gear.stages.", "gear.t2i."))}
+    stages |= {f"gear.stages.{p.stem}" for p in (ROOT / "gear" / "stages").glob("*.py") if p.stem != "__init__"}
+    found = []
+    for path in sorted([*(ROOT / "gear").rglob("*.py"), *(ROOT / "benchmarks").rglob("*.py")]):
+        if path == ROOT / "gear" / "cli.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+            elif isinstance(node, ast.Import):
+                names = {a.name for a in node.names}
+            else:
+                continue
+            found += [f"{path.relative_to(ROOT)}:{node.lineno} imports {n}" for n in sorted(names & stages)]
+    assert "gear.t2i.sample" in stages and "gear.stages.evaluate" in stages and not found, found
 
 
 def test_dvc_files_are_generated_from_the_table(monkeypatch):

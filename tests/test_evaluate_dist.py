@@ -21,7 +21,7 @@ from gear.metrics.features import (FeatureModel, RealSet, concat, fid_statistics
 from gear.metrics.fidelity import cache_real_statistics, compute_generation_metrics, make_extractor
 from gear.models.demo_teacher import DemoViT
 from gear.runtime import Runtime
-from gear.stages import evaluate
+from gear.metrics import evaluation
 from gear.artifacts import read_samples
 from gear.npz import save_npz
 from gear.teachers import DemoTeacher
@@ -39,8 +39,9 @@ DRIVER = """
 import sys
 import torch.distributed as dist
 from gear.cli import main
-from gear.stages import evaluate, sample
-evaluate.teardown = sample.teardown = lambda rt: None
+from gear.metrics import evaluation
+from gear.stages import sample
+evaluation.teardown = sample.teardown = lambda rt: None
 for args in {args!r}:
     if main(args) != 0:
         sys.exit(1)
@@ -127,7 +128,7 @@ def _two_ranks(fm: FeatureModel, images: np.ndarray, bs: int):
     """Features as 2 ranks extract them (batches k::2) and rank 0 puts them back in batch order."""
     starts = range(0, len(images), bs)
     parts = [[(k, fm(images[s:s + bs])) for k, s in enumerate(starts) if k % 2 == r] for r in (0, 1)]
-    return concat(evaluate.in_order(parts))
+    return concat(evaluation.in_order(parts))
 
 
 def test_feature_path_equals_calculate_metrics(tmp_path):

@@ -15,8 +15,9 @@ from gear import paths
 from gear.artifacts import load_tokenizer
 from gear.cli import main
 from gear.data.loader import eval_batches
-from gear.metrics.features import FeatureModel, fid_statistics, frechet_distance, read_real_cache
-from gear.report import main as report
+from gear.metrics import evaluation
+from gear.metrics.features import FeatureModel, feature_extractor, fid_statistics, frechet_distance, read_real_cache
+from gear.metrics.patches import PatchSample
 from gear.report.document import fmt
 from gear.runtime import setup
 from gear.stages import evaluate
@@ -35,7 +36,7 @@ def base(world):  # what `ws` (tests/conftest.py) copies
 def test_patch_sample_is_uniform_aligned_and_batch_independent():
     ids = torch.arange(6 * 10, dtype=torch.float32).reshape(6, 10, 1)  # 6 images x 10 patches, row = its id
     feats = lambda s: dict(a=ids[s], b=torch.cat([2 * ids[s], -ids[s]], -1))  # noqa: E731
-    one, two = evaluate.PatchSample(17, seed=3), evaluate.PatchSample(17, seed=3)
+    one, two = PatchSample(17, seed=3), PatchSample(17, seed=3)
     one.add(**feats(slice(0, 6)))
     for s in (slice(0, 1), slice(1, 4), slice(4, 6)):
         two.add(**feats(s))
@@ -43,7 +44,7 @@ def test_patch_sample_is_uniform_aligned_and_batch_independent():
     a, b = one.feats["a"], one.feats["b"]
     assert torch.equal(b, torch.cat([2 * a, -a], -1))                      # rows stay paired across sets
     assert len(set(a.flatten().tolist())) == 17                           # no patch twice
-    every = evaluate.PatchSample(1000)  # bigger than the stream: everything is kept
+    every = PatchSample(1000)  # bigger than the stream: everything is kept
     every.add(**feats(slice(0, 6)))
     assert torch.equal(every.feats["a"].flatten(), ids.flatten())
     assert every.similarity("b", "a", k=5)["cka"] == pytest.approx(1.0, abs=1e-12)  # linear map of a
@@ -126,7 +127,7 @@ def test_evaluate_and_report_end_to_end(ws, capsys):
 def test_identical_real_and_samples_give_zero_fid(ws):
     p = eval_params("metrics.real_split=val", "metrics.max_real=1000")
     evaluate.run(p, "real")
-    real, _ = evaluate.read_images(p, "val")                            # all 80 val images, shard order
+    real, _ = evaluation.read_images(p, "val")                            # all 80 val images, shard order
     write_samples("gear", "tiny", real)
     evaluate.run(p, "samples", arm="gear", size="tiny")
     s = json.loads(paths.eval_samples_json("gear", "tiny", SEED).read_text())
@@ -138,9 +139,9 @@ def test_val_vs_train_fid_small_and_monotone_in_blur_and_noise(ws):
     p = eval_params("metrics.max_real=1000")
     evaluate.run(p, "real")                                             # all 320 train images
     rt = setup(p)
-    fm = FeatureModel(evaluate.feature_extractor(p, rt.device), rt.device, 32, logits=False)
-    real = read_real_cache(paths.real_stats_dir(), evaluate.real_summary(p)["cache_key"], fm.ext)
-    val, _ = evaluate.read_images(p, "val")
+    fm = FeatureModel(feature_extractor(p, rt.device), rt.device, 32, logits=False)
+    real = read_real_cache(paths.real_stats_dir(), evaluation.real_summary(p)["cache_key"], fm.ext)
+    val, _ = evaluation.read_images(p, "val")
     fid = lambda x: frechet_distance(fid_statistics(fm.extract(x, 32)["features"]), real.stats)  # noqa: E731
     blur = [fid(np.stack([np.asarray(Image.fromarray(i).filter(ImageFilter.GaussianBlur(r))) for i in val]))
             for r in (0.75, 1.5, 3.0)]

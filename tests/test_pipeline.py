@@ -125,7 +125,8 @@ def check_command(name: str, command: str, params_file: str) -> tuple[list[str],
     assert getattr(ns, "what", None) == what and ns.params == params_file and ns.overrides == [], command
     given = [str(ns.seed)] if getattr(ns, "seed", None) is not None else []
     given += [getattr(ns, k) for k in ("variant", "arm", "size") if getattr(ns, k, None) is not None]
-    assert given == want, command
+    # the DVC item orders wildcards as the stage declares them (ar-init's tune: seed, size, variant)
+    assert given[:1] == want[:1] and sorted(given[1:]) == sorted(want[1:]), command
     return prefix, argv
 
 

@@ -14,6 +14,7 @@ from gear.cli import main
 from gear.io import ArtifactError, write_json
 from gear.paths import REPORTS_DIR
 from gear.report import t2i as report
+from gear.report.t2i_inputs import inputs, producer_outputs
 from gear.report.readers import tsv
 from gear.t2i import paths
 from report_worlds import t2i_world, write_t2i
@@ -30,7 +31,7 @@ def _tree(folder: Path) -> dict[str, bytes]:
 
 
 def test_three_seeds_gear_lower_holds(tmp_path, monkeypatch):
-    p = t2i_world(tmp_path, monkeypatch, [0, 1, 2], [-10.0, -9.0, -11.0])
+    t2i_world(tmp_path, monkeypatch, [0, 1, 2], [-10.0, -9.0, -11.0])
     assert main(["t2i-report", "--params", str(PARAMS), *sets("study.seeds=[0,1,2]")]) == 0
     md, page, out = _out()
     assert sorted(x.name for x in REPORTS_DIR.iterdir()) == ["index.md", "t2i.html", "t2i.json", "t2i.md", "t2i_figures"]
@@ -111,10 +112,10 @@ def test_missing_or_stale_input_fails_in_one_line_and_writes_nothing(tmp_path, m
     with pytest.raises(ArtifactError, match=r"judge/config.json: not valid JSON .*; rerun `gear t2i-judge`$"):
         report.run(p)
     assert sorted(x.name for x in REPORTS_DIR.iterdir()) == ["index.md"]
-    assert set(report.inputs(p)) >= {paths.eval_json("gear", 1), paths.JUDGE_DIR / "config.json",
+    assert set(inputs(p)) >= {paths.eval_json("gear", 1), paths.JUDGE_DIR / "config.json",
                                      paths.samples_dir("gear", 0) / "grid.png",
                                      tsv(paths.train_metrics_dir("baseline", 2), "align")}
-    declared = report.producer_outputs(p)  # what the t2i rules declare: folders for files inside directory() outputs
+    declared = producer_outputs(p)  # what the t2i rules declare: folders for files inside directory() outputs
     assert paths.JUDGE_DIR in declared and paths.samples_dir("gear", 0) in declared and paths.eval_json("gear", 1) in declared
     assert tsv(paths.train_metrics_dir("baseline", 2), "align").parent in declared and len(declared) == len(set(declared))
 

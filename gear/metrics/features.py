@@ -13,7 +13,6 @@ cache_real_statistics writes), so each path reads the other's cache.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 

@@ -33,8 +33,7 @@ from gear.report.figures import COLORS, SMOOTH, figure, plot_band, save, speedup
 from gear.report.paper import (PAPER_T2I_SOURCE, PAPER_T2I_SPEEDUP, PAPER_T2I_STEPS, paper_t2i_delta,
                                paper_t2i_table)
 from gear.report.readers import braced, finite, tsv
-from gear.report.t2i_inputs import (ATTRIBUTES, CURVES, T2IResults, curve_names, inputs,  # noqa: F401 (re-exported)
-                                    load, producer_outputs)
+from gear.report.t2i_inputs import ATTRIBUTES, CURVES, T2IResults, curve_names, load
 from gear.report.verdicts import (LEGEND, NOT_MEASURED, combine, fmt_interval, fmt_mean_std,
                                   interval_json, log_ratio_interval, mean_interval, one_seed_note,
                                   paired_interval, reading, verdict)

@@ -1,5 +1,5 @@
 """`gear released-evaluate --name B|L|XL`: gFID / IS / precision / recall of a public GPT's samples
-(released/samples/N/), scored as our own samples are (gear/stages/evaluate.py `score_samples`):
+(released/samples/N/), scored as our own samples are (gear/metrics/evaluation.py `score_samples`):
 against metrics.reference (ADM's reference batch, at released.eval_size), or our real statistics
 (eval/real) when it is null. Writes released/eval/gpt/N.json; samples that were not drawn (not
 downloaded) give a "not downloaded" record."""
@@ -9,9 +9,9 @@ from gear import released
 from gear.config import ParamsError
 from gear.io import ArtifactError, read_json, write_json
 from gear.metrics import reference
-from gear.metrics.features import FeatureModel
+from gear.metrics.evaluation import ISC_SPLITS, check_real, finish, real_summary, score_samples
+from gear.metrics.features import FeatureModel, feature_extractor
 from gear.runtime import setup
-from gear.stages.evaluate import ISC_SPLITS, check_real, feature_extractor, finish, real_summary, score_samples
 from gear.artifacts import read_samples
 
 

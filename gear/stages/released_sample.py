@@ -1,7 +1,7 @@
 """`gear released-sample --name B|L|XL`: class-conditional samples of a public LlamaGen c2i GPT
 (gear/released.py) with its published sampling settings (released.gpts.N: cfg_scale, temperature,
 top_k, top_p), released.per_class per class, decoded by the VQ-16 `vq_original` and resized bicubic
-to released.eval_size, drawn as `gear sample` draws (gear/stages/sample.py `draw`: batch b from
+to released.eval_size, drawn as `gear sample` draws (gear/draw.py `draw`: batch b from
 its own generator of compute.seed, any number of processes). Writes released/samples/N/
 (samples.npz in ADM's layout, config.json); when the GPT or the VQ-16 is not downloaded, only a
 config.json saying so."""
@@ -12,11 +12,11 @@ import torch
 
 from gear import released
 from gear.config import ParamsError
+from gear.draw import draw
 from gear.guard import as_dict
 from gear.io import atomic_dir, write_json
 from gear.npz import save_npz
 from gear.runtime import setup, teardown
-from gear.stages.sample import draw
 
 
 def precheck(params, name: str, **_) -> None:

@@ -4,7 +4,7 @@ resolution, reconstructed, rFID of the reconstructions against those images (met
 PSNR and SSIM per image, averaged. Writes released/eval/tokenizer/N.json; a name whose path is null
 writes a "not downloaded" record and nothing else runs.
 
-Processes: one, or N under torchrun, as `gear evaluate` (its batch plan and gathering)."""
+Processes: one, or N under torchrun, as `gear evaluate` (its batch plan and gathering: gear/metrics/evaluation.py)."""
 from __future__ import annotations
 
 import numpy as np
@@ -13,10 +13,10 @@ import torch
 from gear import released
 from gear.config import ParamsError
 from gear.io import write_json
-from gear.metrics.features import FeatureModel, concat, fid_statistics, frechet_distance
+from gear.metrics.evaluation import batch_plan, finish, in_order, my_batches
+from gear.metrics.features import FeatureModel, concat, feature_extractor, fid_statistics, frechet_distance
 from gear.metrics.recon import psnr, ssim
 from gear.runtime import gather_to_main, setup
-from gear.stages.evaluate import batch_plan, feature_extractor, finish, in_order, my_batches
 from gear.train.recon_check import to_uint8
 
 

@@ -3,7 +3,7 @@
 sample.per_class images for every class, in class order, batched by sample.batch_size. Batch b
 draws from its own generator seeded by (compute.seed, b), so the images depend on the seed and
 batch size only, not on the number of processes: under DDP process r generates batches r::world
-and rank 0 gathers them. KV cache, CFG (sample.cfg_scale on sample.cfg_interval), temperature,
+and rank 0 gathers them (gear/draw.py). KV cache, CFG (sample.cfg_scale on sample.cfg_interval), temperature,
 top-k, top-p (gear/models/sampling.py); bf16 when compute.precision is bf16. Tokens are decoded
 by the frozen tokenizer of the arm (checked to be the one the AR was trained on).
 
@@ -22,8 +22,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
-from tqdm import tqdm
 
 from gear.guard import as_dict
 from gear import paths
@@ -31,20 +29,15 @@ from gear.artifacts import check_arm, frozen_tokenizer, load_ar, load_tokenizer,
 from gear.config import ParamsError
 from gear.io import ArtifactError, atomic_dir, write_json
 from gear.metrics import reference
-from gear.models.sampling import generate
+from gear.draw import draw
 from gear.npz import save_npz
 from gear.runtime import setup, teardown
 from gear.study import resolve_seed, seeded
-from gear.train.recon_check import image_grid, to_uint8
+from gear.train.recon_check import image_grid
 
 GRID_COLS = 8          # samples per class in grid.png, and per row in class_<c>.png
 GRID_MAX_CLASSES = 32  # rows of grid.png
 CLASS_MAX = 32         # samples shown in class_<c>.png
-
-
-def batch_seed(seed: int, batch: int) -> int:
-    """Seed of batch `batch`'s generator: well mixed, the same in every process."""
-    return int(np.random.SeedSequence([seed, batch]).generate_state(1)[0])
 
 
 def write_grids(out: Path, images: np.ndarray, labels: np.ndarray, num_classes: int) -> None:
@@ -97,30 +90,3 @@ def run(params, arm: str, size: str, seed: int | None = None) -> None:
         print(f"sample[{arm}/{size}]: {len(images)} images ({s.per_class} per class, {C} classes) "
               f"-> {paths.samples_dir(arm, size, seed)}")
     teardown(rt)
-
-
-def draw(model, tok, labels: torch.Tensor, batch_size: int, seed: int, rt, knobs: dict, desc: str,
-         post=None) -> tuple[np.ndarray, np.ndarray] | None:
-    """uint8 images (N, H, W, 3) and token grids (N, L) of `labels`, batched by batch_size, batch b
-    drawn from the generator batch_seed(seed, b) with the sampling knobs of `generate`, decoded by
-    `tok` (then `post`, e.g. a resize, on the [-1, 1] images). Process r draws batches r::world and
-    rank 0 gathers them in order (rank 0: the arrays; other ranks: None)."""
-    batches = list(labels.split(batch_size))
-    grid = model.cfg.grid
-    mine = []
-    for b in tqdm(range(rt.rank, len(batches), rt.world), desc=desc, disable=not rt.is_main):
-        y = batches[b].to(rt.device)
-        gen = torch.Generator(device=rt.device).manual_seed(batch_seed(seed, b))
-        idx = generate(model, y, generator=gen, bf16=rt.precision == "bf16", **knobs)
-        with torch.no_grad(), rt.autocast():
-            img = tok.decode_indices(idx, grid)
-            img = img if post is None else post(img)
-        mine.append((b, to_uint8(img), idx.cpu().numpy()))
-    parts = [mine]
-    if rt.distributed:
-        parts = [None] * rt.world if rt.is_main else None
-        dist.gather_object(mine, parts, dst=0)
-    if not rt.is_main:
-        return None
-    done = sorted((item for part in parts for item in part), key=lambda item: item[0])
-    return np.concatenate([item[1] for item in done]), np.concatenate([item[2] for item in done]).astype(np.int64)
