@@ -16,6 +16,8 @@ and its outputs. Nothing else in the project writes these down.
   its job's Layout (gear/paths.py): the main DAG's is the repository root, an ablation row's is
   ablations/<row>/ for what the row changes (gear/ablations.py).
 
+The types (Out, Dep, Stage) and the shared key groups are in gear/stagespec.py; the rooms beside
+the main DAG (t2i, released, scaling) are declared in gear/rooms.py and joined into STAGES here.
 This module imports no torch: the Snakefile parses in a second.
 """
 from __future__ import annotations
@@ -24,85 +26,11 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-GUIDE = "@guide"  # Dep.fix value: the guide size (tune.ar_size) of a reader that has no size of its own
-SEEDED = "seed"  # the wildcard a study seed fills; it replaces compute.seed in the stage (gear/study.py)
+from gear import rooms
+from gear.stagespec import (AR_RECIPE, DATA_IN, METRICS, RUN, SEED, SEEDED_RUN,
+                            TEACHER, TRAIN, Dep, Out, Stage, by_name, live)
 
-
-@dataclass(frozen=True)
-class Out:
-    path: str              # template
-    kind: str = "dir"      # dir | file
-    dvc: str = "outs"      # outs | metrics | plots (how dvc.yaml declares it)
-    cache: bool = True     # dvc `cache: false` (small metrics files kept in git)
-
-
-def live(folder: str) -> tuple[Out, Out]:
-    """A training stage's dvclive folder: metrics.json and its plots folder (DVC plots: `dvc plots
-    diff` compares experiments' curves). DVC's metrics are the headline files alone (reports/
-    headline.json, cached: reports/ is git-ignored, and an experiment's row reads it from the
-    cache), so `dvc exp show --only-changed` stays one screen wide."""
-    return (Out(f"{folder}/metrics.json", "file"), Out(f"{folder}/plots/metrics", "dir", "plots"))
-
-
-@dataclass(frozen=True)
-class Dep:
-    stage: str
-    fix: tuple = ()        # ((wildcard, value), ...) set on the producer; others carry over by name
-    read_if: str | None = None  # name of a NEEDS predicate: the stage reads this input only when it holds
-
-    def wildcards(self, wc: dict, mode: str = "fresh", guide: str | None = None) -> dict:
-        """The producer's wildcards (a fixed value GUIDE is the guide size: params tune.ar_size)."""
-        fixed = {k: guide if v == GUIDE else v for k, v in self.fix}
-        want = table(mode)[self.stage].wildcards
-        return {k: fixed.get(k, wc.get(k)) for k in want}
-
-
-@dataclass(frozen=True)
-class Stage:
-    name: str              # rule / DVC stage name
-    cli: str               # the gear command and its fixed arguments, with {wildcard} fields
-    keys: tuple            # params it reads (dotted; a section name covers everything below it)
-    outs: tuple            # Out, the first is the one that carries the provenance record
-    deps: tuple = ()       # Dep on producer stages
-    wildcards: tuple = ()  # e.g. ("seed", "variant")
-    code: tuple = ()       # extra DVC code deps (a stage whose code defines its output format)
-    root: str = "global"   # layout root of its outputs: global | teacher | warmup | tuned
-    heavy: bool = True     # training resources and launcher (else the light ones)
-    launch: bool = True    # may run under torchrun (several processes)
-    room: str = "main"     # main (dvc.yaml, `all`) | t2i | released | scaling (own dvc.yaml and target) | report
-    axes: tuple = ()       # ((wildcard, values), ...) where a wildcard takes fewer values than its default
-
-    @property
-    def seeded(self) -> bool:
-        """Runs with compute.seed replaced by its study seed (gear/study.py `seeded`): the stages whose
-        randomness a seed changes. The evaluations keep compute.seed, so every seed and arm is
-        measured on the same images and patches."""
-        return SEEDED in self.wildcards and not self.name.startswith(("evaluate", "t2i_evaluate", "freeze",
-                                                                       "tokenize", "t2i_tokenize"))
-
-
-def _s(*stages: Stage) -> dict[str, Stage]:
-    return {s.name: s for s in stages}
-
-
-SEED = "seed{seed}"
-# Keys a stage may read without their value entering its record: they pick the job or how it runs,
-# never the model it writes. The seed, size and arm lists (the value is in the job's wildcards and
-# paths: adding a seed reruns nothing of the others); where state, shards and logs go, how often
-# the state is saved (resume equals no-kill, tested) and the metrics logged, how many loader
-# processes decode and how many images an evaluation forward takes.
-FREE = frozenset({"study.seeds", "ar.sizes", "tune.ablations", "data.shard_dir", "compute.state_dir",
-                  "compute.save_every", "compute.log_every", "compute.workers", "metrics.batch_size"})
-# the shards' manifest is checked against the whole data section (gear/data/loader.py)
-DATA_IN = ("data",)
-RUN = ("compute.device", "compute.precision")
-SEEDED_RUN = RUN + ("compute.seed",)  # stages that draw random numbers (init, data order, noise)
-TRAIN = SEEDED_RUN
-TEACHER = ("teacher", "teachers", "data.resolution")  # what loading the alignment teacher reads
-AR_RECIPE = ("align_weight_ar", "align_layer", "ar", "compute.fsdp", "compute.compile", "compute.grad_checkpointing")
-METRICS = ("metrics",)
-
-STAGES: dict[str, Stage] = _s(
+STAGES: dict[str, Stage] = by_name(
     Stage("shard", "shard", ("data",), (Out("{shard_dir}"),), code=("gear/data/shard.py", "gear/data/embedded.py"),
           heavy=False, launch=False),
     Stage("teacher", "teacher", TEACHER + DATA_IN + TRAIN + ("metrics.feature_space",),
@@ -172,134 +100,7 @@ STAGES: dict[str, Stage] = _s(
           code=("gear/report",), heavy=False, launch=False, room="report"),
 )
 
-# The text-to-image room (gear/t2i/): its own target and DVC file; the frozen tokenizers are the
-# class-conditional DAG's.
-T2I_TEACHER = TEACHER
-FROZEN_GEAR = Dep("freeze", (("variant", "gear"), ("size", GUIDE)))  # size fixed only under ar-init (its guide)
-
-
-def _t2i_arm(arm: str) -> tuple:
-    tokens = Dep("t2i_tokenize_baseline") if arm == "baseline" else Dep("t2i_tokenize")
-    frozen = Dep("freeze_baseline") if arm == "baseline" else FROZEN_GEAR
-    train = Stage(f"t2i_train_{arm}", f"t2i-train --arm {arm} --seed {{seed}}",
-                  ("t2i.ar", "t2i.text", "quantizer", "tokenizer", "ar.custom_layers", "ar.custom_dim", "ar.custom_heads")
-                  + T2I_TEACHER + TRAIN + ("compute.fsdp", "compute.compile", "compute.grad_checkpointing"),
-                  (Out(f"t2i/models/ar/{SEED}/{arm}"), *live(f"t2i/metrics/train/{SEED}/{arm}")),
-                  (tokens, frozen, Dep("teacher")), ("seed",), room="t2i")
-    sample = Stage(f"t2i_sample_{arm}", f"t2i-sample --arm {arm} --seed {{seed}}",
-                   ("t2i.sample", "quantizer", "tokenizer") + SEEDED_RUN,
-                   (Out(f"t2i/samples/{SEED}/{arm}"),), (Dep(f"t2i_train_{arm}"), frozen, Dep("t2i_encode")), ("seed",),
-                   room="t2i")
-    evaluate = Stage(f"t2i_evaluate_{arm}", f"t2i-evaluate samples --arm {arm} --seed {{seed}}",
-                     METRICS + ("t2i.feature_space", "t2i.sample", "t2i.text.encoder", "data.resolution")
-                     + T2I_TEACHER + RUN,
-                     (Out(f"t2i/eval/{SEED}/{arm}.json", "file"),),
-                     (Dep(f"t2i_sample_{arm}"), Dep(f"t2i_train_{arm}"), Dep("t2i_judge"), Dep("t2i_evaluate_real"),
-                      Dep("t2i_encode"), Dep("teacher")), ("seed",), room="t2i")
-    return train, sample, evaluate
-
-
-T2I_TOKENIZE = ("quantizer", "tokenizer", "t2i.text", "t2i.data.samples_per_shard", "data.resolution") + RUN
-
-STAGES.update(_s(
-    Stage("t2i_shard", "t2i-shard", ("data.resolution", "data.image_format", "t2i.data"), (Out("t2i/data/shards"),),
-          code=("gear/t2i/shard.py", "gear/t2i/scenes.py"), heavy=False, launch=False, room="t2i"),
-    Stage("t2i_encode", "t2i-encode", ("t2i.text", "t2i.data.samples_per_shard", "compute.precision", "compute.device"),
-          (Out("t2i/data/captions"),),
-          (Dep("t2i_shard"),), launch=False, room="t2i"),
-    Stage("t2i_judge", "t2i-judge", ("t2i.judge", "data.resolution") + SEEDED_RUN,
-          (Out("t2i/models/judge"), *live("t2i/metrics/judge")), (Dep("t2i_shard"),), heavy=False, launch=False,
-          room="t2i"),
-    Stage("t2i_tokenize_baseline", "t2i-tokenize --arm baseline", T2I_TOKENIZE,
-          (Out("t2i/data/tokens/baseline"),), (Dep("freeze_baseline"), Dep("t2i_encode")), heavy=False, launch=False,
-          room="t2i"),
-    Stage("t2i_tokenize", "t2i-tokenize --arm gear --seed {seed}", T2I_TOKENIZE,
-          (Out(f"t2i/data/tokens/{SEED}/gear"),), (FROZEN_GEAR, Dep("t2i_encode")), ("seed",),
-          heavy=False, launch=False, room="t2i"),
-    *_t2i_arm("baseline"), *_t2i_arm("gear"),
-    Stage("t2i_evaluate_real", "t2i-evaluate real", METRICS + ("t2i.feature_space", "data.resolution") + T2I_TEACHER + RUN,
-          (Out("t2i/eval/real"),), (Dep("t2i_shard"), Dep("teacher")), launch=False, room="t2i"),
-    Stage("t2i_report", "t2i-report", ("study", "t2i.ar.eval_steps", "t2i.ar.align_weight", "t2i.ar.align_layer",
-                                       "t2i.ar.steps", "t2i.sample.cfg_scale", "t2i.feature_space", "metrics.pr_k"),
-          (Out("reports/t2i.json", "file", cache=False), Out("reports/t2i_figures"), Out("reports/t2i.md", "file"),
-           Out("reports/t2i.html", "file")), code=("gear/report",), heavy=False, launch=False,
-          room="t2i"),
-))
-
-
-# The public checkpoints (gear/released.py): target `released`, released/dvc.yaml, not part of
-# `all`. One stage per entry, each reading its own entry's keys: setting one path reruns that
-# entry's jobs alone. An entry left null runs too and records "not downloaded" at once.
-
-
-def _released_stages() -> list[Stage]:
-    from gear import released as rel  # no torch
-
-    scored = METRICS + TEACHER + RUN
-    teacher = Dep("teacher", read_if="demo_space")  # the demo feature space is the trained teacher
-    out = [Stage(f"released_tokenizer_{name}", f"released-tokenizer --name {name}",
-                 (f"released.tokenizers.{name}", f"released.archs.{family}") + scored + DATA_IN,
-                 (Out(str(rel.tokenizer_json(name)), "file"),), (Dep("shard"), teacher), room="released")
-           for name, (family, _) in rel.TOKENIZERS.items()]
-    for name in rel.GPTS:
-        out.append(Stage(f"released_sample_{name}", f"released-sample --name {name}",
-                         (f"released.gpts.{name}", f"released.tokenizers.{rel.GPT_TOKENIZER}",
-                          f"released.archs.{rel.TOKENIZERS[rel.GPT_TOKENIZER][0]}", "released.num_classes",
-                          "released.per_class", "released.eval_size", "released.batch_size") + SEEDED_RUN,
-                         (Out(str(rel.samples_dir(name))),), room="released"))
-        out.append(Stage(f"released_evaluate_{name}", f"released-evaluate --name {name}",
-                         ("released.eval_size",) + scored, (Out(str(rel.gpt_json(name)), "file"),),
-                         (Dep(f"released_sample_{name}"), teacher, Dep("evaluate_real", read_if="own_real_stats")),
-                         room="released"))
-    measured = tuple(Dep(s.name) for s in out if not s.name.startswith("released_sample"))
-    out.append(Stage("released_report", "released-report", (),
-                     tuple(Out(f"reports/{n}", "file", cache=not n.endswith(".json")) for n in rel.REPORT_NAMES),
-                     measured, code=("gear/report",), heavy=False, launch=False, room="released"))
-    return out
-
-
-STAGES.update(_s(*_released_stages()))
-
-
-# The scaling study (issue 31, gear/scaling.py): target `scaling`, scaling/dvc.yaml, not part of
-# `all`. The equal-compute control `continue` is a tune variant (tune, freeze and its tokenizer
-# evaluation are the main DAG's stages); its tokens, fresh AR, samples and their evaluation are
-# declared here, as the GEAR arm's are above. The ladder's rows run the main tune / freeze /
-# evaluate tokenizer declarations under ablations/<row>/.
-
-
-def _control_stages() -> list[Stage]:
-    arm, frozen = "continue", Dep("freeze", (("variant", "continue"),))
-    tok_keys = ("quantizer", "tokenizer") + DATA_IN + RUN
-    return [
-        Stage(f"tokenize_{arm}", f"tokenize --arm {arm} --seed {{seed}}", tok_keys,
-              (Out(f"data/tokens/{SEED}/{arm}"),), (frozen, Dep("shard")), ("seed",), root="tuned", heavy=False,
-              launch=False, room="scaling"),
-        Stage(f"train_ar_{arm}", f"train-ar --arm {arm} --size {{size}} --seed {{seed}}",
-              AR_RECIPE + ("quantizer", "tokenizer") + TEACHER + DATA_IN + TRAIN,
-              (Out(f"models/ar/{SEED}/{arm}/{{size}}"), *live(f"metrics/train_ar/{SEED}/{arm}/{{size}}")),
-              (Dep(f"tokenize_{arm}"), frozen, Dep("teacher")), ("seed", "size"), root="tuned", room="scaling"),
-        Stage(f"sample_{arm}", f"sample --arm {arm} --size {{size}} --seed {{seed}}",
-              ("sample", "quantizer", "tokenizer") + SEEDED_RUN,
-              (Out(f"samples/{SEED}/{arm}/{{size}}"),), (Dep(f"train_ar_{arm}"), frozen), ("seed", "size"),
-              root="tuned", room="scaling"),
-        Stage(f"evaluate_samples_{arm}", f"evaluate samples --arm {arm} --size {{size}} --seed {{seed}}",
-              METRICS + ("align_layer", "ar.align_layers") + TEACHER + DATA_IN + RUN,
-              (Out(f"eval/samples/{SEED}/{arm}/{{size}}.json", "file"),),
-              (Dep(f"sample_{arm}"), Dep(f"train_ar_{arm}"), frozen, Dep("teacher"),
-               Dep("evaluate_real", read_if="own_real_stats"), Dep("shard")), ("seed", "size"), root="tuned",
-              room="scaling"),
-        # it reads what `gear report` reads (the same results and claims), and the study's own keys
-        Stage("scaling_report", "scaling-report",
-              tuple(dict.fromkeys(STAGES["report"].keys + ("scaling", "stage2", "tune.ar_size", "align_layer",
-                                                          "ar.align_layers"))),
-              (Out("reports/scaling.json", "file", cache=False), Out("reports/scaling_figures"),
-               Out("reports/scaling.md", "file"), Out("reports/scaling.html", "file")),
-              code=("gear/report",), heavy=False, launch=False, room="scaling"),
-    ]
-
-
-STAGES.update(_s(*_control_stages()))
+STAGES.update(by_name(*rooms.t2i_stages(), *rooms.released_stages(), *rooms.control_stages(STAGES["report"].keys)))
 
 
 # When a stage reads an input only under some params. Both tools still order the DAG by every

@@ -6,6 +6,7 @@ import dataclasses
 from pathlib import Path
 
 from gear import dag
+from gear.stagespec import GUIDE, Out, Stage
 
 
 
@@ -23,7 +24,7 @@ def _dvc_path(template: str) -> str:
     return out
 
 
-def dvc_stage(stage: dag.Stage, params, wdir: str | None = None) -> dict:
+def dvc_stage(stage: Stage, params, wdir: str | None = None) -> dict:
     d: dict = {}
     axes = {}
     fixed = dict(stage.axes)
@@ -36,7 +37,7 @@ def dvc_stage(stage: dag.Stage, params, wdir: str | None = None) -> dict:
     args = {w: "${item." + w + "}" for w in stage.wildcards}
     d["cmd"] = f"gear {stage.cli.format(**args)} --params params.yaml"
     prods = dag.table(params.stage2)
-    fix = lambda x: {k: "${tune.ar_size}" if v == dag.GUIDE else v for k, v in x.fix}  # noqa: E731
+    fix = lambda x: {k: "${tune.ar_size}" if v == GUIDE else v for k, v in x.fix}  # noqa: E731
     d["deps"] = [*stage.code, *[_dvc_path(prods[x.stage].outs[0].path.format_map(
         _Fixed(fix(x), args))) for x in stage.deps]]
     if stage.name == "report":
@@ -67,7 +68,7 @@ def dvc_stage(stage: dag.Stage, params, wdir: str | None = None) -> dict:
     return d
 
 
-def _declared_as(stage: dag.Stage, out: dag.Out) -> str:
+def _declared_as(stage: Stage, out: Out) -> str:
     """A separate room's curves are plain outputs: DVC reads every dvc.yaml in the repository, and
     a room `dvc repro` does not run would make `dvc plots diff` warn about its missing files (and
     `dvc metrics show` about metrics). `dvc plots show PATH` still draws them."""

@@ -27,6 +27,7 @@ from pathlib import Path
 from gear import dag
 from gear.dag import Job
 from gear.io import ArtifactError, atomic_path
+from gear.stagespec import FREE
 
 RECORD = "provenance.json"
 STATE = Path(".gear")
@@ -44,7 +45,7 @@ def _plain(v):
 
 def current(job: Job, params, key: str):
     """The value a params key has for a job now: its row's params; a seeded job's compute.seed is
-    its study seed; a section without the keys that change no output (dag.FREE)."""
+    its study seed; a section without the keys that change no output (gear/stagespec.py FREE)."""
     if key == "compute.seed" and job.decl.seeded:
         return job.wildcards["seed"]
     value = dag.layout_for(params, job.row)[0]
@@ -61,7 +62,7 @@ def values(job: Job, params, keys=None) -> dict:
 def _without_free(key: str, value):
     if not isinstance(value, dict):
         return value
-    return {k: _without_free(f"{key}.{k}", v) for k, v in value.items() if f"{key}.{k}" not in dag.FREE}
+    return {k: _without_free(f"{key}.{k}", v) for k, v in value.items() if f"{key}.{k}" not in FREE}
 
 
 def digest(rec: dict | None) -> str | None:
