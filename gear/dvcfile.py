@@ -13,8 +13,8 @@ from gear.stagespec import GUIDE, Out, Stage
 # `dvc exp show` adds a column per stage input whose hash differs between its rows (a 36-character
 # hash each; 9 of them after `dvc exp run -S tau=0.5`), and DVC 3 has no setting that hides them:
 # the README's `dvc exp show --only-changed --drop '...'` drops them by name. Every input is a path
-# with a folder, or one of the report's three folders; no metric or param column has a slash.
-EXP_SHOW_DROP = r".*/|eval$|metrics$|samples$"
+# with a folder, or one of the reports' four top-level folders (the scaling report reads ablations/); no metric or param column has a slash.
+EXP_SHOW_DROP = r".*/|eval$|metrics$|samples$|ablations$"
 
 
 def _dvc_path(template: str) -> str:
