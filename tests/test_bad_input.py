@@ -1003,10 +1003,14 @@ def test_evaluate_checks_the_real_cache_before_computing():
     import inspect
     from gear.stages import evaluate
 
-    for fn in (evaluate.evaluate_tokenizer, evaluate.evaluate_samples):
+    from gear.metrics import evaluation
+
+    # the samples get theirs through evaluation.feature_model, which calls check_real
+    assert "check_real(summary, fm.ext)" in inspect.getsource(evaluation.feature_model)
+    for fn, call in ((evaluate.evaluate_tokenizer, "real = check_real("), (evaluate.evaluate_samples, "real = feature_model(")):
         src = inspect.getsource(fn)
-        assert "real = check_real(" in src and "read_real_cache" not in src
-        assert src.index("real = check_real(") < src.index("my_batches(" if "my_batches(" in src else "ar_layer_similarity(")
+        assert call in src and "read_real_cache" not in src
+        assert src.index(call) < src.index("my_batches(" if "my_batches(" in src else "ar_layer_similarity(")
 
 
 @pytest.mark.parametrize("kind", ("truncated", "empty", "code_pickle", "plain_pickle"))

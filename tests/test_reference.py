@@ -11,14 +11,13 @@ import pytest
 import torch
 from scipy import linalg
 
-from gear.metrics import reference
+from gear.metrics import evaluation, reference
 from gear.metrics.features import SPATIAL, FeatureModel
 from gear.metrics.fidelity import make_extractor
 from gear.metrics.reference import Reference, inception_score, read_reference, reference_metrics
 from gear.cli import main
 from gear import paths
 from gear.io import read_json
-from gear.stages import evaluate
 from gear.artifacts import read_samples
 from tiny import EVAL_CLI, eval_params, gear_cli, stamp_eval_world
 
@@ -211,7 +210,7 @@ def test_evaluate_samples_against_a_reference(ws, monkeypatch):
     eval/real is not read (this world has none). A 6-d feature space stands in for Inception."""
     ext = make_extractor("custom", fn=_features_fn, name="meanstd")
     monkeypatch.setattr(reference, "POOL_DIM", 6)
-    monkeypatch.setattr(evaluate, "feature_extractor", lambda params, device: ext)
+    monkeypatch.setattr(evaluation, "feature_extractor", lambda params, device: ext)  # the samples' feature model
     rng = np.random.default_rng(0)
     ref = Reference(path=ws / "ref.npz", mu=rng.normal(size=6), sigma=_spd(6, rng), num_images=24)
     arr_0 = _images(24, 3, res=32)

@@ -18,8 +18,8 @@ from gear import paths
 from gear.data.loader import TrainStream, read_batches, split_size
 from gear.io import ArtifactError, read_json
 from gear.metrics import reference
-from gear.metrics.features import (FeatureModel, RealSet, concat, generation_metrics, read_real_cache,
-                                   space_fingerprint)
+from gear.metrics.features import (FeatureModel, RealSet, concat, feature_extractor, generation_metrics,
+                                   read_real_cache, space_fingerprint)
 from gear.metrics.fidelity import Extractor
 from gear.metrics.patches import PatchSample
 from gear.runtime import Runtime, barrier, gather_to_main, teardown
@@ -103,6 +103,32 @@ def check_real(summary: dict, ext: Extractor) -> RealSet:
 
 # ----------------------------------------------------------------------------------------------
 # samples and the AR
+
+
+def samples_to_score(params, folder, raise_hint: str = "", resolution: int | None = None):
+    """(ref, summary, images) of the samples in `folder`, checked before any process starts: ADM's
+    reference batch `ref` (or None: our own real statistics, `summary`) and enough images for IS's
+    splits and precision / recall's neighbours."""
+    from gear.artifacts import read_samples
+
+    m = params.metrics
+    ref = reference.check(params, resolution)  # ADM's reference batch, or (None) our own real statistics
+    summary = real_summary(params) if ref is None else None
+    images = read_samples(folder)
+    need = max(ISC_SPLITS, m.pr_k + 1)
+    if len(images) < need:
+        raise ArtifactError(f"{folder}/samples.npz holds {len(images)} images; IS and precision / recall need at "
+                            f"least {need}{raise_hint}")
+    return ref, summary, images
+
+
+def feature_model(params, rt: Runtime, images: np.ndarray, ref,
+                  summary: dict | None) -> tuple[FeatureModel, RealSet | None]:
+    """The feature model the samples are scored in (spatial features where ADM's sFID is asked for)
+    and the cached real set they are compared with (None against ADM's reference batch)."""
+    fm = FeatureModel(feature_extractor(params, rt.device), rt.device, images.shape[1:3],
+                      spatial=ref is not None and ref.mu_s is not None)
+    return fm, (check_real(summary, fm.ext) if ref is None else None)
 
 
 def score_samples(params, fm: FeatureModel, images: np.ndarray, ref, summary: dict | None, real: RealSet | None,

@@ -45,8 +45,8 @@ from gear.config import ParamsError
 from gear.data.loader import read_manifest
 from gear.io import ArtifactError, atomic_dir, sha256_file, write_json
 from gear.metrics.codebook import CodebookAccumulator, histogram_stats, soft_assignment_stats
-from gear.metrics.evaluation import (ISC_SPLITS, ar_layer_similarity, batch_plan, check_real, finish, in_order,
-                                     my_batches, real_summary, score_samples)
+from gear.metrics.evaluation import (ISC_SPLITS, ar_layer_similarity, batch_plan, check_real, feature_model, finish,
+                                     in_order, my_batches, real_summary, samples_to_score, score_samples)
 from gear.metrics.features import (FeatureModel, concat, feature_extractor, fid_statistics, frechet_distance,
                                    space_fingerprint, write_real_cache)
 from gear.metrics import reference
@@ -201,20 +201,12 @@ def evaluate_tokenizer(params, arm: str, seed: int | None, size: str | None = No
 
 
 def evaluate_samples(params, arm: str, size: str, seed: int) -> dict | None:
-    from gear.artifacts import load_ar, read_samples
+    from gear.artifacts import load_ar
 
     m = params.metrics
-    ref = reference.check(params)  # ADM's reference batch, or (None) our own real statistics
-    summary = real_summary(params) if ref is None else None
-    images = read_samples(paths.samples_dir(arm, size, seed))
-    need = max(ISC_SPLITS, m.pr_k + 1)
-    if len(images) < need:
-        raise ArtifactError(f"{paths.samples_dir(arm, size, seed)}/samples.npz holds {len(images)} images; IS and "
-                            f"precision / recall need at least {need}")
+    ref, summary, images = samples_to_score(params, paths.samples_dir(arm, size, seed))
     rt = setup(params)
-    fm = FeatureModel(feature_extractor(params, rt.device), rt.device, images.shape[1:3],
-                      spatial=ref is not None and ref.mu_s is not None)
-    real = check_real(summary, fm.ext) if ref is None else None
+    fm, real = feature_model(params, rt, images, ref, summary)
     tok = load_tokenizer(paths.frozen_dir(arm, seed, size), device=rt.device)
     ar, ar_cfg = load_ar(paths.ar_dir(arm, size, seed), rt.device)
     ar.eval()

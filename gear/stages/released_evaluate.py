@@ -7,12 +7,10 @@ from __future__ import annotations
 
 from gear import released
 from gear.config import ParamsError
-from gear.io import ArtifactError, read_json, write_json
+from gear.io import read_json, write_json
 from gear.metrics import reference
-from gear.metrics.evaluation import ISC_SPLITS, check_real, finish, real_summary, score_samples
-from gear.metrics.features import FeatureModel, feature_extractor
+from gear.metrics.evaluation import feature_model, finish, samples_to_score, score_samples
 from gear.runtime import setup
-from gear.artifacts import read_samples
 
 
 def precheck(params, name: str, **_) -> None:
@@ -31,17 +29,10 @@ def run(params, name: str) -> None:
         write_json(out, {**record, "status": released.NOT_DOWNLOADED, "missing": drawn.get("missing")})
         print(f"released-evaluate[{name}]: {released.NOT_DOWNLOADED}")
         return
-    m = params.metrics
-    ref = reference.check(params, params.released.eval_size)
-    summary = real_summary(params) if ref is None else None
-    images = read_samples(folder)
-    if len(images) < max(ISC_SPLITS, m.pr_k + 1):
-        raise ArtifactError(f"{folder}/samples.npz holds {len(images)} images; IS and precision / recall need at "
-                            f"least {max(ISC_SPLITS, m.pr_k + 1)} (raise released.per_class)")
+    ref, summary, images = samples_to_score(params, folder, " (raise released.per_class)",
+                                            params.released.eval_size)
     rt = setup(params)
-    fm = FeatureModel(feature_extractor(params, rt.device), rt.device, images.shape[1:3],
-                      spatial=ref is not None and ref.mu_s is not None)
-    real = check_real(summary, fm.ext) if ref is None else None
+    fm, real = feature_model(params, rt, images, ref, summary)
     gen = score_samples(params, fm, images, ref, summary, real, rt)
     if rt.is_main:
         write_json(out, {**record, "status": "measured", "samples": str(folder / "samples.npz"),
