@@ -116,7 +116,8 @@ def test_adding_a_seed_reruns_only_that_seed_dvc(tmp_path):
                                      "evaluate_tokenizer@0-ste", "evaluate_tokenizer_baseline", "report"}
 
 
-def test_adding_a_seed_reruns_only_that_seed_snakemake(tmp_path):
+def _made_by_snakemake(tmp_path):
+    """A workflow copy whose every output exists as if Snakemake had run `all` with params.yaml."""
     copy_workflow(tmp_path)
     for job in smk_jobs(tmp_path, "params.yaml")["params.yaml"]:
         for f in job["output"]:
@@ -127,8 +128,24 @@ def test_adding_a_seed_reruns_only_that_seed_snakemake(tmp_path):
     touch = subprocess.run([str(BIN / "snakemake"), "--touch", "--forceall", "--cores", "1", "all"], cwd=tmp_path,
                            env=ENV, capture_output=True, text=True, timeout=180)
     assert touch.returncode == 0, touch.stderr[-2000:]
-
     assert smk_dry(tmp_path) == {}
+
+
+def test_the_same_values_under_another_params_file_rerun_nothing_snakemake(tmp_path):
+    # the params file's name is not part of a job's params (its keys' values are): `--config
+    # params=<a copy>` reruns nothing, and a changed value there reruns what reads it
+    _made_by_snakemake(tmp_path)
+    raw = yaml.safe_load((tmp_path / "params.yaml").read_text())
+    (tmp_path / "copy.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    assert smk_dry(tmp_path, "--config", "params=copy.yaml") == {}
+    raw["ar"]["lr"] = raw["ar"]["lr"] * 2
+    (tmp_path / "other.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    jobs = smk_dry(tmp_path, "--config", "params=other.yaml")
+    assert "tune" not in jobs and "teacher" not in jobs and jobs["train_ar_gear"] == 1, jobs
+
+
+def test_adding_a_seed_reruns_only_that_seed_snakemake(tmp_path):
+    _made_by_snakemake(tmp_path)
     _grow_seeds(tmp_path)
     p = load_params(tmp_path / "params.yaml")
     n_sizes, n_var = len(p.ar.sizes), len(paths.tune_variants(p))

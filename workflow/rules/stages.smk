@@ -86,17 +86,19 @@ def st_command(stage, row_rule):
     """The job's command (a rule param: a `shell:` expression would be evaluated again when the job
     runs, after this loop has moved on, and give every rule the last stage's command). Its
     launcher is a resource (`launch`), not part of it: a param change reruns a job, and asking for
-    more GPUs must not."""
+    more GPUs must not. Nor is the params file's name (st_resources)."""
     def command(w):
         args = {k: w[k] for k in stage.wildcards}
         row = f" --ablation {w.row}" if row_rule else ""
-        return f"gear {stage.cli.format(**args)} --params {PARAMS_FILE}{row}"
+        return f"gear {stage.cli.format(**args)}{row}"
     return command
 
 
 def st_resources(stage):
     res = TRAIN if stage.heavy else LIGHT
-    return {**res, "launch": TRAIN_LAUNCH if stage.heavy and stage.launch else ""}
+    # the params file's name is a resource too: neither a param nor the shell line's code, both rerun
+    # triggers, so `--config params=<a copy>` reruns nothing (the digest param follows the values)
+    return {**res, "launch": TRAIN_LAUNCH if stage.heavy and stage.launch else "", "params_file": PARAMS_FILE}
 
 
 def st_constraints(stage, row_rule):
@@ -123,4 +125,4 @@ for st_stage, st_row_rule in [(s, r) for s in dag.table(P.stage2).values() for r
         benchmark: benchfile(st_name, *st_wcs)
         threads: TRAIN_THREADS if st_stage.heavy else LIGHT_THREADS
         resources: **st_resources(st_stage)
-        shell: "{resources.launch}{params.cmd} > {log} 2>&1"
+        shell: "{resources.launch}{params.cmd} --params {resources.params_file:q} > {log} 2>&1"
