@@ -429,3 +429,25 @@ def test_reseeded_upstream_in_both_tools(tmp_path):
             ("upstream_evaluate_tokenizer_baseline@1", "upstream_freeze_baseline@1"),
             ("upstream_evaluate_tokenizer@2-gear", "upstream_evaluate_real@2"),
             ("upstream_teacher@1", "shard")} <= edges
+
+
+def test_an_upstream_row_trains_and_measures_its_own_baseline(tmp_path, monkeypatch):
+    """The row's half that no other row runs, through the CLI: its teacher and warm-up under its seed,
+    its real statistics in its own teacher's space, its baseline frozen and evaluated, all under
+    ablations/upstream-1/ and each on the row's own inputs; the main folders stay empty."""
+    from tiny import gear_cli
+
+    monkeypatch.chdir(tmp_path)
+    extra = (*RESEED, "tune.ablations=[]", "tokenizer.steps=2")
+    row = ["--ablation", "upstream-1"]
+    for stage in (["shard"], ["teacher", *row], ["tokenizer-init", *row], ["evaluate", "real", *row],
+                  ["freeze", "--arm", "baseline", *row], ["evaluate", "tokenizer", "--arm", "baseline", *row]):
+        assert gear_cli(stage, *extra) == 0, stage
+    root = tmp_path / "ablations/upstream-1"
+    teacher = json.loads((root / "models/teacher/provenance.json").read_text())
+    assert (teacher["row"], teacher["params"]["compute.seed"]) == ("upstream-1", 1)
+    ev = json.loads((root / "eval/tokenizer/baseline.json").read_text())
+    assert ev["tokenizer"] == "ablations/upstream-1/models/frozen/baseline"
+    assert set(ev["provenance"]["deps"]) == {"data/shards", "ablations/upstream-1/models/frozen/baseline",
+                                             "ablations/upstream-1/models/teacher", "ablations/upstream-1/eval/real"}
+    assert not any((tmp_path / d).exists() for d in ("models", "eval", "metrics"))
