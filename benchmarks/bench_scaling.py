@@ -16,8 +16,8 @@ tune.steps each, per ladder seed, and the control's tune per study seed -- plus 
 downstream (tokens, a fresh AR, samples, evaluation), counted as one GEAR arm's share of a seed's
 measured time, the claims under stage2 = ar-init (the GEAR arm again per seed: its tune and
 its continued AR; the baseline is shared), and the upstream rows of study.reseed_upstream (per
-reseeded seed the CPU study's shared stages again, on both cores, and one GEAR tune). Core-seconds / 2 = wall seconds on 2 cores (jobs run
-two at a time, 1 thread each). The CPU study's time is the README's measurement (an upper bound:
+reseeded seed the CPU study's shared stages again, on both cores, and one GEAR tune).
+Core-seconds / 2 = wall seconds on 2 cores (jobs run two at a time, 1 thread each). The CPU study's time is the README's measurement (an upper bound:
 the test suite ran beside it), and the step times here are measured on whatever else the machine
 runs: the estimate is high where the machine was busy.
 """
@@ -91,7 +91,8 @@ def extrapolate(params, ms: dict, ar_init=None) -> dict:
     main_s = CPU_STUDY_SHARED_S + n_seeds * CPU_STUDY_PER_SEED_S
     extra_s = (ladder_cs + control_cs + ar_init_cs + upstream_cs) / 2
     return {"rows": [r.name for _, r in rows], "ladder_core_s": ladder_cs, "control_core_s": control_cs,
-            "ar_init_core_s": ar_init_cs, "upstream_core_s": upstream_cs, "main_wall_s": main_s, "extra_wall_s": extra_s,
+            "ar_init_core_s": ar_init_cs, "upstream_core_s": upstream_cs, "main_wall_s": main_s,
+            "extra_wall_s": extra_s,
             "total_wall_s": main_s + extra_s}
 
 

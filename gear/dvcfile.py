@@ -177,9 +177,9 @@ DVC_HEADER = {
             "outputs of ./dvc.yaml's freeze stages, which DVC runs first when they are stale.\n"),
     "scaling": ("Issue 31's scaling study (DVC): `dvc repro scaling/dvc.yaml`. GENERATED from gear/dag.py and\n"
                 "gear/scaling.py by `gear dag`. Every stage runs from the repository root (wdir: ..): the control\n"
-                "arm's fresh AR (list `continue` in tune.ablations), the guide ladder's rows and (study.reseed_upstream)\n"
-                "the upstream rows under ablations/; tune, freeze and the tokenizer evaluations of the arms are\n"
-                "./dvc.yaml's stages.\n"),
+                "arm's fresh AR (list `continue` in tune.ablations), the guide ladder's rows and\n"
+                "(study.reseed_upstream) the upstream rows under ablations/; tune, freeze and the tokenizer\n"
+                "evaluations of the arms are ./dvc.yaml's stages.\n"),
     "released": ("The public checkpoints of params `released:` against their published numbers (DVC):\n"
                  "`dvc repro released/dvc.yaml`. GENERATED from gear/dag.py by `gear dag`. Every stage runs from the\n"
                  "repository root (wdir: ..); the shards, teacher and real statistics are ./dvc.yaml's outputs.\n"),

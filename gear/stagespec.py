@@ -78,7 +78,8 @@ SEED = "seed{seed}"
 # processes decode and how many images an evaluation forward takes. study.reseed_upstream picks the
 # scaling room's rows (their seed is in their paths), so it enters no record either.
 FREE = frozenset({"study.seeds", "study.reseed_upstream", "ar.sizes", "tune.ablations", "data.shard_dir",
-                  "compute.state_dir", "compute.save_every", "compute.log_every", "compute.workers", "metrics.batch_size"})
+                  "compute.state_dir", "compute.save_every", "compute.log_every", "compute.workers",
+                  "metrics.batch_size"})
 # the shards' manifest is checked against the whole data section (gear/data/loader.py)
 DATA_IN = ("data",)
 RUN = ("compute.device", "compute.precision")

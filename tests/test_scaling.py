@@ -419,7 +419,8 @@ def test_reseeded_upstream_in_both_tools(tmp_path):
     from dvc.repo import Repo
 
     with Repo(str(d)) as repo:
-        stages = {s.addressing.split(":")[-1]: s for s in repo.index.stages if s.dvcfile.relpath.endswith("scaling/dvc.yaml")}
+        stages = {s.addressing.split(":")[-1]: s for s in repo.index.stages
+                  if s.dvcfile.relpath.endswith("scaling/dvc.yaml")}
         edges = {(a.addressing.split(":")[-1], b.addressing.split(":")[-1]) for a, b in repo.index.graph.edges}
     dvc_jobs = {(k.split("@")[0][len("upstream_"):], "upstream-" + k.split("@")[1].split("-")[0])
                 for k in stages if k.startswith("upstream_")}
