@@ -339,13 +339,16 @@ def test_variance_split_of_hand_made_spreads():
 
 def test_scaling_report_splits_the_variance(tmp_path, monkeypatch):
     """The report's variance split from a world whose reseeded PSNR effect spreads far wider than the
-    shared one (UPSTREAM_PSNR_EFFECT) and whose entropy effect does not."""
+    shared one (UPSTREAM_PSNR_EFFECT) and whose entropy effect does not; through the CLI (its inputs
+    checked against their records, the stage reading only its declared keys)."""
     import numpy as np
 
+    from gear.cli import main
     from report_worlds import UPSTREAM_PSNR_EFFECT
 
-    p = scaling_world(tmp_path, monkeypatch, [0, 1, 2], reseed=True)
-    scaling_report.run(p)
+    scaling_world(tmp_path, monkeypatch, [0, 1, 2], reseed=True)
+    assert main(["scaling-report", f"--params={PARAMS}", "--set=study.seeds=[0, 1, 2]",
+                 "--set=tune.ablations=[ste, continue]", "--set=study.reseed_upstream=true"]) == 0
     md = (paths.REPORTS_DIR / "scaling.md").read_text()
     js = json.loads((paths.REPORTS_DIR / "scaling.json").read_text())["variance_split"]
     assert js["run"] and js["seeds"] == [0, 1, 2]
