@@ -57,7 +57,8 @@ ABLATIONS_DIR = Path("ablations")      # /<row>/<the layout above>
 @dataclass(frozen=True)
 class Layout:
     """Where a command's stages live: `teacher` holds models/teacher, `warmup` the warm-up
-    tokenizer, `tuned` the tuned arms and everything made from them (ARs, samples, metrics)."""
+    tokenizer and the baseline tokenizer made from it (frozen, tokens, evaluation), `tuned` the tuned
+    arms and everything made from them (ARs, samples, metrics), `real` eval/real."""
     teacher: Path = Path(".")
     warmup: Path = Path(".")
     tuned: Path = Path(".")
