@@ -14,9 +14,10 @@ Extrapolation (printed, and pasted into the preset's header): what the study add
 measured wall time (README: 4 seeds, 2 cores) is its extra tune steps -- every ladder and lambda row,
 tune.steps each, per ladder seed, and the control's tune per study seed -- plus the control's
 downstream (tokens, a fresh AR, samples, evaluation), counted as one GEAR arm's share of a seed's
-measured time, and the claims under stage2 = ar-init (the GEAR arm again per seed: its tune and
-its continued AR; the baseline is shared). Core-seconds / 2 = wall seconds on 2 cores (jobs run
-two at a time, 1 thread each). The CPU study's time is the README's measurement (an upper bound:
+measured time, the claims under stage2 = ar-init (the GEAR arm again per seed: its tune and
+its continued AR; the baseline is shared), and the upstream rows of study.reseed_upstream (per
+reseeded seed the CPU study's shared stages again, on both cores, and one GEAR tune).
+Core-seconds / 2 = wall seconds on 2 cores (jobs run two at a time, 1 thread each). The CPU study's time is the README's measurement (an upper bound:
 the test suite ran beside it), and the step times here are measured on whatever else the machine
 runs: the estimate is high where the machine was busy.
 """
@@ -81,10 +82,17 @@ def extrapolate(params, ms: dict, ar_init=None) -> dict:
     else:
         base, cont = ar_init.ar.steps, ar_init.ar.steps - ar_init.tune.steps
         ar_init_cs = n_seeds * len(params.ar.sizes) * (tune_cs + arm_cs * (base + cont) / params.ar.steps)
+    # the upstream rows (study.reseed_upstream): per reseeded seed its own teacher, warm-up, baseline
+    # freeze and evaluation and real statistics -- the CPU study's shared stages on both cores, an upper
+    # bound (they include the shards and the baseline's tokens) -- and one GEAR tune (freeze and
+    # evaluation: seconds)
+    n_up = len([r for _, r in scaling.upstream(params) if not r.default])
+    upstream_cs = n_up * (2 * CPU_STUDY_SHARED_S + tune_cs)
     main_s = CPU_STUDY_SHARED_S + n_seeds * CPU_STUDY_PER_SEED_S
-    extra_s = (ladder_cs + control_cs + ar_init_cs) / 2
+    extra_s = (ladder_cs + control_cs + ar_init_cs + upstream_cs) / 2
     return {"rows": [r.name for _, r in rows], "ladder_core_s": ladder_cs, "control_core_s": control_cs,
-            "ar_init_core_s": ar_init_cs, "main_wall_s": main_s, "extra_wall_s": extra_s,
+            "ar_init_core_s": ar_init_cs, "upstream_core_s": upstream_cs, "main_wall_s": main_s,
+            "extra_wall_s": extra_s,
             "total_wall_s": main_s + extra_s}
 
 
@@ -114,7 +122,8 @@ def main() -> None:
         print(f"{s:8s}{f'{layers}x{dim}':>10s}{ms[s]['gear_ms']:14.0f}{ms[s]['ar_ms']:12.0f}{ms[s]['control_ms']:12.0f}")
     e = extrapolate(params, ms, load_params(HERE / args.ar_init))
     print(f"\n{args.params}: rows {e['rows']}; ladder {e['ladder_core_s']:.0f} core-s, control "
-          f"{e['control_core_s']:.0f} core-s, ar-init claims {e['ar_init_core_s']:.0f} core-s; the CPU study's "
+          f"{e['control_core_s']:.0f} core-s, ar-init claims {e['ar_init_core_s']:.0f} core-s, upstream rows "
+          f"{e['upstream_core_s']:.0f} core-s; the CPU study's "
           f"part {e['main_wall_s'] / 60:.0f} min (README), the "
           f"study's own {e['extra_wall_s'] / 60:.0f} min: about {e['total_wall_s'] / 60:.0f} min on 2 cores")
 

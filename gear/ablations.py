@@ -181,15 +181,21 @@ def runnable(params) -> list[Row]:
 
 
 def layout(params, row: Row) -> paths.Layout:
-    """Where a row's stages live: its own folder, the main teacher and warm-up unless it changes them."""
+    """Where a row's stages live: its own folder, the main teacher and warm-up unless it changes them.
+    A row that changes compute.seed (the scaling study's upstream-<seed>) retrains both under its
+    seed, and, where its teacher is the feature space (metrics.feature_space demo), measures against
+    real statistics of its own."""
     if row.default:
         return paths.Layout()
     rp, root, here = row_params(params, row), paths.ablation_root(row.name), Path(".")
-    own_teacher = (demo_needed(rp) and not demo_needed(params)) or rp.teachers != params.teachers
+    reseeded = rp.compute.seed != params.compute.seed
+    own_teacher = reseeded or (demo_needed(rp) and not demo_needed(params)) or rp.teachers != params.teachers
     warm = ("quantizer", "tokenizer")
-    own_warmup = rp.digest(*warm) != params.digest(*warm) or (
+    own_warmup = reseeded or rp.digest(*warm) != params.digest(*warm) or (
         rp.tokenizer.perceptual == "teacher" and (own_teacher or rp.teacher != params.teacher))
-    return paths.Layout(teacher=root if own_teacher else here, warmup=root if own_warmup else here, tuned=root)
+    own_real = reseeded and rp.metrics.feature_space == "demo"
+    return paths.Layout(teacher=root if own_teacher else here, warmup=root if own_warmup else here, tuned=root,
+                        real=root if own_real else here)
 
 
 def eval_size(params) -> str:

@@ -100,13 +100,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def check_ablation(params, row: str, extra: dict) -> None:
-    """An ablation row runs the GEAR arm's stages, and only rows that can run here."""
+    """An ablation row runs the GEAR arm's stages (and, where it trains its own warm-up, that warm-up's
+    baseline tokenizer), and only rows that can run here."""
+    from pathlib import Path
+
     from gear import ablations
 
+    r = ablations.find(params, row)
+    own_warmup = ablations.layout(params, r).warmup != Path(".")
     for flag in ("variant", "arm"):
-        if extra.get(flag) not in (None, "gear"):
+        if extra.get(flag) not in (None, "gear") and not (flag == "arm" and extra[flag] == "baseline" and own_warmup):
             raise ParamsError(f"--ablation {row} runs the GEAR arm: --{flag} must be gear, got {extra[flag]!r}")
-    reason = ablations.skip_reason(params, ablations.find(params, row))
+    reason = ablations.skip_reason(params, r)
     if reason:
         raise ParamsError(f"ablation row {row} is skipped here: {reason}")
 

@@ -47,12 +47,13 @@ STAGES: dict[str, Stage] = by_name(
           (Dep("shard"), Dep("teacher"), Dep("tokenizer_init")), ("seed", "variant"), root="tuned"),
     Stage("freeze_baseline", "freeze --arm baseline", ("quantizer", "tokenizer") + DATA_IN + RUN,
           (Out("models/frozen/baseline"), Out("metrics/freeze/baseline.json", "file")),
-          (Dep("tokenizer_init"), Dep("shard")), heavy=False, launch=False),
+          (Dep("tokenizer_init"), Dep("shard")), root="warmup", heavy=False, launch=False),
     Stage("freeze", "freeze --arm {variant} --seed {seed}", ("quantizer", "tokenizer") + DATA_IN + RUN,
           (Out(f"models/frozen/{SEED}/{{variant}}"), Out(f"metrics/freeze/{SEED}/{{variant}}.json", "file")),
           (Dep("tune"), Dep("shard")), ("seed", "variant"), root="tuned", heavy=False, launch=False),
     Stage("tokenize_baseline", "tokenize --arm baseline", ("quantizer", "tokenizer") + DATA_IN + RUN,
-          (Out("data/tokens/baseline"),), (Dep("freeze_baseline"), Dep("shard")), heavy=False, launch=False),
+          (Out("data/tokens/baseline"),), (Dep("freeze_baseline"), Dep("shard")), root="warmup", heavy=False,
+          launch=False),
     Stage("tokenize", "tokenize --arm {variant} --seed {seed}", ("quantizer", "tokenizer") + DATA_IN + RUN,
           (Out(f"data/tokens/{SEED}/{{variant}}"),), (Dep("freeze"), Dep("shard")), ("seed", "variant"),
           root="tuned", heavy=False, launch=False, axes=(("variant", ("gear",)),)),
@@ -73,11 +74,11 @@ STAGES: dict[str, Stage] = by_name(
           (Out(f"samples/{SEED}/gear/{{size}}"),), (Dep("train_ar_gear"), Dep("freeze", (("variant", "gear"),))),
           ("seed", "size"), root="tuned"),
     Stage("evaluate_real", "evaluate real", METRICS + TEACHER + DATA_IN + SEEDED_RUN, (Out("eval/real"),),
-          (Dep("shard"), Dep("teacher"))),
+          (Dep("shard"), Dep("teacher")), root="real"),
     Stage("evaluate_tokenizer_baseline", "evaluate tokenizer --arm baseline",
           METRICS + ("quantizer", "tokenizer", "tau") + TEACHER + DATA_IN + RUN,
           (Out("eval/tokenizer/baseline.json", "file"),),
-          (Dep("freeze_baseline"), Dep("shard"), Dep("teacher"), Dep("evaluate_real"))),
+          (Dep("freeze_baseline"), Dep("shard"), Dep("teacher"), Dep("evaluate_real")), root="warmup"),
     Stage("evaluate_tokenizer", "evaluate tokenizer --arm {variant} --seed {seed}",
           METRICS + ("quantizer", "tokenizer", "tau") + TEACHER + DATA_IN + RUN,
           (Out(f"eval/tokenizer/{SEED}/{{variant}}.json", "file"),),
@@ -203,6 +204,11 @@ def layout_for(params, row: str | None):
     return ablations.row_params(params, r), dataclasses.replace(ablations.layout(params, r), guide=guide)
 
 
+def roots(layout) -> dict:
+    """A declaration's `root` -> its folder in `layout` (any other root: the repository root)."""
+    return {"teacher": layout.teacher, "warmup": layout.warmup, "tuned": layout.tuned, "real": layout.real}
+
+
 def render(template: str, params, wc: dict) -> str:
     return template.replace("{shard_dir}", str(params.data.shard_dir)).format(**wc)
 
@@ -210,7 +216,7 @@ def render(template: str, params, wc: dict) -> str:
 def outputs(job: Job, params) -> list[Path]:
     """The job's declared outputs (paths under its layout root)."""
     rp, layout = layout_for(params, job.row)
-    root = {"teacher": layout.teacher, "warmup": layout.warmup, "tuned": layout.tuned}.get(job.decl.root, Path("."))
+    root = roots(layout).get(job.decl.root, Path("."))
     return [root / render(o.path, rp, job.wildcards) for o in job.decl.outs]
 
 
@@ -237,8 +243,7 @@ def deps(job: Job, params) -> list[Job]:
     out = []
     for d in job.decl.deps:
         prod = table(job.mode)[d.stage]
-        own = job.row is not None and {"teacher": layout.teacher, "warmup": layout.warmup,
-                                        "tuned": layout.tuned}.get(prod.root, Path(".")) != Path(".")
+        own = job.row is not None and roots(layout).get(prod.root, Path(".")) != Path(".")
         out.append(Job.of(d.stage, d.wildcards(job.wildcards, job.mode, layout.guide), job.row if own else None,
                           job.mode))
     return out

@@ -85,31 +85,61 @@ class _Fixed(dict):
         return "{" + key + "}"
 
 
+def _in_row(stage: Stage, params, wdir: str, row: str, owned: set, matrix: dict) -> dict:
+    """A stage's DVC declaration as an ablation row runs it (`row`: a name or a ${item.*} expression):
+    its outputs under ablations/<row>/, and an input there too when the row owns its producer's root
+    (`owned`: gear/paths.py Layout roots); any other input is ./dvc.yaml's output."""
+    stage = dataclasses.replace(stage, room="scaling")  # its curves: plain outputs
+    d = dvc_stage(stage, params, wdir)
+    d = {"matrix": matrix, **{k: v for k, v in d.items() if k != "matrix"}}
+    d["cmd"] += f" --ablation {row}"
+    prefix = f"ablations/{row}/"
+    local = {dag.STAGES[x.stage].outs[0].path for x in stage.deps if dag.STAGES[x.stage].root in owned}
+    d["deps"] = [(prefix + p if any(_dvc_path(t.format_map(_Fixed({}, {}))) == p for t in local) else p)
+                 for p in d["deps"]]
+    for kind in ("outs", "metrics", "plots"):
+        if kind in d:
+            d[kind] = [prefix + o if isinstance(o, str) else {prefix + k: v for k, v in o.items()} for o in d[kind]]
+    return d
+
+
 def ladder_stages(params, wdir: str) -> dict:
     """The scaling ladder's rows (gear/scaling.py) as DVC stages: the main tune / freeze / evaluate
     tokenizer declarations with a row axis, under ablations/<row>/ (listed: regenerate after
     changing scaling.*). Their shared inputs (shards, teacher, warm-up) are ./dvc.yaml's outputs."""
     from gear import scaling
 
-    rows = [r.name for r in scaling.rows(params)]
+    rows = [r.name for r in scaling.ladder_rows(params)]
     if not rows or params.stage2 != "fresh":  # fresh-mode studies (gear/scaling.py `jobs`)
         return {}
     out = {}
     for name in scaling.LADDER_STAGES:
-        stage = dataclasses.replace(dag.STAGES[name], room="scaling")  # its curves: plain outputs
-        d = dvc_stage(stage, params, wdir)
         seeds = list(params.scaling.ladder_seeds) or dag.AXES_DVC["seed"]  # listed ones: regenerate on change
-        d["matrix"] = {"row": list(rows), "seed": seeds, "variant": ["gear"]}
-        d["cmd"] += " --ablation ${item.row}"
-        prefix = "ablations/${item.row}/"
-        local = {dag.STAGES[x.stage].outs[0].path for x in stage.deps if dag.STAGES[x.stage].root == "tuned"}
-        d["deps"] = [(prefix + p if any(_dvc_path(t.format_map(_Fixed({}, {}))) == p for t in local) else p)
-                     for p in d["deps"]]
+        d = _in_row(dag.STAGES[name], params, wdir, "${item.row}", {"tuned"},
+                    {"row": list(rows), "seed": seeds, "variant": ["gear"]})
         d["params"] = [*d["params"], "scaling"]
-        for kind in ("outs", "metrics", "plots"):
-            if kind in d:
-                d[kind] = [prefix + o if isinstance(o, str) else {prefix + k: v for k, v in o.items()} for o in d[kind]]
         out[f"ladder_{name}"] = d
+    return out
+
+
+def upstream_stages(params, wdir: str) -> dict:
+    """The upstream rows (study.reseed_upstream, gear/scaling.py) as DVC stages: upstream_<stage> with
+    a seed axis (listed: regenerate after changing study.seeds), run for the row upstream-<seed>,
+    which owns its teacher, warm-up and tuned arms (and its real statistics where its teacher is
+    the feature space); only the shards are ./dvc.yaml's."""
+    from gear import ablations, scaling
+
+    up = [(seed, r) for seed, r in scaling.upstream(params) if not r.default]
+    if not up:
+        return {}
+    lay = ablations.layout(params, up[0][1])  # the same roots for every seed
+    owned = {name for name, root in dag.roots(lay).items() if root != Path(".")}
+    seeds = [seed for seed, _ in up]
+    out = {}
+    for name in scaling.upstream_stages(params, up[0][1]):
+        stage = dag.STAGES[name]
+        matrix = {"seed": list(seeds), **({"variant": ["gear"]} if "variant" in stage.wildcards else {})}
+        out[f"upstream_{name}"] = _in_row(stage, params, wdir, "upstream-${item.seed}", owned, matrix)
     return out
 
 
@@ -124,7 +154,7 @@ def dvc_file(params, room: str) -> dict:
         # the control's stages only where its tune runs (`continue` in tune.ablations: ./dvc.yaml's freeze)
         control = scaling.control(params) and params.stage2 == "fresh"
         keep = {k: v for k, v in out["stages"].items() if control or not k.endswith("_continue")}
-        out["stages"] = {**ladder_stages(params, wdir), **keep}
+        out["stages"] = {**ladder_stages(params, wdir), **upstream_stages(params, wdir), **keep}
     if room != "main":
         out = {"vars": ["../params.yaml"], **out}
     return out
@@ -147,8 +177,9 @@ DVC_HEADER = {
             "outputs of ./dvc.yaml's freeze stages, which DVC runs first when they are stale.\n"),
     "scaling": ("Issue 31's scaling study (DVC): `dvc repro scaling/dvc.yaml`. GENERATED from gear/dag.py and\n"
                 "gear/scaling.py by `gear dag`. Every stage runs from the repository root (wdir: ..): the control\n"
-                "arm's fresh AR (list `continue` in tune.ablations) and the guide ladder's rows under ablations/;\n"
-                "tune, freeze and the tokenizer evaluations of the arms are ./dvc.yaml's stages.\n"),
+                "arm's fresh AR (list `continue` in tune.ablations), the guide ladder's rows and\n"
+                "(study.reseed_upstream) the upstream rows under ablations/; tune, freeze and the tokenizer\n"
+                "evaluations of the arms are ./dvc.yaml's stages.\n"),
     "released": ("The public checkpoints of params `released:` against their published numbers (DVC):\n"
                  "`dvc repro released/dvc.yaml`. GENERATED from gear/dag.py by `gear dag`. Every stage runs from the\n"
                  "repository root (wdir: ..); the shards, teacher and real statistics are ./dvc.yaml's outputs.\n"),

@@ -13,11 +13,13 @@ tokenizers and what is made from them, and every AR, its samples and their evalu
 models/tune/seed1/gear, models/ar/seed1/baseline/tiny. The data, the teacher and the warm-up are
 shared, and so is everything of the baseline *tokenizer* (models/frozen/baseline,
 data/tokens/baseline, eval/tokenizer/baseline.json): it is a deterministic function of the
-warm-up, so a seed cannot change it. Functions of a tokenizer arm ignore the seed for baseline.
+warm-up, so a seed cannot change it. Functions of a tokenizer arm ignore the seed for baseline;
+its paths sit under the layout's warm-up root (a row with its own warm-up has its own baseline).
 
 Ablation rows (gear/ablations.py) run the GEAR arm's stages under ablations/<row>/ with the same
 relative layout (ablations/tau-0.5/models/tune/seed0/gear), and read the teacher and the warm-up
-from the main folders unless the row changes them. A `Layout` names those three roots; the stage
+from the main folders unless the row changes them. A `Layout` names those roots (and where the
+real statistics are: a reseeded row's own when its teacher is the feature space); the stage
 runner (gear/cli.py) runs a stage inside its job's layout (`using`), and gear/dag.py computes a
 job's paths from its layout directly. The default layout is the main DAG's: every root is the
 repository root.
@@ -55,10 +57,12 @@ ABLATIONS_DIR = Path("ablations")      # /<row>/<the layout above>
 @dataclass(frozen=True)
 class Layout:
     """Where a command's stages live: `teacher` holds models/teacher, `warmup` the warm-up
-    tokenizer, `tuned` the tuned arms and everything made from them (ARs, samples, metrics)."""
+    tokenizer and the baseline tokenizer made from it (frozen, tokens, evaluation), `tuned` the tuned
+    arms and everything made from them (ARs, samples, metrics), `real` eval/real."""
     teacher: Path = Path(".")
     warmup: Path = Path(".")
     tuned: Path = Path(".")
+    real: Path = Path(".")  # eval/real: the main one unless the row's own teacher is the feature space
     # stage2 = ar-init: stage 1 runs per AR size, so a tuned arm lives in seed<N>/<size>/<arm> (beside,
     # never inside, fresh's seed<N>/<arm>: switching modes deletes nothing); `guide`
     # is the size whose tokenizer the size-free readers take (tune.ar_size). None: stage2 = fresh.
@@ -128,8 +132,8 @@ def guide_flag() -> str:
 
 
 def _arm_dir(root: Path, arm: str, seed: int | None, size: str | None = None) -> Path:
-    if not tokenizer_seeded(arm):
-        return root / arm
+    if not tokenizer_seeded(arm):  # the warm-up's tokenizer: under the warm-up's root
+        return _layout.warmup / root / arm
     if seed is None:
         raise ValueError(f"arm {arm!r} is per seed: a seed is needed for its path")
     return _layout.tuned.joinpath(root, seed_part(seed), *_size_part(size), arm)
@@ -177,7 +181,7 @@ def train_ar_metrics_dir(arm: str, size: str, seed: int) -> Path:
 
 
 def real_stats_dir() -> Path:
-    return EVAL_DIR / "real"
+    return _layout.real / EVAL_DIR / "real"
 
 
 def eval_tokenizer_json(arm: str, seed: int | None = None, size: str | None = None) -> Path:

@@ -129,9 +129,10 @@ def control_stages(report_keys: tuple) -> list[Stage]:
                Dep("evaluate_real", read_if="own_real_stats"), Dep("shard")), ("seed", "size"), root="tuned",
               room="scaling"),
         # it reads what `gear report` reads (the same results and claims), and the study's own keys
+        # (compute.seed: which study seed's upstream row is the main DAG's own)
         Stage("scaling_report", "scaling-report",
               tuple(dict.fromkeys(report_keys + ("scaling", "stage2", "tune.ar_size", "align_layer",
-                                                          "ar.align_layers"))),
+                                                          "ar.align_layers", "compute.seed"))),
               (Out("reports/scaling.json", "file", cache=False), Out("reports/scaling_figures"),
                Out("reports/scaling.md", "file"), Out("reports/scaling.html", "file")),
               code=("gear/report",), heavy=False, launch=False, room="scaling"),

@@ -1,9 +1,10 @@
 """Issue 31's study: where does GEAR's direction appear? Target `scaling` (Snakemake) and
 scaling/dvc.yaml, not part of `all`; `gear scaling-report` writes reports/scaling.{md,html,json}.
 
-    rows(params)          # the ladder's rungs and the lambda rows at its top, as ablation rows
+    rows(params)          # the ladder's rungs, the lambda rows at its top, the upstream rows, as ablation rows
     jobs(params)          # every job the target runs beyond the main DAG's
-    ladder_outputs(...)   # the tokenizer evaluation a rung's numbers come from, per seed
+    row_tokenizer_json(...)   # the tokenizer evaluation a rung's numbers come from, per seed
+    upstream_tokenizer_jsons(...)  # a reseeded seed's GEAR and baseline evaluations
 
 Three parts, each on the machinery that already exists:
 - The equal-compute control: the tune variant `continue` (tune.ablations; gear/stages/tune.py):
@@ -17,6 +18,14 @@ Three parts, each on the machinery that already exists:
   guide is the main DAG's GEAR arm (the default row: no run of its own).
 - Every seed of scaling.ladder_seeds (default: study.seeds) runs every rung, with the same tune
   budget; the control and the claims run every study seed.
+- Seeds that cover the whole pipeline (study.reseed_upstream): the main DAG's teacher and warm-up
+  are single runs shared by every seed, so its intervals are conditional on them. With the option
+  on, each study seed N also runs the row upstream-N (compute.seed = N): its own teacher, warm-up,
+  baseline tokenizer (freeze, evaluation) and real statistics where its teacher is the feature
+  space, then the GEAR tune at seed N, freeze and evaluation, all under ablations/upstream-N/. The
+  tokenizer side only, as a rung (a fresh AR per reseeded seed is what it would cost); the report
+  splits the spread of the tokenizer-side effects between the shared and the reseeded upstream.
+  The seed equal to compute.seed is the main DAG's own (the default row: no run of its own).
 
 No torch here: the Snakefile imports it.
 """
@@ -29,6 +38,9 @@ from gear.config import ParamsError
 from gear.models.registry import ar_shape
 
 LADDER_STAGES = ("tune", "freeze", "evaluate_tokenizer")
+# an upstream row's jobs, in order (evaluate_real only where the row owns its real statistics)
+UPSTREAM_STAGES = ("teacher", "tokenizer_init", "evaluate_real", "freeze_baseline", "evaluate_tokenizer_baseline",
+                   *LADDER_STAGES)
 CONTROL_STAGES = ("tokenize_continue", "train_ar_continue", "sample_continue", "evaluate_samples_continue")
 
 
@@ -85,13 +97,34 @@ def lambdas(params) -> list[tuple[float, ablations.Row]]:
     return [(w, top if w == params.align_weight else lambda_row(params, w)) for w in ws]
 
 
-def rows(params) -> list[ablations.Row]:
-    """Every row the study runs beyond the main DAG (not the default row), each once."""
+def ladder_rows(params) -> list[ablations.Row]:
+    """Every ladder and lambda row beyond the main DAG (not the default row), each once."""
     out = []
     for r in [r for _, r in ladder(params)] + [r for _, r in lambdas(params)]:
         if not r.default and r not in out:
             out.append(r)
     return out
+
+
+def reseeds(params) -> bool:
+    """Whether the upstream rows run: study.reseed_upstream, a fresh-mode study as the ladder."""
+    return params.study.reseed_upstream and params.stage2 == "fresh"
+
+
+def upstream_row(params, seed: int) -> ablations.Row:
+    """upstream-<seed>: compute.seed = seed, so its teacher and warm-up are trained under the study
+    seed (the default row where compute.seed is that seed already: the main DAG's)."""
+    return _row(params, "upstream", seed, {"compute.seed": seed})
+
+
+def upstream(params) -> list[tuple[int, ablations.Row]]:
+    """(study seed, its upstream row) per seed when the study reseeds the upstream, else []."""
+    return [(seed, upstream_row(params, seed)) for seed in params.study.seeds] if reseeds(params) else []
+
+
+def rows(params) -> list[ablations.Row]:
+    """Every row the study runs beyond the main DAG (not the default row), each once."""
+    return [*ladder_rows(params), *[r for _, r in upstream(params) if not r.default]]
 
 
 def ladder_seeds(params) -> list[int]:
@@ -129,21 +162,32 @@ def check(params) -> None:
 
 
 def jobs(params) -> list:
-    """Every job of the target `scaling` beyond the main DAG's (`all`): the control's fresh ARs and
-    the ladder's tunes; the report's own job apart."""
+    """Every job of the target `scaling` beyond the main DAG's (`all`): the control's fresh ARs, the
+    ladder's tunes and the upstream rows; the report's own job apart."""
     from gear.dag import Job
 
     out = []
     if params.stage2 != "fresh":  # the control and the ladder are fresh-mode studies; ar-init adds its claims
         return out
+    tuned = {"variant": "gear"}
     for seed in params.study.seeds:
         if control(params):
             out.append(Job.of("tokenize_continue", {"seed": seed}))
             for size in params.ar.sizes:
                 out += [Job.of(s, {"seed": seed, "size": size}) for s in CONTROL_STAGES[1:]]
-        for r in rows(params) if seed in ladder_seeds(params) else ():
-            out += [Job.of(s, {"seed": seed, "variant": "gear"}, r.name) for s in LADDER_STAGES]
+        for r in ladder_rows(params) if seed in ladder_seeds(params) else ():
+            out += [Job.of(s, {"seed": seed, **tuned}, r.name) for s in LADDER_STAGES]
+    for seed, r in upstream(params):
+        out += [Job.of(s, {"seed": seed, **tuned}, r.name) for s in upstream_stages(params, r)]
     return out
+
+
+def upstream_stages(params, row: ablations.Row) -> list[str]:
+    """The stages an upstream row runs (none for the default row)."""
+    if row.default:
+        return []
+    own_real = ablations.layout(params, row).real != Path(".")
+    return [s for s in UPSTREAM_STAGES if s != "evaluate_real" or own_real]
 
 
 def report_deps(params) -> list:
@@ -161,3 +205,14 @@ def row_tokenizer_json(params, row: ablations.Row, seed: int) -> Path:
     layout = paths.Layout() if row.default else paths.Layout(tuned=paths.ablation_root(row.name))
     with paths.using(layout):
         return paths.eval_tokenizer_json("gear", seed)
+
+
+def upstream_tokenizer_jsons(params, seed: int) -> dict[str, Path]:
+    """A reseeded seed's tokenizer evaluations, GEAR's and its own baseline's (the default row: the
+    main DAG's). The row owns teacher, warm-up and tuned arms (ablations.layout: its roots, without
+    building its params, as row_tokenizer_json)."""
+    row = upstream_row(params, seed)
+    root = paths.ablation_root(row.name)
+    layout = paths.Layout() if row.default else paths.Layout(teacher=root, warmup=root, tuned=root)
+    with paths.using(layout):
+        return {"gear": paths.eval_tokenizer_json("gear", seed), "baseline": paths.eval_tokenizer_json("baseline")}

@@ -51,7 +51,7 @@ class Stage:
     deps: tuple = ()       # Dep on producer stages
     wildcards: tuple = ()  # e.g. ("seed", "variant")
     code: tuple = ()       # extra DVC code deps (a stage whose code defines its output format)
-    root: str = "global"   # layout root of its outputs: global | teacher | warmup | tuned
+    root: str = "global"   # layout root of its outputs: global | teacher | warmup | tuned | real (gear/paths.py)
     heavy: bool = True     # training resources and launcher (else the light ones)
     launch: bool = True    # may run under torchrun (several processes)
     room: str = "main"     # main (dvc.yaml, `all`) | t2i | released | scaling (own dvc.yaml and target) | report
@@ -75,9 +75,11 @@ SEED = "seed{seed}"
 # never the model it writes. The seed, size and arm lists (the value is in the job's wildcards and
 # paths: adding a seed reruns nothing of the others); where state, shards and logs go, how often
 # the state is saved (resume equals no-kill, tested) and the metrics logged, how many loader
-# processes decode and how many images an evaluation forward takes.
-FREE = frozenset({"study.seeds", "ar.sizes", "tune.ablations", "data.shard_dir", "compute.state_dir",
-                  "compute.save_every", "compute.log_every", "compute.workers", "metrics.batch_size"})
+# processes decode and how many images an evaluation forward takes. study.reseed_upstream picks the
+# scaling room's rows (their seed is in their paths), so it enters no record either.
+FREE = frozenset({"study.seeds", "study.reseed_upstream", "ar.sizes", "tune.ablations", "data.shard_dir",
+                  "compute.state_dir", "compute.save_every", "compute.log_every", "compute.workers",
+                  "metrics.batch_size"})
 # the shards' manifest is checked against the whole data section (gear/data/loader.py)
 DATA_IN = ("data",)
 RUN = ("compute.device", "compute.precision")

@@ -158,12 +158,19 @@ def write_ablation_row(params, row, seed, fid, rfid, ntp, root: Path):
 LADDER_CKA = {"nano": 0.223, "micro": 0.15, "mini": 0.09}
 
 
-def scaling_world(tmp_path, monkeypatch, seeds):
+# study.reseed_upstream: per seed (beyond the main DAG's compute.seed 0), GEAR - baseline PSNR of the
+# row upstream-<seed> (the main world's spread 0.01 per seed: variance 1e-4 over seeds 0, 1, 2)
+UPSTREAM_PSNR_EFFECT = {1: -0.1, 2: 0.1}
+
+
+def scaling_world(tmp_path, monkeypatch, seeds, reseed: bool = False):
     """Every input of `gear scaling-report`: the main world with the control arm `continue` (its
     tokenizer trained more, not aligned: GEAR's entropy, CKA and gFID below it), the guide
-    ladder's rungs (nano / micro / tiny / mini) and lambda 2 at the largest guide; its params."""
+    ladder's rungs (nano / micro / tiny / mini) and lambda 2 at the largest guide; with `reseed`,
+    each seed's upstream row (its own baseline and GEAR tokenizers, UPSTREAM_PSNR_EFFECT); its params."""
     monkeypatch.chdir(tmp_path)
-    p = load_params(PARAMS, [f"study.seeds={seeds}", "tune.ablations=[ste, continue]"])
+    p = load_params(PARAMS, [f"study.seeds={seeds}", "tune.ablations=[ste, continue]",
+                             f"study.reseed_upstream={str(reseed).lower()}"])
     write_evals(p, seeds)
     write_training_metrics(p, seeds)
     from gear import scaling
@@ -190,5 +197,13 @@ def scaling_world(tmp_path, monkeypatch, seeds):
             path = scaling.row_tokenizer_json(p, row, seed)
             path.parent.mkdir(parents=True, exist_ok=True)
             write_json(path, dict(TOK, arm="gear", seed=seed, psnr=24.8 + j, entropy=5.4 + j, cka_pre=cka + j))
+    for seed, row in scaling.upstream(p):
+        if row.default:  # the main DAG's own upstream: its files are written above
+            continue
+        files, base = scaling.upstream_tokenizer_jsons(p, seed), 25.0 + seed / 10  # every warm-up its own level
+        for arm, psnr in (("baseline", base), ("gear", base + UPSTREAM_PSNR_EFFECT[seed])):
+            files[arm].parent.mkdir(parents=True, exist_ok=True)
+            write_json(files[arm], dict(TOK, arm=arm, seed=seed if arm == "gear" else None, psnr=psnr,
+                                        entropy=6.0 - (arm == "gear") * 0.5, cka_pre=0.17 - (arm == "gear") * 0.06))
     stamp(p, *scaling.report_deps(p))  # the records the stages these files stand in for would write
     return p

@@ -87,6 +87,7 @@ def test_scaling_report_from_a_tiny_world(tmp_path, monkeypatch):
             in md)
     assert "GEAR vs control" in md and "scaling_figures/ladder.png" in md
     assert (paths.REPORTS_DIR / "scaling_figures" / "ladder.png").stat().st_size > 0
+    assert "Not run (study.reseed_upstream false)." in md and js["variance_split"]["run"] is False
     assert "data:image/png;base64," in (paths.REPORTS_DIR / "scaling.html").read_text()
 
 
@@ -275,3 +276,182 @@ def test_the_preset_is_the_measured_study():
     assert len(shapes) >= 4 and all(a[0] < b[0] and a[1] < b[1] for a, b in zip(shapes, shapes[1:]))
     assert len(scaling.ladder_seeds(p)) >= 3 and len(p.study.seeds) >= 4 and scaling.control(p)
     assert {j.stage for j in scaling.jobs(p)} >= {"tune", "train_ar_continue", "evaluate_tokenizer"}
+
+
+# ---- seeds that cover the whole pipeline (study.reseed_upstream) -----------------------------------
+
+RESEED = ["study.seeds=[0, 1, 2]", "study.reseed_upstream=true"]
+
+
+def test_an_upstream_row_owns_its_teacher_warmup_and_baseline():
+    """upstream-<seed> sets compute.seed: its teacher, warm-up, baseline tokenizer and (demo feature
+    space) real statistics are its own; the default layout's and every other row's baseline paths
+    are the main DAG's."""
+    from pathlib import Path
+
+    from gear.cli import check_ablation
+
+    p = load_params(PARAMS, RESEED)
+    ups = dict(scaling.upstream(p))
+    assert ups[0].default  # compute.seed 0: the main DAG's own teacher and warm-up
+    row = ups[1]
+    assert row.name == "upstream-1" and dict(row.overrides) == {"compute.seed": 1}
+    assert ablations.find(p, "upstream-1") == row and row in scaling.rows(p)
+    root = Path("ablations/upstream-1")
+    assert ablations.layout(p, row) == paths.Layout(teacher=root, warmup=root, tuned=root, real=root)
+    with paths.using(ablations.layout(p, row)):
+        assert paths.teacher_dir() == root / "models/teacher"
+        assert paths.tokenizer_init_dir() == paths.freeze_source_dir("baseline") == root / "models/tokenizer_init"
+        assert paths.frozen_dir("baseline") == root / "models/frozen/baseline"
+        assert paths.eval_tokenizer_json("baseline") == root / "eval/tokenizer/baseline.json"
+        assert paths.real_stats_dir() == root / "eval/real"
+        assert scaling.upstream_tokenizer_jsons(p, 1) == {"gear": paths.eval_tokenizer_json("gear", 1),
+                                                          "baseline": paths.eval_tokenizer_json("baseline")}
+    main = {"frozen": Path("models/frozen/baseline"), "tokens": Path("data/tokens/baseline"),
+            "eval": Path("eval/tokenizer/baseline.json"), "stats": Path("metrics/freeze/baseline.json"),
+            "real": Path("eval/real")}
+    here = lambda: {"frozen": paths.frozen_dir("baseline"), "tokens": paths.tokens_dir("baseline"),  # noqa: E731
+                    "eval": paths.eval_tokenizer_json("baseline"), "stats": paths.freeze_stats_json("baseline"),
+                    "real": paths.real_stats_dir()}
+    assert here() == main and scaling.upstream_tokenizer_jsons(p, 0)["baseline"] == main["eval"]
+    for name in ("tau-0.5", "guide-nano"):  # a row sharing the warm-up reads the main baseline and statistics
+        with paths.using(ablations.layout(p, ablations.find(p, name))):
+            assert here() == main
+    with pytest.raises(ParamsError, match="--arm must be gear"):  # only a row with its own warm-up has a baseline
+        check_ablation(p, "tau-0.5", {"arm": "baseline"})
+    check_ablation(p, "upstream-1", {"arm": "baseline"})
+    # off (the default): no upstream rows, the ladder alone
+    off = load_params(PARAMS, ["study.seeds=[0, 1, 2]"])
+    assert scaling.upstream(off) == [] and not any(r.name.startswith("upstream") for r in scaling.rows(off))
+
+
+def test_variance_split_of_hand_made_spreads():
+    """V_reseeded / V_shared = 4 with its F interval (2 and 2 degrees of freedom: F(0.975) = 39), and the
+    upstream's share 1 - 1/4; a reseeded spread below the shared one carries no share."""
+    v = scaling_report.variance_split([0.0, 1.0, 2.0], [0.0, 2.0, 4.0], 0.95)
+    assert (v["shared"]["sd"], v["reseeded"]["sd"], v["reseeded"]["mean"], v["reseeded"]["n"]) == (1.0, 2.0, 2.0, 3)
+    assert v["ratio"] == pytest.approx(4.0) and v["share"] == pytest.approx(0.75)
+    assert v["lo"] == pytest.approx(4.0 / 39.0) and v["hi"] == pytest.approx(4.0 * 39.0)
+    assert scaling_report.variance_split([0.0, 2.0, 4.0], [0.0, 1.0, 2.0])["share"] == 0.0
+    one = scaling_report.variance_split([0.0, 1.0], [3.0])
+    assert one["share"] is None and one["ratio"] is None and one["reseeded"]["sd"] is None
+
+
+def test_scaling_report_splits_the_variance(tmp_path, monkeypatch):
+    """The report's variance split from a world whose reseeded PSNR effect spreads far wider than the
+    shared one (UPSTREAM_PSNR_EFFECT) and whose entropy effect does not; through the CLI (its inputs
+    checked against their records, the stage reading only its declared keys)."""
+    import numpy as np
+
+    from gear.cli import main
+    from report_worlds import UPSTREAM_PSNR_EFFECT
+
+    scaling_world(tmp_path, monkeypatch, [0, 1, 2], reseed=True)
+    assert main(["scaling-report", f"--params={PARAMS}", "--set=study.seeds=[0, 1, 2]",
+                 "--set=tune.ablations=[ste, continue]", "--set=study.reseed_upstream=true"]) == 0
+    md = (paths.REPORTS_DIR / "scaling.md").read_text()
+    js = json.loads((paths.REPORTS_DIR / "scaling.json").read_text())["variance_split"]
+    assert js["run"] and js["seeds"] == [0, 1, 2]
+    shared = [24.9 + 0.01 * (k - 1) - 25.0 for k in range(3)]  # report_worlds.write_evals: GEAR - baseline
+    reseeded = [shared[0], *UPSTREAM_PSNR_EFFECT.values()]  # seed 0's upstream is the main DAG's
+    c4 = js["claims"]["C4"]
+    assert c4["share"] == pytest.approx(1 - np.var(shared, ddof=1) / np.var(reseeded, ddof=1))
+    assert c4["lo"] > 1 and c4["reseeded"]["n"] == 3
+    assert js["claims"]["C3"]["share"] == 0.0 and js["claims"]["C3"]["lo"] < 1 < js["claims"]["C3"]["hi"]
+    assert js["baseline"]["psnr"]["min"] == pytest.approx(25.0) and js["baseline"]["psnr"]["max"] == pytest.approx(25.2)
+    assert "effective_size" in js["baseline"]
+    assert "## Variance split (teacher and warm-up reseeded)" in md
+    line = next(x for x in md.splitlines() if x.startswith("- C4:"))
+    assert f"about {c4['share']:.0%} of the spread" in line and "the shared intervals understate the spread" in line
+    assert "a ratio of 1 (no upstream share) cannot be excluded" in next(x for x in md.splitlines()
+                                                                         if x.startswith("- C3:"))
+
+
+def _reseed_scratch(tmp_path, extra: list[str]):
+    """A workflow copy whose params.yaml is the tiny world's (one ladder rung on seed 1), reseeding (or
+    not) seeds 1 and 2."""
+    from gear.config import params_yaml
+    from tiny import TINY, copy_workflow
+
+    tmp_path.mkdir()
+    d = copy_workflow(tmp_path)
+    sets = [*TINY, "study.seeds=[0, 1, 2]", "tune.ablations=[]", "scaling.guides=[nano]", "scaling.lambdas=[]",
+            "scaling.ladder_seeds=[1]", *extra]
+    (d / "params.yaml").write_text(params_yaml(load_params(d / "params.yaml", sets), d / "params.yaml", sets,
+                                               d / "params.yaml"))
+    return d
+
+
+UPSTREAM = ("teacher", "tokenizer_init", "evaluate_real", "freeze_baseline", "evaluate_tokenizer_baseline", "tune",
+            "freeze", "evaluate_tokenizer")
+
+
+def test_reseeded_upstream_in_both_tools(tmp_path):
+    """`snakemake scaling` with study.reseed_upstream runs, for seeds 1 and 2 (0 is compute.seed: the
+    main DAG's), the row's own teacher, warm-up, real statistics, baseline freeze and evaluation, then
+    its GEAR tune, freeze and evaluation, each on the row's own inputs; off, none of them. The
+    scaling/dvc.yaml that `gear dag` writes declares the same jobs, wired the same way."""
+    import contextlib
+    import subprocess
+
+    from dags import ENV, smk_jobs
+    from gear import dvcfile
+
+    upstream = lambda jobs: [j for j in jobs if j["wildcards"].get("row", "").startswith("upstream")]  # noqa: E731
+    off = _reseed_scratch(tmp_path / "off", [])
+    assert upstream(smk_jobs(off, "params.yaml", target="scaling")["params.yaml"]) == []
+    d = _reseed_scratch(tmp_path / "on", ["study.reseed_upstream=true"])
+    jobs = upstream(smk_jobs(d, "params.yaml", target="scaling")["params.yaml"])
+    got = {(j["rule"][len("ablation_"):], j["wildcards"]["row"]) for j in jobs}
+    assert got == {(s, f"upstream-{seed}") for s in UPSTREAM for seed in (1, 2)}
+    by = {(j["rule"], j["wildcards"]["row"]): j for j in jobs}
+    base = by[("ablation_evaluate_tokenizer_baseline", "upstream-2")]
+    assert base["output"] == ["ablations/upstream-2/eval/tokenizer/baseline.json"]
+    assert {"ablations/upstream-2/models/frozen/baseline", "ablations/upstream-2/models/teacher",
+            "ablations/upstream-2/eval/real"} <= set(base["input"])
+    tune = by[("ablation_tune", "upstream-1")]
+    assert {"ablations/upstream-1/models/teacher", "ablations/upstream-1/models/tokenizer_init"} <= set(tune["input"])
+    assert tune["params"]["cmd"] == "gear tune --variant gear --seed 1 --params params.yaml --ablation upstream-1"
+    assert by[("ablation_freeze_baseline", "upstream-1")]["params"]["cmd"] == \
+        "gear freeze --arm baseline --params params.yaml --ablation upstream-1"
+
+    (d / "scaling").mkdir(exist_ok=True)
+    with contextlib.chdir(d):
+        dvcfile.write_dvc_files(load_params("params.yaml"))
+    subprocess.run(["dvc", "init", "--no-scm", "-q"], cwd=d, env=ENV, check=True)
+    from dvc.repo import Repo
+
+    with Repo(str(d)) as repo:
+        stages = {s.addressing.split(":")[-1]: s for s in repo.index.stages
+                  if s.dvcfile.relpath.endswith("scaling/dvc.yaml")}
+        edges = {(a.addressing.split(":")[-1], b.addressing.split(":")[-1]) for a, b in repo.index.graph.edges}
+    dvc_jobs = {(k.split("@")[0][len("upstream_"):], "upstream-" + k.split("@")[1].split("-")[0])
+                for k in stages if k.startswith("upstream_")}
+    assert dvc_jobs == got
+    assert stages["upstream_tune@1-gear"].cmd == tune["params"]["cmd"]
+    assert {("upstream_tune@2-gear", "upstream_tokenizer_init@2"), ("upstream_tokenizer_init@1", "upstream_teacher@1"),
+            ("upstream_evaluate_tokenizer_baseline@1", "upstream_freeze_baseline@1"),
+            ("upstream_evaluate_tokenizer@2-gear", "upstream_evaluate_real@2"),
+            ("upstream_teacher@1", "shard")} <= edges
+
+
+def test_an_upstream_row_trains_and_measures_its_own_baseline(tmp_path, monkeypatch):
+    """The row's half that no other row runs, through the CLI: its teacher and warm-up under its seed,
+    its real statistics in its own teacher's space, its baseline frozen and evaluated, all under
+    ablations/upstream-1/ and each on the row's own inputs; the main folders stay empty."""
+    from tiny import gear_cli
+
+    monkeypatch.chdir(tmp_path)
+    extra = (*RESEED, "tune.ablations=[]", "tokenizer.steps=2")
+    row = ["--ablation", "upstream-1"]
+    for stage in (["shard"], ["teacher", *row], ["tokenizer-init", *row], ["evaluate", "real", *row],
+                  ["freeze", "--arm", "baseline", *row], ["evaluate", "tokenizer", "--arm", "baseline", *row]):
+        assert gear_cli(stage, *extra) == 0, stage
+    root = tmp_path / "ablations/upstream-1"
+    teacher = json.loads((root / "models/teacher/provenance.json").read_text())
+    assert (teacher["row"], teacher["params"]["compute.seed"]) == ("upstream-1", 1)
+    ev = json.loads((root / "eval/tokenizer/baseline.json").read_text())
+    assert ev["tokenizer"] == "ablations/upstream-1/models/frozen/baseline"
+    assert set(ev["provenance"]["deps"]) == {"data/shards", "ablations/upstream-1/models/frozen/baseline",
+                                             "ablations/upstream-1/models/teacher", "ablations/upstream-1/eval/real"}
+    assert not any((tmp_path / d).exists() for d in ("models", "eval", "metrics"))

@@ -7,6 +7,10 @@ Sections, every number read from the pipeline's outputs and every verdict from t
 - the guide-capacity ladder: the tokenizer-side claims (C3 entropy, C4 reconstruction, C5
   tokenizer teacher-likeness) per guide size, with intervals, tabled and plotted against the
   guide's block parameters; then lambda at the largest guide;
+- the variance split (study.reseed_upstream): each tokenizer-side effect's spread over seeds with
+  the teacher and the warm-up shared (the main DAG) and reseeded per seed (the upstream rows), the
+  ratio of the two variances with its F interval, the share of the spread the upstream carries,
+  and the baseline tokenizer's own level across the reseeded warm-ups;
 - the claims under each stage-2 mode (params `stage2`): the control and the ladder are fresh-mode
   studies; a run under ar-init measures its claims against the baseline and leaves them in
   reports/scaling.ar-init.json, which the fresh run's report shows beside its own (each run writes
@@ -19,6 +23,7 @@ import dataclasses
 from pathlib import Path
 
 import numpy as np
+from scipy import stats
 
 from gear import paths, scaling, stage2
 from gear.io import atomic_entries, write_json
@@ -63,6 +68,11 @@ def required(params) -> list[tuple[Path, str]]:
         ladder = seed in scaling.ladder_seeds(params)
         for _, row in [*scaling.ladder(params), *scaling.lambdas(params)] if ladder else ():
             need.append((scaling.row_tokenizer_json(params, row, seed), _row_cmd(row, seed)))
+    for seed, row in scaling.upstream(params):
+        flag = "" if row.default else f" --ablation {row.name}"
+        js = scaling.upstream_tokenizer_jsons(params, seed)
+        need += [(js["gear"], f"gear evaluate tokenizer --arm gear --seed {seed}{flag}"),
+                 (js["baseline"], f"gear evaluate tokenizer --arm baseline{flag}")]
     return list(dict.fromkeys(need))
 
 
@@ -70,6 +80,7 @@ def required(params) -> list[tuple[Path, str]]:
 class Study:
     r: object                 # the main report's Results, the control's ARs added
     rungs: dict               # (row name, seed) -> tokenizer evaluation
+    upstream: dict            # seed -> {"gear", "baseline"} -> tokenizer evaluation, teacher and warm-up reseeded
 
 
 def load(params) -> Study:
@@ -90,7 +101,9 @@ def load(params) -> Study:
         for seed in scaling.ladder_seeds(params):
             p = scaling.row_tokenizer_json(params, row, seed)
             rungs[(row.name, seed)] = read_object(p, cmd[p])
-    return Study(r, rungs)
+    upstream = {seed: {arm: read_object(p, cmd[p]) for arm, p in scaling.upstream_tokenizer_jsons(params, seed).items()}
+                for seed, _ in scaling.upstream(params)}
+    return Study(r, rungs, upstream)
 
 
 def speedups(r, params, ref: str) -> dict:
@@ -231,6 +244,97 @@ def lambda_section(st: Study, params) -> tuple[list, dict, dict]:
     return [f"## Alignment weight at the largest guide ({size})", table(rows, src)], js, found
 
 
+def _spread(values: np.ndarray) -> dict:
+    return {"mean": float(values.mean()) if len(values) else None,
+            "sd": float(values.std(ddof=1)) if len(values) > 1 else None, "n": len(values)}
+
+
+def variance_split(shared, reseeded, confidence: float = 0.95) -> dict:
+    """One effect's spread (GEAR - baseline, one value per seed) with the teacher and the warm-up
+    shared and with them reseeded per seed: mean, sd and n of each; the variance ratio V_reseeded /
+    V_shared with its F interval ((V_r / V_s) / (sigma_r^2 / sigma_s^2) ~ F(n_r - 1, n_s - 1) for two
+    independent normal samples); the share of the spread the upstream carries, max(0, 1 - V_shared /
+    V_reseeded). None where fewer than 2 values (or a zero variance) leave it undefined."""
+    a, b = np.asarray(shared, dtype=np.float64), np.asarray(reseeded, dtype=np.float64)
+    out = {"shared": _spread(a), "reseeded": _spread(b), "ratio": None, "lo": None, "hi": None, "share": None,
+           "confidence": confidence}
+    if len(a) < 2 or len(b) < 2:
+        return out
+    vs, vr = float(a.var(ddof=1)), float(b.var(ddof=1))
+    out["share"] = max(0.0, 1.0 - vs / vr) if vr > 0 else 0.0
+    if vs > 0:
+        ratio, tail, df = vr / vs, (1 - confidence) / 2, (len(b) - 1, len(a) - 1)
+        out.update(ratio=ratio, lo=ratio / float(stats.f.ppf(1 - tail, *df)), hi=ratio / float(stats.f.ppf(tail, *df)))
+    return out
+
+
+def _effects(tok: dict, seeds: list, key: str) -> list[float]:
+    """GEAR - baseline per seed, the seeds where both are measured (a collapsed CKA is null)."""
+    pairs = [(tok[s]["gear"].get(key), tok[s]["baseline"].get(key)) for s in seeds]
+    return [g - b for g, b in pairs if g is not None and b is not None]
+
+
+def _split_words(cid: str, v: dict) -> str:
+    """The plain-words line of one claim, from its numbers alone."""
+    sh, re_ = v["shared"], v["reseeded"]
+    if v["share"] is None:
+        return (f"- {cid}: not split: {sh['n']} shared and {re_['n']} reseeded seeds (the variances need at "
+                "least 2 each).")
+    if v["ratio"] is None:
+        ratio = "the shared spread is zero"
+        reading = "every difference between seeds comes from the upstream"
+    else:
+        ratio = f"variance ratio {v['ratio']:.3g} [{v['lo']:.3g}, {v['hi']:.3g}]"
+        reading = ("the shared intervals understate the spread" if v["lo"] > 1 else
+                   "the reseeded spread is smaller than the shared one" if v["hi"] < 1 else
+                   "with these seeds a ratio of 1 (no upstream share) cannot be excluded")
+    return (f"- {cid}: GEAR - baseline spreads sd {re_['sd']:.3g} over {re_['n']} seeds with the teacher and the "
+            f"warm-up reseeded against sd {sh['sd']:.3g} over {sh['n']} with them shared (means {re_['mean']:+.3g} "
+            f"and {sh['mean']:+.3g}); {ratio}: the upstream carries about {v['share']:.0%} of the spread; {reading}.")
+
+
+LEVELS = (("psnr", "val PSNR (dB)"), ("entropy", "val entropy (nats)"), ("effective_size", "effective codebook size"))
+TITLE_SPLIT = "## Variance split (teacher and warm-up reseeded)"
+
+
+def variance_section(st: Study, params) -> tuple[list, dict]:
+    if not scaling.reseeds(params):
+        why = "study.reseed_upstream false" if not params.study.reseed_upstream else "a fresh-mode study"
+        return [TITLE_SPLIT, f"Not run ({why})."], {"run": False, "reason": why}
+    r, conf = st.r, params.study.confidence
+    shared = {s: {"gear": r.tok[(s, "gear")], "baseline": r.tok[(s, "baseline")]} for s in r.seeds}
+    split = {cid: variance_split(_effects(shared, r.seeds, KEY[cid][0]), _effects(st.upstream, r.seeds, KEY[cid][0]),
+                                 conf) for cid in TOKENIZER_CLAIMS}
+    fmt = lambda x: "-" if x is None else f"{x:.4g}"  # noqa: E731
+    rows = [{"claim": f"{cid}: {KEY[cid][1]}",
+             "shared: mean ± sd (n)": f"{fmt(v['shared']['mean'])} ± {fmt(v['shared']['sd'])} ({v['shared']['n']})",
+             "reseeded: mean ± sd (n)": f"{fmt(v['reseeded']['mean'])} ± {fmt(v['reseeded']['sd'])} "
+                                        f"({v['reseeded']['n']})",
+             f"V_reseeded / V_shared [{conf:.0%} F]": f"{fmt(v['ratio'])} [{fmt(v['lo'])}, {fmt(v['hi'])}]",
+             "upstream share": "-" if v["share"] is None else f"{v['share']:.0%}"} for cid, v in split.items()]
+    levels, lines = {}, []
+    for key, label in LEVELS:
+        vals = [st.upstream[s]["baseline"].get(key) for s in r.seeds]
+        if any(x is None for x in vals):
+            continue
+        a = np.asarray(vals, dtype=np.float64)
+        levels[key] = {"min": float(a.min()), "max": float(a.max()), "sd": _spread(a)["sd"], "n": len(a),
+                       "shared": r.tok[(r.seeds[0], "baseline")].get(key)}
+        sd = levels[key]["sd"]
+        lines.append(f"- {label}: {a.min():.4g}..{a.max():.4g} (sd {'-' if sd is None else f'{sd:.3g}'}, "
+                     f"{len(a)} warm-ups; the shared warm-up's: {fmt(levels[key]['shared'])})")
+    text = (f"Each study seed N also trains its own teacher and warm-up (row upstream-N, compute.seed = N; the seed "
+            f"equal to compute.seed {params.compute.seed} is the main DAG's own), its own baseline tokenizer, and the "
+            "GEAR tune on that warm-up: the effects below are each row's GEAR against its own baseline, beside the "
+            "main DAG's, whose seeds share one teacher and one warm-up. The share is max(0, 1 - V_shared / "
+            "V_reseeded).")
+    src = [paths.eval_tokenizer_json("baseline"), Path("eval/tokenizer/seed*/"),
+           paths.ablation_root("upstream-*") / "eval" / "tokenizer"]
+    blocks = [TITLE_SPLIT, text, table(rows, src), "\n".join(_split_words(c, v) for c, v in split.items()),
+              "The baseline tokenizer across the reseeded warm-ups:\n" + "\n".join(lines)]
+    return blocks, {"run": True, "seeds": r.seeds, "claims": split, "baseline": levels}
+
+
 def summary(params, pairs: list, ladder: dict, lambdas: dict) -> list:
     """What holds, in plain words, from the verdicts alone."""
     lines = []
@@ -278,7 +382,9 @@ def run(params) -> None:
         if fresh:
             lad_blocks, own["ladder"], lad = ladder_section(st, params, out)
             lam_blocks, own["lambda"], lam = lambda_section(st, params)
-            blocks += summary(params, pairs, lad, lam) + ctrl_blocks + mode_blocks + lad_blocks + lam_blocks
+            var_blocks, own["variance_split"] = variance_section(st, params)
+            blocks += (summary(params, pairs, lad, lam) + ctrl_blocks + mode_blocks + lad_blocks + lam_blocks
+                       + var_blocks)
         else:
             blocks += mode_blocks + ["The control and the guide ladder are fresh-mode studies: run the scaling "
                                      "target under stage2 = fresh for them (`make scaling` runs both modes)."]

@@ -20,7 +20,9 @@ from gear import scaling as SC
 AB_ROWS = {r.name: r for r in [*AB.runnable(P), *SC.rows(P)]}
 AB_COPIED = [n for n, r in AB_ROWS.items() if AB.reuses_ste_variant(P, r)]
 AB_STAGES = ("teacher", "tokenizer_init", "tune", "freeze", "tokenize", "train_ar_gear", "sample_gear",
-             "evaluate_tokenizer", "evaluate_samples_gear")
+             "evaluate_tokenizer", "evaluate_samples_gear",
+             # the scaling study's upstream rows (own teacher and warm-up): their baseline and real statistics
+             "freeze_baseline", "evaluate_tokenizer_baseline", "evaluate_real")
 
 
 def st_rows_regex(names):
@@ -28,8 +30,7 @@ def st_rows_regex(names):
 
 
 def st_row_owns(row: str, root: str) -> bool:
-    lay = AB.layout(P, AB_ROWS[row])
-    return {"teacher": lay.teacher, "warmup": lay.warmup, "tuned": lay.tuned}[root] != Path(".")
+    return dag.roots(AB.layout(P, AB_ROWS[row]))[root] != Path(".")
 
 
 def st_wc(stage, wildcards):
