@@ -118,8 +118,9 @@ def upstream_row(params, seed: int) -> ablations.Row:
 
 
 def upstream(params) -> list[tuple[int, ablations.Row]]:
-    """(study seed, its upstream row) per seed when the study reseeds the upstream, else []."""
-    return [(seed, upstream_row(params, seed)) for seed in params.study.seeds] if reseeds(params) else []
+    """(study seed, its upstream row) per ladder seed when the study reseeds the upstream, else []:
+    the upstream rows are tokenizer-side rows like the ladder's, and run its seeds (cost)."""
+    return [(seed, upstream_row(params, seed)) for seed in ladder_seeds(params)] if reseeds(params) else []
 
 
 def rows(params) -> list[ablations.Row]:

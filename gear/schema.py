@@ -242,7 +242,7 @@ class Study:
     confidence: float = within("(0, 1)")         # level of the paired t intervals
     collapse_fraction: float = within("(0, 1)")  # effective size below this share of the codebook = collapse
     recon_margin_db: float = within("[0, inf)")  # C4 non-inferiority margin: PSNR may fall by this much
-    reseed_upstream: bool  # the scaling room also reseeds the teacher and the warm-up per seed (gear/scaling.py)
+    reseed_upstream: bool  # the scaling room also reseeds the teacher and the warm-up per ladder seed (gear/scaling.py)
 
 
 @dataclass

@@ -223,7 +223,8 @@ def test_snakemake_scaling_target(tmp_path):
                                                            "ablation_evaluate_tokenizer") for r in by)
     nano = next(j for j in by["ablation_tune"] if j["wildcards"]["row"] == "guide-nano")
     assert {"models/teacher", "models/tokenizer_init"} <= set(nano["input"])
-    assert nano["params"]["cmd"].startswith("gear tune --variant gear --seed 1 --params params.yaml --ablation guide-nano")
+    assert nano["shell"].startswith("gear tune --variant gear --seed 1 --params params.yaml --ablation guide-nano >")
+    assert "params.yaml" not in str(nano["params"])  # the file's name: a resource, not a param (stages.smk)
     assert len(by["tokenizer_init"]) == len(by["teacher"]) == 1
     # the control: its tune in the main rules (every seed), its own tokens and fresh AR
     assert {j["wildcards"]["variant"] for j in by["tune"]} == {"gear", "ste", "continue"}
@@ -368,15 +369,16 @@ def test_scaling_report_splits_the_variance(tmp_path, monkeypatch):
 
 
 def _reseed_scratch(tmp_path, extra: list[str]):
-    """A workflow copy whose params.yaml is the tiny world's (one ladder rung on seed 1), reseeding (or
-    not) seeds 1 and 2."""
+    """A workflow copy whose params.yaml is the tiny world's (one ladder rung on every seed), reseeding
+    (or not) the ladder seeds, whose upstream rows are upstream-1 and upstream-2 (seed 0 is compute.seed:
+    the main DAG's own)."""
     from gear.config import params_yaml
     from tiny import TINY, copy_workflow
 
     tmp_path.mkdir()
     d = copy_workflow(tmp_path)
     sets = [*TINY, "study.seeds=[0, 1, 2]", "tune.ablations=[]", "scaling.guides=[nano]", "scaling.lambdas=[]",
-            "scaling.ladder_seeds=[1]", *extra]
+            "scaling.ladder_seeds=[0, 1, 2]", *extra]
     (d / "params.yaml").write_text(params_yaml(load_params(d / "params.yaml", sets), d / "params.yaml", sets,
                                                d / "params.yaml"))
     return d
@@ -387,8 +389,8 @@ UPSTREAM = ("teacher", "tokenizer_init", "evaluate_real", "freeze_baseline", "ev
 
 
 def test_reseeded_upstream_in_both_tools(tmp_path):
-    """`snakemake scaling` with study.reseed_upstream runs, for seeds 1 and 2 (0 is compute.seed: the
-    main DAG's), the row's own teacher, warm-up, real statistics, baseline freeze and evaluation, then
+    """`snakemake scaling` with study.reseed_upstream runs, for ladder seeds 1 and 2 (0 is compute.seed:
+    the main DAG's), the row's own teacher, warm-up, real statistics, baseline freeze and evaluation, then
     its GEAR tune, freeze and evaluation, each on the row's own inputs; off, none of them. The
     scaling/dvc.yaml that `gear dag` writes declares the same jobs, wired the same way."""
     import contextlib
@@ -411,9 +413,9 @@ def test_reseeded_upstream_in_both_tools(tmp_path):
             "ablations/upstream-2/eval/real"} <= set(base["input"])
     tune = by[("ablation_tune", "upstream-1")]
     assert {"ablations/upstream-1/models/teacher", "ablations/upstream-1/models/tokenizer_init"} <= set(tune["input"])
-    assert tune["params"]["cmd"] == "gear tune --variant gear --seed 1 --params params.yaml --ablation upstream-1"
-    assert by[("ablation_freeze_baseline", "upstream-1")]["params"]["cmd"] == \
-        "gear freeze --arm baseline --params params.yaml --ablation upstream-1"
+    assert tune["shell"].startswith("gear tune --variant gear --seed 1 --params params.yaml --ablation upstream-1 >")
+    assert by[("ablation_freeze_baseline", "upstream-1")]["shell"].startswith(
+        "gear freeze --arm baseline --params params.yaml --ablation upstream-1 >")
 
     (d / "scaling").mkdir(exist_ok=True)
     with contextlib.chdir(d):
@@ -428,7 +430,7 @@ def test_reseeded_upstream_in_both_tools(tmp_path):
     dvc_jobs = {(k.split("@")[0][len("upstream_"):], "upstream-" + k.split("@")[1].split("-")[0])
                 for k in stages if k.startswith("upstream_")}
     assert dvc_jobs == got
-    assert stages["upstream_tune@1-gear"].cmd == tune["params"]["cmd"]
+    assert tune["shell"].startswith(stages["upstream_tune@1-gear"].cmd + " >")
     assert {("upstream_tune@2-gear", "upstream_tokenizer_init@2"), ("upstream_tokenizer_init@1", "upstream_teacher@1"),
             ("upstream_evaluate_tokenizer_baseline@1", "upstream_freeze_baseline@1"),
             ("upstream_evaluate_tokenizer@2-gear", "upstream_evaluate_real@2"),

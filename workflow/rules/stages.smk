@@ -91,7 +91,7 @@ def st_command(stage, row_rule):
     def command(w):
         args = {k: w[k] for k in stage.wildcards}
         row = f" --ablation {w.row}" if row_rule else ""
-        return f"gear {stage.cli.format(**args)}{row}"
+        return f"gear {stage.cli.format(**args)}", row
     return command
 
 
@@ -126,4 +126,4 @@ for st_stage, st_row_rule in [(s, r) for s in dag.table(P.stage2).values() for r
         benchmark: benchfile(st_name, *st_wcs)
         threads: TRAIN_THREADS if st_stage.heavy else LIGHT_THREADS
         resources: **st_resources(st_stage)
-        shell: "{resources.launch}{params.cmd} --params {resources.params_file:q} > {log} 2>&1"
+        shell: "{resources.launch}{params.cmd[0]} --params {resources.params_file:q}{params.cmd[1]} > {log} 2>&1"
