@@ -13,9 +13,10 @@ from gear.models.sampling import generate
 from gear.train.recon_check import to_uint8
 
 
-def batch_seed(seed: int, batch: int) -> int:
-    """Seed of batch `batch`'s generator: well mixed, the same in every process."""
-    return int(np.random.SeedSequence([seed, batch]).generate_state(1)[0])
+def batch_seed(seed: int, *keys: int) -> int:
+    """Seed of a batch's generator from the run's seed and the batch's keys (its index; text-to-image:
+    the snapshot step, the CFG scale x 1000 and the index): well mixed, the same in every process."""
+    return int(np.random.SeedSequence([seed, *keys]).generate_state(1)[0])
 
 
 def draw(model, tok, labels: torch.Tensor, batch_size: int, seed: int, rt, knobs: dict, desc: str,

@@ -19,6 +19,12 @@ def continued_steps(params) -> int:
     return params.ar.steps - params.tune.steps
 
 
+def steps_before(params, arm: str) -> int:
+    """AR steps an arm's stage-2 AR has seen before its own first step (its curves' x offset in the
+    report): the stage-1 steps for the ar-init GEAR AR, else 0."""
+    return params.tune.steps if params.stage2 == "ar-init" and arm == "gear" else 0
+
+
 def describe(params) -> str:
     """The report's line: the mode and each arm's AR step budget."""
     a, t = params.ar, params.tune

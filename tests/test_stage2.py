@@ -97,6 +97,9 @@ def test_budget_counts_the_stage1_steps():
     assert "baseline's AR trains fresh for 300 steps" in line
     fresh = stage2.describe(load_params(ROOT / "params.yaml"))
     assert "`fresh`" in fresh and "for 300 steps" in fresh
+    # the report's AR curves: the continued AR's step 0 is its AR's step tune.steps
+    assert (stage2.steps_before(p, "gear"), stage2.steps_before(p, "baseline")) == (100, 0)
+    assert stage2.steps_before(load_params(ROOT / "params.yaml"), "gear") == 0
 
 
 @pytest.mark.parametrize("sets, message", [

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gear import paths
+from gear import paths, stage2
 from gear.ablations import demo_needed
 from gear.report.readers import Need, check_present, read_curve, read_object, tsv
 
@@ -127,8 +127,9 @@ def load_results(params) -> Results:
         for s in r.sizes:
             for a in paths.AR_ARMS:
                 r.samples[(seed, a, s)] = read(paths.eval_samples_json(a, s, seed))
-                for name in ar_curve_names(params):
-                    r.ar_curves[(seed, a, s, name)] = curve(tsv(paths.train_ar_metrics_dir(a, s, seed), name))
+                for name in ar_curve_names(params):  # x: AR steps in all (ar-init: stage 1's included)
+                    steps, values = curve(tsv(paths.train_ar_metrics_dir(a, s, seed), name))
+                    r.ar_curves[(seed, a, s, name)] = (steps + stage2.steps_before(params, a), values)
         for label, folder, _ in seed_folders(params, seed):
             r.finals[(seed, label)] = read(folder / "metrics.json")
     return r

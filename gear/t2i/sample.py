@@ -25,6 +25,7 @@ from gear.guard import as_dict
 from gear import paths as main_paths
 from gear.artifacts import load_tokenizer
 from gear.config import ParamsError
+from gear.draw import batch_seed
 from gear.io import atomic_dir, write_json
 from gear.models.sampling import generate
 from gear.runtime import gather_to_main, setup, teardown
@@ -35,10 +36,6 @@ from gear.t2i.data import arm_seed, check_arm, check_trained_on, load_t2i, read_
 from gear.train.recon_check import image_grid, to_uint8
 
 GRID_PROMPTS = 8
-
-
-def batch_seed(seed: int, step: int, cfg: float, batch: int) -> int:
-    return int(np.random.SeedSequence([seed, step, round(cfg * 1000), batch]).generate_state(1)[0])
 
 
 def run(params, arm: str, seed: int | None = None) -> None:
@@ -66,7 +63,7 @@ def run(params, arm: str, seed: int | None = None) -> None:
         if s.top_k > model.cfg.vocab_size:
             raise ParamsError(f"t2i.sample.top_k = {s.top_k}: must be <= the codebook size {model.cfg.vocab_size}")
         sel = batches[b]
-        gen = torch.Generator(device=rt.device).manual_seed(batch_seed(params.compute.seed, st, c, b))
+        gen = torch.Generator(device=rt.device).manual_seed(batch_seed(params.compute.seed, st, round(c * 1000), b))
         idx = generate(model, emb[sel].to(rt.device), mask[sel].to(rt.device), cfg_scale=c,
                        cfg_interval=tuple(s.cfg_interval), temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
                        generator=gen, bf16=rt.precision == "bf16", compile=s.compile)
