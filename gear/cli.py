@@ -15,7 +15,7 @@ import sys
 
 from gear.config import ParamsError
 from gear.dag import load_params
-from gear.stagespec import FREE
+from gear.stagespec import FREE, SAID
 
 GUIDE = ("--size", dict(default=None, help="stage2 = ar-init only: the AR size that guides stage 1 (one of ar.sizes)"))
 SEED = ("--seed", dict(type=int, default=None, help="study seed (one of study.seeds; default: the only one)"))
@@ -133,7 +133,8 @@ def run_stage(stage: str, params, params_file: str, extra: dict, row: str | None
         return
     stage_params, layout = dag.layout_for(params, row)
     audit = os.environ.get("GEAR_AUDIT_READS")  # a file: record what the stage reads instead of refusing
-    view = ParamsView(stage_params, None if audit else dag.declared(job.stage, job.mode), job.stage, free=FREE)
+    declared = dag.declared(job.stage, job.mode)
+    view = ParamsView(stage_params, None if audit else declared, job.stage, free=FREE | (SAID - declared))
     if hasattr(module, "precheck"):  # the stage's own cheap checks of params and named files first
         module.precheck(stage_params, **extra)  # (checks only: what they read makes no output)
     provenance.check_inputs(job, params, params_file)

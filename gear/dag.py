@@ -41,7 +41,7 @@ STAGES: dict[str, Stage] = by_name(
     Stage("tune", "tune --variant {variant} --seed {seed}",
           ("tau", "align_weight", "align_weight_ar", "align_layer", "e2e_mode", "quantizer", "tokenizer", "tune",
            "ar.class_dropout", "ar.token_dropout", "ar.projector_hidden", "ar.custom_layers", "ar.custom_dim",
-           "ar.custom_heads", "ar.resid_dropout", "ar.ffn_dropout", "compute.grad_checkpointing")
+           "ar.custom_heads", "ar.resid_dropout", "ar.ffn_dropout", "compute.grad_checkpointing", "compute.fsdp")
           + TEACHER + DATA_IN + TRAIN,
           (Out(f"models/tune/{SEED}/{{variant}}"), *live(f"metrics/tune/{SEED}/{{variant}}")),
           (Dep("shard"), Dep("teacher"), Dep("tokenizer_init")), ("seed", "variant"), root="tuned"),

@@ -225,6 +225,8 @@ class Compute:
     precision: Literal["bf16", "fp32"]
     compile: bool
     grad_checkpointing: bool
+    # FSDP2 under torchrun: shards the ARs (train-ar, t2i-train, tune's guide AR and projector);
+    # teacher and tokenizer-init train replicated (DDP) and say so; 1 process: no-op
     fsdp: bool
     # A fixed bound, not os.cpu_count(): a file must validate alike on the login node and on the
     # node it runs on. 256 loader processes per rank is past any node's cores (presets ask 8-64).

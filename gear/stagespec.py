@@ -80,6 +80,10 @@ SEED = "seed{seed}"
 FREE = frozenset({"study.seeds", "study.reseed_upstream", "ar.sizes", "tune.ablations", "data.shard_dir",
                   "compute.state_dir", "compute.save_every", "compute.log_every", "compute.workers",
                   "metrics.batch_size"})
+# Keys a stage that does not declare them may read only to say in one line that they do not apply
+# to it (compute.fsdp: teacher and tokenizer-init train replicated, gear/train/parallel.py
+# `replicated`). Never recorded: they rerun nothing.
+SAID = frozenset({"compute.fsdp"})
 # the shards' manifest is checked against the whole data section (gear/data/loader.py)
 DATA_IN = ("data",)
 RUN = ("compute.device", "compute.precision")

@@ -27,7 +27,7 @@ from gear.io import atomic_dir, save_tensors, write_json
 from gear.models.demo_teacher import DemoViT
 from gear.runtime import Runtime, seed_everything, setup, teardown
 from gear.train.loop import Loop, part, untrained_metrics
-from gear.train.parallel import DataParallel
+from gear.train.parallel import replicated
 from gear.train.schedule import lr_at
 
 STAGE = "teacher"
@@ -87,7 +87,7 @@ def run(params) -> None:
                          f"{rt.world} processes")
     seed_everything(params.compute.seed)  # same initial weights on every rank
     model = build_demo(params, manifest).to(rt.device)
-    ddp = DataParallel(rt, fsdp=False).wrap(model)  # a small ViT: DDP (compute.fsdp shards the ARs)
+    ddp = replicated(rt, params.compute.fsdp, STAGE, "demo ViT").wrap(model)  # small: nothing worth sharding
     opt = make_optimizer(model, t.demo_lr)
     stream = TrainStream(params, "train", t.demo_batch_size // rt.world, rank=rt.rank, world=rt.world, augment=True)
     window = torch.zeros(3, device=rt.device)  # loss sum, correct, samples since the last log

@@ -17,7 +17,7 @@ from gear.runtime import seed_everything, setup, teardown
 from gear.train.ema import EMA
 from gear.train.logger import WindowMean
 from gear.train.loop import Loop
-from gear.train.parallel import DataParallel
+from gear.train.parallel import replicated
 from gear.train.recon_check import reconstruction_check
 from gear.train.schedule import lr_at
 from gear.train.tokenizer_objective import (CodebookWindow, TokenizerObjective, adamw, build_discriminator,
@@ -41,7 +41,7 @@ def run(params) -> None:
     disc = rt.prepare_conv(build_discriminator(params))
     perceptual = build_perceptual(params, rt.device)
     ema = EMA(tok, t.ema_decay)
-    dp = DataParallel(rt, fsdp=False)  # the conv tokenizer trains with DDP (compute.fsdp shards the ARs)
+    dp = replicated(rt, params.compute.fsdp, "tokenizer-init", "conv tokenizer")  # no transformer blocks to shard by
     tok_ddp, disc_ddp = dp.wrap(tok), dp.wrap(disc)
     objective = TokenizerObjective(params, perceptual, disc_ddp)
     opt_g = adamw(tok.parameters(), t.lr, t.betas, t.weight_decay)

@@ -6,6 +6,9 @@ the same budget, data order and seed on the tokenizer's own losses (reconstructi
 AR step, no alignment term (its AR is built, never trained). Each iteration: teacher features (no grad) ->
 tokenizer step (L_VQ + lambda L_align^s through the frozen AR, early exit) -> discriminator step
 -> AR step (CE + lambda_ar L_align^h on hard indices) -> EMAs. See gear/train/gear_step.py.
+Under torchrun the tokenizer and discriminator train with DDP; the guide AR and its projector with
+DDP too, or sharded by FSDP2 with compute.fsdp (gear/train/parallel.py: saved state and outputs
+are the same full tensors either way).
 
 Under stage2 = ar-init stage 1 runs per AR size (--size S: guide S at its entry of ar.align_layers)
 into models/tune/seed<N>/S/V/, and the GEAR arm's train-ar continues that AR (gear/stage2.py).
@@ -15,12 +18,13 @@ tokenizer_raw, discriminator, ar (EMA), projector, config.json. Metrics: metrics
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from gear import paths
 from gear.artifacts import write_model, write_tokenizer
 from gear.config import ParamsError
 from gear.data.loader import TrainStream, read_manifest
-from gear.io import atomic_dir
+from gear.io import atomic_dir, save_tensors
 from gear.metrics.codebook import soft_assignment_stats
 from gear.models.perceptual import check_perceptual
 from gear.runtime import seed_everything, setup, teardown
@@ -78,10 +82,15 @@ def run(params, variant: str = "gear", seed: int | None = None, size: str | None
     ar, proj = build_ar(params, guide, tok.codebook_size, grid, len(manifest["classes"]), teacher.dim)
     ar, proj = ar.to(rt.device), proj.to(rt.device)
     ar.grad_checkpointing = params.compute.grad_checkpointing
-    ema_tok, ema_ar = EMA(tok, tn.ema_decay), EMA(ar, tn.ema_decay)
-    dp = DataParallel(rt, fsdp=False)  # DDP: the guide AR is small next to the tokenizer it tunes
-    disc_w = dp.wrap(disc)
-    models = GearModels(dp.wrap(tok), dp.wrap(ar), dp.wrap(proj),
+    ema_tok, ema_ar = EMA(tok, tn.ema_decay), EMA(ar, tn.ema_decay)  # copied before sharding
+    # compute.fsdp shards the guide AR and its projector (one optimizer) as train-ar does: the AR
+    # is what grows (up to XXL). The conv tokenizer and its discriminator stay DDP: tens of millions
+    # of parameters and no transformer blocks to shard by.
+    dp, ddp = DataParallel(rt, fsdp=params.compute.fsdp), DataParallel(rt, fsdp=False)
+    disc_w = ddp.wrap(disc)
+    ar_w, proj_w = dp.wrap(ar), dp.wrap(proj)
+    dp.shard_copy(ema_ar.model)
+    models = GearModels(ddp.wrap(tok), ar_w, proj_w,
                         TokenizerObjective(params, build_perceptual(params, rt.device), disc_w, gan=tn.gan,
                                            gan_start=tn.gan_start))
     knobs = GearKnobs(mode=mode, tau=params.tau, align_weight=params.align_weight,
@@ -101,9 +110,11 @@ def run(params, variant: str = "gear", seed: int | None = None, size: str | None
                     "tau": params.tau, "align": [params.align_weight, params.align_weight_ar, tap],
                     "teacher": params.teacher, "batch_size": tn.batch_size, "seed": params.compute.seed},
                 metrics_dir=paths.tune_metrics_dir(variant, seed, size),
-                parts={"tokenizer": tok, "disc": disc, "ar": ar, "proj": proj, "ema_tok": ema_tok, "ema_ar": ema_ar,
-                       "opt_tok": opt_tok, "opt_ar": opt_ar, "opt_d": opt_d, "data": stream, "usage": usage,
-                       "window": window})
+                # the AR's parts are full state dicts either way (gear/train/parallel.py)
+                parts={"tokenizer": tok, "disc": disc, "ar": dp.part(ar), "proj": dp.part(proj), "ema_tok": ema_tok,
+                       "ema_ar": dp.part(ema_ar.model), "opt_tok": opt_tok,
+                       "opt_ar": dp.optim_part(nn.ModuleList([ar, proj]), opt_ar), "opt_d": opt_d, "data": stream,
+                       "usage": usage, "window": window})
     batches = iter(stream)
 
     def step_fn(step: int):
@@ -143,6 +154,7 @@ def run(params, variant: str = "gear", seed: int | None = None, size: str | None
     loop.run(step_fn, row_fn, show=("usage",) if mode == "continue" else ("ntp", "usage"))
 
     check = reconstruction_check(params, ema_tok.model, rt)
+    ar_sd, proj_sd = dp.state_dict(ema_ar.model), dp.state_dict(proj)  # sharded: a collective, rank 0 holds them
     if rt.is_main:
         loop.log.log(tn.steps, **{f"val_{k}": v for k, v in check.metrics.items()})
         with atomic_dir(paths.tune_dir(variant, seed, size)) as out_dir:
@@ -152,8 +164,8 @@ def run(params, variant: str = "gear", seed: int | None = None, size: str | None
                 "steps": tn.steps, "ar": ar.cfg.to_dict(), "val": check.metrics})
             write_model(out_dir, "tokenizer_raw", tok)
             write_model(out_dir, "discriminator", disc)
-            write_model(out_dir, "ar", ema_ar.model)
-            write_model(out_dir, "projector", proj)
+            save_tensors(out_dir / "ar.safetensors", ar_sd)
+            save_tensors(out_dir / "projector.safetensors", proj_sd)
             check.grid.save(out_dir / "recon.png")
     loop.finish()
     teardown(rt)

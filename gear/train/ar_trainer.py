@@ -20,7 +20,7 @@ from gear.models.ar import configure_optimizer
 from gear.runtime import Runtime, all_reduce_mean
 from gear.train.ar_objective import accumulate_grads, train_micro_step
 from gear.train.ema import EMA
-from gear.train.parallel import DataParallel
+from gear.train.parallel import DataParallel, clip_grad_norm
 from gear.train.schedule import lr_at
 
 
@@ -62,7 +62,7 @@ class ARTrainer:
             return loss, logs
 
         sums = accumulate_grads(r.grad_accum, self.dp, (self.ar_w, self.proj_w), micro_step)
-        grad_norm = self.dp.clip_grad_norm_([*self.ar.parameters(), *self.proj.parameters()], r.grad_clip)
+        grad_norm = clip_grad_norm([*self.ar.parameters(), *self.proj.parameters()], r.grad_clip)
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         self.ema.update(self.ar)

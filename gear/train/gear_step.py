@@ -27,14 +27,15 @@ from torch import Tensor, nn
 
 from gear.models.ar import repa_loss
 from gear.train.ar_objective import ar_loss
+from gear.train.parallel import clip_grad_norm
 from gear.train.tokenizer_objective import TokenizerObjective, clip_and_step
 
 
 @dataclass
 class GearModels:
     tokenizer: nn.Module   # possibly DDP-wrapped (the tokenizer step's forward)
-    ar: nn.Module          # possibly DDP-wrapped (the AR step's forward)
-    projector: nn.Module   # possibly DDP-wrapped
+    ar: nn.Module          # possibly DDP-wrapped or FSDP-sharded (the AR step's forward)
+    projector: nn.Module   # likewise
     objective: TokenizerObjective
 
     @staticmethod
@@ -65,8 +66,10 @@ def soft_assignment(dist: Tensor, tau: float, soft_forward: str = "soft") -> Ten
 
 @contextlib.contextmanager
 def frozen(*modules: nn.Module):
-    """Eval mode and requires_grad False for the duration; restores both afterwards."""
-    saved = [(m, m.training, [p.requires_grad for p in m.parameters()]) for m in modules]
+    """Eval mode and requires_grad False for the duration; restores both afterwards, on the
+    parameters it froze: after a forward, an FSDP module holds other (gathered) parameters, which
+    take their flag from these at the next gather."""
+    saved = [(m, m.training, [(p, p.requires_grad) for p in m.parameters()]) for m in modules]
     for m in modules:
         m.eval().requires_grad_(False)
     try:
@@ -74,14 +77,15 @@ def frozen(*modules: nn.Module):
     finally:
         for m, training, flags in saved:
             m.train(training)
-            for p, f in zip(m.parameters(), flags):
+            for p, f in flags:
                 p.requires_grad_(f)
 
 
 def soft_alignment_loss(m: GearModels, k: GearKnobs, dist: Tensor, labels: Tensor, y: Tensor,
                         early_exit: bool = True) -> Tensor:
     """L_align^s through the frozen AR, up to the tap layer only (or the full forward, for tests)."""
-    ar, proj = m.core(m.ar), m.core(m.projector)  # frozen: no DDP reduction involved
+    # frozen: no DDP reduction involved (sharded: the forward still gathers the parameters)
+    ar, proj = m.core(m.ar), m.core(m.projector)
     p = soft_assignment(dist, k.tau, k.soft_forward)
     if early_exit:
         h = ar(p, labels, stop_at_layer=k.align_layer).hidden[k.align_layer]
@@ -137,7 +141,7 @@ def ste_joint_step(m: GearModels, k: GearKnobs, opt_tok: torch.optim.Optimizer, 
     loss.backward()
     for opt, name in ((opt_tok, "tokenizer"), (opt_ar, "ar")):
         params = [p for g in opt.param_groups for p in g["params"]]
-        logs[f"grad_norm_{name}"] = torch.nn.utils.clip_grad_norm_(params, k.grad_clip).detach()
+        logs[f"grad_norm_{name}"] = clip_grad_norm(params, k.grad_clip).detach()
         opt.step()
     logs.update(logs_ar)
     logs["loss_tokenizer"] = loss.detach()

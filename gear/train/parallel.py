@@ -14,7 +14,12 @@ writes the safetensors `gear sample` reads, and resumes from (or into) an unshar
 FSDP modules are imported where they are used: ~2 s per process that unsharded runs skip.
 
 Rules under FSDP: every process must run the same forwards (each forward gathers parameters), and
-a copy of a sharded model cannot be made (build the EMA before `wrap`, then `shard_copy` it).
+a copy of a sharded model cannot be made (build the EMA before `wrap`, then `shard_copy` it). Both
+start every process from rank 0's weights, as DDP's constructor does: a stage may initialise its
+models under per-process seeds (tune does), and FSDP shards what each process holds.
+
+Which stages shard: train-ar, t2i-train and tune's guide AR (with its projector). The conv
+tokenizer, the discriminator and the demo teacher always train replicated (`replicated`).
 """
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ import contextlib
 import warnings
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -61,6 +67,9 @@ class DataParallel:
 
     def _shard(self, model: nn.Module, reshard_root: bool | None) -> None:
         from torch.distributed.fsdp import fully_shard
+        with torch.no_grad():  # rank 0's weights everywhere (DDP's constructor does the same)
+            for t in (*model.parameters(), *model.buffers()):
+                dist.broadcast(t, src=0)
         for block in getattr(model, "blocks", ()):
             fully_shard(block, mesh=self.mesh)
         fully_shard(model, mesh=self.mesh, reshard_after_forward=reshard_root)
@@ -73,11 +82,6 @@ class DataParallel:
             if isinstance(m, DDP):
                 stack.enter_context(m.no_sync())
         return stack
-
-    def clip_grad_norm_(self, parameters: list[nn.Parameter], max_norm: float) -> torch.Tensor:
-        """Clip to the global norm (over every shard) and return it as a plain tensor."""
-        norm = torch.nn.utils.clip_grad_norm_(parameters, max_norm)
-        return norm.full_tensor() if self.sharded else norm  # sharded: a DTensor (partial norms)
 
     # ---- full (unsharded) state: the same dicts with and without FSDP ---------------------------
 
@@ -131,6 +135,21 @@ class DataParallel:
         """Parameter names in the optimizer's index order."""
         name = {p: n for n, p in model.named_parameters()}
         return [name[p] for g in opt.param_groups for p in g["params"]]
+
+
+def clip_grad_norm(parameters: list[nn.Parameter], max_norm: float) -> torch.Tensor:
+    """Clip to the global norm (over every shard) and return it as a plain tensor: over sharded
+    parameters torch returns a DTensor of partial norms."""
+    norm = torch.nn.utils.clip_grad_norm_(parameters, max_norm)
+    return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+
+
+def replicated(rt: Runtime, fsdp: bool, stage: str, model: str) -> DataParallel:
+    """The DDP wrapper of a stage with nothing worth sharding (a small ViT, a conv tokenizer);
+    compute.fsdp says so in one line instead of being ignored silently."""
+    if fsdp and rt.is_main:
+        print(f"compute.fsdp shards the ARs; {stage} trains its {model} replicated (DDP)")
+    return DataParallel(rt, fsdp=False)
 
 
 def _full(load: bool = False):

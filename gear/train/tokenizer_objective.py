@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gear.models.discriminator import PatchDiscriminator, hinge_d_loss, hinge_g_loss
+from gear.train.parallel import clip_grad_norm
 
 
 class TokenizerObjective:
@@ -132,7 +133,7 @@ def clip_and_step(loss: Tensor, opt: torch.optim.Optimizer, clip: float) -> Tens
     opt.zero_grad(set_to_none=True)
     loss.backward()
     params = [p for group in opt.param_groups for p in group["params"]]
-    norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
+    norm = clip_grad_norm(params, clip if clip > 0 else float("inf"))  # a sharded AR's too
     opt.step()
     return norm.detach()
 
