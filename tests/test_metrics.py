@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from gear.metrics.codebook import CodebookAccumulator, codebook_stats, soft_assignment_stats
+from gear.metrics.codebook import CodebookAccumulator, soft_assignment_stats
 from gear.metrics.fidelity import cache_real_statistics, compute_generation_metrics, make_extractor
 from gear.metrics.recon import PSNR_MAX, psnr, ssim
 from gear.metrics.similarity import cknna, linear_cka
@@ -101,6 +101,12 @@ def test_similarity_bad_input():
 
 
 # --- codebook ----------------------------------------------------------------------------------
+
+def codebook_stats(indices: torch.Tensor, K: int, histogram: bool = False) -> dict:
+    acc = CodebookAccumulator(K)
+    acc.update(indices)
+    return acc.result(histogram)
+
 
 def test_codebook_stats_hand_made():
     K = 16

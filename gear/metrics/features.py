@@ -176,9 +176,6 @@ def read_real_cache(cache_dir: str | Path, cache_key: str, ext: Extractor) -> Re
     return RealSet(features, _load_stats(stat_file, features.shape[1]), num_real)
 
 
-check_real_cache = read_real_cache  # the check is the read
-
-
 def _load_stats(path: Path, dim: int | None = None) -> dict:
     """FID statistics {'mu', 'sigma'}: float64 numpy arrays, pickled as torch-fidelity stores
     them. weights_only with numpy's array reconstruction allowed, so the file still runs no code."""
