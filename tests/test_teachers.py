@@ -243,7 +243,7 @@ def _read_metrics() -> dict[str, str]:
 
 
 def test_teacher_stage_end_to_end_and_exact_resume(tmp_path, monkeypatch):
-    from gear.data import shard
+    from gear.stages import shard
     from gear.stages import teacher as stage
 
     monkeypatch.chdir(tmp_path)

@@ -120,7 +120,7 @@ def build_ar_world(root: Path, raw: dict, arm: str, seed: int = 0) -> None:
     from gear import paths
     from gear.artifacts import write_tokenizer
     from gear.config import params_from_dict
-    from gear.data import shard
+    from gear.stages import shard
     from gear.data.loader import read_manifest
     from gear.io import save_tensors, write_json
     from gear.models.demo_teacher import DemoViT
@@ -273,7 +273,7 @@ def build_eval_world(root: Path) -> None:
 
     from gear import paths
     from gear.artifacts import write_model, write_tokenizer
-    from gear.data import shard
+    from gear.stages import shard
     from gear.data.embedded import SOURCES
     from gear.io import save_tensors, sha256_file, write_json
     from gear.models.ar import GPT, GPTConfig
