@@ -36,6 +36,7 @@ from PIL import Image
 
 from gear.data import embedded
 from gear.data.images import decode
+from gear.io import sha256_file
 
 ORDER_SEED = 7  # fixed shuffle of the sample order within each split
 
@@ -91,12 +92,17 @@ def encode(job: Job, resolution: int, image_format: str,
                     img = center_crop(seen.image, resolution)
     except Exception as e:  # any failure to decode means: skip this file and list it
         return None, shown(f"{type(e).__name__}: {e}"), size, flags
+    return encode_image(img, image_format), "", size, flags
+
+
+def encode_image(img: Image.Image, image_format: str) -> bytes:
+    """The shard bytes of an image (deterministic: same pixels, same bytes)."""
     buf = io.BytesIO()
     if image_format == "png":
         img.save(buf, format="PNG", compress_level=1)  # as small as level 6 on 32 px, faster
     else:
         img.save(buf, format="JPEG", quality=95, subsampling=0)
-    return buf.getvalue(), "", size, flags
+    return buf.getvalue()
 
 
 def pool_map(fn, jobs: list[Job], workers: int) -> Iterator[tuple[bytes | None, str]]:
@@ -263,14 +269,6 @@ def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 class TarShards:
     """Appends samples to <folder>/<split>-000000.tar, ... with `per_shard` samples per tar."""
 
@@ -299,5 +297,5 @@ class TarShards:
             self._tar.close()
             self._tar = None
             path = self.folder / self.shards[-1]["name"]
-            self.shards[-1]["sha256"] = _sha256(path)
+            self.shards[-1]["sha256"] = sha256_file(path)
             self.shards[-1]["bytes"] = path.stat().st_size  # checked by the loader at no cost (sha256 is not)

@@ -34,7 +34,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
-import io
 import json
 import os
 import sys
@@ -45,7 +44,7 @@ from tqdm import tqdm
 
 from gear.guard import as_dict
 from gear.io import atomic_dir
-from gear.data.shard import ORDER_SEED, DataError, TarShards, _not_a_file, encode, pool_map, shown
+from gear.data.shard import ORDER_SEED, DataError, TarShards, _not_a_file, encode, encode_image, pool_map, shown
 from gear.t2i import paths, scenes
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
@@ -176,22 +175,12 @@ def _jobs(params) -> tuple[dict[str, list[tuple]], list[dict]]:
 # processing (runs in the pool workers)
 
 
-def _encode_image(img, image_format: str) -> bytes:
-    """Exactly the encoding of gear.data.shard.encode (deterministic bytes)."""
-    buf = io.BytesIO()
-    if image_format == "png":
-        img.save(buf, format="PNG", compress_level=1)
-    else:
-        img.save(buf, format="JPEG", quality=95, subsampling=0)
-    return buf.getvalue()
-
-
 def _process(job: tuple, resolution: int, image_format: str) -> tuple[bytes | None, str, str, dict | None]:
     """(image bytes or None, skip reason, caption, attributes or None) of one job."""
     kind, a, b = job
     if kind == "scene":
         img, caption, attrs = scenes.scene(a, b, resolution)
-        return _encode_image(img, image_format), "", caption, attrs
+        return encode_image(img, image_format), "", caption, attrs
     data, reason, *_ = encode(("file", a, 0), resolution, image_format)
     return data, reason, b, None
 
