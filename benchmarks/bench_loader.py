@@ -7,9 +7,8 @@ from __future__ import annotations
 import argparse
 import time
 
-from gear import paths
+from gear import cli, paths
 from gear.config import load_params
-from gear.data import shard
 from gear.data.loader import TrainStream
 
 
@@ -24,7 +23,10 @@ def main() -> None:
 
     if not paths.manifest(params).is_file():
         t = time.perf_counter()
-        shard.run(params)
+        # through the CLI, as the pipeline builds them (a stage module is the CLI's alone to import)
+        cli_args = ["shard", "--params", args.params, *[a for o in args.overrides for a in ("--set", o)]]
+        if cli.main(cli_args) != 0:
+            raise SystemExit("gear shard failed (see above)")
         print(f"built shards in {time.perf_counter() - t:.1f} s")
 
     for workers in sorted({0, params.compute.workers}):

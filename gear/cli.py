@@ -24,7 +24,7 @@ ROW = ("--ablation", dict(default=None, metavar="ROW",
 
 # stage name -> (module, help, extra arguments)
 STAGES: dict[str, tuple[str, str, list[tuple[str, dict]]]] = {
-    "shard": ("gear.data.shard", "write webdataset shards + manifest from the embedded set or an ImageFolder", []),
+    "shard": ("gear.stages.shard", "write webdataset shards + manifest from the embedded set or an ImageFolder", []),
     "teacher": ("gear.stages.teacher", "train the offline `demo` alignment teacher on the shards", [ROW]),
     "tokenizer-init": ("gear.stages.tokenizer_init", "warm-up tokenizer training (reconstruction + GAN)", [ROW]),
     "tune": ("gear.stages.tune", "GEAR end-to-end tuning of tokenizer + AR", [

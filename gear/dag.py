@@ -31,8 +31,8 @@ from gear.stagespec import (AR_RECIPE, DATA_IN, METRICS, RUN, SEED, SEEDED_RUN,
                             TEACHER, TRAIN, Dep, Out, Stage, by_name, live)
 
 STAGES: dict[str, Stage] = by_name(
-    Stage("shard", "shard", ("data",), (Out("{shard_dir}"),), code=("gear/data/shard.py", "gear/data/embedded.py"),
-          heavy=False, launch=False),
+    Stage("shard", "shard", ("data",), (Out("{shard_dir}"),),
+          code=("gear/stages/shard.py", "gear/data/shard.py", "gear/data/embedded.py"), heavy=False, launch=False),
     Stage("teacher", "teacher", TEACHER + DATA_IN + TRAIN + ("metrics.feature_space",),
           (Out("models/teacher"), *live("metrics/teacher")), (Dep("shard"),), root="teacher"),
     Stage("tokenizer_init", "tokenizer-init", ("quantizer", "tokenizer") + TEACHER + DATA_IN + TRAIN,

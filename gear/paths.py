@@ -36,7 +36,6 @@ FRESH_AR_ARMS = (*AR_ARMS, CONTROL)  # every arm a fresh AR may be trained on
 
 # data
 SHARD_DIR = Path("data/shards")
-MANIFEST = SHARD_DIR / "manifest.json"
 
 # models
 TEACHER_DIR = Path("models/teacher")

@@ -40,7 +40,6 @@ TOKENIZERS = {
 }
 GPTS = {"B": "LlamaGen c2i_B_256.pt", "L": "LlamaGen c2i_L_256.pt", "XL": "LlamaGen c2i_XL_384.pt"}
 GPT_TOKENIZER = "vq_original"  # LlamaGen's c2i GPTs were trained on vq_ds16_c2i's tokens
-QUANTIZER = {"vq16": "vq", "lfq16": "lfq", "ibq16": "ibq"}
 
 ROOT = Path("released")
 REPORT_NAMES = ("released.json", "released.md", "released.html")  # in reports/; the first carries the record

@@ -15,10 +15,12 @@ import webdataset as wds
 from PIL import Image
 
 from gear.config import params_from_dict
-from gear.data import embedded, shard
+from gear.data import embedded
+from gear.data.shard import encode
 from gear.data.loader import (TrainStream, augment, decode_image, decode_label, eval_batches, read_manifest,
                               to_tensor)
 from gear.data.shard import DataError
+from gear.stages import shard
 
 TRAIN_PER_CLASS, VAL_PER_CLASS = 24, 6
 N_TRAIN, N_VAL = TRAIN_PER_CLASS * len(embedded.SOURCES), VAL_PER_CLASS * len(embedded.SOURCES)
@@ -110,7 +112,7 @@ def test_shard_embedded_content_determinism_and_atomic_replace(shards, tmp_path)
     samples = read_tar(shards / "val-000000.tar")
     assert sorted(samples) == [f"{i:09d}" for i in range(N_VAL)]
     got = sorted((int(s["cls"]), s["png"]) for s in samples.values())
-    want = sorted((lab, shard._encode(("crop", box, lab), 32, "png")[0]) for lab, box in embedded.crops("val", VAL_PER_CLASS))
+    want = sorted((lab, encode(("crop", box, lab), 32, "png")[0]) for lab, box in embedded.crops("val", VAL_PER_CLASS))
     assert got == want
     assert Image.open(io.BytesIO(got[0][1])).size == (32, 32)
 

@@ -18,7 +18,7 @@ from gear.io import ArtifactError
 from gear.metrics import patches
 from gear.metrics.features import (FeatureModel, RealSet, concat, fid_statistics, generation_metrics,
                                    read_real_cache, write_real_cache)
-from gear.metrics.fidelity import cache_real_statistics, compute_generation_metrics, make_extractor
+from gear.metrics.fidelity import make_extractor
 from gear.models.demo_teacher import DemoViT
 from gear.runtime import Runtime
 from gear.metrics import evaluation
@@ -140,11 +140,12 @@ def test_feature_path_equals_calculate_metrics(tmp_path):
     assert fm.layers == ["features", "logits"] and fm.isc_layer == "logits"
     ours_real, ours_gen = _two_ranks(fm, real, bs), _two_ranks(fm, gen, bs)
 
+    # torch-fidelity's own run, caching the real set's features and statistics in tf/
     out = torch_fidelity.calculate_metrics(
         input1=_Uint8(gen), input2=_Uint8(real), feature_extractor=ext.name, feature_layer_fid="features",
         feature_layer_prc="features", feature_layer_isc="logits", fid=True, isc=True, prc=True,
-        prc_neighborhood=k, isc_splits=splits, batch_size=bs, cuda=False, save_cpu_ram=True, cache=False,
-        verbose=False, **ext.options)
+        prc_neighborhood=k, isc_splits=splits, batch_size=bs, cuda=False, save_cpu_ram=True, cache=True,
+        cache_root=str(tmp_path / "tf"), input2_cache_name="r45", verbose=False, **ext.options)
     direct = RealSet(ours_real["features"], fid_statistics(ours_real["features"]), len(real))
     got = generation_metrics(ours_gen, direct, fm, pr_k=k, isc_splits=splits)
     assert got["fid"] == out[torch_fidelity.KEY_METRIC_FID] > 0
@@ -155,15 +156,13 @@ def test_feature_path_equals_calculate_metrics(tmp_path):
     perm = torch.randperm(len(gen), generator=torch.Generator().manual_seed(0))
     assert generation_metrics({n: v[perm] for n, v in ours_gen.items()}, direct, fm, k, splits)["is_mean"] != got["is_mean"]
 
-    # the real-set cache: the same bytes as torch-fidelity's, and either path reads the other's
-    ref = cache_real_statistics(real, ext, cache_dir=str(tmp_path / "tf"), cache_key="r45", batch_size=bs,
-                                isc_splits=splits)
-    assert write_real_cache(tmp_path / "ours", "r45", fm, ours_real, isc_splits=splits) == ref
-    assert tree_bytes(tmp_path / "ours") == tree_bytes(tmp_path / "tf") and len(tree_bytes(tmp_path / "tf")) == 4
-    cached = generation_metrics(ours_gen, read_real_cache(tmp_path / "tf", "r45", ext), fm, k, splits)
-    assert cached == compute_generation_metrics(gen, None, ext, pr_k=k, batch_size=bs, isc_splits=splits,
-                                                cache_dir=str(tmp_path / "ours"), cache_key="r45")
-    assert cached == got
+    # the real-set cache: torch-fidelity's files, byte for byte, beside our summary
+    info = write_real_cache(tmp_path / "ours", "r45", fm, ours_real, isc_splits=splits)
+    ours, tf = tree_bytes(tmp_path / "ours"), tree_bytes(tmp_path / "tf")
+    assert sorted(ours) == sorted([*tf, "r45-gear-custom-demo-like-meta.json"]) and len(tf) == 3
+    assert all(ours[name] == data for name, data in tf.items())
+    assert info["num_real"] == len(real) and info["is_mean"] > 1
+    assert generation_metrics(ours_gen, read_real_cache(tmp_path / "ours", "r45", ext), fm, k, splits) == got
 
 
 def test_patch_sample_merged_over_ranks_equals_one_stream(monkeypatch):

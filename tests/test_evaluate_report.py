@@ -14,13 +14,14 @@ from PIL import Image, ImageFilter
 from gear import paths
 from gear.artifacts import load_tokenizer
 from gear.cli import main
-from gear.data.loader import eval_batches
+from gear.data.loader import eval_batches, read_batches
 from gear.metrics import evaluation
 from gear.metrics.features import FeatureModel, feature_extractor, fid_statistics, frechet_distance, read_real_cache
 from gear.metrics.patches import PatchSample
 from gear.report.document import fmt
 from gear.runtime import setup
 from gear.stages import evaluate
+from gear.train.recon_check import to_uint8
 from tiny import EVAL_CLI, EVAL_SAMPLES, EVAL_SEED, eval_params, smooth_images, tree_bytes, write_samples
 
 SEED = EVAL_SEED
@@ -124,10 +125,16 @@ def test_evaluate_and_report_end_to_end(ws, capsys):
     assert "samples.npz not found" in capsys.readouterr().err
 
 
+def read_images(params, split: str) -> np.ndarray:
+    """uint8 (N, H, W, 3) images of the whole split as the evaluation reads them, in one process."""
+    read = read_batches(params, split, evaluation.batch_plan(params, split, None))
+    return np.concatenate([to_uint8(x) for x, _ in (out for out in read if out is not None)])
+
+
 def test_identical_real_and_samples_give_zero_fid(ws):
     p = eval_params("metrics.real_split=val", "metrics.max_real=1000")
     evaluate.run(p, "real")
-    real, _ = evaluation.read_images(p, "val")                            # all 80 val images, shard order
+    real = read_images(p, "val")                            # all 80 val images, shard order
     write_samples("gear", "tiny", real)
     evaluate.run(p, "samples", arm="gear", size="tiny")
     s = json.loads(paths.eval_samples_json("gear", "tiny", SEED).read_text())
@@ -141,7 +148,7 @@ def test_val_vs_train_fid_small_and_monotone_in_blur_and_noise(ws):
     rt = setup(p)
     fm = FeatureModel(feature_extractor(p, rt.device), rt.device, 32, logits=False)
     real = read_real_cache(paths.real_stats_dir(), evaluation.real_summary(p)["cache_key"], fm.ext)
-    val, _ = evaluation.read_images(p, "val")
+    val = read_images(p, "val")
     fid = lambda x: frechet_distance(fid_statistics(fm.extract(x, 32)["features"]), real.stats)  # noqa: E731
     blur = [fid(np.stack([np.asarray(Image.fromarray(i).filter(ImageFilter.GaussianBlur(r))) for i in val]))
             for r in (0.75, 1.5, 3.0)]

@@ -10,8 +10,10 @@ import pytest
 import torch
 from torch import nn
 
-from gear.metrics.codebook import CodebookAccumulator, codebook_stats, soft_assignment_stats
-from gear.metrics.fidelity import cache_real_statistics, compute_generation_metrics, make_extractor
+from gear.metrics.codebook import CodebookAccumulator, soft_assignment_stats
+from gear.metrics.features import (FeatureModel, RealSet, fid_statistics, generation_metrics, read_real_cache,
+                                   write_real_cache)
+from gear.metrics.fidelity import make_extractor, meta_path
 from gear.metrics.recon import PSNR_MAX, psnr, ssim
 from gear.metrics.similarity import cknna, linear_cka
 
@@ -102,6 +104,12 @@ def test_similarity_bad_input():
 
 # --- codebook ----------------------------------------------------------------------------------
 
+def codebook_stats(indices: torch.Tensor, K: int, histogram: bool = False) -> dict:
+    acc = CodebookAccumulator(K)
+    acc.update(indices)
+    return acc.result(histogram)
+
+
 def test_codebook_stats_hand_made():
     K = 16
     uni = codebook_stats(torch.arange(K).repeat(3).view(3, 4, 4), K)
@@ -186,17 +194,28 @@ def _noised(x, sigma, seed=1):
     return np.clip(x + np.random.default_rng(seed).normal(0, sigma, x.shape), 0, 255).astype(np.uint8)
 
 
+def _real_set(fm, images, batch_size=64):
+    f = fm.extract(images, batch_size)[fm.ext.fid_layer]
+    return RealSet(f, fid_statistics(f), len(f))
+
+
+def generation(samples, real, ext, pr_k=3, isc_splits=10, batch_size=64):
+    """The evaluation's path on in-memory images: FeatureModel features, then generation_metrics."""
+    fm = FeatureModel(ext, "cpu", tuple(real.shape[1:3]))  # real: NHWC
+    return generation_metrics(fm.extract(samples, batch_size), _real_set(fm, real, batch_size), fm, pr_k, isc_splits)
+
+
 def test_fid_identical_zero_and_monotonic_in_noise():
     ext = make_extractor("custom", fn=_conv_fn(), name="randconv")
     real = _smooth_images(256, 0)
-    same = compute_generation_metrics(real, real, ext)
+    same = generation(real, real, ext)
     assert abs(same["fid"]) < 1e-6 and same["precision"] == 1.0 and same["recall"] == 1.0
     assert "is_mean" not in same and same["num_samples"] == same["num_real"] == 256
-    fids = [compute_generation_metrics(_noised(real, s), real, ext)["fid"] for s in (4, 16, 48)]
+    fids = [generation(_noised(real, s), real, ext)["fid"] for s in (4, 16, 48)]
     assert 0 < fids[0] < fids[1] < fids[2]
     # NCHW torch input gives the same numbers as NHWC numpy
     nchw = torch.from_numpy(_noised(real, 16)).permute(0, 3, 1, 2)
-    assert compute_generation_metrics(nchw, real, ext)["fid"] == pytest.approx(fids[1], rel=1e-6)
+    assert generation(nchw, real, ext)["fid"] == pytest.approx(fids[1], rel=1e-6)
 
 
 def test_precision_recall_mode_drop():
@@ -206,10 +225,10 @@ def test_precision_recall_mode_drop():
         [_noised(np.repeat(modes[i:i + 1], 64, 0), 6, seed=seed + i) for i in range(4)])
     real, full = draw(0), draw(20)                                      # all modes, fresh draws
     dropped = _noised(np.repeat(modes[:1], 256, 0), 6, seed=10)         # only the first mode
-    rf, rd = compute_generation_metrics(full, real, ext), compute_generation_metrics(dropped, real, ext)
+    rf, rd = generation(full, real, ext), generation(dropped, real, ext)
     assert rd["recall"] < 0.3 < 0.7 < rf["recall"]
     assert rd["precision"] > rf["precision"] - 0.1                     # dropping modes keeps precision
-    subset = compute_generation_metrics(real[:64], real, ext)           # the real first mode itself
+    subset = generation(real[:64], real, ext)           # the real first mode itself
     assert subset["precision"] == 1.0 and subset["recall"] == pytest.approx(0.25, abs=0.02)
 
 
@@ -224,10 +243,11 @@ def test_inception_score_confident_vs_uniform(tmp_path):
     levels = np.repeat(np.arange(5) * 51.2 + 25.6, 40)                  # 40 images per class
     textured = np.clip(levels[:, None, None, None] + rng.normal(0, 8, (200, 8, 8, 3)), 0, 255).astype(np.uint8)
     flat = np.repeat(levels[:, None, None, None], 8 * 8 * 3, 1).reshape(200, 8, 8, 3).astype(np.uint8)
-    conf = compute_generation_metrics(textured, textured, ext, isc_splits=2)
-    assert cache_real_statistics(textured, ext, cache_dir=str(tmp_path), cache_key="tex",
-                                 isc_splits=2)["is_mean"] == pytest.approx(conf["is_mean"])
-    unif = compute_generation_metrics(flat, textured, ext, isc_splits=2)
+    conf = generation(textured, textured, ext, isc_splits=2)
+    fm = FeatureModel(ext, "cpu", 8)
+    assert write_real_cache(tmp_path, "tex", fm, fm.extract(textured, 64),
+                            isc_splits=2)["is_mean"] == pytest.approx(conf["is_mean"])
+    unif = generation(flat, textured, ext, isc_splits=2)
     assert unif["is_mean"] == pytest.approx(1.0, abs=1e-9)            # softmax(0) = uniform
     assert conf["is_mean"] > 4.5 and conf["is_mean"] <= 5 + 1e-9         # near all 5 classes
 
@@ -236,40 +256,33 @@ def test_real_statistics_are_cached(tmp_path):
     calls = []
     ext = make_extractor("custom", fn=_conv_fn(calls), name="randconv")
     real, samples = _smooth_images(64, 0), _smooth_images(32, 5)
-    first = compute_generation_metrics(samples, real, ext, cache_dir=str(tmp_path), cache_key="real64")
-    assert sum(calls) == 2 + 32 + 64                                    # probe + samples + real
+    first = generation(samples, real, ext)
+    fm = FeatureModel(ext, "cpu", 16)
     calls.clear()
-    again = compute_generation_metrics(samples, None, ext, cache_dir=str(tmp_path), cache_key="real64")
-    assert sum(calls) == 2 + 32 and again == first                      # real features from disk
-    with pytest.raises(ValueError, match="stale cache"):
-        compute_generation_metrics(samples, real[:40], ext, cache_dir=str(tmp_path), cache_key="real64")
-    with pytest.raises(ValueError, match="real_uint8=None"):
-        compute_generation_metrics(samples, None, ext, cache_dir=str(tmp_path), cache_key="other")
-    # explicit caching step (a pipeline rule): real features are extracted exactly once
+    info = write_real_cache(tmp_path, "real64", fm, fm.extract(real, 64))
+    assert sum(calls) == 64 and info["num_real"] == 64 and "is_mean" not in info
     calls.clear()
-    info = cache_real_statistics(real, ext, cache_dir=str(tmp_path / "r"), cache_key="real64")
-    assert sum(calls) == 2 + 64 and info["num_real"] == 64 and "is_mean" not in info
-    calls.clear()
-    assert compute_generation_metrics(samples, None, ext, cache_dir=str(tmp_path / "r"), cache_key="real64") == first
-    assert sum(calls) == 2 + 32
+    cached = read_real_cache(tmp_path, "real64", ext)
+    assert generation_metrics(fm.extract(samples, 64), cached, fm) == first
+    assert sum(calls) == 32                                             # real features from disk
 
 
 def test_generation_bad_input():
     ext = make_extractor("custom", fn=_conv_fn(), name="randconv")
     x = _smooth_images(8, 0)
     with pytest.raises(ValueError, match="uint8"):
-        compute_generation_metrics(x.astype(np.float32), x, ext)
+        generation(x.astype(np.float32), x, ext)
     with pytest.raises(ValueError, match="more than 3"):
-        compute_generation_metrics(x[:3], x, ext)
+        generation(x[:3], x, ext)
     with pytest.raises(ValueError, match="together"):
-        compute_generation_metrics(x, x, ext, cache_dir="somewhere")
+        meta_path("somewhere", None, ext)
     with pytest.raises(ValueError, match="name="):
         make_extractor("custom", fn=_conv_fn())
     with pytest.raises(ValueError, match="unknown feature space"):
         make_extractor("vgg")
     bad = make_extractor("custom", fn=lambda im: (im.float().mean((2, 3, 1)), None), name="bad1d")
     with pytest.raises(ValueError, match=r"\[N, D\]"):
-        compute_generation_metrics(x, x, bad)
+        generation(x, x, bad)
 
 
 # --- hub feature spaces: offline errors, and local weight files (random weights) ----------------
@@ -299,7 +312,7 @@ def test_inception_local_weights_file(tmp_path, monkeypatch):
     # FID on the 64-d pool layer here: the 2048-d eigendecomposition alone takes ~10 s on 2 cores
     ext = dataclasses.replace(ext, fid_layer="64")
     x = _smooth_images(2, 0)  # the CPU Inception costs ~0.3 s an image: pr_k=1 allows N=2
-    r = compute_generation_metrics(x, x, ext, pr_k=1, isc_splits=2)
+    r = generation(x, x, ext, pr_k=1, isc_splits=2)
     assert r["feature_space"] == "inception" and abs(r["fid"]) < 1e-6
     assert r["precision"] == r["recall"] == 1.0 and r["is_mean"] >= 1.0 - 1e-9
 
@@ -314,8 +327,8 @@ def test_dinov2_local_weights_file_and_offline_error(tmp_path):
     torch.save({k: 0.02 * torch.randn(v.shape, generator=g) for k, v in shapes.items()}, tmp_path / "d.pth")
     x, y = _smooth_images(2, 0), _smooth_images(2, 1)
     ext = make_extractor("dinov2", weights_path=str(tmp_path / "d.pth"), arch="vit_small_patch14_dinov2")
-    r = compute_generation_metrics(x, y, ext, pr_k=1)
+    r = generation(x, y, ext, pr_k=1)
     assert r["feature_space"] == "dinov2" and r["fid"] > 0 and "is_mean" not in r
     hub = make_extractor("dinov2", arch="vit_small_patch14_dinov2")    # no file, HF_HUB_OFFLINE=1
     with pytest.raises(RuntimeError, match="weights_path"):
-        compute_generation_metrics(x, y, hub, pr_k=1)
+        generation(x, y, hub, pr_k=1)

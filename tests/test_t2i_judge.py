@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from gear.io import ArtifactError
-from gear.models.judge import predict, prompt_accuracy
+from gear.models.judge import predict_indices, prompt_accuracy
 from gear.t2i import paths
 from gear.t2i.data import load_judge, shards_digest
 from gear.t2i.judge import METRICS_DIR
@@ -136,11 +136,12 @@ def test_prompt_accuracy_reproduces_val_accuracy(trained, monkeypatch):
     images, attrs = val_pairs()
     got = prompt_accuracy(judge, images, attrs)
     assert got == {**config()["val_accuracy"], "n": len(attrs)}
-    # predict names the same values prompt_accuracy counts
-    names = predict(judge, images)
-    for a in ("shape", "colour", "position"):
-        assert names[a].shape == (len(attrs),)
-        assert np.mean(names[a] == np.array([x[a] for x in attrs])) == got[a]
+    # the predicted value names give the same shares prompt_accuracy counts
+    idx = predict_indices(judge, images)
+    for i, a in enumerate(("shape", "colour", "position")):
+        names = np.asarray(judge.vocab[a], dtype=str)[idx[:, i]]
+        assert names.shape == (len(attrs),)
+        assert np.mean(names == np.array([x[a] for x in attrs])) == got[a]
     # the prompts of other images: far fewer matches (the trained heads see what is drawn)
     shuffled = [attrs[i] for i in np.random.default_rng(0).permutation(len(attrs))]
     wrong = prompt_accuracy(judge, images, shuffled)
@@ -154,7 +155,7 @@ def test_prompt_accuracy_rejects_bad_input(trained, monkeypatch):
     with pytest.raises(ValueError, match="uint8"):
         prompt_accuracy(judge, images.astype(np.float32), attrs)
     with pytest.raises(ValueError, match="must be uint8"):
-        predict(judge, images[:, :8])
+        predict_indices(judge, images[:, :8])
     with pytest.raises(ValueError, match="not one of"):
         prompt_accuracy(judge, images[:1], [{**attrs[0], "shape": "hexagon"}])
     with pytest.raises(ValueError, match="2 images but 1"):

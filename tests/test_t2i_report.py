@@ -14,7 +14,6 @@ from gear.cli import main
 from gear.io import ArtifactError, write_json
 from gear.paths import REPORTS_DIR
 from gear.report import t2i as report
-from gear.report.t2i_inputs import inputs, producer_outputs
 from gear.report.readers import tsv
 from gear.t2i import paths
 from report_worlds import t2i_world, write_t2i
@@ -112,12 +111,6 @@ def test_missing_or_stale_input_fails_in_one_line_and_writes_nothing(tmp_path, m
     with pytest.raises(ArtifactError, match=r"judge/config.json: not valid JSON .*; rerun `gear t2i-judge`$"):
         report.run(p)
     assert sorted(x.name for x in REPORTS_DIR.iterdir()) == ["index.md"]
-    assert set(inputs(p)) >= {paths.eval_json("gear", 1), paths.JUDGE_DIR / "config.json",
-                                     paths.samples_dir("gear", 0) / "grid.png",
-                                     tsv(paths.train_metrics_dir("baseline", 2), "align")}
-    declared = producer_outputs(p)  # what the t2i rules declare: folders for files inside directory() outputs
-    assert paths.JUDGE_DIR in declared and paths.samples_dir("gear", 0) in declared and paths.eval_json("gear", 1) in declared
-    assert tsv(paths.train_metrics_dir("baseline", 2), "align").parent in declared and len(declared) == len(set(declared))
 
 
 def test_a_second_run_replaces_only_its_own_entries(tmp_path, monkeypatch):

@@ -5,7 +5,6 @@ import json
 import os
 import signal
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,13 +16,11 @@ from gear.io import ArtifactError, load_tensors, save_tensors, write_json
 from gear.models.demo_teacher import DemoViT
 from gear.teachers import (HUB_TEACHERS, DemoTeacher, HubSpec, OpenClipTeacher, TimmTeacher, build_timm,
                            load_teacher, resolve_weights, spatial_zscore, zscore_strength)
-
-PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
-TINY = ["teachers.demo_dim=32", "teachers.demo_depth=1", "teachers.demo_heads=2"]
+from tiny import PARAMS, TINY_TEACHER
 
 
 def tiny_params(*overrides: str):
-    return load_params(PARAMS, [*TINY, "compute.precision=fp32", *overrides])
+    return load_params(PARAMS, [*TINY_TEACHER, "compute.precision=fp32", *overrides])
 
 
 def save_demo(vit: DemoViT, classes: list[str]) -> None:
@@ -226,7 +223,7 @@ def test_demo_training_reduces_loss_on_fixed_batch():
     assert losses[-1] < 0.5 * losses[0]
 
 
-STAGE_SETS = [*TINY, "data.embedded_train_per_class=16", "data.embedded_val_per_class=4", "data.samples_per_shard=100",
+STAGE_SETS = [*TINY_TEACHER, "data.embedded_train_per_class=16", "data.embedded_val_per_class=4", "data.samples_per_shard=100",
               "teachers.demo_steps=12", "teachers.demo_batch_size=16", "compute.log_every=4",
               "compute.save_every=5", "compute.workers=0", "compute.precision=fp32"]
 
@@ -243,7 +240,7 @@ def _read_metrics() -> dict[str, str]:
 
 
 def test_teacher_stage_end_to_end_and_exact_resume(tmp_path, monkeypatch):
-    from gear.data import shard
+    from gear.stages import shard
     from gear.stages import teacher as stage
 
     monkeypatch.chdir(tmp_path)

@@ -21,11 +21,13 @@ from gear.config import apply_overrides, load_params
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = ROOT / "params.yaml"
 
+# The demo teacher of every tiny config below (a 1-block, 2-head ViT), and of tests/test_teachers.py.
+TINY_TEACHER = ["teachers.demo_dim=32", "teachers.demo_depth=1", "teachers.demo_heads=2"]
+
 TINY = [
     "data.embedded_train_per_class=12", "data.embedded_val_per_class=4", "data.resolution=16",
     "data.samples_per_shard=64",
-    "teachers.demo_dim=32", "teachers.demo_depth=1", "teachers.demo_heads=2", "teachers.demo_steps=4",
-    "teachers.demo_batch_size=16",
+    *TINY_TEACHER, "teachers.demo_steps=4", "teachers.demo_batch_size=16",
     "tokenizer.ch=8", "tokenizer.z_channels=16", "tokenizer.norm_groups=4", "tokenizer.codebook_size=32",
     "tokenizer.code_dim=4", "tokenizer.disc_ch=8", "tokenizer.disc_layers=1", "tokenizer.steps=6",
     "tokenizer.batch_size=8", "tokenizer.gan_start=2", "tokenizer.perceptual=none",
@@ -120,7 +122,7 @@ def build_ar_world(root: Path, raw: dict, arm: str, seed: int = 0) -> None:
     from gear import paths
     from gear.artifacts import write_tokenizer
     from gear.config import params_from_dict
-    from gear.data import shard
+    from gear.stages import shard
     from gear.data.loader import read_manifest
     from gear.io import save_tensors, write_json
     from gear.models.demo_teacher import DemoViT
@@ -228,7 +230,7 @@ def assert_same_outputs(a: Path, b: Path, model_dir: str, metrics_dir: str) -> N
 # 16 classes x (20 train, 5 val) embedded crops at 32 px, a random demo teacher, random frozen
 # tokenizers and tiny ARs with smooth stand-in samples (tests/conftest.py `world`).
 
-EVAL_SETS = ["teachers.demo_dim=32", "teachers.demo_depth=1", "teachers.demo_heads=2",
+EVAL_SETS = [*TINY_TEACHER,
              "data.embedded_train_per_class=20", "data.embedded_val_per_class=5", "data.shard_dir=data/shards",
              "compute.workers=0", "compute.device=cpu", "compute.precision=fp32",
              "tokenizer.ch=8", "tokenizer.norm_groups=4", "tokenizer.z_channels=16", "tokenizer.codebook_size=64",
@@ -273,7 +275,7 @@ def build_eval_world(root: Path) -> None:
 
     from gear import paths
     from gear.artifacts import write_model, write_tokenizer
-    from gear.data import shard
+    from gear.stages import shard
     from gear.data.embedded import SOURCES
     from gear.io import save_tensors, sha256_file, write_json
     from gear.models.ar import GPT, GPTConfig

@@ -1,15 +1,6 @@
-"""`gear shard`: turn the embedded set or an ImageFolder into webdataset tar shards.
-
-Output, in params.data.shard_dir:
-  train-000000.tar, ...  val-000000.tar, ...   samples_per_shard samples per tar; per sample the
-      members <key>.png (or .jpg; resolution x resolution RGB) and <key>.cls (class index as
-      text), key = zero-padded index of the sample within its split
-  manifest.json   classes, resolution, counts per split and class, sha256 and bytes per shard, skipped
-      files with the reason (unreadable, truncated, not an image, dangling or looping symlink,
-      decompression bomb, smaller than data.min_size), `upscaled`: the images whose short side
-      was below data.resolution (kept, resized up), for an ImageFolder `decoded`: how many
-      images were rotated (EXIF orientation) and colour-converted (ICC profile to sRGB), and
-      the params.data digest
+"""The library of `gear shard` (gear/stages/shard.py) and `gear t2i-shard` (gear/t2i/shard.py):
+listing an ImageFolder or the embedded set into jobs, encoding one job in a pool worker, and
+appending samples to webdataset tar shards.
 
 Every file is decoded by gear/data/images.py as a viewer shows it (EXIF orientation, ICC profile,
 every transparency form over white, 16-bit rescaled; first frame of a multi-frame file).
@@ -21,28 +12,20 @@ File names that are not UTF-8 are kept by their bytes (Python's surrogateescape;
 hashes the raw bytes), and every warning shows a name that holds a newline or undecodable bytes
 escaped (repr), on one line.
 
-Images are processed by a multiprocessing pool (imap keeps the order) and streamed into the
-tars, so memory stays constant. Same input and params -> byte-identical shards: sample order is
-a fixed-seed shuffle (so any prefix of a split is class-balanced), tar headers carry fixed
-mtime/owner, and PNG/JPEG encoding is deterministic. Everything is written into a temporary
-folder of this run's own next to shard_dir and renamed into place at the end, so a crash never
-leaves half a set; a second `gear shard` on the same shard_dir while one runs is refused in one
-line naming the running one's pid (io.exclusive).
+Same input and params -> byte-identical shards: sample order is a fixed-seed shuffle (so any
+prefix of a split is class-balanced), tar headers carry fixed mtime/owner, and PNG/JPEG encoding
+is deterministic.
 """
 from __future__ import annotations
 
-import contextlib
 import errno
-import functools
 import hashlib
 import io
-import json
 import multiprocessing as mp
 import os
 import signal
 import threading
 import stat
-import sys
 import tarfile
 import warnings
 from pathlib import Path
@@ -50,13 +33,10 @@ from typing import Iterator
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
-from gear.guard import as_dict
-from gear import paths
 from gear.data import embedded
 from gear.data.images import decode
-from gear.io import atomic_dir, exclusive, reraise_disk_full
+from gear.io import sha256_file
 
 ORDER_SEED = 7  # fixed shuffle of the sample order within each split
 
@@ -90,7 +70,7 @@ def center_crop(img: Image.Image, resolution: int) -> Image.Image:
     return img.crop((left, top, left + resolution, top + resolution))
 
 
-def _encode(job: Job, resolution: int, image_format: str,
+def encode(job: Job, resolution: int, image_format: str,
             min_size: int = 0) -> tuple[bytes | None, str, tuple[int, int] | None, tuple[bool, bool]]:
     """(encoded image bytes, "", source size, (rotated, colour-converted)) of one job, or (None,
     reason, size, ...) when the source cannot be read or is smaller than min_size. Size is None for
@@ -112,15 +92,20 @@ def _encode(job: Job, resolution: int, image_format: str,
                     img = center_crop(seen.image, resolution)
     except Exception as e:  # any failure to decode means: skip this file and list it
         return None, shown(f"{type(e).__name__}: {e}"), size, flags
+    return encode_image(img, image_format), "", size, flags
+
+
+def encode_image(img: Image.Image, image_format: str) -> bytes:
+    """The shard bytes of an image (deterministic: same pixels, same bytes)."""
     buf = io.BytesIO()
     if image_format == "png":
         img.save(buf, format="PNG", compress_level=1)  # as small as level 6 on 32 px, faster
     else:
         img.save(buf, format="JPEG", quality=95, subsampling=0)
-    return buf.getvalue(), "", size, flags
+    return buf.getvalue()
 
 
-def _pool_map(fn, jobs: list[Job], workers: int) -> Iterator[tuple[bytes | None, str]]:
+def pool_map(fn, jobs: list[Job], workers: int) -> Iterator[tuple[bytes | None, str]]:
     if workers <= 1:
         yield from map(fn, jobs)
         return
@@ -240,7 +225,7 @@ def _hold_out(files: list[tuple[Path, int]], root: Path, fraction: float):
     return train, val
 
 
-def _jobs(params) -> tuple[list[str], dict[str, list[Job]], list[dict]]:
+def list_jobs(params) -> tuple[list[str], dict[str, list[Job]], list[dict]]:
     """Class names, the jobs of each split in the fixed shuffled order, and the folder entries
     skipped while listing (broken symlinks, special files)."""
     d = params.data
@@ -284,14 +269,6 @@ def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 class TarShards:
     """Appends samples to <folder>/<split>-000000.tar, ... with `per_shard` samples per tar."""
 
@@ -320,96 +297,5 @@ class TarShards:
             self._tar.close()
             self._tar = None
             path = self.folder / self.shards[-1]["name"]
-            self.shards[-1]["sha256"] = _sha256(path)
+            self.shards[-1]["sha256"] = sha256_file(path)
             self.shards[-1]["bytes"] = path.stat().st_size  # checked by the loader at no cost (sha256 is not)
-
-
-def _write_split(split: str, jobs: list[Job], encoded: Iterator, folder: Path, params,
-                 classes: list[str]) -> tuple[dict, list[dict], list[dict]]:
-    d = params.data
-    writer = TarShards(folder, split, d.samples_per_shard)
-    per_class, skipped, upscaled = {c: 0 for c in classes}, [], []
-    decoded = {"rotated": 0, "colour_converted": 0}
-    for job, (data, reason, size, (rotated, converted)) in tqdm(zip(jobs, encoded), total=len(jobs),
-                                                                desc=f"shard {split}", unit="img"):
-        if data is None:
-            skipped.append({"split": split, "path": str(job[1]), "reason": reason})
-            tqdm.write(f"warning: skipped {shown(str(job[1]))}: {reason}", file=sys.stderr)
-            continue
-        decoded["rotated"] += rotated
-        decoded["colour_converted"] += converted
-        if size is not None and min(size) < d.resolution:
-            upscaled.append({"split": split, "path": str(job[1]), "size": list(size)})
-        writer.add({d.image_format: data, "cls": str(job[2]).encode()})
-        per_class[classes[job[2]]] += 1
-    shards = writer.close()
-    if not shards:
-        raise DataError(f"zero readable images in split {split} ({len(skipped)} files skipped, e.g. "
-                        f"{shown(skipped[0]['path']) if skipped else 'none'})")
-    if split == "train" and d.source == "imagefolder":
-        empty = [c for c, n in per_class.items() if n == 0]
-        if empty:  # every file of the class was skipped: same problem as an empty folder
-            raise DataError(f"class {empty[0]!r} has no readable train image ({len(skipped)} files skipped); "
-                            f"fix or remove its folder")
-    if upscaled:
-        tqdm.write(f"warning: {len(upscaled)} {split} images are smaller than data.resolution = {d.resolution} "
-                   f"and were upscaled (listed under 'upscaled' in manifest.json)", file=sys.stderr)
-    return {"count": writer.count, "per_class": per_class, "shards": shards}, skipped, upscaled, decoded
-
-
-def run(params) -> None:
-    """Build the shards and manifest of params.data into paths.shard_dir(params), atomically."""
-    d = params.data
-    out = paths.shard_dir(params)
-    classes, splits, listed = _jobs(params)  # all input checks happen here, before any heavy work
-    for entry in listed:
-        print(f"warning: skipped {shown(entry['path'])}: {entry['reason']}", file=sys.stderr)
-    if d.source == "embedded":
-        embedded.photos()  # load once in the parent; forked workers inherit the cache
-
-    new_parent = not out.parent.exists()
-    try:
-        with exclusive(out, "gear shard"), reraise_disk_full(out):
-            manifest = _write(params, out, classes, splits, listed)
-    except BaseException:
-        if new_parent:  # a failed run leaves the tree as it found it (unless another run uses it)
-            with contextlib.suppress(OSError):
-                out.parent.rmdir()
-        raise
-    n_skip = len(manifest["skipped"])
-    print(f"shard: {manifest['splits']['train']['count']} train / {manifest['splits']['val']['count']} val "
-          f"samples, {len(classes)} classes -> {out}" + (f" ({n_skip} files skipped, listed in manifest.json)" if n_skip else ""))
-
-
-def _write(params, out: Path, classes: list[str], splits: dict[str, list[Job]], listed: list[dict]) -> dict:
-    """Encode every split into a temporary folder of this run's own, then swap it in for `out`."""
-    d = params.data
-    with atomic_dir(out) as tmp:  # stale shards of an older run go away with the old folder
-        encode = functools.partial(_encode, resolution=d.resolution, image_format=d.image_format,
-                                   min_size=d.min_size)
-        manifest = {
-            "format": "webdataset",
-            "source": d.source,
-            "resolution": d.resolution,
-            "image_format": d.image_format,
-            "classes": classes,
-            "splits": {},
-            "skipped": list(listed),
-            "upscaled": [],
-            "params_data_digest": params.digest("data"),
-            "params_data": as_dict(params.data),
-        }
-        decoded = {"rotated": 0, "colour_converted": 0}
-        for split, jobs in splits.items():
-            # closed here even when _write_split raises: a pool torn down later by the garbage
-            # collector, at an arbitrary point of the program, can deadlock in its join
-            with contextlib.closing(_pool_map(encode, jobs, params.compute.workers)) as encoded:
-                info, skipped, upscaled, counts = _write_split(split, jobs, encoded, tmp, params, classes)
-            manifest["splits"][split] = info
-            manifest["skipped"] += skipped
-            manifest["upscaled"] += upscaled
-            decoded = {k: decoded[k] + counts[k] for k in decoded}
-        if d.source == "imagefolder":  # the embedded set has neither (and its manifest stays as it was)
-            manifest["decoded"] = decoded
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
-    return manifest

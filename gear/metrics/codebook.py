@@ -43,14 +43,9 @@ def histogram_stats(hist: torch.Tensor, histogram: bool = False) -> dict:
     return out
 
 
-def codebook_stats(indices: torch.Tensor, K: int, histogram: bool = False) -> dict:
-    """usage, entropy (nats), effective_size, num_tokens [, histogram] of indices of any shape."""
-    flat = _check_indices(indices, K)
-    return histogram_stats(torch.bincount(flat, minlength=K), histogram)
-
-
 class CodebookAccumulator:
-    """Streaming codebook_stats: update(indices) per batch, result() at the end."""
+    """Codebook usage, entropy (nats), effective_size, num_tokens [, histogram] of indices of any
+    shape, streamed: update(indices) per batch, result() at the end."""
 
     def __init__(self, K: int):
         if K < 1:

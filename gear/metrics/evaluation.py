@@ -23,7 +23,6 @@ from gear.metrics.features import (FeatureModel, RealSet, concat, feature_extrac
 from gear.metrics.fidelity import Extractor
 from gear.metrics.patches import PatchSample
 from gear.runtime import Runtime, barrier, gather_to_main, teardown
-from gear.train.recon_check import to_uint8
 
 ISC_SPLITS = 10          # torch-fidelity / ADM default
 
@@ -41,12 +40,6 @@ def batch_plan(params, split: str, limit: int | None = None) -> list[np.ndarray]
              else TrainStream(params, split, 1, augment=False).epoch_order(0)[:limit])
     bs = params.metrics.batch_size
     return [order[s:s + bs] for s in range(0, len(order), bs)]
-
-
-def read_images(params, split: str, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """uint8 (N, H, W, 3) images and labels of batch_plan(params, split, limit), in one process."""
-    read = [out for out in read_batches(params, split, batch_plan(params, split, limit)) if out is not None]
-    return np.concatenate([to_uint8(x) for x, _ in read]), np.concatenate([y.numpy() for _, y in read])
 
 
 def my_batches(params, rt: Runtime, split: str, plan: list[np.ndarray], desc: str,

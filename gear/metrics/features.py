@@ -5,11 +5,11 @@ fidelity.Extractor, built by torch_fidelity's create_feature_extractor) on its s
 images; rank 0 gathers the features in the original order and calls torch-fidelity's
 feature-level functions (fid_features_to_statistics / fid_statistics_to_metric,
 isc_features_to_metric, prc_features_to_metric) with the settings calculate_metrics uses. Fed the
-same batches this gives exactly the numbers of fidelity.compute_generation_metrics, whatever the
+same batches this gives exactly the numbers of torch-fidelity's calculate_metrics, whatever the
 number of processes (the IS splits follow the gathered order, as they follow the input order there).
 
-The real-set cache holds torch-fidelity's own files (fidelity.cache_files, the bytes
-cache_real_statistics writes), so each path reads the other's cache.
+The real-set cache holds torch-fidelity's own files (fidelity.cache_files, the bytes its
+calculate_metrics caches) beside our summary (fidelity.meta_path).
 """
 from __future__ import annotations
 
@@ -147,7 +147,7 @@ def write_real_cache(cache_dir: str | Path, cache_key: str, fm: FeatureModel, fe
                      isc_splits: int = 10) -> dict:
     """Store the real set's features and FID statistics in cache_dir (write it into a fresh folder
     that replaces the old one whole: io.atomic_dir). Returns {feature_space, extractor, num_real
-    [, is_mean, is_std of the real images]}, as fidelity.cache_real_statistics."""
+    [, is_mean, is_std of the real images]}."""
     meta = meta_path(str(cache_dir), cache_key, fm.ext)
     num_real = len(feats[fm.ext.fid_layer])
     isc = inception_score(feats[fm.isc_layer], isc_splits) if fm.isc_layer else {}
@@ -176,9 +176,6 @@ def read_real_cache(cache_dir: str | Path, cache_key: str, ext: Extractor) -> Re
     return RealSet(features, _load_stats(stat_file, features.shape[1]), num_real)
 
 
-check_real_cache = read_real_cache  # the check is the read
-
-
 def _load_stats(path: Path, dim: int | None = None) -> dict:
     """FID statistics {'mu', 'sigma'}: float64 numpy arrays, pickled as torch-fidelity stores
     them. weights_only with numpy's array reconstruction allowed, so the file still runs no code."""
@@ -195,8 +192,8 @@ def _load_stats(path: Path, dim: int | None = None) -> dict:
 
 
 def generation_metrics(feats: Features, real: RealSet, fm: FeatureModel, pr_k: int = 3, isc_splits: int = 10) -> dict:
-    """FID, precision / recall [, IS] of generated features against the real set: the keys and the
-    numbers of fidelity.compute_generation_metrics on the same images."""
+    """FID, precision / recall [, IS] of generated features against the real set: the numbers of
+    torch-fidelity's calculate_metrics on the same images."""
     gen = feats[fm.ext.fid_layer]
     res = {"feature_space": fm.ext.space, "extractor": fm.ext.name, "num_samples": len(gen),
            "num_real": real.num_real, "fid": frechet_distance(fid_statistics(gen), real.stats),

@@ -1,6 +1,8 @@
-"""Generation metrics (FID / FDD, Inception Score, precision / recall) through torch-fidelity.
+"""Feature spaces for the generation metrics (FID / FDD, Inception Score, precision / recall),
+as torch-fidelity feature extractors, and the file layout of the real-set cache.
 
-torch-fidelity computes every statistic; this module only hands it images and a feature space:
+gear/metrics/features.py runs these extractors batch by batch (over several processes) and calls
+torch-fidelity's feature-level functions; this module builds the spaces:
 - 'inception': torch-fidelity's `inception-v3-compat` (the TF-FID Inception-v3; pool features for
   FID and precision/recall, unbiased logits for IS). Offline it needs a local weights file.
 - 'dinov2':    timm DINOv2 (default ViT-B/14), CLS token after the final norm, images resized to
@@ -9,8 +11,7 @@ torch-fidelity computes every statistic; this module only hands it images and a 
   embedded default passes the demo teacher (pooled patch features, classifier-head logits).
 Convention (torch-fidelity's): input1 = generated samples, input2 = real images. Precision is the
 share of samples inside the real manifold (union of k-NN balls of real features); recall is the
-share of real images inside the sample manifold. features.py computes the same numbers from
-features extracted batch by batch (over several processes) with the same extractors.
+share of real images inside the sample manifold.
 """
 from __future__ import annotations
 
@@ -24,7 +25,6 @@ from typing import Callable, Optional, Union
 import numpy as np
 import torch
 import torch_fidelity
-from torch.utils.data import Dataset
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
 from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
@@ -166,7 +166,7 @@ def _inception_weights(weights_path) -> Optional[str]:
 
 def make_extractor(space: str, *, weights_path: Optional[str] = None, fn: Optional[FeatureFn] = None,
                    name: Optional[str] = None, arch: str = DINOV2_ARCH) -> Extractor:
-    """Feature space for compute_generation_metrics.
+    """Feature space for gear/metrics/features.py (FeatureModel).
 
     inception: weights_path = torch-fidelity's pt_inception weights file (None: torch hub cache or
                download; fails at once, with a one-line RuntimeError, when neither is possible).
@@ -202,51 +202,6 @@ def make_extractor(space: str, *, weights_path: Optional[str] = None, fn: Option
     return Extractor("custom", reg, "features", "logits", {"gear_feature_fn": fn})
 
 
-# --- inputs ------------------------------------------------------------------------------------
-
-class _Images(Dataset):
-    """uint8 images (N,3,H,W) or (N,H,W,3) served as (3,H,W) tensors, without a full copy."""
-
-    def __init__(self, x: Images, what: str):
-        t = torch.from_numpy(np.ascontiguousarray(x)) if isinstance(x, np.ndarray) else x
-        if not isinstance(t, torch.Tensor):
-            raise ValueError(f"{what}: expected a numpy array or tensor, got {type(x).__name__}")
-        if t.dtype != torch.uint8 or t.ndim != 4 or len(t) == 0:
-            raise ValueError(f"{what}: expected non-empty uint8 images (N,H,W,3) or (N,3,H,W), "
-                             f"got {t.dtype} {tuple(t.shape)}")
-        if t.shape[1] != 3 and t.shape[-1] != 3:
-            raise ValueError(f"{what}: no RGB axis of size 3 in shape {tuple(t.shape)}")
-        self.x, self.nhwc = t.cpu(), t.shape[1] != 3
-
-    def __len__(self):
-        return len(self.x)
-
-    def __getitem__(self, i):
-        return self.x[i].permute(2, 0, 1) if self.nhwc else self.x[i]
-
-
-class _CachedOnly(Dataset):
-    """Stand-in for the real set when its features come from the cache (never read)."""
-
-    def __len__(self):
-        return 0
-
-    def __getitem__(self, i):
-        raise RuntimeError("real images were needed but real_uint8=None (cache incomplete)")
-
-
-def cache_files(cache_dir: Path, key: str, ext: Extractor, layers: list[str]) -> list[Path]:
-    """The real-set cache files: features of each layer, then the FID statistics. File names of
-    torch-fidelity 0.4.0 (utils.extract_featuresdict_from_input_id_cached and
-    metric_fid.fid_featuresdict_to_statistics_cached)."""
-    files = [cache_dir / f"{key}-{ext.name}-features-{layer}.pt" for layer in layers]
-    return files + [cache_dir / f"{key}-{ext.name}-stat-fid-{ext.fid_layer}.pt"]
-
-
-def write_meta(meta: Path, num_real: int, ext: Extractor, layers: list[str]) -> None:
-    meta.write_text(json.dumps({"num_real": num_real, "extractor": ext.name, "layers": layers}))
-
-
 def probe_logits(ext: Extractor, x: torch.Tensor) -> bool:
     """Run the custom fn on a uint8 batch x [N,3,H,W] (on its device): check its outputs and
     learn whether it gives logits."""
@@ -262,15 +217,18 @@ def probe_logits(ext: Extractor, x: torch.Tensor) -> bool:
     return logits is not None
 
 
-# --- metrics -----------------------------------------------------------------------------------
+# --- the real-set cache files ----------------------------------------------------------------
 
-def _device(device: str) -> torch.device:
-    dev = torch.device(device)
-    if dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"device must be cpu or cuda[:N], got {device!r}")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {device!r} requested but CUDA is not available")
-    return dev
+def cache_files(cache_dir: Path, key: str, ext: Extractor, layers: list[str]) -> list[Path]:
+    """The real-set cache files: features of each layer, then the FID statistics. File names of
+    torch-fidelity 0.4.0 (utils.extract_featuresdict_from_input_id_cached and
+    metric_fid.fid_featuresdict_to_statistics_cached)."""
+    files = [cache_dir / f"{key}-{ext.name}-features-{layer}.pt" for layer in layers]
+    return files + [cache_dir / f"{key}-{ext.name}-stat-fid-{ext.fid_layer}.pt"]
+
+
+def write_meta(meta: Path, num_real: int, ext: Extractor, layers: list[str]) -> None:
+    meta.write_text(json.dumps({"num_real": num_real, "extractor": ext.name, "layers": layers}))
 
 
 def meta_path(cache_dir: Optional[str], cache_key: Optional[str], ext: Extractor) -> Optional[Path]:
@@ -282,116 +240,3 @@ def meta_path(cache_dir: Optional[str], cache_key: Optional[str], ext: Extractor
     if not _NAME_RE.match(cache_key):
         raise ValueError(f"cache_key {cache_key!r} must match {_NAME_RE.pattern}")
     return Path(cache_dir) / f"{cache_key}-{ext.name}-meta.json"
-
-
-def _check_not_stale(meta: Optional[Path], num_real: int) -> None:
-    if meta is not None and meta.is_file():
-        cached = json.loads(meta.read_text())["num_real"]
-        if cached != num_real:
-            raise ValueError(f"stale cache {meta}: it holds {cached} real images, got {num_real}; "
-                             "use a cache_key that names this real set")
-
-
-def _isc_layer(ext: Extractor, images: _Images, dev: torch.device, isc_splits: int) -> Optional[str]:
-    layer = ext.isc_layer
-    if ext.space == "custom":
-        probe = torch.stack([images[i] for i in range(min(2, len(images)))]).to(dev)
-        layer = layer if probe_logits(ext, probe) else None
-    if layer is not None and len(images) < isc_splits:
-        raise ValueError(f"IS with isc_splits={isc_splits} needs at least that many images, got {len(images)}")
-    return layer
-
-
-def _calculate(dev: torch.device, ext: Extractor, isc_layer: Optional[str], **kw) -> dict:
-    kw.update(feature_extractor=ext.name, feature_layer_fid=ext.fid_layer, feature_layer_prc=ext.fid_layer,
-              fid=True, isc=isc_layer is not None, feature_layer_isc=isc_layer, cuda=dev.type == "cuda",
-              save_cpu_ram=True,  # no DataLoader worker processes: the images are already in memory
-              **ext.options)
-    if dev.type == "cuda":
-        with torch.cuda.device(dev):
-            return torch_fidelity.calculate_metrics(**kw)
-    return torch_fidelity.calculate_metrics(**kw)
-
-
-def _isc(out: dict) -> dict:
-    return {"is_mean": float(out[torch_fidelity.KEY_METRIC_ISC_MEAN]),
-            "is_std": float(out[torch_fidelity.KEY_METRIC_ISC_STD])}
-
-
-def cache_real_statistics(real_uint8: Images, extractor: Extractor, *, cache_dir: str, cache_key: str,
-                          batch_size: int = 64, device: str = "cpu", isc_splits: int = 10,
-                          verbose: bool = False) -> dict:
-    """Extract the real set's features and FID statistics into cache_dir once (features are
-    computed a single time), so that compute_generation_metrics(..., real_uint8=None, same
-    cache_dir / cache_key / extractor) reads no real image.
-    Returns {feature_space, extractor, num_real [, is_mean, is_std of the real images]}.
-    """
-    real = _Images(real_uint8, "real")
-    if cache_dir is None or cache_key is None or batch_size < 1 or isc_splits < 1:
-        raise ValueError("cache_real_statistics needs cache_dir, cache_key, batch_size >= 1, isc_splits >= 1")
-    meta = meta_path(cache_dir, cache_key, extractor)
-    dev = _device(device)
-    _check_not_stale(meta, len(real))
-    isc_layer = _isc_layer(extractor, real, dev, isc_splits)
-    # input1 and input2 share the cache name: the second lookup hits what the first stored.
-    out = _calculate(dev, extractor, isc_layer, input1=real, input2=real, input1_cache_name=cache_key,
-                     input2_cache_name=cache_key, cache=True, cache_root=str(cache_dir),
-                     batch_size=batch_size, isc_splits=isc_splits, verbose=verbose)
-    layers = sorted({extractor.fid_layer} | ({isc_layer} if isc_layer else set()))
-    write_meta(meta, len(real), extractor, layers)
-    res = {"feature_space": extractor.space, "extractor": extractor.name, "num_real": len(real)}
-    return res | (_isc(out) if isc_layer else {})
-
-
-def compute_generation_metrics(samples_uint8: Images, real_uint8: Optional[Images], extractor: Extractor, *,
-                               pr_k: int = 3, batch_size: int = 64, cache_dir: Optional[str] = None,
-                               cache_key: Optional[str] = None, device: str = "cpu",
-                               isc_splits: int = 10, verbose: bool = False) -> dict:
-    """FID (FDD in the dinov2 space), precision / recall (k = pr_k) and, when the space has class
-    logits, IS (mean, std over isc_splits) of samples against real images.
-
-    Images: uint8, (N,H,W,3) or (N,3,H,W), any size (each extractor resizes as it needs).
-    cache_dir + cache_key: the real set's features and FID statistics are stored there on the
-    first call (or by cache_real_statistics) and reused afterwards: the real images are then not
-    read and real_uint8 may be None. cache_key must identify the real set (split, count,
-    resolution); a count mismatch with the cached set raises.
-    Returns {feature_space, extractor, num_samples, num_real, fid, precision, recall
-             [, is_mean, is_std]}.
-    """
-    samples = _Images(samples_uint8, "samples")
-    real = None if real_uint8 is None else _Images(real_uint8, "real")
-    meta = meta_path(cache_dir, cache_key, extractor)
-    if pr_k < 1 or batch_size < 1 or isc_splits < 1:
-        raise ValueError(f"pr_k, batch_size, isc_splits must be >= 1 (got {pr_k}, {batch_size}, {isc_splits})")
-    for what, ds in (("samples", samples), ("real", real)):
-        if ds is not None and len(ds) <= pr_k:
-            raise ValueError(f"precision/recall with k={pr_k} needs more than {pr_k} {what} images, got {len(ds)}")
-    dev = _device(device)
-    isc_layer = _isc_layer(extractor, samples, dev, isc_splits)
-    layers = sorted({extractor.fid_layer} | ({isc_layer} if isc_layer else set()))
-
-    if real is None:
-        needed = [] if meta is None else [meta, *cache_files(meta.parent, cache_key, extractor, layers)]
-        missing = [p for p in needed if not p.is_file()]
-        if meta is None or missing:
-            raise ValueError("real_uint8=None needs a complete real-set cache (cache_dir + cache_key); "
-                             f"missing: {missing[0] if missing else 'cache_dir/cache_key'}")
-        num_real = json.loads(meta.read_text())["num_real"]
-    else:
-        num_real = len(real)
-        _check_not_stale(meta, num_real)
-
-    out = _calculate(dev, extractor, isc_layer, input1=samples,
-                     input2=real if real is not None else _CachedOnly(),
-                     prc=True, prc_neighborhood=pr_k, batch_size=batch_size, isc_splits=isc_splits,
-                     cache=meta is not None, cache_root=None if meta is None else str(cache_dir),
-                     input2_cache_name=cache_key, verbose=verbose)
-    if meta is not None and real is not None and not meta.is_file():
-        write_meta(meta, num_real, extractor, layers)
-
-    res = {"feature_space": extractor.space, "extractor": extractor.name,
-           "num_samples": len(samples), "num_real": num_real,
-           "fid": float(out[torch_fidelity.KEY_METRIC_FID]),
-           "precision": float(out[torch_fidelity.KEY_METRIC_PRECISION]),
-           "recall": float(out[torch_fidelity.KEY_METRIC_RECALL])}
-    return res | (_isc(out) if isc_layer else {})

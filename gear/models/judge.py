@@ -90,12 +90,6 @@ def predict_indices(judge: Judge, images_uint8: np.ndarray, batch_size: int = SC
     return torch.cat(out).numpy() if out else np.zeros((0, len(ATTRIBUTES)), np.int64)
 
 
-def predict(judge: Judge, images_uint8: np.ndarray) -> dict[str, np.ndarray]:
-    """{attribute: (N,) predicted value names} of uint8 images (N, H, W, 3)."""
-    idx = predict_indices(judge, images_uint8)
-    return {a: np.asarray(judge.vocab[a], dtype=str)[idx[:, i]] for i, a in enumerate(ATTRIBUTES)}
-
-
 def prompt_accuracy(judge: Judge, images_uint8: np.ndarray, attributes: list[dict]) -> dict:
     """Share of images whose shape / colour / position (and all three at once) the judge reads as
     their prompt asked: {"shape", "colour", "position", "all": float, "n": N}."""

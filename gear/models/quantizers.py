@@ -140,11 +140,6 @@ def index_to_bits(indices: Tensor, bits: int, order: str = "msb") -> Tensor:
     return (indices.unsqueeze(-1) >> _bit_shifts(bits, order, indices.device)) & 1
 
 
-def bits_to_index(bits: Tensor, order: str = "msb") -> Tensor:
-    """(..., bits) in {0, 1} (or bool) -> (...) long."""
-    return (bits.long() << _bit_shifts(bits.shape[-1], order, bits.device)).sum(-1)
-
-
 class LookupFreeQuantizer(nn.Module):
     """MAGVIT-v2 LFQ: each of d = log2(K) latent channels is quantized to its sign (+1 / -1); the
     K codes are the corners of {-1, +1}^d. dist = |z - corner|^2, whose argmin is the sign code

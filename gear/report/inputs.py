@@ -1,8 +1,7 @@
 """Everything `gear report` reads, over every study seed, checked and loaded once.
 
 `required` lists each file with the command that writes it (a missing one is a one-line error
-before any work); `producer_outputs` lists what the pipeline rules declare for them (the
-Snakefile's report rule asks for these: a TSV inside a dvclive plots folder is not a rule output).
+before any work).
 """
 from __future__ import annotations
 
@@ -65,26 +64,6 @@ def required(params) -> list[Need]:
             (paths.freeze_stats_json("baseline"), "gear freeze --arm baseline")]
     need += [(folder / "metrics.json", cmd) for _, folder, cmd in shared_folders(params)]
     return need + [n for seed in params.study.seeds for n in _seed_files(params, seed)]
-
-
-def required_inputs(params) -> list[Path]:
-    return [p for p, _ in required(params)]
-
-
-def producer_outputs(params) -> list[Path]:
-    """required_inputs mapped to the files and folders the pipeline's rules declare."""
-    out = []
-    for p in required_inputs(params):
-        parts = p.parts
-        if "plots" in parts:                        # dvclive TSV -> the folder's metrics.json
-            p = Path(*parts[:parts.index("plots")]) / "metrics.json"
-        elif parts[0] == str(paths.SAMPLES_DIR):    # grid.png -> the samples folder
-            p = p.parent
-        elif p.parent == paths.real_stats_dir():
-            p = p.parent
-        if p not in out:
-            out.append(p)
-    return out
 
 
 @dataclass

@@ -49,26 +49,6 @@ def _required(params) -> list[Need]:
     return need
 
 
-def inputs(params) -> list[Path]:
-    """The files this stage reads (the Snakefile rule and t2i/dvc.yaml declare them)."""
-    return [p for p, _ in _required(params)]
-
-
-def producer_outputs(params) -> list[Path]:
-    """inputs() mapped to what the t2i rules declare: a file inside a directory() output (the
-    judge folder, a dvclive plots folder, a samples folder) is not a Snakemake target itself."""
-    folders = {paths.JUDGE_DIR}
-    for seed in params.study.seeds:
-        for a in paths.ARMS:
-            folders |= {paths.samples_dir(a, seed), tsv(paths.train_metrics_dir(a, seed), "x").parent}
-    out = []
-    for p in inputs(params):
-        p = p.parent if p.parent in folders else p
-        if p not in out:
-            out.append(p)
-    return out
-
-
 def _accuracy(acc, path: Path, where: str, cmd: str) -> dict | None:
     if acc is None:
         return None

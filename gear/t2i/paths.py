@@ -83,14 +83,3 @@ def report_files() -> dict[str, Path]:
 def state_dir(params, arm: str, seed: int) -> Path:
     """Resumable training state of the T2I AR: outside every declared output."""
     return Path(params.compute.state_dir) / ROOT / "train" / seed_part(seed) / arm
-
-
-def report_producers(params) -> list[Path]:
-    """The declared outputs (files and folders) `gear t2i-report` reads from, over study.seeds:
-    what the Snakemake rule lists as its inputs (gear/report/t2i_inputs.py checks the files inside)."""
-    out = [JUDGE_DIR, REAL_DIR]  # the real features: every FDD of the report is measured against them
-    for seed in params.study.seeds:
-        for arm in ARMS:
-            live = train_metrics_dir(arm, seed)
-            out += [eval_json(arm, seed), live / "metrics.json", live / "plots" / "metrics", samples_dir(arm, seed)]
-    return out

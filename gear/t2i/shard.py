@@ -22,7 +22,7 @@ Sources (t2i.data.source):
 For folder / jsonl an image is held out for val when a fixed hash of its path (relative to the
 root / manifest folder) falls below t2i.data.val_fraction: adding images never moves others
 between splits, and every caption of one image lands in the same split. Images are decoded,
-converted and center-cropped exactly as `gear shard` does (gear.data.shard._encode); unreadable,
+converted and center-cropped exactly as `gear shard` does (gear.data.shard.encode); unreadable,
 truncated or oversized files are skipped and listed with the reason. Sample order within a split
 is a fixed-seed shuffle, so any prefix of the val prompts is a varied one.
 
@@ -34,7 +34,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
-import io
 import json
 import os
 import sys
@@ -45,7 +44,7 @@ from tqdm import tqdm
 
 from gear.guard import as_dict
 from gear.io import atomic_dir
-from gear.data.shard import ORDER_SEED, DataError, TarShards, _encode, _not_a_file, _pool_map, shown
+from gear.data.shard import ORDER_SEED, DataError, TarShards, _not_a_file, encode, encode_image, pool_map, shown
 from gear.t2i import paths, scenes
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
@@ -176,23 +175,13 @@ def _jobs(params) -> tuple[dict[str, list[tuple]], list[dict]]:
 # processing (runs in the pool workers)
 
 
-def _encode_image(img, image_format: str) -> bytes:
-    """Exactly the encoding of gear.data.shard._encode (deterministic bytes)."""
-    buf = io.BytesIO()
-    if image_format == "png":
-        img.save(buf, format="PNG", compress_level=1)
-    else:
-        img.save(buf, format="JPEG", quality=95, subsampling=0)
-    return buf.getvalue()
-
-
 def _process(job: tuple, resolution: int, image_format: str) -> tuple[bytes | None, str, str, dict | None]:
     """(image bytes or None, skip reason, caption, attributes or None) of one job."""
     kind, a, b = job
     if kind == "scene":
         img, caption, attrs = scenes.scene(a, b, resolution)
-        return _encode_image(img, image_format), "", caption, attrs
-    data, reason, *_ = _encode(("file", a, 0), resolution, image_format)
+        return encode_image(img, image_format), "", caption, attrs
+    data, reason, *_ = encode(("file", a, 0), resolution, image_format)
     return data, reason, b, None
 
 
@@ -244,7 +233,7 @@ def run(params) -> None:
             val_prompts = []
             for split, jobs in splits.items():
                 # closed even when _write_split raises, so the pool never outlives the stage
-                with contextlib.closing(_pool_map(process, jobs, params.compute.workers)) as results:
+                with contextlib.closing(pool_map(process, jobs, params.compute.workers)) as results:
                     info, more, seen = _write_split(split, jobs, results, tmp, params)
                 manifest["splits"][split] = info
                 manifest["skipped"] += more
