@@ -52,3 +52,19 @@ def test_bench_reference_names_a_checkout_that_does_not_import(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     line = next(l for l in r.stdout.splitlines() if l.startswith("reference:"))
     assert "gpt.py does not import (No module named 'utils')" in line and line.endswith("printing ours only"), line
+
+
+def test_study_cost_sums_each_rules_benchmark_files(tmp_path):
+    head = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
+    for rel, s, cpu in [("tune/1/gear/tiny.tsv", 200.0, 180.0), ("tune/2/gear/tiny.tsv", 100.0, 90.0),
+                        ("shard/run.tsv", 10.0, 8.0)]:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(head + f"{s}\t0:00:00\t1\t1\t1\t1\t0\t0\t90\t{cpu}\n")
+    r = run("benchmarks/study_cost.py", "--out", str(tmp_path))
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = {line.split()[0]: line.split()[1:] for line in r.stdout.splitlines()[1:4]}
+    assert rows["tune"] == ["2", "300", "150", "270"] and rows["shard"] == ["1", "10", "10", "8"]
+    assert "total                                  3       310" in r.stdout
+    assert "155 s (2.6 min)" in r.stdout
+    empty = run("benchmarks/study_cost.py", "--out", str(tmp_path / "none"))
+    assert empty.returncode != 0 and "no benchmark files" in empty.stderr
