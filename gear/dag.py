@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gear import rooms
+from gear.paths import tune_variants
 from gear.schema import STAGE2_MODES
 from gear.stagespec import (DATA_IN, METRICS, RUN, SEED, SEEDED_RUN, TEACHER, TRAIN, Dep, Out, Stage, by_name,
                             fresh_ar, live)
@@ -231,10 +232,6 @@ def deps(job: Job, params) -> list[Job]:
 
 # ----------------------------------------------------------------------------------------------
 # which jobs a target holds
-
-
-def tune_variants(params) -> list[str]:
-    return ["gear", *params.tune.ablations]
 
 
 def main_jobs(params) -> list[Job]:
