@@ -31,7 +31,7 @@ from gear.models.registry import ar_shape
 from gear.report.claims import claims
 from gear.report.document import Plot, table, to_html, to_markdown
 from gear.report.figures import figure, save, speedup
-from gear.report.inputs import ar_curve_names, load_results
+from gear.report.inputs import ar_curve_names, load_results, samples_cmd
 from gear.report.readers import check_present, read_curve, read_object, tsv
 from gear.report.verdicts import LEGEND, fmt_interval, fmt_mean_std, mean_interval
 from gear.schema import STAGE2_MODES
@@ -42,10 +42,6 @@ CONTROL = paths.CONTROL
 TOKENIZER_CLAIMS = ("C3", "C4", "C5 tokenizer")  # what a ladder rung measures (no fresh AR)
 KEY = {"C3": ("entropy", "val entropy GEAR - baseline (nats)"), "C4": ("psnr", "val PSNR GEAR - baseline (dB)"),
        "C5 tokenizer": ("cka_pre", "patch CKA pre GEAR - baseline")}
-
-
-def _samples_cmd(size: str, seed: int) -> str:
-    return f"gear evaluate samples --arm {CONTROL} --size {size} --seed {seed}"
 
 
 def _row_cmd(row, seed: int) -> str:
@@ -63,7 +59,7 @@ def required(params) -> list[tuple[Path, str]]:
     for seed in params.study.seeds if params.stage2 == "fresh" else ():
         if scaling.control(params):
             for s in params.ar.sizes:
-                need.append((paths.eval_samples_json(CONTROL, s, seed), _samples_cmd(s, seed)))
+                need.append((paths.eval_samples_json(CONTROL, s, seed), samples_cmd(CONTROL, s, seed)))
                 need += [(tsv(paths.train_ar_metrics_dir(CONTROL, s, seed), c),
                           f"gear train-ar --arm {CONTROL} --size {s} --seed {seed}") for c in ar_curve_names(params)]
         ladder = seed in scaling.ladder_seeds(params)
