@@ -26,7 +26,7 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-from gear import rooms
+from gear import rooms, scaling
 from gear.paths import tune_variants
 from gear.schema import STAGE2_MODES
 from gear.stagespec import (DATA_IN, METRICS, RUN, SEED, SEEDED_RUN, TEACHER, TRAIN, Dep, Out, Stage, by_name,
@@ -278,20 +278,8 @@ def t2i_report_deps(params) -> list[Job]:
     return [j for j in t2i_jobs(params) if j.stage.startswith(("t2i_train", "t2i_sample", "t2i_evaluate", "t2i_judge"))]
 
 
-def scaling_jobs(params) -> list[Job]:
-    from gear import scaling
-
-    return scaling.jobs(params)
-
-
-def scaling_report_deps(params) -> list[Job]:
-    from gear import scaling
-
-    return scaling.report_deps(params)
-
-
 # the report stages: what each reads (every job it summarises)
-REPORTS = {"report": report_deps, "t2i_report": t2i_report_deps, "scaling_report": scaling_report_deps}
+REPORTS = {"report": report_deps, "t2i_report": t2i_report_deps, "scaling_report": scaling.report_deps}
 
 
 def job_for(cli_stage: str, args: dict, row: str | None, params) -> Job | None:
