@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from operator import attrgetter
 from pathlib import Path
 
 from gear import paths
@@ -54,11 +55,6 @@ AXES = (
     Axis("init", "Tokenizer init", "tune.init", ("warmup", "scratch")),
 )
 AXIS = {a.name: a for a in AXES}
-
-def _get(params, key: str):
-    for part in key.split("."):
-        params = getattr(params, part)
-    return params
 
 
 def value_name(value) -> str:
@@ -91,9 +87,9 @@ def overrides(axis: Axis, value) -> dict:
 def default_value(params, axis: Axis):
     """The params' value of an axis (training: the mode whose settings the params hold)."""
     if axis.key is not None:
-        return _get(params, axis.key)
+        return attrgetter(axis.key)(params)
     for name, sets in TRAINING.items():
-        if all(_get(params, k) == v for k, v in sets.items()):
+        if all(attrgetter(k)(params) == v for k, v in sets.items()):
             return name
     return f"{params.e2e_mode}, gan {params.tune.gan}"
 

@@ -180,24 +180,19 @@ def main(argv: list[str] | None = None) -> int:
         if args.stage == "params":
             return write_params(params, args)
         if args.stage == "dag":
-            from gear.dvcfile import write_dvc_files
+            from gear.dvcfile import DVC_FILES, write_dvc_files
 
             stale = write_dvc_files(params, check=args.check)
             verb = "out of date" if args.check else "written"
-            from gear.dvcfile import DVC_FILES
-
             everything = ", ".join(map(str, DVC_FILES.values()))
             print(f"{', '.join(map(str, stale)) or everything}: {verb if stale else 'up to date'}")
             return 1 if args.check and stale else 0
         extra = {k: v for k, v in vars(args).items() if k not in ("stage", "params", "overrides")}
         row = extra.pop("ablation", None)
         run_stage(args.stage, params, args.params, extra, row)
-    except (ParamsError, ArtifactError, DataError, OSError) as e:  # expected: bad input, not a bug
+    except (ParamsError, ArtifactError, DataError, OSError, NonFiniteLossError) as e:  # expected: not a bug
         print(f"gear {args.stage}: error: {e}", file=sys.stderr)
-        return 2
-    except NonFiniteLossError as e:
-        print(f"gear {args.stage}: error: {e}", file=sys.stderr)
-        return 3
+        return 3 if isinstance(e, NonFiniteLossError) else 2  # 2: bad input; 3: training diverged
     return 0
 
 

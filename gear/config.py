@@ -14,6 +14,7 @@ import dataclasses
 import difflib
 import functools
 import math
+from operator import attrgetter
 import os
 import shlex
 import types
@@ -157,12 +158,6 @@ def _check(cond: bool, key: str, value: Any, rule: str) -> None:
         raise ParamsError(f"{key} = {value!r}: {rule}")
 
 
-def _get(p: Params, key: str) -> Any:
-    for part in key.split("."):
-        p = getattr(p, part)
-    return p
-
-
 PAIRS = ("tokenizer.betas", "ar.betas", "tune.betas", "t2i.ar.betas", "sample.cfg_interval")
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".safetensors", ".bin", ".ckpt")  # .ckpt: Lightning (Open-MAGVIT2, IBQ)
 
@@ -174,7 +169,7 @@ def validate(p: Params) -> Params:
     from gear.models.registry import ar_depth  # local: keep config import light
 
     for key in PAIRS:
-        _check(len(_get(p, key)) == 2, key, _get(p, key), "must be two numbers")
+        _check(len(attrgetter(key)(p)) == 2, key, attrgetter(key)(p), "must be two numbers")
     _check(p.sample.cfg_interval[0] <= p.sample.cfg_interval[1], "sample.cfg_interval", p.sample.cfg_interval,
            "must be [start, end] with start <= end")
     _check((p.ar.custom_dim // p.ar.custom_heads) % 4 == 0, "ar.custom_heads", p.ar.custom_heads,

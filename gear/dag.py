@@ -26,9 +26,15 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-from gear import rooms
-from gear.stagespec import (AR_RECIPE, DATA_IN, METRICS, RUN, SEED, SEEDED_RUN,
-                            TEACHER, TRAIN, Dep, Out, Stage, by_name, live)
+from gear import rooms, scaling
+from gear.paths import tune_variants
+from gear.schema import STAGE2_MODES
+from gear.stagespec import (DATA_IN, METRICS, RUN, SEED, SEEDED_RUN, TEACHER, TRAIN, Dep, Out, Stage, by_name,
+                            fresh_ar, live)
+
+GEAR_ARM = (("variant", "gear"),)  # the GEAR arm of the tuned variants
+TRAIN_AR, SAMPLE, EVALUATE_SAMPLES = zip(fresh_ar("baseline", Dep("tokenize_baseline"), Dep("freeze_baseline")),
+                                         fresh_ar("gear", Dep("tokenize", GEAR_ARM), Dep("freeze", GEAR_ARM)))
 
 STAGES: dict[str, Stage] = by_name(
     Stage("shard", "shard", ("data",), (Out("{shard_dir}"),),
@@ -57,22 +63,7 @@ STAGES: dict[str, Stage] = by_name(
     Stage("tokenize", "tokenize --arm {variant} --seed {seed}", ("quantizer", "tokenizer") + DATA_IN + RUN,
           (Out(f"data/tokens/{SEED}/{{variant}}"),), (Dep("freeze"), Dep("shard")), ("seed", "variant"),
           root="tuned", heavy=False, launch=False, axes=(("variant", ("gear",)),)),
-    Stage("train_ar_baseline", "train-ar --arm baseline --size {size} --seed {seed}",
-          AR_RECIPE + ("quantizer", "tokenizer") + TEACHER + DATA_IN + TRAIN,
-          (Out(f"models/ar/{SEED}/baseline/{{size}}"), *live(f"metrics/train_ar/{SEED}/baseline/{{size}}")),
-          (Dep("tokenize_baseline"), Dep("freeze_baseline"), Dep("teacher")), ("seed", "size"), root="tuned"),
-    Stage("train_ar_gear", "train-ar --arm gear --size {size} --seed {seed}",
-          AR_RECIPE + ("quantizer", "tokenizer") + TEACHER + DATA_IN + TRAIN,
-          (Out(f"models/ar/{SEED}/gear/{{size}}"), *live(f"metrics/train_ar/{SEED}/gear/{{size}}")),
-          (Dep("tokenize", (("variant", "gear"),)), Dep("freeze", (("variant", "gear"),)), Dep("teacher")), ("seed", "size"), root="tuned"),
-    Stage("sample_baseline", "sample --arm baseline --size {size} --seed {seed}", ("sample", "quantizer", "tokenizer")
-          + SEEDED_RUN,
-          (Out(f"samples/{SEED}/baseline/{{size}}"),), (Dep("train_ar_baseline"), Dep("freeze_baseline")),
-          ("seed", "size"), root="tuned"),
-    Stage("sample_gear", "sample --arm gear --size {size} --seed {seed}", ("sample", "quantizer", "tokenizer")
-          + SEEDED_RUN,
-          (Out(f"samples/{SEED}/gear/{{size}}"),), (Dep("train_ar_gear"), Dep("freeze", (("variant", "gear"),))),
-          ("seed", "size"), root="tuned"),
+    *TRAIN_AR, *SAMPLE,
     Stage("evaluate_real", "evaluate real", METRICS + TEACHER + DATA_IN + SEEDED_RUN, (Out("eval/real"),),
           (Dep("shard"), Dep("teacher")), root="real"),
     Stage("evaluate_tokenizer_baseline", "evaluate tokenizer --arm baseline",
@@ -83,16 +74,7 @@ STAGES: dict[str, Stage] = by_name(
           METRICS + ("quantizer", "tokenizer", "tau") + TEACHER + DATA_IN + RUN,
           (Out(f"eval/tokenizer/{SEED}/{{variant}}.json", "file"),),
           (Dep("freeze"), Dep("shard"), Dep("teacher"), Dep("evaluate_real")), ("seed", "variant"), root="tuned"),
-    Stage("evaluate_samples_baseline", "evaluate samples --arm baseline --size {size} --seed {seed}",
-          METRICS + ("align_layer", "ar.align_layers") + TEACHER + DATA_IN + RUN,
-          (Out(f"eval/samples/{SEED}/baseline/{{size}}.json", "file"),),
-          (Dep("sample_baseline"), Dep("train_ar_baseline"), Dep("freeze_baseline"), Dep("teacher"),
-           Dep("evaluate_real", read_if="own_real_stats"), Dep("shard")), ("seed", "size"), root="tuned"),
-    Stage("evaluate_samples_gear", "evaluate samples --arm gear --size {size} --seed {seed}",
-          METRICS + ("align_layer", "ar.align_layers") + TEACHER + DATA_IN + RUN,
-          (Out(f"eval/samples/{SEED}/gear/{{size}}.json", "file"),),
-          (Dep("sample_gear"), Dep("train_ar_gear"), Dep("freeze", (("variant", "gear"),)), Dep("teacher"),
-           Dep("evaluate_real", read_if="own_real_stats"), Dep("shard")), ("seed", "size"), root="tuned"),
+    *EVALUATE_SAMPLES,
     Stage("report", "report", ("study", "teacher", "quantizer", "tau", "align_weight", "align_weight_ar", "tune.steps",
                                "tune.ablations", "ar.sizes", "ar.steps", "stage2", "tune.ar_size",
                                "tokenizer.codebook_size", "metrics.pr_k"),
@@ -132,9 +114,8 @@ AR_INIT: dict[str, Stage] = {
     **{n: _by_size(STAGES[n]) for n in ("freeze", "tokenize", "evaluate_tokenizer")},
     "train_ar_gear": dataclasses.replace(
         STAGES["train_ar_gear"], keys=STAGES["train_ar_gear"].keys + ("stage2", "tune.steps"),
-        deps=STAGES["train_ar_gear"].deps + (Dep("tune", (("variant", "gear"),)),)),
+        deps=STAGES["train_ar_gear"].deps + (Dep("tune", GEAR_ARM),)),
 }
-STAGE2_MODES = ("fresh", "ar-init")
 
 
 def table(mode: str = "fresh") -> dict[str, Stage]:
@@ -253,10 +234,6 @@ def deps(job: Job, params) -> list[Job]:
 # which jobs a target holds
 
 
-def tune_variants(params) -> list[str]:
-    return ["gear", *params.tune.ablations]
-
-
 def main_jobs(params) -> list[Job]:
     seeds, sizes, variants, mode = params.study.seeds, params.ar.sizes, tune_variants(params), params.stage2
     # the tuned arms' tokenizer stages: once per seed, or under ar-init once per seed and AR size
@@ -301,20 +278,8 @@ def t2i_report_deps(params) -> list[Job]:
     return [j for j in t2i_jobs(params) if j.stage.startswith(("t2i_train", "t2i_sample", "t2i_evaluate", "t2i_judge"))]
 
 
-def scaling_jobs(params) -> list[Job]:
-    from gear import scaling
-
-    return scaling.jobs(params)
-
-
-def scaling_report_deps(params) -> list[Job]:
-    from gear import scaling
-
-    return scaling.report_deps(params)
-
-
 # the report stages: what each reads (every job it summarises)
-REPORTS = {"report": report_deps, "t2i_report": t2i_report_deps, "scaling_report": scaling_report_deps}
+REPORTS = {"report": report_deps, "t2i_report": t2i_report_deps, "scaling_report": scaling.report_deps}
 
 
 def job_for(cli_stage: str, args: dict, row: str | None, params) -> Job | None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import types
+from operator import attrgetter
 
 
 class UndeclaredParam(AttributeError):
@@ -103,9 +104,7 @@ class ParamsView:
         else:
             d = {}
             for key in sections:
-                v = self
-                for part in key.split("."):
-                    v = getattr(v, part)
+                v = attrgetter(key)(self)
                 d[key] = v.to_dict() if isinstance(v, ParamsView) else v
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -43,6 +43,22 @@ def reachable(url: str, timeout: float = 2.0) -> bool:
     return bool(ok)
 
 
+def cached(hub_id: str, filename: str) -> str | None:
+    """The local path of a file of Hugging Face repo `hub_id` when the cache holds it (no download)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    path = try_to_load_from_cache(hub_id, filename)
+    return path if isinstance(path, str) else None
+
+
+def not_served(in_cache: bool) -> str | None:
+    """None when the hub can serve a model's weights (`in_cache`, or online with the endpoint
+    reachable), else why it cannot."""
+    if in_cache or (not offline() and reachable(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))):
+        return None
+    return "HF_HUB_OFFLINE is set" if offline() else "the hub is unreachable"
+
+
 def unavailable(what: str, library: str, resolve: Callable[[], object],
                 error: type[Exception]) -> str | None:
     """Why `what` (a hub model) cannot be loaded here, or None: `library` is not installed, or

@@ -69,21 +69,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield a fresh temp folder next to `path`; on success it replaces `path` whole."""
     path = Path(path)
-    with reraise_disk_full(path), _atomic_dir(path) as tmp:
-        yield tmp
-
-
-@contextlib.contextmanager
-def _atomic_dir(path: Path) -> Iterator[Path]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    os.chmod(tmp, 0o755)  # mkdtemp makes 0700; outputs are ordinary folders
-    try:
+    with reraise_disk_full(path), _temp_dir(path.parent, f".{path.name}.") as tmp:
         yield tmp
         swap_in(tmp, path)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def swap_in(tmp: Path, path: Path) -> None:
@@ -104,16 +92,7 @@ def atomic_entries(folder: str | Path, names: list[str]) -> Iterator[Path]:
     `folder` (one rename each, a folder through a `.old` rename). The folder's other entries stay:
     reports/ holds the report of `gear report` and that of `gear ablation-report`."""
     folder = Path(folder)
-    with reraise_disk_full(folder), _atomic_entries(folder, names) as tmp:
-        yield tmp
-
-
-@contextlib.contextmanager
-def _atomic_entries(folder: Path, names: list[str]) -> Iterator[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".build.", suffix=".tmp", dir=folder))
-    os.chmod(tmp, 0o755)
-    try:
+    with reraise_disk_full(folder), _temp_dir(folder, ".build.") as tmp:
         yield tmp
         for name in names:
             new, dest = tmp / name, folder / name
@@ -121,6 +100,16 @@ def _atomic_entries(folder: Path, names: list[str]) -> Iterator[Path]:
                 swap_in(new, dest)
             else:
                 os.replace(new, dest)
+
+
+@contextlib.contextmanager
+def _temp_dir(parent: Path, prefix: str) -> Iterator[Path]:
+    """A fresh folder in `parent`, removed on the way out unless renamed away by then."""
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=parent))
+    os.chmod(tmp, 0o755)  # mkdtemp makes 0700; outputs are ordinary folders
+    try:
+        yield tmp
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -6,6 +6,7 @@ uncompressed (np.savez, save_npz) is memory-mapped, so each process reads only t
 """
 from __future__ import annotations
 
+import io
 import struct
 import zipfile
 from pathlib import Path
@@ -27,6 +28,13 @@ def save_npz(path: Path, **arrays: np.ndarray) -> None:
             info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
             with zf.open(info, "w", force_zip64=True) as f:
                 np.lib.format.write_array(f, np.ascontiguousarray(arr), allow_pickle=False)
+
+
+def npy_bytes(arr: np.ndarray) -> bytes:
+    """`arr` as a .npy file (np.save's bytes, never pickled): a tar shard's member."""
+    buf = io.BytesIO()
+    np.save(buf, arr, allow_pickle=False)
+    return buf.getvalue()
 
 
 def members(path: Path) -> list[str]:

@@ -22,11 +22,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from operator import attrgetter
 from pathlib import Path
 
 from gear import dag
 from gear.dag import Job
-from gear.io import ArtifactError, atomic_path
+from gear.io import ArtifactError, write_json
 from gear.stagespec import FREE
 
 RECORD = "provenance.json"
@@ -48,10 +49,7 @@ def current(job: Job, params, key: str):
     its study seed; a section without the keys that change no output (gear/stagespec.py FREE)."""
     if key == "compute.seed" and job.decl.seeded:
         return job.wildcards["seed"]
-    value = dag.layout_for(params, job.row)[0]
-    for part in key.split("."):
-        value = getattr(value, part)
-    return _without_free(key, _plain(value))
+    return _without_free(key, _plain(attrgetter(key)(dag.layout_for(params, job.row)[0])))
 
 
 def values(job: Job, params, keys=None) -> dict:
@@ -80,13 +78,9 @@ def write(job: Job, params, reads=None) -> None:
     """Record a finished job in its first output (atomically)."""
     out, rec = dag.primary(job, params), record(job, params, reads)
     if job.decl.outs[0].kind == "dir":
-        with atomic_path(out / RECORD) as tmp:
-            tmp.write_text(json.dumps(rec, indent=2, sort_keys=True) + "\n")
+        write_json(out / RECORD, rec)
     elif out.suffix == ".json" and out.is_file():
-        data = json.loads(out.read_text())
-        data["provenance"] = rec
-        with atomic_path(out) as tmp:
-            tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        write_json(out, {**json.loads(out.read_text()), "provenance": rec})
 
 
 def read(job: Job, params) -> dict | None:

@@ -7,8 +7,8 @@ This module imports no torch: the Snakefile parses in a second.
 """
 from __future__ import annotations
 
-from gear.stagespec import (AR_RECIPE, DATA_IN, GUIDE, METRICS, RUN, SEED, SEEDED_RUN, TEACHER, TRAIN, Dep, Out,
-                            Stage, live)
+from gear.stagespec import (DATA_IN, GUIDE, METRICS, RUN, SEED, SEEDED_RUN, TEACHER, TRAIN, Dep, Out, Stage,
+                            fresh_ar, live)
 
 # The text-to-image room (gear/t2i/): its own target and DVC file; the frozen tokenizers are the
 # class-conditional DAG's.
@@ -114,20 +114,7 @@ def control_stages(report_keys: tuple) -> list[Stage]:
         Stage(f"tokenize_{arm}", f"tokenize --arm {arm} --seed {{seed}}", tok_keys,
               (Out(f"data/tokens/{SEED}/{arm}"),), (frozen, Dep("shard")), ("seed",), root="tuned", heavy=False,
               launch=False, room="scaling"),
-        Stage(f"train_ar_{arm}", f"train-ar --arm {arm} --size {{size}} --seed {{seed}}",
-              AR_RECIPE + ("quantizer", "tokenizer") + TEACHER + DATA_IN + TRAIN,
-              (Out(f"models/ar/{SEED}/{arm}/{{size}}"), *live(f"metrics/train_ar/{SEED}/{arm}/{{size}}")),
-              (Dep(f"tokenize_{arm}"), frozen, Dep("teacher")), ("seed", "size"), root="tuned", room="scaling"),
-        Stage(f"sample_{arm}", f"sample --arm {arm} --size {{size}} --seed {{seed}}",
-              ("sample", "quantizer", "tokenizer") + SEEDED_RUN,
-              (Out(f"samples/{SEED}/{arm}/{{size}}"),), (Dep(f"train_ar_{arm}"), frozen), ("seed", "size"),
-              root="tuned", room="scaling"),
-        Stage(f"evaluate_samples_{arm}", f"evaluate samples --arm {arm} --size {{size}} --seed {{seed}}",
-              METRICS + ("align_layer", "ar.align_layers") + TEACHER + DATA_IN + RUN,
-              (Out(f"eval/samples/{SEED}/{arm}/{{size}}.json", "file"),),
-              (Dep(f"sample_{arm}"), Dep(f"train_ar_{arm}"), frozen, Dep("teacher"),
-               Dep("evaluate_real", read_if="own_real_stats"), Dep("shard")), ("seed", "size"), root="tuned",
-              room="scaling"),
+        *fresh_ar(arm, Dep(f"tokenize_{arm}"), frozen, room="scaling"),
         # it reads what `gear report` reads (the same results and claims), and the study's own keys
         # (compute.seed: which study seed's upstream row is the main DAG's own)
         Stage("scaling_report", "scaling-report",

@@ -31,6 +31,7 @@ No torch here: the Snakefile imports it.
 """
 from __future__ import annotations
 
+from operator import attrgetter
 from pathlib import Path
 
 from gear import ablations, paths
@@ -57,7 +58,7 @@ def guide_params(size: str) -> int:
 
 
 def _row(params, axis: str, value, sets: dict) -> ablations.Row:
-    changed = tuple((k, v) for k, v in sets.items() if ablations._get(params, k) != v)
+    changed = tuple((k, v) for k, v in sets.items() if attrgetter(k)(params) != v)
     return ablations.Row(axis, value, changed) if changed else ablations.DEFAULT
 
 

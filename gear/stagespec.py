@@ -92,3 +92,22 @@ TRAIN = SEEDED_RUN
 TEACHER = ("teacher", "teachers", "data.resolution")  # what loading the alignment teacher reads
 AR_RECIPE = ("align_weight_ar", "align_layer", "ar", "compute.fsdp", "compute.compile", "compute.grad_checkpointing")
 METRICS = ("metrics",)
+
+
+def fresh_ar(arm: str, tokens: Dep, frozen: Dep, room: str = "main") -> tuple[Stage, Stage, Stage]:
+    """An arm's fresh AR, per seed and AR size: train-ar on its tokens, sample, evaluate the samples."""
+    train = Stage(f"train_ar_{arm}", f"train-ar --arm {arm} --size {{size}} --seed {{seed}}",
+                  AR_RECIPE + ("quantizer", "tokenizer") + TEACHER + DATA_IN + TRAIN,
+                  (Out(f"models/ar/{SEED}/{arm}/{{size}}"), *live(f"metrics/train_ar/{SEED}/{arm}/{{size}}")),
+                  (tokens, frozen, Dep("teacher")), ("seed", "size"), root="tuned", room=room)
+    sample = Stage(f"sample_{arm}", f"sample --arm {arm} --size {{size}} --seed {{seed}}",
+                   ("sample", "quantizer", "tokenizer") + SEEDED_RUN,
+                   (Out(f"samples/{SEED}/{arm}/{{size}}"),), (Dep(train.name), frozen), ("seed", "size"),
+                   root="tuned", room=room)
+    evaluate = Stage(f"evaluate_samples_{arm}", f"evaluate samples --arm {arm} --size {{size}} --seed {{seed}}",
+                     METRICS + ("align_layer", "ar.align_layers") + TEACHER + DATA_IN + RUN,
+                     (Out(f"eval/samples/{SEED}/{arm}/{{size}}.json", "file"),),
+                     (Dep(sample.name), Dep(train.name), frozen, Dep("teacher"),
+                      Dep("evaluate_real", read_if="own_real_stats"), Dep("shard")), ("seed", "size"), root="tuned",
+                     room=room)
+    return train, sample, evaluate

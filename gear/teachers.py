@@ -26,7 +26,6 @@ as in the reference, off for the DINO ones and `demo`): per image and channel, o
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,7 +35,6 @@ from torch import nn
 
 from gear import paths
 from gear import hub
-from gear.hub import offline, reachable
 from gear.io import ArtifactError, load_tensors, read_json
 from gear.models.demo_teacher import DemoViT
 
@@ -253,12 +251,6 @@ class VJepaTeacher(Teacher):
 # loading
 
 
-def _in_hub_cache(spec: HubSpec) -> bool:
-    from huggingface_hub import try_to_load_from_cache
-
-    return any(isinstance(try_to_load_from_cache(spec.hub_id, f), str) for f in spec.files)
-
-
 def resolve_weights(name: str, weights: str | None) -> str | None:
     """A local weights file, or None when the hub can serve them (cached or reachable).
     Raises RuntimeError at once when neither."""
@@ -272,9 +264,9 @@ def resolve_weights(name: str, weights: str | None) -> str | None:
         elif not path.is_file():
             raise RuntimeError(f"teacher {name}: teachers.weights file {path} not found")
         return str(path)
-    if _in_hub_cache(spec) or (not offline() and reachable(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))):
+    why = hub.not_served(any(hub.cached(spec.hub_id, f) for f in spec.files))
+    if why is None:
         return None
-    why = "HF_HUB_OFFLINE is set" if offline() else "the hub is unreachable"
     raise RuntimeError(f"teacher {name}: weights for hub id {spec.hub_id} are not in the Hugging Face cache "
                        f"and {why}; download them once (huggingface-cli download {spec.hub_id}) or pass a "
                        f"local file: --set teachers.weights=/path/to/{spec.files[0]}")

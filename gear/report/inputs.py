@@ -38,7 +38,7 @@ def _tok_cmd(arm: str, seed: int | None = None) -> str:
     return f"gear evaluate tokenizer --arm {arm}" + ("" if seed is None else f" --seed {seed}{paths.guide_flag()}")
 
 
-def _samples_cmd(arm: str, size: str, seed: int) -> str:
+def samples_cmd(arm: str, size: str, seed: int) -> str:
     return f"gear evaluate samples --arm {arm} --size {size} --seed {seed}"
 
 
@@ -47,7 +47,7 @@ def _seed_files(params, seed: int) -> list[Need]:
     need = [(paths.eval_tokenizer_json(v, seed), _tok_cmd(v, seed)) for v in variants]
     need += [(paths.freeze_stats_json(v, seed), f"gear freeze --arm {v} --seed {seed}{paths.guide_flag()}")
              for v in variants]
-    need += [(paths.eval_samples_json(a, s, seed), _samples_cmd(a, s, seed)) for s in sizes for a in paths.AR_ARMS]
+    need += [(paths.eval_samples_json(a, s, seed), samples_cmd(a, s, seed)) for s in sizes for a in paths.AR_ARMS]
     train = f"gear train-ar --arm {{a}} --size {{s}} --seed {seed}"
     need += [(tsv(paths.train_ar_metrics_dir(a, s, seed), c), train.format(a=a, s=s))
              for s in sizes for a in paths.AR_ARMS for c in names]

@@ -31,9 +31,10 @@ from gear.models.registry import ar_shape
 from gear.report.claims import claims
 from gear.report.document import Plot, table, to_html, to_markdown
 from gear.report.figures import figure, save, speedup
-from gear.report.inputs import ar_curve_names, load_results
+from gear.report.inputs import ar_curve_names, load_results, samples_cmd
 from gear.report.readers import check_present, read_curve, read_object, tsv
 from gear.report.verdicts import LEGEND, fmt_interval, fmt_mean_std, mean_interval
+from gear.schema import STAGE2_MODES
 
 FIG = "scaling_figures"
 FILES = ["scaling.md", "scaling.html", "scaling.json", FIG]
@@ -41,10 +42,6 @@ CONTROL = paths.CONTROL
 TOKENIZER_CLAIMS = ("C3", "C4", "C5 tokenizer")  # what a ladder rung measures (no fresh AR)
 KEY = {"C3": ("entropy", "val entropy GEAR - baseline (nats)"), "C4": ("psnr", "val PSNR GEAR - baseline (dB)"),
        "C5 tokenizer": ("cka_pre", "patch CKA pre GEAR - baseline")}
-
-
-def _samples_cmd(size: str, seed: int) -> str:
-    return f"gear evaluate samples --arm {CONTROL} --size {size} --seed {seed}"
 
 
 def _row_cmd(row, seed: int) -> str:
@@ -62,7 +59,7 @@ def required(params) -> list[tuple[Path, str]]:
     for seed in params.study.seeds if params.stage2 == "fresh" else ():
         if scaling.control(params):
             for s in params.ar.sizes:
-                need.append((paths.eval_samples_json(CONTROL, s, seed), _samples_cmd(s, seed)))
+                need.append((paths.eval_samples_json(CONTROL, s, seed), samples_cmd(CONTROL, s, seed)))
                 need += [(tsv(paths.train_ar_metrics_dir(CONTROL, s, seed), c),
                           f"gear train-ar --arm {CONTROL} --size {s} --seed {seed}") for c in ar_curve_names(params)]
         ladder = seed in scaling.ladder_seeds(params)
@@ -145,7 +142,7 @@ def modes_section(params, own: dict) -> list:
     """The claims against the baseline under each stage-2 mode measured so far: this run's, and
     every other mode's snapshot (reports/scaling.<mode>.json) present, with the seeds it ran."""
     found = {params.stage2: own}
-    for mode in stage2_modes():
+    for mode in STAGE2_MODES:
         if mode != params.stage2 and snapshot(mode).is_file():
             found[mode] = read_object(snapshot(mode), f"snakemake --cores 2 scaling (stage2 = {mode})")
     ids = list(dict.fromkeys(k for js in found.values() for k in js["claims"]["baseline"]))
@@ -157,19 +154,13 @@ def modes_section(params, own: dict) -> list:
             row[f"{mode}: GEAR vs baseline"] = c["ours"] if c else "-"
             row[f"{mode}: verdict"] = c["verdict"] if c else "-"
         rows.append(row)
-    missing = [m for m in stage2_modes() if m not in found]
+    missing = [m for m in STAGE2_MODES if m not in found]
     text = ("The claims against the baseline under each stage-2 mode (params `stage2`; " + "; ".join(
         f"{m}: seeds {js['seeds']}" for m, js in found.items()) + ")."
             + (f" Not measured yet: {', '.join(missing)} (run the scaling target under it; `make scaling` "
                "runs both)." if missing else ""))
     return ["## The claims under each stage-2 mode", stage2.describe(params), text,
             table(rows, [snapshot(m) for m in found])]
-
-
-def stage2_modes() -> tuple:
-    from gear.dag import STAGE2_MODES
-
-    return STAGE2_MODES
 
 
 def rung_claims(st: Study, params, row) -> dict:

@@ -19,7 +19,6 @@ is in DINOv2 space at 1B scale): the paper's side is GEAR's FDD lower, a speed-u
 input is checked before any work (gear/report/t2i_inputs.py).
 """
 from __future__ import annotations
-from __future__ import annotations
 
 import shutil
 from pathlib import Path

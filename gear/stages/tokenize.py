@@ -15,8 +15,6 @@ batched under bf16 autocast (the quantizer itself runs in fp32).
 """
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import torch
 from tqdm import tqdm
@@ -27,6 +25,7 @@ from gear.data.loader import decode_image, decode_label, eval_batches, read_mani
 from gear.data.shard import TarShards
 from gear.io import ArtifactError, atomic_dir, write_json
 from gear.metrics.codebook import histogram_stats
+from gear.npz import npy_bytes
 from gear.runtime import setup, teardown
 from gear.study import resolve_seed
 
@@ -72,9 +71,7 @@ def run(params, arm: str, seed: int | None = None, size: str | None = None) -> N
                 hist += torch.bincount(idx.flatten(), minlength=K)
                 views = idx.view(2, -1, grid, grid).transpose(0, 1) if hflip else idx[:, None]
                 for tokens, label, blob in zip(views.numpy().astype(dtype), labels.tolist(), blobs):
-                    buf = io.BytesIO()
-                    np.save(buf, tokens)
-                    writer.add({fmt: blob, "tokens.npy": buf.getvalue(), "cls": str(label).encode()})
+                    writer.add({fmt: blob, "tokens.npy": npy_bytes(tokens), "cls": str(label).encode()})
                 bar.update(len(labels))
         shards = writer.close()
         if writer.count == 0:

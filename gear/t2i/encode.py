@@ -22,7 +22,6 @@ inputs -> byte-identical outputs (fixed tar headers, fixed order, no timestamps)
 """
 from __future__ import annotations
 
-import io
 import json
 import sys
 
@@ -33,7 +32,7 @@ from gear.data.loader import eval_batches, split_size
 from gear.data.shard import DataError, TarShards
 from gear.io import ArtifactError, atomic_dir, sha256_file, write_json
 from gear.runtime import setup, teardown
-from gear.npz import save_npz
+from gear.npz import npy_bytes, save_npz
 from gear.t2i import paths
 from gear.t2i.data import CAPTIONS_FORMAT, CAPTIONS_MANIFEST, pattern, read_pairs_manifest, shards_digest
 from gear.t2i.text_encoders import load_text_encoder, pad_left
@@ -86,12 +85,6 @@ class _Pair:
         return members, sample["txt"].decode("utf-8")
 
 
-def _npy(emb: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, emb, allow_pickle=False)
-    return buf.getvalue()
-
-
 def _half(emb: np.ndarray, what: str) -> np.ndarray:
     out = emb.astype(np.float16)
     if not np.isfinite(out).all():
@@ -123,7 +116,7 @@ def run(params) -> None:
                                                   decode=_Pair(fmt)):
                 for i, (emb, trunc) in enumerate(enc.encode(list(captions))):
                     sample = {k: v[i] for k, v in members.items()}
-                    sample["emb.npy"] = _npy(_half(emb, f"{split} caption {captions[i]!r}"))
+                    sample["emb.npy"] = npy_bytes(_half(emb, f"{split} caption {captions[i]!r}"))
                     writer.add(sample)
                     cut += trunc
                 bar.update(len(captions))

@@ -32,7 +32,6 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
-import os
 import re
 from dataclasses import dataclass
 from functools import lru_cache
@@ -43,7 +42,6 @@ import torch
 
 from gear.config import TEXT_ENCODERS
 from gear import hub
-from gear.hub import offline, reachable
 from gear.io import ArtifactError
 from gear.teachers import HUB_TEACHERS, bf16_helps
 
@@ -75,29 +73,22 @@ assert set(TEXT_ENCODERS) == {"demo", *HUB_TEXT_ENCODERS}, "gear.config.TEXT_ENC
 # weights: where they come from, checked in well under a second
 
 
-def _cached(hub_id: str, filename: str) -> str | None:
-    from huggingface_hub import try_to_load_from_cache
-
-    path = try_to_load_from_cache(hub_id, filename)
-    return path if isinstance(path, str) else None
-
-
 def _in_hub_cache(spec: TextSpec, hub_id: str) -> bool:
     """Config, tokenizer config and a complete set of weight files of `hub_id` are cached."""
     if spec.library == "transformers":
         needs = ("config.json", "tokenizer_config.json")
     else:  # open_clip knows the registry's own architecture; another repo brings its config
         needs = () if hub_id == spec.hub_id else ("open_clip_config.json",)
-    if not all(_cached(hub_id, f) for f in needs):
+    if not all(hub.cached(hub_id, f) for f in needs):
         return False
     for f in spec.files:
-        path = _cached(hub_id, f)
+        path = hub.cached(hub_id, f)
         if path and f.endswith(".index.json"):
             try:
                 shards = set(json.loads(Path(path).read_text())["weight_map"].values())
             except (OSError, ValueError, KeyError):
                 continue
-            if all(_cached(hub_id, s) for s in shards):
+            if all(hub.cached(hub_id, s) for s in shards):
                 return True
         elif path:
             return True
@@ -140,10 +131,9 @@ def resolve_weights(params) -> tuple[str, str]:
             raise ArtifactError(f"text encoder {name}: t2i.text.weights file {path} not found")
         return "local", str(path)
     hub_id = t.weights or spec.hub_id
-    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-    if _in_hub_cache(spec, hub_id) or (not offline() and reachable(endpoint)):
+    why = hub.not_served(_in_hub_cache(spec, hub_id))
+    if why is None:
         return "hub", hub_id
-    why = "HF_HUB_OFFLINE is set" if offline() else "the hub is unreachable"
     raise ArtifactError(f"text encoder {name}: weights for hub id {hub_id} are not in the Hugging Face cache and "
                         f"{why}; download them once (huggingface-cli download {hub_id}) or pass a local copy: "
                         f"--set t2i.text.weights=/path/to/{spec.local}")

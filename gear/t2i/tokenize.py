@@ -13,8 +13,6 @@ Same inputs -> byte-identical output. One process.
 """
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import torch
 from tqdm import tqdm
@@ -25,6 +23,7 @@ from gear.data.loader import decode_image, eval_batches, to_tensor
 from gear.data.shard import TarShards
 from gear.io import ArtifactError, atomic_dir, write_json
 from gear.metrics.codebook import histogram_stats
+from gear.npz import npy_bytes
 from gear.runtime import setup, teardown
 from gear.t2i import paths
 from gear.t2i.data import TOKENS_MANIFEST, arm_seed, check_arm, pattern, read_captions_manifest, shards_digest
@@ -74,9 +73,7 @@ def run(params, arm: str, seed: int | None = None) -> None:
                 if split == "train":
                     hist += torch.bincount(idx.flatten(), minlength=K)
                 for i, grid_tokens in enumerate(idx.numpy().astype(dtype)):
-                    buf = io.BytesIO()
-                    np.save(buf, grid_tokens)
-                    writer.add({**{k: v[i] for k, v in members.items()}, "tokens.npy": buf.getvalue()})
+                    writer.add({**{k: v[i] for k, v in members.items()}, "tokens.npy": npy_bytes(grid_tokens)})
             shards[split] = writer.close()
             counts[split] = writer.count
             if writer.count == 0:

@@ -75,7 +75,7 @@ def st_row_jobs():
 # input function created while Snakemake was already listing folders can read as missing.
 for st_stamped in [*dag.main_jobs(P), dag.Job.of("report", mode=P.stage2), *dag.t2i_jobs(P),
                    dag.Job.of("t2i_report", mode=P.stage2), *dag.released_jobs(P), dag.Job.of("released_report"),
-                   *st_row_jobs(), *dag.scaling_jobs(P), dag.Job.of("scaling_report", mode=P.stage2)]:
+                   *st_row_jobs(), *SC.jobs(P), dag.Job.of("scaling_report", mode=P.stage2)]:
     provenance.stamp(st_stamped, P)
 
 
