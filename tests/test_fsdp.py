@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,7 +27,7 @@ from gear.config import params_from_dict
 from gear.models.ar import configure_optimizer
 from gear.stages import train_ar
 from gear.train.ar_objective import build_ar
-from tiny import ar_world, build_ar_world, env
+from tiny import ar_world, build_ar_world, finish_ranks, launch_ranks
 
 ARM, SIZE, STEPS = "baseline", "custom", 12
 RAW = ar_world(
@@ -59,26 +58,11 @@ def workspace(base: Path, tmp: Path, name: str) -> Path:
 
 def launch(cwd: Path, *overrides: str) -> list[subprocess.Popen]:
     """Start `gear train-ar` as 2 gloo processes; output goes to rank<i>.log in cwd."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     cmd = [sys.executable, "-m", "gear.cli", "train-ar", "--arm", ARM, "--size", SIZE, "--params", "params.yaml"]
-    for kv in overrides:
-        cmd += ["--set", kv]
-    procs = []
-    for r in range(2):
-        with open(cwd / f"rank{r}.log", "w") as log:
-            procs.append(subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=log, env={
-                **env(), "RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": "2",
-                "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}))
-    return procs
+    return launch_ranks(cwd, cmd + [a for kv in overrides for a in ("--set", kv)])
 
 
-def finish(cwd: Path, procs: list[subprocess.Popen]) -> list[int]:
-    codes = [p.wait(timeout=300) for p in procs]
-    for r, c in enumerate(codes):
-        assert c in (0, 128 + signal.SIGTERM), (cwd / f"rank{r}.log").read_text()[-3000:]
-    return codes
+finish = finish_ranks
 
 
 def run2(cwd: Path, *overrides: str) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tiny import PARAMS, assert_same_outputs, env, gear_proc, sets
+from tiny import PARAMS, assert_same_outputs, finish_ranks, gear_proc, launch_ranks, sets
 
 STEPS = 12
 # save_every 3: the signal lands after the first save with most of the run still ahead
@@ -30,33 +29,13 @@ TERM = 128 + signal.SIGTERM
 
 def launch(cwd: Path) -> list[subprocess.Popen]:
     """`gear tokenizer-init` as 2 gloo processes; stderr goes to rank<i>.log in cwd."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     # params.yaml copied once per workspace: every launch reads the same one, even if it is edited meanwhile
-    cmd = [sys.executable, "-m", "gear.cli", "tokenizer-init", "--params", "params.yaml", *sets(*EXTRA)]
-    procs = []
-    for r in range(2):
-        with open(cwd / f"rank{r}.log", "w") as log:
-            procs.append(subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL,
-                                          stderr=log, env={**env(), "RANK": str(r), "LOCAL_RANK": str(r),
-                                                           "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
-                                                           "MASTER_PORT": str(port)}))
-    return procs
+    return launch_ranks(cwd, [sys.executable, "-m", "gear.cli", "tokenizer-init", "--params", "params.yaml",
+                              *sets(*EXTRA)])
 
 
 def finish(cwd: Path, procs: list[subprocess.Popen]) -> list[int]:
-    """Exit codes; a hang (ranks stopping at different steps) fails after the timeout."""
-    try:
-        codes = [p.wait(timeout=120) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    for r, c in enumerate(codes):
-        assert c in (0, TERM), (cwd / f"rank{r}.log").read_text()[-3000:]
-    return codes
+    return finish_ranks(cwd, procs, timeout=120)  # a hang: ranks stopping at different steps
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,7 +19,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tiny import assert_same_outputs, env, gear_cli, gear_proc, history, sets
+from tiny import assert_same_outputs, finish_ranks, gear_cli, gear_proc, history, launch_ranks, sets
 
 STEPS = 8
 # save_every 3: a signal lands after the first save with most of the run still ahead. grad_clip 0:
@@ -50,32 +49,11 @@ def workspace(base: Path, tmp: Path, name: str) -> Path:
 
 def launch(cwd: Path, *extra: str, variant: str = "gear") -> list[subprocess.Popen]:
     """`gear tune` as 2 gloo processes; stderr goes to rank<i>.log in cwd."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "gear.cli", "tune", "--variant", variant, "--params",
-           str(Path(__file__).resolve().parents[1] / "params.yaml"), *sets(*EXTRA, *extra)]
-    procs = []
-    for r in range(2):
-        with open(cwd / f"rank{r}.log", "w") as log:
-            procs.append(subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=log, env={
-                **env(), "RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": "2",
-                "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}))
-    return procs
+    return launch_ranks(cwd, [sys.executable, "-m", "gear.cli", "tune", "--variant", variant, "--params",
+                              str(Path(__file__).resolve().parents[1] / "params.yaml"), *sets(*EXTRA, *extra)])
 
 
-def finish(cwd: Path, procs: list[subprocess.Popen]) -> list[int]:
-    """Exit codes; a hang (ranks running different collectives) fails after the timeout."""
-    try:
-        codes = [p.wait(timeout=300) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    for r, c in enumerate(codes):
-        assert c in (0, TERM), (cwd / f"rank{r}.log").read_text()[-3000:]
-    return codes
+finish = finish_ranks
 
 
 def weights(d: Path, variant: str = "gear") -> dict[str, dict[str, torch.Tensor]]:

@@ -11,6 +11,7 @@ import csv
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -355,3 +356,38 @@ def interrupt(module, run, kill: str, at_step: int, monkeypatch) -> None:
     finally:
         for s, h in handlers.items():
             signal.signal(s, h)
+
+
+# ---- two gloo processes of one stage (tests/test_stop.py, test_fsdp.py, test_tune_fsdp.py) ---------
+
+RANK_TERM = 128 + signal.SIGTERM  # a rank's exit code after a SIGTERM that saved its state
+
+
+def launch_ranks(cwd: Path, cmd: list[str], world: int = 2) -> list[subprocess.Popen]:
+    """`cmd` (a `python -m gear.cli ...` argv) as `world` gloo processes in cwd; stderr of rank r
+    goes to rank<r>.log there."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = []
+    for r in range(world):
+        with open(cwd / f"rank{r}.log", "w") as log:
+            procs.append(subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=log, env={
+                **env(), "RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": str(world),
+                "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}))
+    return procs
+
+
+def finish_ranks(cwd: Path, procs: list[subprocess.Popen], timeout: float = 300) -> list[int]:
+    """The ranks' exit codes, each 0 or RANK_TERM (else its log's tail); a hang (ranks in different
+    collectives) fails after `timeout`, and no rank outlives the call."""
+    try:
+        codes = [p.wait(timeout=timeout) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    for r, c in enumerate(codes):
+        assert c in (0, RANK_TERM), (cwd / f"rank{r}.log").read_text()[-3000:]
+    return codes
