@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: repro test test-slurm bench scaling
+.PHONY: repro test test-slurm bench scaling scaling-variance
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -21,6 +21,14 @@ repro: $(STAMP)  ## run the whole embedded DAG (dvc repro) and write reports/
 scaling: $(STAMP)  ## the scaling study on 2 cores: reports/scaling.md (+ html, json)
 	PATH=$(abspath $(VENV))/bin:$$PATH snakemake --cores 2 scaling --config params=presets/scaling-arinit.yaml
 	PATH=$(abspath $(VENV))/bin:$$PATH snakemake --cores 2 scaling --config params=presets/scaling.yaml
+
+# The variance split (issue 31 item 4, measured once): the study with study.reseed_upstream on, so
+# each ladder seed also trains its own teacher and warm-up (rows upstream-N). After `make scaling`
+# it runs only those rows and the report (the key is FREE: it reruns nothing else).
+SCALING_VARIANCE := .gear/scaling-variance.yaml
+scaling-variance: $(STAMP)  ## the scaling study with the reseeded upstream rows: its variance split
+	$(VENV)/bin/gear params --params presets/scaling.yaml --set study.reseed_upstream=true --out $(SCALING_VARIANCE)
+	PATH=$(abspath $(VENV))/bin:$$PATH snakemake --cores 2 scaling --config params=$(SCALING_VARIANCE)
 
 TESTENV := HF_HUB_OFFLINE=1 PATH=$(abspath $(VENV))/bin:$$PATH
 PYTEST := $(TESTENV) $(PY) -m pytest
