@@ -1,6 +1,7 @@
 """The benchmarks run and print every figure (their numbers are never asserted: speed is printed)."""
 import subprocess
 import sys
+from pathlib import Path
 
 from tiny import ROOT, TINY, env
 
@@ -68,3 +69,45 @@ def test_study_cost_sums_each_rules_benchmark_files(tmp_path):
     assert "155 s (2.6 min)" in r.stdout
     empty = run("benchmarks/study_cost.py", "--out", str(tmp_path / "none"))
     assert empty.returncode != 0 and "no benchmark files" in empty.stderr
+
+
+def _study_cost():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("study_cost", ROOT / "benchmarks/study_cost.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_study_cost_plans_a_run_from_a_measured_one(tmp_path):
+    """A measured run at other budgets (tune 2x longer, ARs 300 steps): each training job is costed per
+    step at the plan's budget, any other per job; a second pass runs only what the first did not make
+    with the same record (the teacher once; the baseline AR again: ar.steps differs), and a class the
+    measured run lacks is named, uncosted."""
+    import yaml
+
+    sc = _study_cost()
+    files = [Path("presets/scaling-arinit.yaml"), Path("presets/scaling.yaml")]
+    for f in files:
+        y = yaml.safe_load((ROOT / f).read_text())
+        y["tune"]["steps"] *= 2
+        y.setdefault("ar", {})["steps"] = 900 if y.get("stage2") == "ar-init" else 300
+        (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / f).write_text(yaml.safe_dump(y))
+    head = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
+    for ran in sc.passes([tmp_path / f for f in files]):
+        for job, steps in ran:
+            tsv = tmp_path / "benchmarks/out" / sc.benchfile(job)
+            tsv.parent.mkdir(parents=True, exist_ok=True)
+            tsv.write_text(head + f"{2.0 * steps if steps else 10.0}\t0\t1\t1\t1\t1\t0\t0\t90\t1\n")
+    planned = sc.passes([ROOT / f for f in files])
+    second = {job.stage for job, _ in planned[1]}
+    assert "teacher" not in second and {"train_ar_baseline", "tune", "train_ar_continue"} <= second
+    want = sum(2.0 * n if n else 10.0 for ran in planned for _, n in ran)
+    (tmp_path / "benchmarks/out/teacher/run.tsv").unlink()
+    r = run("benchmarks/study_cost.py", "--plan", *map(str, files), "--measured", str(tmp_path))
+    assert r.returncode == 0, r.stderr[-3000:]
+    total = float(r.stdout.split("total ")[1].split(" s of job wall")[0])
+    teacher = next(2.0 * n for job, n in planned[0] if job.stage == "teacher")
+    assert total == round(want - teacher) and "not costed (the measured run has no such job): teacher x1" in r.stdout
