@@ -32,6 +32,8 @@ from pathlib import Path
 
 import polars as pl
 
+MODES = ("ar-init",)  # stage-2 modes whose jobs write benchmarks/out/<mode>/ (fresh: none)
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
@@ -41,7 +43,9 @@ def read(out: Path, since: float | None) -> pl.DataFrame:
         if since is not None and f.stat().st_mtime < since:
             continue
         df = pl.read_csv(f, separator="\t")
-        rows += [{"rule": f.relative_to(out).parts[0], "job": str(f.relative_to(out).with_suffix("")),
+        parts = f.relative_to(out).parts  # an ar-init run's files: ar-init/<rule>/... (common.smk benchfile)
+        rule = "/".join(parts[:2]) if parts[0] in MODES else parts[0]
+        rows += [{"rule": rule, "job": str(f.relative_to(out).with_suffix("")),
                   "wall_s": float(r["s"]), "cpu_s": float(r["cpu_time"])} for r in df.iter_rows(named=True)]
     if not rows:
         raise SystemExit(f"study_cost: no benchmark files under {out}")
@@ -73,7 +77,8 @@ def _cost_class(job) -> tuple[str, str]:
 def benchfile(job) -> str:
     """The job's file under benchmarks/out (workflow/rules/common.smk `benchfile`)."""
     parts = ([job.row] if job.row else []) + [str(v) for _, v in job.wc]
-    return f"{_rule(job)}/{'/'.join(parts) or 'run'}.tsv"
+    mode = "" if job.mode == "fresh" else f"{job.mode}/"
+    return f"{mode}{_rule(job)}/{'/'.join(parts) or 'run'}.tsv"
 
 
 def passes(files: list[Path]) -> list[list[tuple]]:
@@ -112,6 +117,11 @@ def plan(files: list[Path], measured: Path) -> None:
     last = {benchfile(j): (j, n) for ran in passes([measured / f for f in files]) for j, n in ran}
     for rel, (j, n) in last.items():
         tsv = measured / "benchmarks/out" / rel
+        if not tsv.is_file() and j.mode != "fresh":  # a run from before the mode folders: the file is
+            legacy = rel.split("/", 1)[1]            # the job's unless a later pass remade the same path
+            if legacy in last:
+                continue
+            tsv = measured / "benchmarks/out" / legacy
         if not tsv.is_file():
             continue
         wall = float(pl.read_csv(tsv, separator="\t")["s"][-1])

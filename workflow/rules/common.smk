@@ -27,8 +27,11 @@ def logfile(rule_name, *wildcards):
 
 
 def benchfile(rule_name, *wildcards):
+    """benchmarks/out/[ar-init/]<rule>/<wildcards>.tsv: a stage-2 mode other than fresh keeps its own
+    files, so `make scaling`'s second pass does not overwrite the first's (benchmarks/study_cost.py)."""
     stem = "/".join("{" + w + "}" for w in wildcards) or "run"
-    return f"benchmarks/out/{rule_name}/{stem}.tsv"
+    mode = "" if P.stage2 == "fresh" else f"{P.stage2}/"
+    return f"benchmarks/out/{mode}{rule_name}/{stem}.tsv"
 
 
 # ---- resources: params.resources -> slurm executor keys (gpu, cpus_per_task, mem_mb, runtime, nodes)
