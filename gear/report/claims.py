@@ -50,6 +50,16 @@ def _layer_mean(e: dict, key: str) -> float:
 REF_NAMES = {"baseline": "baseline", "continue": "control"}
 
 
+def resolution(r, ref: str, size: str, curve: str) -> str:
+    """What the log rows let a speed-up show: a seed's ratio is (last step) / (a logged step), so next
+    to 1 it moves in steps of last / (last - spacing) (compute.log_every: 50 of 300 steps -> 1.2x)."""
+    steps = r.ar_curves[(r.seeds[0], ref, size, curve)][0]
+    if len(steps) < 2:
+        return ""
+    last, spacing = int(steps[-1]), int(steps[-1] - steps[-2])
+    return f" (a log row every {spacing} steps: a seed's ratio moves by {last / (last - spacing):.3g}x near 1)"
+
+
 def claims(r, params, speedups: dict, ref: str = "baseline") -> list[Claim]:
     """speedups[(size, curve)] = per-seed speed-ups (figures.speedup) of GEAR over `ref`.
     ref: the arm every difference is taken against: `baseline` (the warm-up tokenizer, the
@@ -87,7 +97,7 @@ def claims(r, params, speedups: dict, ref: str = "baseline") -> list[Claim]:
         iv = log_ratio_interval(ratios, conf)
         out.append(Claim(f"C2 {curve} ({size})", what, PAPER_CLAIMS[f"C2 {curve}"],
                          f"speed-up{'' if ref == 'baseline' else ' over ' + name} (geometric mean) "
-                         f"{fmt_interval(iv, 3)}x", verdict(iv, 1.0, False), iv))
+                         f"{fmt_interval(iv, 3)}x{resolution(r, ref, size, curve)}", verdict(iv, 1.0, False), iv))
 
     ent = paired_interval(tok(ref, "entropy"), tok("gear", "entropy"), conf)
     v = combine([verdict(ent, 0.0, True), verdict(gear_eff, line, False)])
