@@ -172,6 +172,8 @@ def validate(p: Params) -> Params:
         _check(len(attrgetter(key)(p)) == 2, key, attrgetter(key)(p), "must be two numbers")
     _check(p.sample.cfg_interval[0] <= p.sample.cfg_interval[1], "sample.cfg_interval", p.sample.cfg_interval,
            "must be [start, end] with start <= end")
+    _check(p.compute.val_every % p.compute.log_every == 0, "compute.val_every", p.compute.val_every,
+           f"must be a multiple of compute.log_every ({p.compute.log_every}): validation rides on a log row")
     _check((p.ar.custom_dim // p.ar.custom_heads) % 4 == 0, "ar.custom_heads", p.ar.custom_heads,
            f"ar.custom_dim {p.ar.custom_dim} / heads must give a head dim divisible by 4 (2D RoPE)")
     _check(p.ar.custom_dim % p.ar.custom_heads == 0, "ar.custom_heads", p.ar.custom_heads,

@@ -78,7 +78,7 @@ SEED = "seed{seed}"
 # processes decode and how many images an evaluation forward takes. study.reseed_upstream picks the
 # scaling room's rows (their seed is in their paths), so it enters no record either.
 FREE = frozenset({"study.seeds", "study.reseed_upstream", "ar.sizes", "tune.ablations", "data.shard_dir",
-                  "compute.state_dir", "compute.save_every", "compute.log_every", "compute.workers",
+                  "compute.state_dir", "compute.save_every", "compute.log_every", "compute.val_every", "compute.workers",
                   "metrics.batch_size"})
 # Keys a stage that does not declare them may read only to say in one line that they do not apply
 # to it (compute.fsdp: teacher and tokenizer-init train replicated, gear/train/parallel.py

@@ -15,7 +15,7 @@ import torch
 
 from gear import artifacts, cli, paths
 from gear.artifacts import load_tokenizer, write_tokenizer
-from gear.config import params_from_dict
+from gear.config import ParamsError, params_from_dict
 from gear.data.loader import decode_image, read_manifest, to_tensor
 from gear.io import ArtifactError
 from gear.models.tokenizer import Tokenizer, TokenizerConfig
@@ -180,6 +180,24 @@ def test_train_ar_resumes_exactly(base, tmp_path, monkeypatch, kill):
     train_ar.run(make_params(*over), ARM, SIZE)
     assert tree_bytes(paths.ar_dir(ARM, SIZE, SEED)) == want_weights
     assert history(paths.train_ar_metrics_dir(ARM, SIZE, SEED)) == want_hist
+
+
+def test_val_every_thins_validation_and_changes_no_weight(base, tmp_path, monkeypatch):
+    """compute.val_every (FREE): the log rows stay at log_every, the validation rides only on the rows
+    at its multiples (and the final one), and the weights equal those of validating on every row."""
+    over = ("ar.steps=10", "compute.log_every=2")
+    runs = {}
+    for val_every in (0, 4):
+        shutil.copytree(base, tmp_path / str(val_every))
+        monkeypatch.chdir(tmp_path / str(val_every))
+        train_ar.run(make_params(*over, f"compute.val_every={val_every}"), ARM, SIZE)
+        runs[val_every] = tree_bytes(paths.ar_dir(ARM, SIZE, SEED)), history(paths.train_ar_metrics_dir(ARM, SIZE, SEED))
+    (every_w, every), (thin_w, thin) = runs[0], runs[4]
+    assert thin_w == every_w and thin["ntp"] == every["ntp"]  # rows at 0, 2, 4, 6, 8 and the last step, 9
+    assert [s for s, _ in every["val_ntp"]] == ["0", "2", "4", "6", "8", "9", "10"]
+    assert thin["val_ntp"] == [row for row in every["val_ntp"] if row[0] in ("0", "4", "8", "10")]
+    with pytest.raises(ParamsError, match=r"compute.val_every = 3: must be a multiple of compute.log_every \(2\)"):
+        make_params(*over, "compute.val_every=3")
 
 
 # ---------------------------------------------------------------------------------------------

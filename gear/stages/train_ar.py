@@ -157,7 +157,7 @@ def run(params, arm: str, size: str, seed: int | None = None) -> None:
 
     ar.train(); proj.train()
     loop.run(lambda step: trainer.step(step, stream, teacher, grid, align_layer, params.align_weight_ar, loop),
-             lambda step, out: trainer.row(out, loop, a.batch_size * L, val), show=("ntp", "val_ntp"))
+             lambda step, out: trainer.row(step, out, loop, a.batch_size * L, val), show=("ntp", "val_ntp"))
 
     final = trainer.finish(loop, val, f"train-ar[{arm}/{size}]", unigram_entropy=man["unigram_entropy"])
     weights = trainer.weights()

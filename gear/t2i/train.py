@@ -97,7 +97,7 @@ def run(params, arm: str, seed: int | None = None) -> None:
         return out
 
     ar.train(); proj.train()
-    loop.run(step_fn, lambda step, out: trainer.row(out, loop, a.batch_size * L, val), show=("ntp", "val_ntp"))
+    loop.run(step_fn, lambda step, out: trainer.row(step, out, loop, a.batch_size * L, val), show=("ntp", "val_ntp"))
 
     final = trainer.finish(loop, val, f"t2i-train[{arm}]", unigram_entropy=man["unigram_entropy"])
     weights = trainer.weights()

@@ -28,6 +28,7 @@ class ARTrainer:
     def __init__(self, params, rt: Runtime, ar: nn.Module, proj: nn.Module, recipe, *, steps: int, warmup: int):
         self.rt, self.recipe, self.ar, self.proj = rt, recipe, ar, proj
         self.steps, self.warmup = steps, warmup
+        self.val_every = params.compute.val_every
         self.ema = EMA(ar, recipe.ema_decay)  # copied before sharding (a sharded module cannot be copied)
         self.dp = DataParallel(rt, fsdp=params.compute.fsdp)
         self.ar_w, self.proj_w = self.dp.wrap(ar), self.dp.wrap(proj)
@@ -68,12 +69,14 @@ class ARTrainer:
         self.ema.update(self.ar)
         return sums, grad_norm, lr
 
-    def row(self, out, loop, tokens_per_step: int, val: Callable[[nn.Module], float]) -> dict:
-        """The metrics row of a log step; `val(model)`: the stage's val next-token CE."""
+    def row(self, step: int, out, loop, tokens_per_step: int, val: Callable[[nn.Module], float]) -> dict:
+        """The metrics row of a log step; `val(model)`: the stage's val next-token CE, every
+        compute.val_every steps (it costs a few train steps; the train losses cost nothing)."""
         sums, grad_norm, lr = out
         row = {k: all_reduce_mean(v, self.rt).item() for k, v in sums.items()}
         row.update(lr=lr, grad_norm=grad_norm.item(), tokens_per_s=loop.steps_per_s() * tokens_per_step)
-        row["val_ntp"] = val(self.ema.model)
+        if not self.val_every or loop.logged(step) % self.val_every == 0:
+            row["val_ntp"] = val(self.ema.model)
         return row
 
     def finish(self, loop, val: Callable[[nn.Module], float], name: str, **extra: float) -> dict:

@@ -61,6 +61,10 @@ class Loop:
         """Stop on a NaN/Inf loss; the last good state stays on disk."""
         check_finite(self.name, step, self.ckpt.path, **losses)
 
+    def logged(self, step: int) -> int:
+        """The number a row after the 0-based `step` is logged at (count_done: the steps done)."""
+        return step + 1 if self.count_done else step
+
     def steps_per_s(self) -> float:
         """Wall-clock steps per second since the last log (the one non-reproducible metric)."""
         start, n = self._window
@@ -79,10 +83,10 @@ class Loop:
                 self._window = (start, n + 1)
                 bar.update(1)
                 done = step + 1
-                if (done if self.count_done else step) % self.log_every == 0 or done == self.steps:
+                if self.logged(step) % self.log_every == 0 or done == self.steps:
                     row = row_fn(step, out)
-                    self.log.log(done if self.count_done else step, **row)
-                    bar.set_postfix({k: f"{row[k]:.4f}" for k in show})
+                    self.log.log(self.logged(step), **row)
+                    bar.set_postfix({k: f"{row[k]:.4f}" for k in show if k in row})
                     self._window = (time.perf_counter(), 0)
                 stopping = stop.agreed(self.rt)  # every process saves at the same step
                 if done % self.save_every == 0 or stopping:
