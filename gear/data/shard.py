@@ -1,4 +1,4 @@
-"""The library of `gear shard` (gear/stages/shard.py) and `gear t2i-shard` (gear/stages/t2i_shard.py):
+"""The library of `gear shard` (gear/stages/shard.py) and `gear t2i-shard` (gear/t2i/shard.py):
 listing an ImageFolder or the embedded set into jobs, encoding one job in a pool worker, and
 appending samples to webdataset tar shards.
 
