@@ -81,7 +81,7 @@ def run(params) -> None:
     made = [p for p in (out.parent, *out.parent.parents) if not p.exists()]
     try:
         with atomic_dir(out) as tmp:  # stale shards of an older run go with the old folder
-            process = functools.partial(process, resolution=d.resolution, image_format=d.image_format)
+            work = functools.partial(process, resolution=d.resolution, image_format=d.image_format)
             manifest = {
                 "format": "gear-t2i-pairs",
                 "source": t.source,
@@ -95,7 +95,7 @@ def run(params) -> None:
             val_prompts = []
             for split, jobs in splits.items():
                 # closed even when _write_split raises, so the pool never outlives the stage
-                with contextlib.closing(pool_map(process, jobs, params.compute.workers)) as results:
+                with contextlib.closing(pool_map(work, jobs, params.compute.workers)) as results:
                     info, more, seen = _write_split(split, jobs, results, tmp, params)
                 manifest["splits"][split] = info
                 manifest["skipped"] += more
