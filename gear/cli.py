@@ -52,17 +52,17 @@ STAGES: dict[str, tuple[str, str, list[tuple[str, dict]]]] = {
                                  "are read from this repository's DVC cache at its experiment's commit"))]),
     "ablation-queue": ("gear.stages.ablation_queue", "queue the ablation grid as DVC experiments abl-<row>", [
         ("--dry", dict(action="store_true", help="print the dvc commands, queue nothing"))]),
-    # the text-to-image room (gear/t2i/): its own stages, paths (gear/t2i/paths.py) and report
-    "t2i-shard": ("gear.t2i.shard", "write image-caption webdataset shards + held-out prompts (embedded, folder or JSONL)", []),
-    "t2i-encode": ("gear.t2i.encode", "pre-extract caption embeddings of every pair and prompt with t2i.text.encoder", []),
-    "t2i-judge": ("gear.t2i.judge", "train the prompt-following classifier on the embedded pairs' attributes", []),
-    "t2i-tokenize": ("gear.t2i.tokenize", "token shards of the pairs under a frozen class-conditional tokenizer", [
+    # the text-to-image room: its stages (gear/stages/t2i_*.py), library (gear/t2i/) and report
+    "t2i-shard": ("gear.stages.t2i_shard", "write image-caption webdataset shards + held-out prompts (embedded, folder or JSONL)", []),
+    "t2i-encode": ("gear.stages.t2i_encode", "pre-extract caption embeddings of every pair and prompt with t2i.text.encoder", []),
+    "t2i-judge": ("gear.stages.t2i_judge", "train the prompt-following classifier on the embedded pairs' attributes", []),
+    "t2i-tokenize": ("gear.stages.t2i_tokenize", "token shards of the pairs under a frozen class-conditional tokenizer", [
         ("--arm", dict(required=True, help="baseline | gear")), SEED]),
-    "t2i-train": ("gear.t2i.train", "train a fresh caption-conditioned AR on a frozen tokenizer's tokens", [
+    "t2i-train": ("gear.stages.t2i_train", "train a fresh caption-conditioned AR on a frozen tokenizer's tokens", [
         ("--arm", dict(required=True, help="baseline | gear")), SEED]),
-    "t2i-sample": ("gear.t2i.sample", "sample the held-out prompts from every EMA snapshot, with and without CFG", [
+    "t2i-sample": ("gear.stages.t2i_sample", "sample the held-out prompts from every EMA snapshot, with and without CFG", [
         ("--arm", dict(required=True, help="baseline | gear")), SEED]),
-    "t2i-evaluate": ("gear.t2i.evaluate", "FDD, precision / recall and prompt accuracy of the samples, or the real features", [
+    "t2i-evaluate": ("gear.stages.t2i_evaluate", "FDD, precision / recall and prompt accuracy of the samples, or the real features", [
         ("what", dict(choices=["real", "samples"])), ("--arm", dict(default=None)), SEED]),
     "t2i-report": ("gear.report.t2i", "write reports/t2i.{md,html,json}: the paper's T2I table beside ours", []),
     # the public checkpoints of params `released:` (gear/released.py): target `released`

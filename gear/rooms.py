@@ -42,7 +42,8 @@ T2I_TOKENIZE = ("quantizer", "tokenizer", "t2i.text", "t2i.data.samples_per_shar
 def t2i_stages() -> list[Stage]:
     return [
         Stage("t2i_shard", "t2i-shard", ("data.resolution", "data.image_format", "t2i.data"), (Out("t2i/data/shards"),),
-              code=("gear/t2i/shard.py", "gear/t2i/scenes.py"), heavy=False, launch=False, room="t2i"),
+              code=("gear/stages/t2i_shard.py", "gear/t2i/shard.py", "gear/t2i/scenes.py"), heavy=False, launch=False,
+              room="t2i"),
         Stage("t2i_encode", "t2i-encode", ("t2i.text", "t2i.data.samples_per_shard", "compute.precision", "compute.device"),
               (Out("t2i/data/captions"),),
               (Dep("t2i_shard"),), launch=False, room="t2i"),

@@ -16,9 +16,9 @@ from PIL import Image
 
 from gear.io import ArtifactError
 from gear.models.judge import predict_indices, prompt_accuracy
+from gear.stages.t2i_judge import METRICS_DIR
 from gear.t2i import paths
 from gear.t2i.data import load_judge, shards_digest
-from gear.t2i.judge import METRICS_DIR
 from tiny import gear_cli
 
 STEPS = 30  # the trained fixture: enough for the heads to beat chance on the tiny pairs

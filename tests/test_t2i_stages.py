@@ -20,7 +20,8 @@ from gear.config import load_params
 from gear.io import save_tensors, write_json
 from gear.models.demo_teacher import DemoViT
 from gear.models.tokenizer import Tokenizer, TokenizerConfig
-from gear.t2i import paths, train
+from gear.stages import t2i_sample, t2i_train
+from gear.t2i import paths
 from gear.train import loop as train_loop
 from tiny import PARAMS, TINY, gear_cli, history, interrupt, stamp, tree_bytes
 
@@ -88,16 +89,14 @@ def test_chain_trains_samples_evaluates_and_reports(ws, capsys):
 
 
 def test_sampling_is_deterministic_and_follows_the_seed(ws):
-    from gear.t2i import sample
-
     p = params("study.seeds=[0,1]")
-    train.run(p, "baseline", seed=0)
-    sample.run(p, "baseline", seed=0)
+    t2i_train.run(p, "baseline", seed=0)
+    t2i_sample.run(p, "baseline", seed=0)
     first = tree_bytes(paths.samples_dir("baseline", SEED))
-    sample.run(p, "baseline", seed=0)
+    t2i_sample.run(p, "baseline", seed=0)
     assert tree_bytes(paths.samples_dir("baseline", SEED)) == first
     shutil.copytree(paths.ar_dir("baseline", 0), paths.ar_dir("baseline", 1))  # same AR, another seed
-    sample.run(p, "baseline", seed=1)
+    t2i_sample.run(p, "baseline", seed=1)
     with np.load(paths.samples_dir("baseline", 0) / "samples.npz") as a, \
             np.load(paths.samples_dir("baseline", 1) / "samples.npz") as b:
         assert not np.array_equal(a["indices"], b["indices"])
@@ -109,16 +108,16 @@ def test_t2i_train_resumes_exactly(base, tmp_path, monkeypatch, kill):
     ref = tmp_path / "ref"
     shutil.copytree(base, ref)
     monkeypatch.chdir(ref)
-    train.run(params(*over), "gear")
+    t2i_train.run(params(*over), "gear")
     want, want_hist = tree_bytes(paths.ar_dir("gear", SEED)), history(paths.train_metrics_dir("gear", SEED))
 
     run = tmp_path / "run"
     shutil.copytree(base, run)
     monkeypatch.chdir(run)
     # sigterm: preemption during step 5 (after the step-4 snapshot); crash: right after the save at step 3
-    interrupt(train_loop, lambda: train.run(params(*over), "gear"), kill, 5, monkeypatch)
+    interrupt(train_loop, lambda: t2i_train.run(params(*over), "gear"), kill, 5, monkeypatch)
     assert not paths.ar_dir("gear", SEED).exists()
-    train.run(params(*over), "gear")
+    t2i_train.run(params(*over), "gear")
     assert tree_bytes(paths.ar_dir("gear", SEED)) == want
     assert history(paths.train_metrics_dir("gear", SEED)) == want_hist
 
@@ -132,7 +131,7 @@ def test_t2i_train_accumulates_and_checkpoints_through_the_shared_step(ws):
     over = ("t2i.ar.caption_dropout=0.0", "t2i.ar.token_dropout=0.0", "t2i.ar.steps=3", "t2i.ar.eval_steps=[3]")
     weights = []
     for extra in ((), ("t2i.ar.grad_accum=2", "compute.grad_checkpointing=true")):
-        train.run(params(*over, *extra), "gear")
+        t2i_train.run(params(*over, *extra), "gear")
         weights.append(load_file(paths.ar_dir("gear", SEED) / "ar_raw.safetensors"))
     plain, accum = weights
     assert set(plain) == set(accum)

@@ -173,18 +173,19 @@ def _members(tar_path: Path) -> list[tuple[str, bytes]]:
 
 
 def test_encode_stage_byte_identical_and_stale_detection(tmp_path, monkeypatch):
-    from gear.t2i import data, encode, shard
+    from gear.stages import t2i_encode, t2i_shard
+    from gear.t2i import data
 
     monkeypatch.chdir(tmp_path)
     p = tiny_params()
     with pytest.raises(DataError, match="gear t2i-shard"):
-        encode.run(p)
-    shard.run(p)
+        t2i_encode.run(p)
+    t2i_shard.run(p)
     with pytest.raises(ArtifactError, match="run `gear t2i-encode` first"):
         data.read_captions_manifest(p)
-    encode.run(p)
+    t2i_encode.run(p)
     first = _digests(paths.CAPTIONS_DIR)
-    encode.run(p)
+    t2i_encode.run(p)
     assert _digests(paths.CAPTIONS_DIR) == first  # same inputs -> the same bytes, every file
 
     man = data.read_captions_manifest(p)
@@ -212,6 +213,6 @@ def test_encode_stage_byte_identical_and_stale_detection(tmp_path, monkeypatch):
     for changed in ("t2i.text.demo_dim=24", "t2i.text.max_len=12"):
         with pytest.raises(ArtifactError, match="stale .*rerun `gear t2i-encode`"):
             data.read_captions_manifest(tiny_params(changed))
-    shard.run(tiny_params("t2i.data.embedded_train=80"))  # other pairs
+    t2i_shard.run(tiny_params("t2i.data.embedded_train=80"))  # other pairs
     with pytest.raises(ArtifactError, match="pairs .* changed.*rerun `gear t2i-encode`"):
         data.read_captions_manifest(p)

@@ -47,7 +47,7 @@ def run(params, name: str) -> None:
     model = released.load_gpt(params, name, tok, rt.device)
     labels = torch.arange(r.num_classes).repeat_interleave(r.per_class)
     knobs = dict(cfg_scale=g.cfg_scale, temperature=g.temperature, top_k=g.top_k, top_p=g.top_p)
-    drawn = draw(model, tok, labels, r.batch_size, params.compute.seed, rt, knobs, f"released-sample[{name}]",
+    drawn = draw(model, tok, (labels,), r.batch_size, params.compute.seed, rt, knobs, f"released-sample[{name}]",
                  post=lambda x: released.resize(x, r.eval_size))
     if rt.is_main:
         images, indices = drawn

@@ -75,7 +75,7 @@ def run(params, arm: str, size: str, seed: int | None = None) -> None:
     labels = torch.arange(C).repeat_interleave(s.per_class)
     knobs = dict(cfg_scale=s.cfg_scale, cfg_interval=tuple(s.cfg_interval), temperature=s.temperature,
                  top_k=s.top_k, top_p=s.top_p, compile=s.compile)
-    drawn = draw(model, tok, labels, s.batch_size, params.compute.seed, rt, knobs, f"sample[{arm}/{size}]")
+    drawn = draw(model, tok, (labels,), s.batch_size, params.compute.seed, rt, knobs, f"sample[{arm}/{size}]")
 
     if rt.is_main:
         images, indices = drawn

@@ -7,7 +7,7 @@
            full scale, as the seed; in the demo teacher's space on the embedded default, so only
            directions compare with the seed's numbers), precision / recall (k = metrics.pr_k,
            torch-fidelity's), and prompt accuracy: the share of samples in which the judge
-           (gear/t2i/judge.py) sees the prompt's shape, colour and position (each, and all three)
+           (gear/stages/t2i_judge.py) sees the prompt's shape, colour and position (each, and all three)
 
 Every arm and seed is measured against the same real features, so paired differences compare like
 with like. One process does the work (features of a few thousand images: seconds to minutes).

@@ -2,11 +2,12 @@
 the arm's T2I AR, without CFG and with t2i.sample.cfg_scale (the seed's table has both).
 
 The first t2i.sample.prompts prompts of the prompt file, t2i.sample.per_prompt images each, in
-prompt order, batched by t2i.sample.batch_size. Batch b of (snapshot step S, scale c) draws from
-its own generator seeded by (seed, S, c, b), so the images depend on the seed and batch size
-only, not on the number of processes (rank r takes batches r::world; rank 0 gathers and writes).
-KV cache, CFG on t2i.sample.cfg_interval, temperature, top-k, top-p, optionally the compiled
-decoding step (t2i.sample.compile): the one sampler of both rooms (gear/models/sampling.py).
+prompt order, batched by t2i.sample.batch_size, drawn by gear/draw.py `draw` (the class-conditioned
+stages' too) per (snapshot step S, scale c): batch b draws from its own generator seeded by
+(seed, S, c, b), so the images depend on the seed and batch size only, not on the number of
+processes (rank r takes batches r::world; rank 0 gathers and writes). KV cache, CFG on
+t2i.sample.cfg_interval, temperature, top-k, top-p, optionally the compiled decoding step
+(t2i.sample.compile): the one sampler of both rooms (gear/models/sampling.py).
 
 Outputs (atomic) in t2i/samples/seed<N>/A/:
   samples.npz   images uint8 (M, H, W, 3), prompt int64 (M,) (line of the prompt file), step int64
@@ -16,24 +17,21 @@ Outputs (atomic) in t2i/samples/seed<N>/A/:
 """
 from __future__ import annotations
 
-
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from gear.guard import as_dict
 from gear import paths as main_paths
 from gear.artifacts import load_tokenizer
 from gear.config import ParamsError
-from gear.draw import batch_seed
+from gear.draw import draw
 from gear.io import atomic_dir, write_json
-from gear.models.sampling import generate
-from gear.runtime import gather_to_main, setup, teardown
+from gear.runtime import setup, teardown
 from gear.npz import save_npz
 from gear.study import resolve_seed, seeded
 from gear.t2i import paths
 from gear.t2i.data import arm_seed, check_arm, check_trained_on, load_t2i, read_prompts, snapshot_name
-from gear.train.recon_check import image_grid, to_uint8
+from gear.train.recon_check import image_grid
 
 GRID_PROMPTS = 8
 
@@ -51,34 +49,25 @@ def run(params, arm: str, seed: int | None = None) -> None:
     tok = load_tokenizer(main_paths.frozen_dir(arm, arm_seed(params, arm, seed)), device=rt.device)
     steps = [int(k) for k in ar_cfg["snapshots"]]
     scales = sorted({1.0, s.cfg_scale})
+    jobs = [(st, c) for st in steps for c in scales]  # the rows' order: snapshot, scale, batch
     which = torch.arange(len(prompts)).repeat_interleave(s.per_prompt)
-    batches = list(which.split(s.batch_size))
-    jobs = [(st, c, b) for st in steps for c in scales for b in range(len(batches))]
-    mine, models = [], {}
-    for j in tqdm(range(rt.rank, len(jobs), rt.world), desc=f"t2i-sample[{arm}]", disable=not rt.is_main):
-        st, c, b = jobs[j]
-        if st not in models:
-            models = {st: load_t2i(paths.ar_dir(arm, seed), rt.device, snapshot_name(st))[0]}  # one in memory
-        model = models[st]
+    captions = (emb[which], mask[which])  # split into batches together (gear/draw.py)
+    drawn = []
+    for st in steps:
+        model = load_t2i(paths.ar_dir(arm, seed), rt.device, snapshot_name(st))[0]
         if s.top_k > model.cfg.vocab_size:
             raise ParamsError(f"t2i.sample.top_k = {s.top_k}: must be <= the codebook size {model.cfg.vocab_size}")
-        sel = batches[b]
-        gen = torch.Generator(device=rt.device).manual_seed(batch_seed(params.compute.seed, st, round(c * 1000), b))
-        idx = generate(model, emb[sel].to(rt.device), mask[sel].to(rt.device), cfg_scale=c,
-                       cfg_interval=tuple(s.cfg_interval), temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
-                       generator=gen, bf16=rt.precision == "bf16", compile=s.compile)
-        with torch.no_grad(), rt.autocast():
-            img = tok.decode_indices(idx, model.cfg.grid)
-        mine.append((j, to_uint8(img), idx.cpu().numpy(), sel.numpy()))
-    parts = gather_to_main(mine, rt)
+        for c in scales:
+            knobs = dict(cfg_scale=c, cfg_interval=tuple(s.cfg_interval), temperature=s.temperature, top_k=s.top_k,
+                         top_p=s.top_p, compile=s.compile)
+            drawn.append(draw(model, tok, captions, s.batch_size, params.compute.seed, rt, knobs,
+                              f"t2i-sample[{arm}] step {st} cfg {c}", keys=(st, round(c * 1000))))
+        del model  # one snapshot in memory
     if rt.is_main:
-        done = sorted((item for part in parts for item in part), key=lambda item: item[0])
-        images = np.concatenate([d[1] for d in done])
-        meta = [jobs[d[0]] for d in done]
-        step_col = np.concatenate([np.full(len(d[3]), m[0], dtype=np.int64) for d, m in zip(done, meta)])
-        cfg_col = np.concatenate([np.full(len(d[3]), m[1], dtype=np.float32) for d, m in zip(done, meta)])
-        prompt_col = np.concatenate([d[3] for d in done]).astype(np.int64)
-        indices = np.concatenate([d[2] for d in done]).astype(np.int64)
+        images, indices = (np.concatenate(arrays) for arrays in zip(*drawn))
+        step_col = np.concatenate([np.full(len(which), st, dtype=np.int64) for st, _ in jobs])
+        cfg_col = np.concatenate([np.full(len(which), c, dtype=np.float32) for _, c in jobs])
+        prompt_col = np.tile(which.numpy(), len(jobs))
         shown = min(GRID_PROMPTS, len(prompts))
         last = (step_col == steps[-1]) & (cfg_col == np.float32(scales[-1]))
         rows = [images[last & (prompt_col == p)] for p in range(shown)]
