@@ -233,9 +233,7 @@ class Compute:
     workers: int = within("[0, 256]", "0 = decode in the training process")
     seed: int = within(f"[0, {SEED_MAX}]")
     log_every: int = within(POSITIVE)
-    # an AR's validation (train-ar, t2i-train) rides on the log rows at multiples of this many steps,
-    # so the rows (train losses: the C2 curves) can be dense and cheap; a multiple of log_every
-    val_every: int = within("[0, inf)", "0 = on every log row")
+    val_every: int = within("[0, inf)", "0 = every log row")  # an AR's validation: on rows at its multiples
     save_every: int = within(POSITIVE)
     state_dir: str
 
