@@ -383,6 +383,7 @@ ZERO_OK = {
     "t2i.ar.weight_decay", "t2i.ar.grad_clip", "t2i.ar.ema_decay", "t2i.ar.betas", "t2i.sample.top_k", "t2i.sample.cfg_interval",
     "released.gpts.B.top_k", "released.gpts.L.top_k", "released.gpts.XL.top_k",
     "scaling.lambdas", "scaling.ladder_seeds",  # lambda 0: the guide without alignment; seed 0
+    "compute.val_every",  # 0: validate on every log row
 }
 
 

@@ -366,6 +366,14 @@ def test_scaling_report_splits_the_variance(tmp_path, monkeypatch):
     assert f"about {c4['share']:.0%} of the spread" in line and "the shared intervals understate the spread" in line
     assert "a ratio of 1 (no upstream share) cannot be excluded" in next(x for x in md.splitlines()
                                                                          if x.startswith("- C3:"))
+    # upstream rows on the ladder seeds only (presets/scaling.yaml: 3 of 4): the shared spread keeps
+    # every study seed, the reseeded one takes the rows there are
+    assert main(["scaling-report", f"--params={PARAMS}", "--set=study.seeds=[0, 1, 2]", "--set=scaling.ladder_seeds=[0, 1]",
+                 "--set=tune.ablations=[ste, continue]", "--set=study.reseed_upstream=true"]) == 0
+    js = json.loads((paths.REPORTS_DIR / "scaling.json").read_text())["variance_split"]
+    c4 = js["claims"]["C4"]
+    assert js["reseeded_seeds"] == [0, 1] and (c4["shared"]["n"], c4["reseeded"]["n"]) == (3, 2)
+    assert c4["reseeded"]["mean"] == pytest.approx(np.mean(reseeded[:2])) and js["baseline"]["psnr"]["n"] == 2
 
 
 def _reseed_scratch(tmp_path, extra: list[str]):

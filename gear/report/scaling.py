@@ -294,7 +294,8 @@ def variance_section(st: Study, params) -> tuple[list, dict]:
         return [TITLE_SPLIT, f"Not run ({why})."], {"run": False, "reason": why}
     r, conf = st.r, params.study.confidence
     shared = {s: {"gear": r.tok[(s, "gear")], "baseline": r.tok[(s, "baseline")]} for s in r.seeds}
-    split = {cid: variance_split(_effects(shared, r.seeds, KEY[cid][0]), _effects(st.upstream, r.seeds, KEY[cid][0]),
+    reseeded = sorted(st.upstream)  # the ladder seeds (scaling.upstream), a subset of the study's
+    split = {cid: variance_split(_effects(shared, r.seeds, KEY[cid][0]), _effects(st.upstream, reseeded, KEY[cid][0]),
                                  conf) for cid in TOKENIZER_CLAIMS}
     fmt = lambda x: "-" if x is None else f"{x:.4g}"  # noqa: E731
     rows = [{"claim": f"{cid}: {KEY[cid][1]}",
@@ -305,7 +306,7 @@ def variance_section(st: Study, params) -> tuple[list, dict]:
              "upstream share": "-" if v["share"] is None else f"{v['share']:.0%}"} for cid, v in split.items()]
     levels, lines = {}, []
     for key, label in LEVELS:
-        vals = [st.upstream[s]["baseline"].get(key) for s in r.seeds]
+        vals = [st.upstream[s]["baseline"].get(key) for s in reseeded]
         if any(x is None for x in vals):
             continue
         a = np.asarray(vals, dtype=np.float64)
@@ -314,7 +315,7 @@ def variance_section(st: Study, params) -> tuple[list, dict]:
         sd = levels[key]["sd"]
         lines.append(f"- {label}: {a.min():.4g}..{a.max():.4g} (sd {'-' if sd is None else f'{sd:.3g}'}, "
                      f"{len(a)} warm-ups; the shared warm-up's: {fmt(levels[key]['shared'])})")
-    text = (f"Each study seed N also trains its own teacher and warm-up (row upstream-N, compute.seed = N; the seed "
+    text = (f"Each ladder seed N ({', '.join(map(str, reseeded))}) also trains its own teacher and warm-up (row upstream-N, compute.seed = N; the seed "
             f"equal to compute.seed {params.compute.seed} is the main DAG's own), its own baseline tokenizer, and the "
             "GEAR tune on that warm-up: the effects below are each row's GEAR against its own baseline, beside the "
             "main DAG's, whose seeds share one teacher and one warm-up. The share is max(0, 1 - V_shared / "
@@ -323,7 +324,7 @@ def variance_section(st: Study, params) -> tuple[list, dict]:
            paths.ablation_root("upstream-*") / "eval" / "tokenizer"]
     blocks = [TITLE_SPLIT, text, table(rows, src), "\n".join(_split_words(c, v) for c, v in split.items()),
               "The baseline tokenizer across the reseeded warm-ups:\n" + "\n".join(lines)]
-    return blocks, {"run": True, "seeds": r.seeds, "claims": split, "baseline": levels}
+    return blocks, {"run": True, "seeds": r.seeds, "reseeded_seeds": reseeded, "claims": split, "baseline": levels}
 
 
 def summary(params, pairs: list, ladder: dict, lambdas: dict) -> list:
