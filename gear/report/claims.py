@@ -53,10 +53,10 @@ REF_NAMES = {"baseline": "baseline", "continue": "control"}
 def resolution(r, ref: str, size: str, curve: str) -> str:
     """What the log rows let a speed-up show: a seed's ratio is (last step) / (a logged step), so next
     to 1 it moves in steps of last / (last - spacing) (compute.log_every: 50 of 300 steps -> 1.2x)."""
-    steps = r.ar_curves[(r.seeds[0], ref, size, curve)][0]
+    steps = np.asarray(r.ar_curves[(r.seeds[0], ref, size, curve)][0])
     if len(steps) < 2:
         return ""
-    last, spacing = int(steps[-1]), int(steps[-1] - steps[-2])
+    last, spacing = int(steps[-1]), int(np.median(np.diff(steps)))  # the last row may come early (step 299)
     return f" (a log row every {spacing} steps: a seed's ratio moves by {last / (last - spacing):.3g}x near 1)"
 
 
