@@ -32,9 +32,8 @@ from pathlib import Path
 
 import polars as pl
 
-MODES = ("ar-init",)  # stage-2 modes whose jobs write benchmarks/out/<mode>/ (fresh: none)
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from gear.schema import STAGE2_MODES  # noqa: E402  (an ar-init run's files: benchmarks/out/ar-init/...)
 
 
 def read(out: Path, since: float | None) -> pl.DataFrame:
@@ -44,7 +43,7 @@ def read(out: Path, since: float | None) -> pl.DataFrame:
             continue
         df = pl.read_csv(f, separator="\t")
         parts = f.relative_to(out).parts  # an ar-init run's files: ar-init/<rule>/... (common.smk benchfile)
-        rule = "/".join(parts[:2]) if parts[0] in MODES else parts[0]
+        rule = "/".join(parts[:2]) if parts[0] in STAGE2_MODES else parts[0]
         rows += [{"rule": rule, "job": str(f.relative_to(out).with_suffix("")),
                   "wall_s": float(r["s"]), "cpu_s": float(r["cpu_time"])} for r in df.iter_rows(named=True)]
     if not rows:
@@ -75,10 +74,11 @@ def _cost_class(job) -> tuple[str, str]:
 
 
 def benchfile(job) -> str:
-    """The job's file under benchmarks/out (workflow/rules/common.smk `benchfile`)."""
+    """The job's file under benchmarks/out (gear/dag.py `benchfile`, as the Snakefile names it)."""
+    from gear import dag
+
     parts = ([job.row] if job.row else []) + [str(v) for _, v in job.wc]
-    mode = "" if job.mode == "fresh" else f"{job.mode}/"
-    return f"{mode}{_rule(job)}/{'/'.join(parts) or 'run'}.tsv"
+    return dag.benchfile(job.mode, _rule(job), parts).removeprefix("benchmarks/out/")
 
 
 def passes(files: list[Path]) -> list[list[tuple]]:
@@ -94,18 +94,17 @@ def passes(files: list[Path]) -> list[list[tuple]]:
             if j not in closure:
                 closure[j] = dag.deps(j, params)
                 todo += closure[j]
+        own = {j: (str(dag.primary(j, params)), provenance.values(j, params)) for j in closure}
         runs: dict = {}
 
         def run(j) -> bool:
             if j not in runs:
-                key = str(dag.primary(j, params))
-                rec = provenance.values(j, params)
+                key, rec = own[j]
                 runs[j] = made.get(key) != rec or any([run(d) for d in closure[j]])
             return runs[j]
 
         ran = [j for j in closure if run(j)]
-        for j in ran:
-            made[str(dag.primary(j, params))] = provenance.values(j, params)
+        made.update(own[j] for j in ran)
         out.append([(j, _steps(j, dag.layout_for(params, j.row)[0])) for j in ran])
     return out
 

@@ -171,6 +171,14 @@ class Job:
 # paths
 
 
+def benchfile(mode: str, rule: str, parts: list[str]) -> str:
+    """benchmarks/out/[<mode>/]<rule>/<parts>.tsv (run.tsv without parts): a stage-2 mode other than
+    fresh keeps its own files, so `make scaling`'s second pass does not overwrite the first's. The
+    Snakefile's rules pass wildcards, benchmarks/study_cost.py a job's values."""
+    prefix = "" if mode == "fresh" else f"{mode}/"
+    return f"benchmarks/out/{prefix}{rule}/{'/'.join(parts) or 'run'}.tsv"
+
+
 def layout_for(params, row: str | None):
     """(the row's params, its Layout): the main DAG's for row None (gear/ablations.py)."""
     from gear import paths

@@ -5,6 +5,7 @@ import re
 
 from gear import paths
 from gear.config import AR_SIZES
+from gear import dag
 from gear.dag import load_params
 
 PARAMS_FILE = config.get("params", "params.yaml")  # snakemake --config params=presets/imagenet256.yaml
@@ -27,11 +28,7 @@ def logfile(rule_name, *wildcards):
 
 
 def benchfile(rule_name, *wildcards):
-    """benchmarks/out/[ar-init/]<rule>/<wildcards>.tsv: a stage-2 mode other than fresh keeps its own
-    files, so `make scaling`'s second pass does not overwrite the first's (benchmarks/study_cost.py)."""
-    stem = "/".join("{" + w + "}" for w in wildcards) or "run"
-    mode = "" if P.stage2 == "fresh" else f"{P.stage2}/"
-    return f"benchmarks/out/{mode}{rule_name}/{stem}.tsv"
+    return dag.benchfile(P.stage2, rule_name, ["{" + w + "}" for w in wildcards])
 
 
 # ---- resources: params.resources -> slurm executor keys (gpu, cpus_per_task, mem_mb, runtime, nodes)
