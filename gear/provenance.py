@@ -5,6 +5,9 @@ entry of a JSON file output):
   params    the keys its stage read (gear/guard.py sees every read; a subset of what it declares)
             with their values
   deps      the digest of each input's record as it was when the job ran
+  code      for a stage whose code defines its output's format (Stage.code: the shards, the
+            reports; DVC's code deps), the digest of that code: a report made by another version
+            of gear/report reruns in Snakemake as it does in DVC
 Before a stage does any work it checks its inputs, recursively up the DAG: an input is stale
 when a key its stage read has another value now, when it was made from another version of one
 of its own inputs, or when one of those is stale. It is refused in one line that names the
@@ -32,6 +35,7 @@ from gear.stagespec import FREE
 
 RECORD = "provenance.json"
 STATE = Path(".gear")
+CODE_ROOT = Path(__file__).resolve().parents[1]  # the repository of the running gear package
 
 
 def _digest(obj) -> str:
@@ -64,14 +68,32 @@ def _without_free(key: str, value):
 
 
 def digest(rec: dict | None) -> str | None:
-    return None if rec is None else _digest(rec)
+    """An input's identity for the records made from it. Its code digest is left out: new shard or
+    report code reruns that stage, and what follows reruns in each tool when its output changed
+    (DVC by hash, Snakemake by date), not on every edit of a comment."""
+    return None if rec is None else _digest({k: v for k, v in rec.items() if k != "code"})
+
+
+def code_digest(job: Job) -> dict:
+    """{path: digest of its bytes} of the code the stage declares (Stage.code), as DVC hashes it:
+    relative to the working directory (the repository), else to the installed gear package."""
+    out = {}
+    for name in job.decl.code:
+        path = Path(name) if Path(name).exists() else CODE_ROOT / name
+        files = sorted(path.rglob("*.py")) if path.is_dir() else [path]
+        h = hashlib.sha256()
+        for f in files:
+            h.update(f"{f.relative_to(path) if path.is_dir() else f.name}\0".encode() + f.read_bytes())
+        out[name] = h.hexdigest()[:16]
+    return out
 
 
 def record(job: Job, params, reads=None) -> dict:
     """What made a job's output: the params keys the stage read (all it declares when not known)
     with their values, and the digest of each input's record as it was read."""
-    return {"stage": job.stage, "wildcards": job.wildcards, "row": job.row, "params": values(job, params, reads),
-            "deps": {str(dag.primary(d, params)): digest(read(d, params)) for d in dag.read_deps(job, params)}}
+    rec = {"stage": job.stage, "wildcards": job.wildcards, "row": job.row, "params": values(job, params, reads),
+           "deps": {str(dag.primary(d, params)): digest(read(d, params)) for d in dag.read_deps(job, params)}}
+    return {**rec, "code": code_digest(job)} if job.decl.code else rec
 
 
 def write(job: Job, params, reads=None) -> None:
@@ -99,7 +121,13 @@ def read(job: Job, params) -> dict | None:
 
 
 def own_difference(job: Job, params, rec: dict) -> str | None:
-    """`key = recorded, params give current` for the first key the stage read whose value changed."""
+    """`key = recorded, params give current` for the first key the stage read whose value changed,
+    or `another version of <code path>` for a stage whose declared code changed since (a record
+    written before records held code is taken as current, as DVC's lock of it is)."""
+    if job.decl.code and "code" in rec:
+        now, was = code_digest(job), rec["code"]
+        if changed := next((name for name in now if was.get(name) != now[name]), None):
+            return f"another version of {changed}"
     for key, was in sorted((rec.get("params") or {}).items()):
         try:
             now = current(job, params, key)

@@ -13,6 +13,7 @@ import ast
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -166,6 +167,35 @@ def test_dvc_after_snakemake_with_other_params_reruns(dvc_made):
     (dvc_made / "other.yaml").write_text(yaml.safe_dump({**other, "align_weight": 0.9}))
     fake_run(dvc_made, "other.yaml", jobs=[dag.Job.of("tune", {"seed": 0, "variant": "gear"})])
     assert "tune@0-gear" in dvc_changed(dvc_made)
+
+
+def test_new_report_code_reruns_the_report_and_nothing_else_in_both_tools(dvc_made):
+    # DVC hashes the report's code deps; Snakemake sees the change through the report's record
+    (dvc_made / "gear" / "report").write_text("# the report's code, edited\n")
+    assert dvc_changed(dvc_made) == {"report"}
+    assert smk_dry(dvc_made) == {"report": 1, "all": 1}
+    fake_run(dvc_made, jobs=[dag.Job.of("report")])  # remade by either tool: up to date in both
+    subprocess.run(["dvc", "commit", "-f", "-q", "report"], cwd=dvc_made, check=True, env=ENV, timeout=300)
+    assert dvc_changed(dvc_made) == set() and smk_dry(dvc_made) == {}
+
+
+def test_shards_made_by_other_shard_code_are_named_and_an_older_record_is_taken_as_current(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    p = load_params(ROOT / "params.yaml")
+    shard = dag.Job.of("shard")
+    for name in shard.decl.code:
+        Path(name).parent.mkdir(parents=True, exist_ok=True)
+        Path(name).write_text("# code\n")
+    dag.primary(shard, p).mkdir(parents=True)
+    provenance.write(shard, p)
+    assert provenance.stale(shard, p) is None
+    Path("gear/data/shard.py").write_text("# other code\n")
+    why = provenance.stale(shard, p)
+    assert why == "data/shards was made with another version of gear/data/shard.py; remake it: `gear shard`", why
+    rec = json.loads((dag.primary(shard, p) / provenance.RECORD).read_text())
+    del rec["code"]  # written by a gear before records held code: DVC's lock says whether it is current
+    (dag.primary(shard, p) / provenance.RECORD).write_text(json.dumps(rec))
+    assert provenance.stale(shard, p) is None
 
 
 def _one_line(res) -> str:
