@@ -158,7 +158,7 @@ def _check(cond: bool, key: str, value: Any, rule: str) -> None:
         raise ParamsError(f"{key} = {value!r}: {rule}")
 
 
-PAIRS = ("tokenizer.betas", "ar.betas", "tune.betas", "t2i.ar.betas", "sample.cfg_interval")
+PAIRS = ("tokenizer.betas", "ar.betas", "tune.betas", "t2i.ar.betas", "sample.cfg_interval", "t2i.sample.cfg_interval")
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".safetensors", ".bin", ".ckpt")  # .ckpt: Lightning (Open-MAGVIT2, IBQ)
 
 
@@ -170,8 +170,12 @@ def validate(p: Params) -> Params:
 
     for key in PAIRS:
         _check(len(attrgetter(key)(p)) == 2, key, attrgetter(key)(p), "must be two numbers")
-    _check(p.sample.cfg_interval[0] <= p.sample.cfg_interval[1], "sample.cfg_interval", p.sample.cfg_interval,
-           "must be [start, end] with start <= end")
+    for key in ("sample", "t2i.sample"):  # the AR's vocabulary is the tokenizer's codebook (tokens' manifest)
+        s = attrgetter(key)(p)
+        _check(s.cfg_interval[0] <= s.cfg_interval[1], f"{key}.cfg_interval", s.cfg_interval,
+               "must be [start, end] with start <= end")
+        _check(s.top_k <= p.tokenizer.codebook_size, f"{key}.top_k", s.top_k,
+               f"must be <= the codebook size {p.tokenizer.codebook_size} (tokenizer.codebook_size)")
     _check(p.compute.val_every % p.compute.log_every == 0, "compute.val_every", p.compute.val_every,
            f"must be a multiple of compute.log_every ({p.compute.log_every}): validation rides on a log row")
     _check((p.ar.custom_dim // p.ar.custom_heads) % 4 == 0, "ar.custom_heads", p.ar.custom_heads,

@@ -433,6 +433,21 @@ def test_params_table_row_values():
     assert load_params(PARAMS, [f"compute.seed={2**32 - 1}", "compute.workers=256"]).compute.seed == 2**32 - 1
 
 
+def test_sampling_knobs_are_refused_at_the_edge_for_both_conditions():
+    """top_k beyond the codebook (the AR's vocabulary) and a reversed cfg_interval: one line when the
+    params are read, for class and caption sampling alike, not after a snapshot is loaded."""
+    from gear.config import ParamsError, load_params
+    k = load_params(PARAMS).tokenizer.codebook_size
+    for sec in ("sample", "t2i.sample"):
+        for override, message in [(f"{sec}.top_k={k + 1}", f"{sec}.top_k = {k + 1}: must be <= the codebook size {k}"),
+                                   (f"{sec}.cfg_interval=[0.5, 0.25]", f"{sec}.cfg_interval = [0.5, 0.25]: must be "
+                                                                       "[start, end] with start <= end")]:
+            with pytest.raises(ParamsError) as e:
+                load_params(PARAMS, [override])
+            assert str(e.value).startswith(message), (override, str(e.value))
+        assert load_params(PARAMS, [f"{sec}.top_k={k}"]) is not None
+
+
 # A params file (an overlay of params.yaml) or a --set value that is not what it should be.
 PARAMS_FILE_CASES = {
     # a key given twice, at any depth: YAML keeps the last one silently

@@ -26,7 +26,6 @@ import torch
 from gear.guard import as_dict
 from gear import paths
 from gear.artifacts import check_arm, frozen_tokenizer, load_ar, load_tokenizer, read_config
-from gear.config import ParamsError
 from gear.io import ArtifactError, atomic_dir, write_json
 from gear.metrics import reference
 from gear.draw import draw
@@ -67,8 +66,6 @@ def run(params, arm: str, size: str, seed: int | None = None) -> None:
                             f"rerun `gear tokenize` and `gear train-ar --arm {arm} --size {size} --seed {seed}`")
     rt = setup(params)
     model, _ = load_ar(ar_dir, rt.device, weights)
-    if s.top_k > model.cfg.vocab_size:
-        raise ParamsError(f"sample.top_k = {s.top_k}: must be <= the codebook size {model.cfg.vocab_size}")
     tok = load_tokenizer(paths.frozen_dir(arm, seed, size), device=rt.device)
     C = model.cfg.num_classes
 
