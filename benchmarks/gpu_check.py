@@ -92,6 +92,7 @@ DRY_OVERRIDES = [
     "teacher=demo", "teachers.demo_patch=4", "teachers.demo_dim=16", "teachers.demo_depth=1", "teachers.demo_heads=2",
     "ar.custom_layers=2", "ar.custom_dim=32", "ar.custom_heads=2", "ar.projector_hidden=16", "ar.batch_size=2",
     "ar.align_layers=[]", "align_layer=1", "tune.batch_size=2", "sample.batch_size=2",
+    "t2i.sample.top_k=0",  # the preset's 1000 is beyond the shrunk codebook (refused when params are read)
 ]
 
 
